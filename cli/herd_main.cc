@@ -1,0 +1,155 @@
+// `herd`: the one command for people. Subcommands parse their flags here and
+// call into the libraries; nothing of substance lives in this file.
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+
+#include "cli/config_report.h"
+#include "common/config.h"
+#include "common/hf_cache.h"
+#include "common/version.h"
+#include "herd/proto/herd.grpc.pb.h"
+#include "worker/runtime.h"
+
+namespace {
+
+constexpr int kOk = 0;
+constexpr int kUserError = 1;    // bad config, missing file, unreachable service
+constexpr int kNotBuiltYet = 2;  // a subcommand that exists in the plan, not yet in code
+
+int not_built_yet(const std::string& name) {
+  std::cerr << fmt::format("herd {}: not built yet in herd {}\n", name, herd::version());
+  return kNotBuiltYet;
+}
+
+// Loads a config, printing every error; nullopt on failure.
+std::optional<herd::Config> load(const std::string& path) {
+  try {
+    return herd::load_config(path);
+  } catch (const herd::ConfigError& e) {
+    std::cerr << e.what() << "\n";
+    return std::nullopt;
+  }
+}
+
+int config_check(const std::string& path, bool json) {
+  auto config = load(path);
+  if (!config) return kUserError;
+  if (json) {
+    std::cout << herd::cli::config_json(*config).dump(2) << "\n";
+  } else {
+    std::cout << herd::cli::config_table(*config) << "\nconfig ok\n";
+  }
+  return kOk;
+}
+
+int train(const std::string& path, bool dry_run) {
+  auto config = load(path);
+  if (!config) return kUserError;
+  std::cout << herd::cli::config_table(*config);
+  if (dry_run) {
+    std::cout << fmt::format("\ndry run: config ok; a training run would write the adapter to {}\n",
+                             config->adapter_dir().string());
+    return kOk;
+  }
+  try {
+    herd::resolve_hub_path(config->base_model, herd::HubRepoType::Model, "base_model");
+    herd::resolve_hub_path(config->data.dataset, herd::HubRepoType::Dataset, "data.dataset");
+  } catch (const herd::HubNotFound& e) {
+    std::cerr << "herd train: " << e.what() << "\n";
+    return kUserError;
+  }
+  std::cerr << "herd train: the training loop is not built yet; --dry-run checks the config and paths\n";
+  return kNotBuiltYet;
+}
+
+int status(const std::string& address, bool json) {
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto stub = herd::v1::Coordinator::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  herd::v1::GetStatusRequest request;
+  herd::v1::JobStatus reply;
+  grpc::Status s = stub->GetStatus(&context, request, &reply);
+  if (!s.ok()) {
+    std::cerr << fmt::format("herd status: coordinator {} answered {} ({})\n", address,
+                             static_cast<int>(s.error_code()), s.error_message());
+    return kUserError;
+  }
+  if (json) {
+    std::cout << fmt::format(R"({{"job_id": "{}", "state": "{}", "world_size": {}, "registered_workers": {}}})",
+                             reply.job_id(), herd::v1::JobState_Name(reply.state()), reply.world_size(),
+                             reply.registered_workers())
+              << "\n";
+  } else {
+    std::cout << fmt::format("job {}: {}, {} of {} workers registered\n", reply.job_id(),
+                             herd::v1::JobState_Name(reply.state()), reply.registered_workers(), reply.world_size());
+  }
+  return kOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"herd: QLoRA fine-tuning of Llama models, from one CPU or GPU to many nodes"};
+  app.set_version_flag("--version", [] { return herd::worker::describe(herd::worker::build_info()); });
+  app.require_subcommand(1);
+  int rc = kOk;
+
+  std::string config_path;
+  bool dry_run = false;
+  auto* train_cmd = app.add_subcommand("train", "Train LoRA adapters as CONFIG says (local run)");
+  train_cmd->add_option("config", config_path, "The job's YAML config")->required();
+  train_cmd->add_flag("--dry-run", dry_run, "Check the config and paths, print the plan, do not train");
+  train_cmd->callback([&] { rc = train(config_path, dry_run); });
+
+  std::string coordinator;
+  std::string token_file;
+  auto* worker_cmd = app.add_subcommand("worker", "Join a job as one worker");
+  worker_cmd->add_option("config", config_path, "The job's YAML config (with mpirun or a local launch)");
+  worker_cmd->add_option("--coordinator", coordinator, "The coordinator, HOST:PORT");
+  worker_cmd->add_option("--token-file", token_file, "File holding the job token");
+  worker_cmd->callback([&] { rc = not_built_yet("worker"); });
+
+  auto* config_cmd = app.add_subcommand("config", "Inspect configs");
+  config_cmd->require_subcommand(1);
+  bool json = false;
+  auto* check_cmd = config_cmd->add_subcommand("check", "Validate a config and print every resolved value");
+  check_cmd->add_option("file", config_path, "The YAML config")->required();
+  check_cmd->add_flag("--json", json, "Print JSON");
+  check_cmd->callback([&] { rc = config_check(config_path, json); });
+
+  auto* status_cmd = app.add_subcommand("status", "Show a running job's state");
+  status_cmd->add_option("--coordinator", coordinator, "The coordinator, HOST:PORT")->required();
+  status_cmd->add_flag("--json", json, "Print JSON");
+  status_cmd->callback([&] { rc = status(coordinator, json); });
+
+  // Planned subcommands: each exists so that --help lists the whole tool.
+  const std::pair<const char*, const char*> planned[] = {
+      {"merge", "Merge an adapter into the base model's weights"},
+      {"chat", "Talk to a model with an adapter"},
+      {"quantize", "Write a pre-quantized NF4 checkpoint"},
+      {"eval", "Mean token loss and perplexity over a conversation file"},
+      {"plan", "Per-rank memory estimate for a config"},
+      {"data", "Inspect and tokenize conversation data"},
+      {"tools", "Developer tools (make-tiny-model, ...)"},
+  };
+  for (const auto& [name, help] : planned) {
+    auto* cmd = app.add_subcommand(name, std::string(help) + " (not built yet)");
+    cmd->allow_extras();
+    std::string n = name;
+    cmd->callback([&rc, n] { rc = not_built_yet(n); });
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return rc;
+}

@@ -1,0 +1,140 @@
+// The job configuration: the seed's llm_qlora YAML, unchanged, plus herd's own
+// sections. Loading is strict: unknown keys, wrong types and out-of-range values
+// are all reported together, each with its file, line, column and key.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace herd {
+
+struct DataConfig {
+  std::string type;     // vicuna | orca | raw_text (the seed's data processors)
+  std::string dataset;  // local path or Hugging Face dataset id
+  std::string user_header = "### HUMAN:\n";
+  std::string response_header = "### RESPONSE:\n";
+  bool train_on_inputs = true;  // the seed's loss covered human turns too
+  bool packing = false;
+  double eval_fraction = 0.0;
+  bool skip_invalid = false;
+};
+
+struct LoraConfig {
+  int64_t r = 0;
+  double lora_alpha = 0;
+  std::vector<std::string> target_modules;
+  double lora_dropout = 0;
+  std::string bias;       // none | all | lora_only (peft's values)
+  std::string task_type;  // CAUSAL_LM
+  bool use_rslora = false;
+
+  double scaling() const;  // lora_alpha / r, or / sqrt(r) with use_rslora (peft)
+};
+
+struct TrainerConfig {
+  int64_t batch_size = 0;
+  int64_t gradient_accumulation_steps = 0;
+  int64_t warmup_steps = 0;
+  double num_train_epochs = 0;
+  double learning_rate = 0;
+  int64_t logging_steps = 0;
+  // herd's additions; defaults are HF TrainingArguments' (what the seed ran with).
+  int64_t seed = 42;
+  int64_t max_steps = 0;  // 0: run num_train_epochs
+  double max_grad_norm = 1.0;
+  double weight_decay = 0.0;
+  std::string lr_scheduler = "linear";  // linear | cosine | constant
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_epsilon = 1e-8;
+  int64_t eval_steps = 0;  // 0: evaluate only at the end (needs data.eval_fraction)
+  bool gradient_checkpointing = true;
+};
+
+struct QuantizationConfig {
+  bool enabled = true;  // the seed loaded the base model in 4 bits
+  std::string quant_type = "nf4";
+  bool double_quant = true;
+  std::string compute_dtype = "bfloat16";  // bfloat16 | float16 | float32
+};
+
+struct DistributedConfig {
+  int64_t world_size = 1;
+  std::string backend = "auto";  // auto (nccl on GPU, gloo on CPU) | nccl | gloo
+  std::string sharding = "full_shard";  // full_shard | no_shard
+  int64_t min_workers = 0;  // 0: all of world_size
+  double heartbeat_timeout_s = 30;
+  double collective_timeout_s = 300;
+};
+
+struct CheckpointConfig {
+  int64_t every_steps = 500;  // HF Trainer's save_steps default
+  int64_t keep_last = 3;
+  std::string resume = "never";  // never | auto
+};
+
+struct MetricsConfig {
+  bool enabled = true;
+  int64_t port = 9400;  // Prometheus scrape port; a worker adds its local rank
+};
+
+// Where a resolved value came from, for `herd config check`.
+struct ResolvedValue {
+  std::string key;     // dotted path, e.g. "trainer.batch_size"
+  std::string value;   // as printed
+  std::string origin;  // "FILE:LINE" or "default"
+};
+
+struct Config {
+  std::filesystem::path source;  // the YAML file it was loaded from
+  std::string model_name;
+  std::string base_model;
+  std::string model_family;       // "llama" or empty (Auto* classes in the seed)
+  int64_t model_context_window = 0;  // 0: the tokenizer's model_max_length
+  DataConfig data;
+  LoraConfig lora;
+  TrainerConfig trainer;
+  std::string trainer_output_dir;
+  std::string model_output_dir;
+  QuantizationConfig quantization;
+  DistributedConfig distributed;
+  CheckpointConfig checkpoint;
+  MetricsConfig metrics;
+
+  std::vector<ResolvedValue> resolved;  // every key, in schema order
+
+  // {model_output_dir}/{model_name}_adapter, as the seed's trainer saved it.
+  std::filesystem::path adapter_dir() const;
+};
+
+struct ConfigDiagnostic {
+  std::string file;
+  int line = 0;    // 1-based; 0 when the error concerns the whole file
+  int column = 0;  // 1-based
+  std::string key;  // dotted path of the offending key, may be empty
+  std::string message;
+
+  std::string str() const;  // "FILE:LINE:COL: KEY: MESSAGE"
+};
+
+class ConfigError : public std::runtime_error {
+ public:
+  explicit ConfigError(std::vector<ConfigDiagnostic> diagnostics);
+  const std::vector<ConfigDiagnostic>& diagnostics() const { return diagnostics_; }
+
+ private:
+  std::vector<ConfigDiagnostic> diagnostics_;
+};
+
+// Loads and validates a config file; throws ConfigError listing every problem.
+Config load_config(const std::filesystem::path& path);
+// The same from text already in memory; `name` stands for the file in messages.
+Config parse_config(const std::string& yaml_text, const std::string& name);
+
+// The LoRA target module names herd knows (Llama's linear layers).
+const std::vector<std::string>& known_target_modules();
+
+}  // namespace herd

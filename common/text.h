@@ -1,0 +1,23 @@
+// Small text helpers shared by the error messages of every input format.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace herd {
+
+// Edit distance (insert, delete, substitute; each costs 1).
+size_t edit_distance(std::string_view a, std::string_view b);
+
+// The candidate nearest to `word` by edit distance (the first one on a tie);
+// empty when there are no candidates.
+std::string closest_match(std::string_view word, const std::vector<std::string>& candidates);
+
+// `s` as a double-quoted string with C escapes (\n, \t, \", \\, \xNN).
+std::string c_quoted(std::string_view s);
+
+// "a, b, c"
+std::string join(const std::vector<std::string>& items, std::string_view sep = ", ");
+
+}  // namespace herd

@@ -1,0 +1,166 @@
+"""The built binaries, run as a user runs them."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(os.environ["HERD_BIN"])
+SRC = Path(os.environ["HERD_SOURCE_DIR"])
+PYTHON = os.environ["HERD_PYTHON"]
+SEED = SRC / "configs" / "llama2_70b_chat_uncensored.yaml"
+
+
+def herd(*args, env=None, cwd=SRC):
+    return subprocess.run([str(BIN / "herd"), *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=120)
+
+
+def test_version_names_the_libtorch_it_was_built_with():
+    out = herd("--version")
+    assert out.returncode == 0, out.stderr
+    torch_version = subprocess.run([PYTHON, "-c", "import torch; print(torch.__version__.split('+')[0])"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("herd 0.1.0 (git ")
+    assert f"libtorch {torch_version}" in lines
+    assert any(l.startswith("CUDA compiled in: ") for l in lines)
+    assert any(l.startswith("GPUs visible: ") for l in lines)
+    head = subprocess.run(["git", "-C", str(SRC), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                          text=True)
+    if head.returncode == 0:
+        assert head.stdout.strip() in lines[0]
+
+
+def test_config_check_shows_the_seeds_values_and_origins():
+    out = herd("config", "check", SEED)
+    assert out.returncode == 0, out.stderr
+    rows = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            rows[parts[0]] = (parts[1], parts[-1])
+    assert rows["lora.r"] == ("8", f"{SEED}:9")
+    assert rows["lora.lora_alpha"] == ("32", f"{SEED}:10")
+    assert rows["trainer.learning_rate"] == ("0.0001", f"{SEED}:23")
+    assert rows["trainer.num_train_epochs"] == ("3", f"{SEED}:22")
+    assert rows["quantization.quant_type"] == ('"nf4"', "default")
+    assert rows["trainer.max_grad_norm"] == ("1", "default")
+    assert "lora scaling          4 (lora_alpha / r)" in out.stdout
+    assert "models/llama2_70b_chat_uncensored_adapter" in out.stdout
+    assert out.stdout.rstrip().endswith("config ok")
+
+
+def test_config_check_json():
+    import json
+    out = herd("config", "check", "--json", SEED)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    values = {v["key"]: v for v in doc["values"]}
+    assert values["lora.target_modules"]["value"] == "[q_proj, k_proj, v_proj]"
+    assert values["data.response_header"] == {"key": "data.response_header", "value": '"### RESPONSE:\\n"',
+                                              "origin": "default"}
+    assert doc["derived"]["global_batch"] == 4
+    assert doc["paths"]["base_model"]["ref"] == "TheBloke/Llama-2-70B-fp16"
+
+
+def test_config_check_reports_every_error_and_fails(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SEED.read_text().replace("  r: 8\n", "  r: 0\n").replace("  batch_size: 1\n",
+                                                                           "  batchsize: 1\n"))
+    out = herd("config", "check", bad)
+    assert out.returncode == 1
+    assert f"{bad}:9:6: lora.r: must be >= 1, got 0" in out.stderr
+    assert f"{bad}:19:3: trainer.batchsize: unknown key in section 'trainer'; did you mean 'batch_size'?" \
+        in out.stderr
+    assert "2 errors in config" in out.stderr  # the typo is not also reported as batch_size missing
+
+
+def test_coordinator_links_no_libtorch_and_herd_does():
+    coordinator = subprocess.run(["ldd", str(BIN / "herd-coordinator")], capture_output=True, text=True,
+                                 check=True).stdout
+    assert "libgrpc++" in coordinator
+    assert "torch" not in coordinator and "c10" not in coordinator, coordinator
+    # The same check on `herd` finds libtorch: the test can tell the difference.
+    assert "libtorch" in subprocess.run(["ldd", str(BIN / "herd")], capture_output=True, text=True,
+                                        check=True).stdout
+
+
+def test_coordinator_serves_status(tmp_path):
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen([str(BIN / "herd-coordinator"), "--config", str(SEED), "--listen", "127.0.0.1:0",
+                             "--port-file", str(port_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.time() + 30
+        while not (port_file.exists() and port_file.read_text().strip()) and time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        port = int(port_file.read_text())
+        out = herd("status", "--coordinator", f"127.0.0.1:{port}")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "job llama2_70b_chat_uncensored: REGISTERING, 0 of 1 workers registered"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+
+def test_status_of_a_missing_coordinator_fails_clearly():
+    out = herd("status", "--coordinator", "127.0.0.1:1")
+    assert out.returncode == 1
+    assert "coordinator 127.0.0.1:1 answered" in out.stderr
+
+
+@pytest.mark.parametrize("sub", ["train", "worker", "config", "status", "merge", "chat", "quantize", "eval",
+                                 "plan", "data", "tools"])
+def test_every_subcommand_has_help(sub):
+    out = herd(sub, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "Usage" in out.stdout or "usage" in out.stdout.lower()
+
+
+@pytest.mark.parametrize("sub", ["merge", "chat", "quantize", "eval", "plan", "data", "tools"])
+def test_planned_subcommands_fail_clearly(sub):
+    out = herd(sub, "x")
+    assert out.returncode == 2
+    assert f"herd {sub}: not built yet" in out.stderr
+
+
+def test_coordinator_help_and_bad_config(tmp_path):
+    out = subprocess.run([str(BIN / "herd-coordinator"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--config" in out.stdout
+    bad = tmp_path / "c.yaml"
+    bad.write_text("model_name: x\n")
+    out = subprocess.run([str(BIN / "herd-coordinator"), "--config", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "base_model: missing required key" in out.stderr
+
+
+def test_train_dry_run_on_the_demo_config():
+    out = herd("train", "configs/tiny-demo.yaml", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "dry run: config ok; a training run would write the adapter to build/demo/models/tiny-demo_adapter" \
+        in out.stdout
+
+
+def test_train_names_every_path_tried_for_a_missing_model(tmp_path):
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"))
+    out = herd("train", SEED, env=env)
+    assert out.returncode == 1
+    assert "base_model TheBloke/Llama-2-70B-fp16 was not found" in out.stderr
+    assert str(tmp_path / "hub" / "models--TheBloke--Llama-2-70B-fp16" / "refs" / "main") in out.stderr
+    assert "huggingface-cli download TheBloke/Llama-2-70B-fp16" in out.stderr
+
+
+def test_train_finds_a_model_in_the_hub_cache(tmp_path):
+    hub = tmp_path / "hub"
+    for kind, name in [("models", "TheBloke--Llama-2-70B-fp16"), ("datasets", "ehartford--wizard_vicuna_70k_unfiltered")]:
+        (hub / f"{kind}--{name}" / "refs").mkdir(parents=True)
+        (hub / f"{kind}--{name}" / "refs" / "main").write_text("abc123")
+        (hub / f"{kind}--{name}" / "snapshots" / "abc123").mkdir(parents=True)
+    env = dict(os.environ, HF_HUB_CACHE=str(hub))
+    out = herd("config", "check", SEED, env=env)
+    assert f"TheBloke/Llama-2-70B-fp16 -> {hub}/models--TheBloke--Llama-2-70B-fp16/snapshots/abc123" in out.stdout
