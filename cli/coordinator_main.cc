@@ -5,8 +5,8 @@
 #include <iostream>
 #include <thread>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include "common/config.h"
 #include "common/version.h"
@@ -19,8 +19,8 @@ void on_signal(int) { g_stop = 1; }
 
 int main(int argc, char** argv) {
   CLI::App app{"herd-coordinator: owns a herd job, schedules its workers and streams their data"};
-  app.set_version_flag("--version", [] { return fmt::format("herd-coordinator {} (git {})", herd::version(),
-                                                            herd::git_revision()); });
+  app.set_version_flag(
+      "--version", [] { return fmt::format("herd-coordinator {} (git {})", herd::version(), herd::git_revision()); });
   std::string config_path;
   std::string listen = "0.0.0.0:29400";
   std::string port_file;

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <charconv>
-#include <deque>
 #include <cmath>
+#include <deque>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -29,13 +29,11 @@ std::filesystem::path Config::adapter_dir() const {
 std::string ConfigDiagnostic::str() const {
   std::string where = file;
   if (line > 0) where += fmt::format(":{}:{}", line, column);
-  return key.empty() ? fmt::format("{}: {}", where, message)
-                     : fmt::format("{}: {}: {}", where, key, message);
+  return key.empty() ? fmt::format("{}: {}", where, message) : fmt::format("{}: {}: {}", where, key, message);
 }
 
 static std::string describe(const std::vector<ConfigDiagnostic>& diagnostics) {
-  std::string out = fmt::format("{} error{} in config:", diagnostics.size(),
-                                diagnostics.size() == 1 ? "" : "s");
+  std::string out = fmt::format("{} error{} in config:", diagnostics.size(), diagnostics.size() == 1 ? "" : "s");
   for (const auto& d : diagnostics) out += "\n  " + d.str();
   return out;
 }
@@ -44,7 +42,7 @@ ConfigError::ConfigError(std::vector<ConfigDiagnostic> diagnostics)
     : std::runtime_error(describe(diagnostics)), diagnostics_(std::move(diagnostics)) {}
 
 const std::vector<std::string>& known_target_modules() {
-  static const std::vector<std::string> modules = {"q_proj", "k_proj", "v_proj", "o_proj",
+  static const std::vector<std::string> modules = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                                    "gate_proj", "up_proj", "down_proj"};
   return modules;
 }
@@ -99,8 +97,7 @@ std::optional<std::string> convert(const YAML::Node& n, int64_t& out) {
   if (is_quoted(n)) return fmt::format("expected an integer, got the string {}", c_quoted(s));
   auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
   if (ec == std::errc::result_out_of_range) return fmt::format("integer {} is out of range", s);
-  if (ec != std::errc() || end != s.data() + s.size())
-    return fmt::format("expected an integer, got {}", c_quoted(s));
+  if (ec != std::errc() || end != s.data() + s.size()) return fmt::format("expected an integer, got {}", c_quoted(s));
   return std::nullopt;
 }
 
@@ -200,8 +197,7 @@ class Reader {
         } else {
           missing_.push_back({s.name, key, diagnostics_.size()});
           error(s.line, s.column, path,
-                s.name.empty() ? "missing required key"
-                               : fmt::format("missing required key in section '{}'", s.name));
+                s.name.empty() ? "missing required key" : fmt::format("missing required key in section '{}'", s.name));
         }
         return;
       }
@@ -380,8 +376,7 @@ void read_all(Reader& r, Section& root, Config& c) {
 
   Section& t = r.open(root, "trainer", Need::Required);
   r.get(t, "batch_size", c.trainer.batch_size, Need::Required, at_least<int64_t>(1));
-  r.get(t, "gradient_accumulation_steps", c.trainer.gradient_accumulation_steps, Need::Required,
-        at_least<int64_t>(1));
+  r.get(t, "gradient_accumulation_steps", c.trainer.gradient_accumulation_steps, Need::Required, at_least<int64_t>(1));
   r.get(t, "warmup_steps", c.trainer.warmup_steps, Need::Required, at_least<int64_t>(0));
   r.get(t, "num_train_epochs", c.trainer.num_train_epochs, Need::Required, above(0.0));
   r.get(t, "learning_rate", c.trainer.learning_rate, Need::Required, above(0.0));
@@ -410,8 +405,7 @@ void read_all(Reader& r, Section& root, Config& c) {
           return fmt::format("must be nf4, got {}", c_quoted(v));
         }));
   r.get(q, "double_quant", c.quantization.double_quant, Need::Optional);
-  r.get(q, "compute_dtype", c.quantization.compute_dtype, Need::Optional,
-        one_of({"bfloat16", "float16", "float32"}));
+  r.get(q, "compute_dtype", c.quantization.compute_dtype, Need::Optional, one_of({"bfloat16", "float16", "float32"}));
 
   Section& d = r.open(root, "distributed", Need::Optional);
   r.get(d, "world_size", c.distributed.world_size, Need::Optional, at_least<int64_t>(1));
@@ -428,8 +422,7 @@ void read_all(Reader& r, Section& root, Config& c) {
 
   Section& m = r.open(root, "metrics", Need::Optional);
   r.get(m, "enabled", c.metrics.enabled, Need::Optional);
-  r.get(m, "port", c.metrics.port, Need::Optional,
-        Check<int64_t>([](const int64_t& v) -> std::optional<std::string> {
+  r.get(m, "port", c.metrics.port, Need::Optional, Check<int64_t>([](const int64_t& v) -> std::optional<std::string> {
           if (v < 1 || v > 65535) return fmt::format("must be a TCP port in 1..65535, got {}", v);
           return std::nullopt;
         }));
@@ -437,8 +430,8 @@ void read_all(Reader& r, Section& root, Config& c) {
   // Rules that span keys.
   if (c.distributed.min_workers > c.distributed.world_size) {
     r.error_key(d, "min_workers",
-            fmt::format("must be <= distributed.world_size ({}), got {}", c.distributed.world_size,
-                        c.distributed.min_workers));
+                fmt::format("must be <= distributed.world_size ({}), got {}", c.distributed.world_size,
+                            c.distributed.min_workers));
   }
   if (c.trainer.eval_steps > 0 && c.data.eval_fraction == 0) {
     r.error_key(t, "eval_steps", "needs data.eval_fraction > 0 to hold out an eval split");
@@ -483,8 +476,8 @@ Config parse_config(const std::string& yaml_text, const std::string& name) {
 Config load_config(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    throw ConfigError({{path.string(), 0, 0, "",
-                        std::filesystem::exists(path) ? "cannot read the file" : "no such file"}});
+    throw ConfigError(
+        {{path.string(), 0, 0, "", std::filesystem::exists(path) ? "cannot read the file" : "no such file"}});
   }
   std::stringstream buffer;
   buffer << in.rdbuf();

@@ -63,9 +63,9 @@ struct QuantizationConfig {
 
 struct DistributedConfig {
   int64_t world_size = 1;
-  std::string backend = "auto";  // auto (nccl on GPU, gloo on CPU) | nccl | gloo
+  std::string backend = "auto";         // auto (nccl on GPU, gloo on CPU) | nccl | gloo
   std::string sharding = "full_shard";  // full_shard | no_shard
-  int64_t min_workers = 0;  // 0: all of world_size
+  int64_t min_workers = 0;              // 0: all of world_size
   double heartbeat_timeout_s = 30;
   double collective_timeout_s = 300;
 };
@@ -92,7 +92,7 @@ struct Config {
   std::filesystem::path source;  // the YAML file it was loaded from
   std::string model_name;
   std::string base_model;
-  std::string model_family;       // "llama" or empty (Auto* classes in the seed)
+  std::string model_family;          // "llama" or empty (Auto* classes in the seed)
   int64_t model_context_window = 0;  // 0: the tokenizer's model_max_length
   DataConfig data;
   LoraConfig lora;
@@ -112,8 +112,8 @@ struct Config {
 
 struct ConfigDiagnostic {
   std::string file;
-  int line = 0;    // 1-based; 0 when the error concerns the whole file
-  int column = 0;  // 1-based
+  int line = 0;     // 1-based; 0 when the error concerns the whole file
+  int column = 0;   // 1-based
   std::string key;  // dotted path of the offending key, may be empty
   std::string message;
 

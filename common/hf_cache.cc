@@ -22,8 +22,8 @@ static fs::path expand_user(const std::string& p, const std::optional<std::strin
 }
 
 HubEnvironment HubEnvironment::from_process() {
-  return {env_var("HF_HUB_CACHE"), env_var("HUGGINGFACE_HUB_CACHE"), env_var("HF_HOME"),
-          env_var("XDG_CACHE_HOME"), env_var("HOME")};
+  return {env_var("HF_HUB_CACHE"), env_var("HUGGINGFACE_HUB_CACHE"), env_var("HF_HOME"), env_var("XDG_CACHE_HOME"),
+          env_var("HOME")};
 }
 
 fs::path HubEnvironment::hub_cache() const {
@@ -37,8 +37,8 @@ fs::path HubEnvironment::hub_cache() const {
 bool looks_like_hub_id(const std::string& ref) {
   if (ref.empty() || ref[0] == '/' || ref[0] == '.' || ref[0] == '~') return false;
   size_t slash = ref.find('/');
-  if (slash != std::string::npos && (slash == 0 || slash + 1 == ref.size() ||
-                                     ref.find('/', slash + 1) != std::string::npos)) {
+  if (slash != std::string::npos &&
+      (slash == 0 || slash + 1 == ref.size() || ref.find('/', slash + 1) != std::string::npos)) {
     return false;
   }
   for (char c : ref) {
@@ -70,8 +70,8 @@ fs::path resolve_hub_path(const std::string& ref, HubRepoType type, const std::s
     if (in && std::getline(in, revision) && !revision.empty()) {
       fs::path snapshot = repo / "snapshots" / revision;
       if (fs::is_directory(snapshot, ec)) return snapshot;
-      tried.push_back(fmt::format("{} (refs/main names {}, but that snapshot is missing)", snapshot.string(),
-                                  revision));
+      tried.push_back(
+          fmt::format("{} (refs/main names {}, but that snapshot is missing)", snapshot.string(), revision));
     } else {
       tried.push_back(fmt::format("{} (no such file: not in the hub cache)", ref_file.string()));
     }

@@ -17,11 +17,11 @@ enum class HubRepoType { Model, Dataset };
 // The environment variables the hub libraries read, captured once (tests pass
 // their own).
 struct HubEnvironment {
-  std::optional<std::string> hf_hub_cache;            // HF_HUB_CACHE
-  std::optional<std::string> huggingface_hub_cache;   // HUGGINGFACE_HUB_CACHE (older name)
-  std::optional<std::string> hf_home;                 // HF_HOME
-  std::optional<std::string> xdg_cache_home;          // XDG_CACHE_HOME
-  std::optional<std::string> home;                    // HOME
+  std::optional<std::string> hf_hub_cache;           // HF_HUB_CACHE
+  std::optional<std::string> huggingface_hub_cache;  // HUGGINGFACE_HUB_CACHE (older name)
+  std::optional<std::string> hf_home;                // HF_HOME
+  std::optional<std::string> xdg_cache_home;         // XDG_CACHE_HOME
+  std::optional<std::string> home;                   // HOME
 
   static HubEnvironment from_process();
   // HF_HUB_CACHE, else HUGGINGFACE_HUB_CACHE, else HF_HOME/hub, else

@@ -23,8 +23,7 @@ grpc::Status CoordinatorService::GetStatus(grpc::ServerContext*, const herd::v1:
   return grpc::Status::OK;
 }
 
-CoordinatorServer::CoordinatorServer(JobSettings settings, const std::string& listen)
-    : service_(std::move(settings)) {
+CoordinatorServer::CoordinatorServer(JobSettings settings, const std::string& listen) : service_(std::move(settings)) {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port_);
   builder.RegisterService(&service_);

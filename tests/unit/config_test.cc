@@ -127,8 +127,9 @@ TEST_P(BrokenConfig, NamesLineKeyAndReason) {
   const BrokenCase& bc = GetParam();
   auto errors = errors_of(bc.yaml);
   ASSERT_EQ(errors.size(), 1u) << "expected one error for " << bc.name << ", got " << errors.size()
-                               << (errors.empty() ? "" : ": " + errors[0].str() +
-                                                             (errors.size() > 1 ? " | " + errors[1].str() : ""));
+                               << (errors.empty()
+                                       ? ""
+                                       : ": " + errors[0].str() + (errors.size() > 1 ? " | " + errors[1].str() : ""));
   EXPECT_EQ(errors[0].file, "bad.yaml");
   EXPECT_EQ(errors[0].line, bc.line) << errors[0].str();
   EXPECT_EQ(errors[0].key, bc.key) << errors[0].str();
@@ -147,13 +148,13 @@ INSTANTIATE_TEST_SUITE_P(
         BrokenCase{"unknown_key_in_herd_section", seed_text() + "checkpoint:\n  every_step: 10\n", 28,
                    "checkpoint.every_step", "did you mean 'every_steps'"},
         BrokenCase{"int_not_a_number", seed_with("  r: 8\n", "  r: eight\n"), 9, "lora.r", "expected an integer"},
-        BrokenCase{"int_given_a_float", seed_with("  batch_size: 1\n", "  batch_size: 1.5\n"), 19,
-                   "trainer.batch_size", "expected an integer"},
+        BrokenCase{"int_given_a_float", seed_with("  batch_size: 1\n", "  batch_size: 1.5\n"), 19, "trainer.batch_size",
+                   "expected an integer"},
         BrokenCase{"int_quoted", seed_with("  batch_size: 1\n", "  batch_size: \"1\"\n"), 19, "trainer.batch_size",
                    "got the string"},
         BrokenCase{"r_zero", seed_with("  r: 8\n", "  r: 0\n"), 9, "lora.r", "must be >= 1"},
-        BrokenCase{"dropout_one", seed_with("  lora_dropout: 0.05\n", "  lora_dropout: 1.0\n"), 15,
-                   "lora.lora_dropout", "[0, 1)"},
+        BrokenCase{"dropout_one", seed_with("  lora_dropout: 0.05\n", "  lora_dropout: 1.0\n"), 15, "lora.lora_dropout",
+                   "[0, 1)"},
         BrokenCase{"dropout_negative", seed_with("  lora_dropout: 0.05\n", "  lora_dropout: -0.1\n"), 15,
                    "lora.lora_dropout", "[0, 1)"},
         BrokenCase{"unknown_target_module", seed_with("  - v_proj\n", "  - v_prj\n"), 14, "lora.target_modules",
@@ -164,16 +165,15 @@ INSTANTIATE_TEST_SUITE_P(
                    "must be one of vicuna, orca, raw_text"},
         BrokenCase{"missing_required_key", seed_with("  learning_rate: 0.0001  # 1e-4\n", ""), 18,
                    "trainer.learning_rate", "missing required key"},
-        BrokenCase{"missing_top_level_key", seed_with("model_name: llama2_70b_chat_uncensored\n", ""), 0,
-                   "model_name", "missing required key"},
-        BrokenCase{"required_key_without_value", seed_with("  dataset: ehartford/wizard_vicuna_70k_unfiltered",
-                                                           "  dataset:"),
-                   7, "data.dataset", "has no value"},
+        BrokenCase{"missing_top_level_key", seed_with("model_name: llama2_70b_chat_uncensored\n", ""), 0, "model_name",
+                   "missing required key"},
+        BrokenCase{"required_key_without_value",
+                   seed_with("  dataset: ehartford/wizard_vicuna_70k_unfiltered", "  dataset:"), 7, "data.dataset",
+                   "has no value"},
         BrokenCase{"string_given_a_list",
                    seed_with("trainer_output_dir: trainer_outputs/", "trainer_output_dir: [a, b]"), 25,
                    "trainer_output_dir", "expected a string"},
-        BrokenCase{"bool_not_a_bool",
-                   seed_with("  type: vicuna\n", "  type: vicuna\n  train_on_inputs: maybe\n"), 7,
+        BrokenCase{"bool_not_a_bool", seed_with("  type: vicuna\n", "  type: vicuna\n  train_on_inputs: maybe\n"), 7,
                    "data.train_on_inputs", "expected true or false"},
         BrokenCase{"learning_rate_negative", seed_with("  learning_rate: 0.0001", "  learning_rate: -1"), 23,
                    "trainer.learning_rate", "must be > 0"},
@@ -186,16 +186,14 @@ INSTANTIATE_TEST_SUITE_P(
                    "must be one of llama"},
         BrokenCase{"duplicate_key", seed_with("  r: 8\n", "  r: 8\n  r: 16\n"), 10, "lora.r", "duplicate key"},
         BrokenCase{"invalid_yaml", seed_with("  r: 8\n", "  r: [8\n"), 10, "", "invalid YAML"},
-        BrokenCase{"min_workers_above_world_size",
-                   seed_text() + "distributed:\n  world_size: 2\n  min_workers: 3\n", 29,
-                   "distributed.min_workers", "must be <= distributed.world_size (2)"},
+        BrokenCase{"min_workers_above_world_size", seed_text() + "distributed:\n  world_size: 2\n  min_workers: 3\n",
+                   29, "distributed.min_workers", "must be <= distributed.world_size (2)"},
         BrokenCase{"fp4", seed_text() + "quantization:\n  quant_type: fp4\n", 28, "quantization.quant_type",
                    "fp4 is not supported"},
         BrokenCase{"compute_dtype", seed_text() + "quantization:\n  compute_dtype: float8\n", 28,
                    "quantization.compute_dtype", "must be one of bfloat16, float16, float32"},
         BrokenCase{"section_not_a_mapping", seed_text() + "metrics: 5\n", 27, "metrics", "expected a mapping"},
-        BrokenCase{"port_out_of_range", seed_text() + "metrics:\n  port: 70000\n", 28, "metrics.port",
-                   "1..65535"},
+        BrokenCase{"port_out_of_range", seed_text() + "metrics:\n  port: 70000\n", 28, "metrics.port", "1..65535"},
         BrokenCase{"eval_steps_without_split",
                    seed_with("  logging_steps: 20\n", "  logging_steps: 20\n  eval_steps: 10\n"), 25,
                    "trainer.eval_steps", "needs data.eval_fraction"}),

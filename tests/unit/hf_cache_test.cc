@@ -12,9 +12,8 @@ namespace fs = std::filesystem;
 class HubCache : public ::testing::Test {
  protected:
   void SetUp() override {
-    root_ = fs::temp_directory_path() /
-            ("herd-hub-" + std::to_string(::getpid()) + "-" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    root_ = fs::temp_directory_path() / ("herd-hub-" + std::to_string(::getpid()) + "-" +
+                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(root_);
     fs::create_directories(root_);
   }
@@ -93,8 +92,7 @@ TEST_F(HubCache, NotFoundNamesEveryPathTriedAndTheDownloadCommand) {
     resolve_hub_path("ehartford/wizard_vicuna_70k_unfiltered", HubRepoType::Dataset, "data.dataset", env);
     FAIL() << "must throw";
   } catch (const HubNotFound& e) {
-    EXPECT_NE(std::string(e.what()).find("huggingface-cli download --repo-type dataset ehartford/"),
-              std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("huggingface-cli download --repo-type dataset ehartford/"), std::string::npos);
   }
 }
 
