@@ -3,15 +3,18 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <string>
 
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "cli/config_report.h"
 #include "common/config.h"
 #include "common/hf_cache.h"
+#include "common/launch.h"
 #include "common/version.h"
 #include "herd/proto/herd.grpc.pb.h"
 #include "worker/runtime.h"
@@ -68,7 +71,8 @@ int train(const std::string& path, bool dry_run) {
   return kNotBuiltYet;
 }
 
-int status(const std::string& address, bool json) {
+// GetStatus of the coordinator at `address`; prints the failure and returns nullopt.
+std::optional<herd::v1::JobStatus> fetch_status(const std::string& address, const char* who) {
   auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   auto stub = herd::v1::Coordinator::NewStub(channel);
   grpc::ClientContext context;
@@ -77,20 +81,52 @@ int status(const std::string& address, bool json) {
   herd::v1::JobStatus reply;
   grpc::Status s = stub->GetStatus(&context, request, &reply);
   if (!s.ok()) {
-    std::cerr << fmt::format("herd status: coordinator {} answered {} ({})\n", address,
-                             static_cast<int>(s.error_code()), s.error_message());
-    return kUserError;
+    std::cerr << fmt::format("{}: coordinator {} answered {} ({})\n", who, address, static_cast<int>(s.error_code()),
+                             s.error_message());
+    return std::nullopt;
   }
+  return reply;
+}
+
+std::string describe(const herd::v1::JobStatus& s) {
+  return fmt::format("job {}: {}, {} of {} workers registered", s.job_id(), herd::v1::JobState_Name(s.state()),
+                     s.registered_workers(), s.world_size());
+}
+
+int status(const std::string& address, bool json) {
+  auto reply = fetch_status(address, "herd status");
+  if (!reply) return kUserError;
   if (json) {
-    std::cout << fmt::format(R"({{"job_id": "{}", "state": "{}", "world_size": {}, "registered_workers": {}}})",
-                             reply.job_id(), herd::v1::JobState_Name(reply.state()), reply.world_size(),
-                             reply.registered_workers())
-              << "\n";
+    nlohmann::json doc = {{"job_id", reply->job_id()},
+                          {"state", herd::v1::JobState_Name(reply->state())},
+                          {"world_size", reply->world_size()},
+                          {"registered_workers", reply->registered_workers()}};
+    std::cout << doc.dump() << "\n";
   } else {
-    std::cout << fmt::format("job {}: {}, {} of {} workers registered\n", reply.job_id(),
-                             herd::v1::JobState_Name(reply.state()), reply.registered_workers(), reply.world_size());
+    std::cout << describe(*reply) << "\n";
   }
   return kOk;
+}
+
+int worker(const std::string& coordinator) {
+  herd::Launch launch;
+  try {
+    launch = herd::detect_launch(coordinator, herd::process_env());
+  } catch (const herd::LaunchError& e) {
+    std::cerr << "herd worker: " << e.what() << "\n";
+    return kUserError;
+  }
+  std::cout << fmt::format("herd worker: launched by {}; rank {}; local rank {}; coordinator {}\n", launch.source,
+                           launch.rank ? fmt::format("{} of {}", *launch.rank, *launch.world_size)
+                                       : std::string("assigned by the coordinator"),
+                           launch.local_rank, launch.coordinator.empty() ? "hosted by rank 0" : launch.coordinator);
+  if (!launch.coordinator.empty()) {
+    auto reply = fetch_status(launch.coordinator, "herd worker");
+    if (!reply) return kUserError;
+    std::cout << describe(*reply) << "\n";
+  }
+  std::cerr << "herd worker: the training loop is not built yet\n";
+  return kNotBuiltYet;
 }
 
 }  // namespace
@@ -113,8 +149,8 @@ int main(int argc, char** argv) {
   auto* worker_cmd = app.add_subcommand("worker", "Join a job as one worker");
   worker_cmd->add_option("config", config_path, "The job's YAML config (with mpirun or a local launch)");
   worker_cmd->add_option("--coordinator", coordinator, "The coordinator, HOST:PORT");
-  worker_cmd->add_option("--token-file", token_file, "File holding the job token");
-  worker_cmd->callback([&] { rc = not_built_yet("worker"); });
+  worker_cmd->add_option("--token-file", token_file, "File holding the job token")->check(CLI::ExistingFile);
+  worker_cmd->callback([&] { rc = config_path.empty() || load(config_path) ? worker(coordinator) : kUserError; });
 
   auto* config_cmd = app.add_subcommand("config", "Inspect configs");
   config_cmd->require_subcommand(1);

@@ -94,7 +94,9 @@ def test_coordinator_links_no_libtorch_and_herd_does():
     assert "libtorch.so" in torch_libraries(libraries("herd"))
 
 
-def test_coordinator_serves_status(tmp_path):
+@pytest.fixture
+def coordinator(tmp_path):
+    """A herd-coordinator for the seed's config on a free loopback port: yields HOST:PORT."""
     port_file = tmp_path / "port"
     proc = subprocess.Popen([str(BIN / "herd-coordinator"), "--config", str(SEED), "--listen", "127.0.0.1:0",
                              "--port-file", str(port_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -104,13 +106,41 @@ def test_coordinator_serves_status(tmp_path):
         while not (port_file.exists() and port_file.read_text().strip()) and time.time() < deadline:
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.05)
-        port = int(port_file.read_text())
-        out = herd("status", "--coordinator", f"127.0.0.1:{port}")
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == "job llama2_70b_chat_uncensored: REGISTERING, 0 of 1 workers registered"
+        yield f"127.0.0.1:{int(port_file.read_text())}"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def test_coordinator_serves_status(coordinator):
+    out = herd("status", "--coordinator", coordinator)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "job llama2_70b_chat_uncensored: REGISTERING, 0 of 1 workers registered"
+
+
+def test_worker_reaches_its_coordinator(coordinator):
+    out = herd("worker", "--coordinator", coordinator)
+    assert out.returncode == 2
+    assert out.stdout.splitlines() == [
+        f"herd worker: launched by flags; rank assigned by the coordinator; local rank 0; coordinator {coordinator}",
+        "job llama2_70b_chat_uncensored: REGISTERING, 0 of 1 workers registered"]
+    assert "herd worker: the training loop is not built yet" in out.stderr
+
+
+def test_worker_under_torchrun_environment(coordinator):
+    host, port = coordinator.split(":")
+    env = dict(os.environ, RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR=host, MASTER_PORT=port)
+    out = herd("worker", SEED, env=env)
+    assert out.stdout.splitlines()[0] == \
+        f"herd worker: launched by torchrun; rank 1 of 2; local rank 1; coordinator {coordinator}"
+    assert out.returncode == 2
+
+
+def test_worker_with_a_malformed_environment_fails_clearly():
+    env = dict(os.environ, RANK="x", WORLD_SIZE="2")
+    out = herd("worker", env=env)
+    assert out.returncode == 1
+    assert out.stderr.strip() == "herd worker: RANK=x is not an integer >= 0"
 
 
 def test_status_of_a_missing_coordinator_fails_clearly():
