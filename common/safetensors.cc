@@ -1,0 +1,345 @@
+#include "common/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+namespace herd {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's limit
+
+struct DTypeInfo {
+  DType dtype;
+  const char* name;
+  size_t size;
+};
+constexpr DTypeInfo kDTypes[] = {{DType::F32, "F32", 4}, {DType::F16, "F16", 2}, {DType::BF16, "BF16", 2},
+                                 {DType::U8, "U8", 1},   {DType::I8, "I8", 1},   {DType::I32, "I32", 4},
+                                 {DType::I64, "I64", 8}};
+
+[[noreturn]] void fail(const fs::path& file, const std::string& message) {
+  throw SafetensorsError(fmt::format("{}: {}", file.string(), message));
+}
+[[noreturn]] void fail(const fs::path& file, const std::string& tensor, const std::string& message) {
+  throw SafetensorsError(fmt::format("{}: tensor '{}': {}", file.string(), tensor, message));
+}
+
+void reject_pytorch_pickle(const fs::path& path) {
+  auto ext = path.extension().string();
+  if (ext == ".bin" || ext == ".pt" || ext == ".pth") {
+    fail(path,
+         "PyTorch pickle checkpoints are not read by herd (they can run code when loaded); convert it to "
+         "safetensors, e.g. in Python: model = AutoModelForCausalLM.from_pretrained(DIR); "
+         "model.save_pretrained(OUT, safe_serialization=True)");
+  }
+}
+
+// Parses the header. Duplicate keys are legal JSON to nlohmann (the last wins); a
+// safetensors header naming one tensor twice is corrupt, so top-level keys are
+// collected as they are parsed.
+json parse_header(const std::string& text, std::string& duplicate) {
+  std::set<std::string> seen;
+  json::parser_callback_t cb = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (depth == 1 && event == json::parse_event_t::key && duplicate.empty()) {
+      std::string key = parsed.get<std::string>();
+      if (!seen.insert(key).second) duplicate = key;
+    }
+    return true;
+  };
+  return json::parse(text, cb, /*allow_exceptions=*/false);
+}
+
+}  // namespace
+
+const char* dtype_name(DType d) {
+  for (const auto& i : kDTypes) {
+    if (i.dtype == d) return i.name;
+  }
+  return "?";
+}
+
+size_t dtype_size(DType d) {
+  for (const auto& i : kDTypes) {
+    if (i.dtype == d) return i.size;
+  }
+  return 0;
+}
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
+  reject_pytorch_pickle(path);
+  std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
+  f->path_ = path;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(path, fmt::format("cannot open: {}", std::strerror(errno)));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    fail(path, "cannot stat");
+  }
+  f->size_ = static_cast<size_t>(st.st_size);
+  if (f->size_ < 8) {
+    ::close(fd);
+    fail(path, fmt::format("file is {} bytes; a safetensors file starts with an 8-byte header length", f->size_));
+  }
+  f->map_ = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (f->map_ == MAP_FAILED) {
+    f->map_ = nullptr;
+    fail(path, "cannot map the file");
+  }
+  const auto* bytes = static_cast<const uint8_t*>(f->map_);
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = header_len << 8 | bytes[i];  // little-endian
+  if (header_len > kMaxHeaderBytes) {
+    fail(path, fmt::format("header length {} exceeds the {} byte limit (not a safetensors file?)", header_len,
+                           kMaxHeaderBytes));
+  }
+  if (header_len > f->size_ - 8) {
+    fail(path,
+         fmt::format("header length {} runs past the end of the {}-byte file (truncated?)", header_len, f->size_));
+  }
+  const std::string text(reinterpret_cast<const char*>(bytes + 8), header_len);
+  std::string duplicate;
+  json header = parse_header(text, duplicate);
+  if (header.is_discarded()) fail(path, "header is not valid JSON");
+  if (!header.is_object()) fail(path, "header must be a JSON object");
+  if (!duplicate.empty()) fail(path, duplicate, "appears twice in the header");
+
+  const uint8_t* data = bytes + 8 + header_len;
+  const size_t data_size = f->size_ - 8 - header_len;
+  struct Span {
+    size_t begin, end;
+    std::string name;
+  };
+  std::vector<Span> spans;
+  for (auto& [name, entry] : header.items()) {
+    if (name == "__metadata__") {
+      if (!entry.is_object()) fail(path, "__metadata__ must be an object of strings");
+      for (auto& [k, v] : entry.items()) {
+        if (!v.is_string()) fail(path, fmt::format("__metadata__ value of '{}' must be a string", k));
+        f->metadata_[k] = v.get<std::string>();
+      }
+      continue;
+    }
+    if (!entry.is_object()) fail(path, name, "entry must be an object with dtype, shape and data_offsets");
+    for (const char* k : {"dtype", "shape", "data_offsets"}) {
+      if (!entry.contains(k)) fail(path, name, fmt::format("missing '{}'", k));
+    }
+    TensorView t;
+    t.name = name;
+    const json& dt = entry["dtype"];
+    const DTypeInfo* info = nullptr;
+    if (dt.is_string()) {
+      for (const auto& i : kDTypes) {
+        if (dt.get<std::string>() == i.name) info = &i;
+      }
+    }
+    if (info == nullptr) {
+      fail(path, name, fmt::format("unsupported dtype {} (herd reads F32, F16, BF16, U8, I8, I32, I64)", dt.dump()));
+    }
+    t.dtype = info->dtype;
+    const json& shape = entry["shape"];
+    if (!shape.is_array()) fail(path, name, "shape must be an array of non-negative integers");
+    uint64_t numel = 1;
+    for (const json& s : shape) {
+      if (!s.is_number_unsigned()) fail(path, name, fmt::format("shape {} is not non-negative integers", shape.dump()));
+      uint64_t v = s.get<uint64_t>();
+      if (v != 0 && numel > UINT64_MAX / v) fail(path, name, "shape overflows");
+      numel *= v;
+      t.shape.push_back(static_cast<int64_t>(v));
+    }
+    const json& off = entry["data_offsets"];
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
+      fail(path, name, fmt::format("data_offsets {} must be [begin, end]", off.dump()));
+    }
+    uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
+    if (begin > end) fail(path, name, fmt::format("data_offsets [{}, {}] end before they begin", begin, end));
+    if (end > data_size) {
+      fail(path, name,
+           fmt::format("data_offsets [{}, {}] run past the {} bytes of data (truncated?)", begin, end, data_size));
+    }
+    if (numel > UINT64_MAX / info->size || numel * info->size != end - begin) {
+      fail(path, name,
+           fmt::format("shape {} of {} needs {} bytes but data_offsets span {}", shape.dump(), info->name,
+                       numel * info->size, end - begin));
+    }
+    t.data = data + begin;
+    t.nbytes = end - begin;
+    spans.push_back({begin, end, name});
+    f->tensors_.emplace(name, std::move(t));
+  }
+  // As the reference implementation requires: tensors tile the data area exactly.
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
+  size_t expected = 0;
+  for (const auto& s : spans) {
+    if (s.begin < expected) fail(path, s.name, fmt::format("overlaps the tensor before it (starts at {})", s.begin));
+    if (s.begin > expected) {
+      fail(path, s.name, fmt::format("leaves bytes {}..{} of the data area unused", expected, s.begin));
+    }
+    expected = s.end;
+  }
+  if (expected != data_size) {
+    fail(path, fmt::format("tensors cover {} of the {} data bytes (trailing bytes)", expected, data_size));
+  }
+  for (const auto& s : spans) f->names_.push_back(s.name);
+  return f;
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (map_ != nullptr) ::munmap(map_, size_);
+}
+
+const TensorView& SafetensorsFile::tensor(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) fail(path_, name, "no such tensor");
+  return it->second;
+}
+
+SafetensorsCheckpoint SafetensorsCheckpoint::open(const fs::path& dir_or_file) {
+  SafetensorsCheckpoint c;
+  if (!fs::is_directory(dir_or_file)) {
+    auto f = SafetensorsFile::open(dir_or_file);
+    for (const auto& n : f->names()) c.where_[n] = f;
+    return c;
+  }
+  const fs::path single = dir_or_file / "model.safetensors";
+  const fs::path index = dir_or_file / "model.safetensors.index.json";
+  if (fs::exists(single)) return open(single);
+  if (!fs::exists(index)) {
+    for (const char* pickle : {"pytorch_model.bin", "pytorch_model.bin.index.json"}) {
+      if (fs::exists(dir_or_file / pickle)) reject_pytorch_pickle(dir_or_file / "pytorch_model.bin");
+    }
+    fail(dir_or_file, "holds neither model.safetensors nor model.safetensors.index.json");
+  }
+  std::ifstream in(index);
+  json doc = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded() || !doc.is_object() || !doc.contains("weight_map") || !doc["weight_map"].is_object()) {
+    fail(index, "must be a JSON object with a \"weight_map\" object");
+  }
+  std::map<std::string, std::shared_ptr<SafetensorsFile>> shards;
+  for (auto& [name, file] : doc["weight_map"].items()) {
+    if (!file.is_string()) fail(index, name, "weight_map value must be a file name");
+    const std::string shard = file.get<std::string>();
+    if (shard.find('/') != std::string::npos)
+      fail(index, name, fmt::format("shard '{}' must be a plain file name", shard));
+    auto& opened = shards[shard];
+    if (!opened) {
+      if (!fs::exists(dir_or_file / shard)) fail(index, name, fmt::format("shard {} does not exist", shard));
+      opened = SafetensorsFile::open(dir_or_file / shard);
+    }
+    if (!opened->contains(name)) fail(index, name, fmt::format("is not in shard {}", shard));
+    c.where_[name] = opened;
+  }
+  return c;
+}
+
+std::vector<std::string> SafetensorsCheckpoint::names() const {
+  std::vector<std::string> out;
+  for (const auto& [n, f] : where_) out.push_back(n);
+  return out;
+}
+
+const TensorView& SafetensorsCheckpoint::tensor(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) throw SafetensorsError(fmt::format("checkpoint has no tensor '{}'", name));
+  return it->second->tensor(name);
+}
+
+void SafetensorsWriter::add(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data,
+                            size_t nbytes) {
+  int64_t numel = 1;
+  for (int64_t s : shape) numel *= s;
+  if (static_cast<size_t>(numel) * dtype_size(dtype) != nbytes) {
+    throw SafetensorsError(
+        fmt::format("tensor '{}': {} bytes given for {} elements of {}", name, nbytes, numel, dtype_name(dtype)));
+  }
+  for (const auto& e : entries_) {
+    if (e.name == name) throw SafetensorsError(fmt::format("tensor '{}' added twice", name));
+  }
+  const auto* p = static_cast<const uint8_t*>(data);
+  entries_.push_back({name, dtype, std::move(shape), std::vector<uint8_t>(p, p + nbytes)});
+}
+
+void SafetensorsWriter::write_file(const fs::path& file, const std::vector<const Entry*>& entries,
+                                   const std::map<std::string, std::string>& metadata) {
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  size_t offset = 0;
+  for (const Entry* e : entries) {
+    header[e->name] = {
+        {"dtype", dtype_name(e->dtype)}, {"shape", e->shape}, {"data_offsets", {offset, offset + e->bytes.size()}}};
+    offset += e->bytes.size();
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned, as HF writes it
+  const fs::path tmp = file.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    uint64_t len = text.size();
+    for (int i = 0; i < 8; ++i) out.put(static_cast<char>(len >> (8 * i) & 0xff));
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    for (const Entry* e : entries)
+      out.write(reinterpret_cast<const char*>(e->bytes.data()), static_cast<std::streamsize>(e->bytes.size()));
+    if (!out) throw SafetensorsError(fmt::format("{}: write failed", tmp.string()));
+  }
+  fs::rename(tmp, file);  // never a half-written file under the real name
+}
+
+void SafetensorsWriter::write(const fs::path& file) const {
+  std::vector<const Entry*> all;
+  for (const auto& e : entries_) all.push_back(&e);
+  write_file(file, all, metadata_);
+}
+
+void SafetensorsWriter::write_sharded(const fs::path& dir, size_t max_shard_bytes) const {
+  fs::create_directories(dir);
+  std::vector<std::vector<const Entry*>> shards(1);
+  size_t in_shard = 0;
+  for (const auto& e : entries_) {
+    if (!shards.back().empty() && in_shard + e.bytes.size() > max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(&e);
+    in_shard += e.bytes.size();
+  }
+  if (shards.size() == 1) {
+    write_file(dir / "model.safetensors", shards[0], metadata_);
+    return;
+  }
+  json weight_map = json::object();
+  size_t total = 0;
+  for (size_t i = 0; i < shards.size(); ++i) {
+    std::string name = fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, shards.size());
+    write_file(dir / name, shards[i], metadata_);
+    for (const Entry* e : shards[i]) {
+      weight_map[e->name] = name;
+      total += e->bytes.size();
+    }
+  }
+  json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << "\n";
+}
+
+}  // namespace herd
