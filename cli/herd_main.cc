@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/config_report.h"
+#include "cli/model_commands.h"
 #include "common/config.h"
 #include "common/hf_cache.h"
 #include "common/launch.h"
@@ -165,15 +166,15 @@ int main(int argc, char** argv) {
   status_cmd->add_flag("--json", json, "Print JSON");
   status_cmd->callback([&] { rc = status(coordinator, json); });
 
+  herd::cli::add_model_commands(app, rc);
+
   // Planned subcommands: each exists so that --help lists the whole tool.
   const std::pair<const char*, const char*> planned[] = {
       {"merge", "Merge an adapter into the base model's weights"},
       {"chat", "Talk to a model with an adapter"},
-      {"quantize", "Write a pre-quantized NF4 checkpoint"},
       {"eval", "Mean token loss and perplexity over a conversation file"},
       {"plan", "Per-rank memory estimate for a config"},
       {"data", "Inspect and tokenize conversation data"},
-      {"tools", "Developer tools (make-tiny-model, ...)"},
   };
   for (const auto& [name, help] : planned) {
     auto* cmd = app.add_subcommand(name, std::string(help) + " (not built yet)");

@@ -1,0 +1,175 @@
+#include "cli/model_commands.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "common/safetensors.h"
+#include "worker/model/hf_checkpoint.h"
+#include "worker/model/llama.h"
+#include "worker/model/peft_adapter.h"
+
+namespace herd::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The directory of the running executable (herd-spm-train lives beside herd).
+fs::path executable_dir() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::path(".") : p.parent_path();
+}
+
+// "1,2,3;4,5" -> rows of ids, right-padded with 0 and a 0/1 attention mask.
+std::pair<torch::Tensor, torch::Tensor> parse_rows(const std::string& text) {
+  std::vector<std::vector<int64_t>> rows;
+  std::stringstream all(text);
+  std::string row;
+  while (std::getline(all, row, ';')) {
+    std::vector<int64_t> ids;
+    std::stringstream r(row);
+    std::string id;
+    while (std::getline(r, id, ',')) ids.push_back(std::stoll(id));
+    if (ids.empty()) throw std::invalid_argument("--ids has an empty row");
+    rows.push_back(ids);
+  }
+  if (rows.empty()) throw std::invalid_argument("--ids is empty");
+  size_t width = 0;
+  for (const auto& r : rows) width = std::max(width, r.size());
+  auto ids = torch::zeros({static_cast<int64_t>(rows.size()), static_cast<int64_t>(width)}, torch::kInt64);
+  auto mask = torch::zeros_like(ids);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    for (size_t j = 0; j < rows[i].size(); ++j) {
+      ids[static_cast<int64_t>(i)][static_cast<int64_t>(j)] = rows[i][j];
+      mask[static_cast<int64_t>(i)][static_cast<int64_t>(j)] = 1;
+    }
+  }
+  return {ids, mask};
+}
+
+template <class F>
+int guarded(const char* what, F&& f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "herd " << what << ": " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace
+
+void add_model_commands(CLI::App& app, int& rc) {
+  // herd quantize MODEL OUT
+  auto q_model = std::make_shared<std::string>(), q_out = std::make_shared<std::string>();
+  auto q_single = std::make_shared<bool>(false);
+  auto* quantize = app.add_subcommand("quantize", "Write a pre-quantized NF4 checkpoint (transformers' bitsandbytes layout)");
+  quantize->add_option("model", *q_model, "Model directory (config.json + safetensors)")->required();
+  quantize->add_option("out", *q_out, "Output directory")->required();
+  quantize->add_flag("--no-double-quant", *q_single, "Keep absmax in float32");
+  quantize->callback([&rc, q_model, q_out, q_single] {
+    rc = guarded("quantize", [&] {
+      herd::model::write_quantized_checkpoint(*q_model, *q_out, {!*q_single, "bfloat16"});
+      std::cout << fmt::format("herd quantize: wrote {}\n", (fs::path(*q_out) / "model.safetensors").string());
+    });
+  });
+
+  auto* tools = app.add_subcommand("tools", "Developer tools");
+  tools->require_subcommand(1);
+
+  auto spec = std::make_shared<herd::model::TinyModelSpec>();
+  auto tiny_out = std::make_shared<std::string>();
+  auto text = std::make_shared<std::string>();
+  auto* tiny = tools->add_subcommand("make-tiny-model", "Write a random-init Llama directory with a trained tokenizer");
+  tiny->add_option("out", *tiny_out, "Output directory")->required();
+  tiny->add_option("--layers", spec->layers)->capture_default_str()->check(CLI::PositiveNumber);
+  tiny->add_option("--hidden", spec->hidden)->capture_default_str()->check(CLI::PositiveNumber);
+  tiny->add_option("--heads", spec->heads)->capture_default_str()->check(CLI::PositiveNumber);
+  tiny->add_option("--kv-heads", spec->kv_heads)->capture_default_str()->check(CLI::PositiveNumber);
+  tiny->add_option("--intermediate", spec->intermediate)->capture_default_str()->check(CLI::PositiveNumber);
+  tiny->add_option("--vocab", spec->vocab, "Tokenizer vocabulary (>= 259: 256 bytes + 3 specials)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{259}, int64_t{1} << 20));
+  tiny->add_option("--seed", spec->seed)->capture_default_str();
+  tiny->add_flag("--tie-embeddings", spec->tie_embeddings);
+  tiny->add_option("--text", *text, "Tokenizer training text (default: built in)")->check(CLI::ExistingFile);
+  tiny->callback([&rc, spec, tiny_out, text] {
+    rc = guarded("tools make-tiny-model", [&] {
+      spec->text = *text;
+      herd::model::make_tiny_model(*spec, *tiny_out, executable_dir() / "herd-spm-train");
+      std::cout << fmt::format("herd tools make-tiny-model: wrote {}\n", *tiny_out);
+    });
+  });
+
+  auto l_model = std::make_shared<std::string>(), l_ids = std::make_shared<std::string>(),
+       l_out = std::make_shared<std::string>(), l_dtype = std::make_shared<std::string>("float32");
+  auto l_plain = std::make_shared<bool>(false);
+  auto l_adapter = std::make_shared<std::string>();
+  auto* logits = tools->add_subcommand("logits", "Run the model on token ids; write the logits as safetensors");
+  logits->add_option("model", *l_model, "Model directory")->required();
+  logits->add_option("--ids", *l_ids, "Token ids: rows separated by ';', ids by ','; short rows are right-padded")
+      ->required();
+  logits->add_option("--out", *l_out, "Output .safetensors (tensors: logits, input_ids, attention_mask)")->required();
+  logits->add_flag("--no-quantize", *l_plain, "Use the plain weights instead of NF4");
+  logits->add_option("--adapter", *l_adapter, "A peft LoRA adapter directory")->check(CLI::ExistingDirectory);
+  logits->add_option("--compute-dtype", *l_dtype)->check(CLI::IsMember({"float32", "bfloat16"}))->capture_default_str();
+  logits->callback([&rc, l_model, l_ids, l_out, l_plain, l_dtype, l_adapter] {
+    rc = guarded("tools logits", [&] {
+      herd::model::LoadOptions options;
+      options.quantize = !*l_plain;
+      options.compute_dtype = *l_dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
+      if (!l_adapter->empty()) options.lora = herd::model::read_adapter_config(*l_adapter);
+      auto model = herd::model::Llama::load(*l_model, options);
+      if (!l_adapter->empty()) herd::model::load_adapter_weights(model, *l_adapter);
+      auto [ids, mask] = parse_rows(*l_ids);
+      torch::NoGradGuard no_grad;
+      auto out = model.forward(ids, mask).contiguous();
+      SafetensorsWriter w;
+      w.add("logits", DType::F32, out.sizes().vec(), out.data_ptr(), out.nbytes());
+      w.add("input_ids", DType::I64, ids.sizes().vec(), ids.data_ptr(), ids.nbytes());
+      w.add("attention_mask", DType::I64, mask.sizes().vec(), mask.data_ptr(), mask.nbytes());
+      w.write(*l_out);
+    });
+  });
+
+  // herd tools init-adapter MODEL OUT: a fresh adapter as training starts it (B = 0),
+  // or with random B (--random-b) so that it changes the outputs.
+  auto a_model = std::make_shared<std::string>(), a_out = std::make_shared<std::string>();
+  auto a_lora = std::make_shared<herd::model::LoraOptions>();
+  auto a_random = std::make_shared<bool>(false);
+  auto* init = tools->add_subcommand("init-adapter", "Write a newly initialized peft LoRA adapter for a model");
+  init->add_option("model", *a_model, "Model directory")->required();
+  init->add_option("out", *a_out, "Adapter directory")->required();
+  init->add_option("--r", a_lora->r)->capture_default_str()->check(CLI::PositiveNumber);
+  init->add_option("--alpha", a_lora->lora_alpha)->capture_default_str();
+  init->add_option("--targets", a_lora->target_modules)->delimiter(',')->capture_default_str();
+  init->add_option("--seed", a_lora->seed)->capture_default_str();
+  init->add_flag("--rslora", a_lora->use_rslora);
+  init->add_flag("--random-b", *a_random, "Initialize B ~ N(0, 0.1) instead of zeros (for tests)");
+  init->callback([&rc, a_model, a_out, a_lora, a_random] {
+    rc = guarded("tools init-adapter", [&] {
+      herd::model::LoadOptions options;
+      options.quantize = false;
+      options.lora = *a_lora;
+      auto model = herd::model::Llama::load(*a_model, options);
+      if (*a_random) {
+        torch::NoGradGuard no_grad;
+        torch::manual_seed(a_lora->seed + 1);
+        for (auto& [name, t] : model.lora_tensors()) {
+          if (name.find("lora_B") != std::string::npos) t.normal_(0.0, 0.1);
+        }
+      }
+      herd::model::save_adapter(model, *a_out, fs::absolute(*a_model).string());
+    });
+  });
+}
+
+}  // namespace herd::cli

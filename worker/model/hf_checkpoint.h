@@ -1,0 +1,47 @@
+// Writing Hugging Face model directories: a random tiny Llama for tests and the
+// demo, and pre-quantized NF4 checkpoints in the layout transformers saves for
+// bitsandbytes 4-bit models.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "worker/model/llama_config.h"
+
+namespace herd::model {
+
+struct TinyModelSpec {
+  int64_t layers = 2;
+  int64_t hidden = 64;
+  int64_t heads = 4;
+  int64_t kv_heads = 2;
+  int64_t intermediate = 128;
+  int64_t vocab = 512;  // SentencePiece vocabulary trained on the text
+  int64_t max_positions = 2048;
+  bool tie_embeddings = false;
+  uint64_t seed = 0;
+  std::filesystem::path text;  // tokenizer training text; empty: herd's built-in text
+};
+
+// config.json, model.safetensors (float32, normal(0, 0.02) like transformers'
+// init, norms near 1), tokenizer.model (trained by `spm_train`, the herd-spm-train
+// helper) with Llama-2's special tokens (<unk>=0, <s>=1, </s>=2), tokenizer_config.json
+// and special_tokens_map.json.
+void make_tiny_model(const TinyModelSpec& spec, const std::filesystem::path& out,
+                     const std::filesystem::path& spm_train);
+
+struct QuantizeSpec {
+  bool double_quant = true;
+  std::string compute_dtype = "bfloat16";  // recorded in quantization_config
+};
+
+// Reads `model_dir` one tensor at a time, writes the seven linear weights of every
+// layer as NF4 (packed `weight` uint8 [ceil(n/2), 1], `weight.absmax`,
+// `weight.quant_map`, `weight.nested_absmax`, `weight.nested_quant_map`,
+// `weight.quant_state.bitsandbytes__nf4`) and the rest unchanged, plus config.json
+// with `quantization_config` and the tokenizer files.
+void write_quantized_checkpoint(const std::filesystem::path& model_dir, const std::filesystem::path& out,
+                                const QuantizeSpec& spec);
+
+}  // namespace herd::model

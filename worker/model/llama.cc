@@ -1,0 +1,263 @@
+#include "worker/model/llama.h"
+
+#include <cmath>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "common/safetensors.h"
+#include "kernels/nf4.h"
+
+namespace herd::model {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+double LoraOptions::scaling() const {
+  return use_rslora ? lora_alpha / std::sqrt(static_cast<double>(r)) : lora_alpha / static_cast<double>(r);
+}
+
+std::string module_path(int64_t layer, const std::string& module) {
+  const bool attention = module == "q_proj" || module == "k_proj" || module == "v_proj" || module == "o_proj";
+  return fmt::format("model.layers.{}.{}.{}", layer, attention ? "self_attn" : "mlp", module);
+}
+
+namespace {
+
+torch::Tensor to_tensor(const TensorView& v) {
+  torch::ScalarType t;
+  switch (v.dtype) {
+    case DType::F32: t = torch::kFloat32; break;
+    case DType::F16: t = torch::kFloat16; break;
+    case DType::BF16: t = torch::kBFloat16; break;
+    case DType::U8: t = torch::kUInt8; break;
+    case DType::I8: t = torch::kInt8; break;
+    case DType::I32: t = torch::kInt32; break;
+    case DType::I64: t = torch::kInt64; break;
+    default: throw SafetensorsError("unsupported dtype");
+  }
+  // The mapping is read-only and outlives nothing: copy.
+  return torch::from_blob(const_cast<uint8_t*>(v.data), v.shape, t).clone();
+}
+
+// A weight stored as transformers saves bitsandbytes 4-bit layers (see herd quantize).
+std::optional<FrozenWeight> read_prequantized(const SafetensorsCheckpoint& ckpt, const std::string& name,
+                                              std::pair<int64_t, int64_t> shape) {
+  const std::string state_name = name + ".quant_state.bitsandbytes__nf4";
+  if (!ckpt.contains(state_name)) return std::nullopt;
+  auto bad = [&](const std::string& what) {
+    return SafetensorsError(fmt::format("pre-quantized tensor '{}': {}", name, what));
+  };
+  const TensorView& state = ckpt.tensor(state_name);
+  json s = json::parse(std::string(reinterpret_cast<const char*>(state.data), state.nbytes), nullptr, false);
+  if (s.is_discarded() || !s.is_object()) throw bad("quant_state is not a JSON object");
+  if (s.value("quant_type", "") != "nf4") throw bad("quant_type must be nf4");
+  if (s.value("blocksize", 0) != 64) throw bad("blocksize must be 64");
+  if (!s.contains("shape") || s["shape"] != json::array({shape.first, shape.second})) {
+    throw bad(fmt::format("shape {} does not match the config's [{}, {}]", s.value("shape", json()).dump(),
+                          shape.first, shape.second));
+  }
+  const int64_t n = shape.first * shape.second;
+  FrozenWeight f;
+  f.out_features = shape.first;
+  f.in_features = shape.second;
+  f.packed = to_tensor(ckpt.tensor(name)).reshape({-1});
+  if (f.packed.scalar_type() != torch::kUInt8 || f.packed.numel() != (n + 1) / 2) {
+    throw bad(fmt::format("packed weight must be {} uint8 bytes", (n + 1) / 2));
+  }
+  f.code_table = to_tensor(ckpt.tensor(name + ".quant_map")).to(torch::kFloat32);
+  if (f.code_table.numel() != 16) throw bad("quant_map must have 16 values");
+  auto absmax = to_tensor(ckpt.tensor(name + ".absmax"));
+  const int64_t blocks = static_cast<int64_t>(kernels::nf4_blocks(static_cast<size_t>(n)));
+  if (absmax.numel() != blocks) throw bad(fmt::format("absmax must have {} values", blocks));
+  if (s.contains("nested_offset")) {
+    if (absmax.scalar_type() != torch::kUInt8) throw bad("double-quantized absmax must be uint8");
+    f.absmax_codes = absmax;
+    f.nested_absmax = to_tensor(ckpt.tensor(name + ".nested_absmax")).to(torch::kFloat32);
+    f.nested_map = to_tensor(ckpt.tensor(name + ".nested_quant_map")).to(torch::kFloat32);
+    if (f.nested_absmax.numel() != static_cast<int64_t>(kernels::nested_blocks(static_cast<size_t>(blocks))) ||
+        f.nested_map.numel() != 256) {
+      throw bad("nested_absmax or nested_quant_map has the wrong size");
+    }
+    f.offset = s["nested_offset"].get<double>();
+  } else {
+    f.absmax = absmax.to(torch::kFloat32);
+  }
+  return f;
+}
+
+// HF's LlamaRMSNorm: normalize in float32, then scale.
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  auto h = x.to(torch::kFloat32);
+  h = h * torch::rsqrt(h.pow(2).mean(-1, true) + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+torch::Tensor rotate_half(const torch::Tensor& x) {
+  auto halves = x.chunk(2, -1);
+  return torch::cat({-halves[1], halves[0]}, -1);
+}
+
+}  // namespace
+
+Llama Llama::from_tensors(const LlamaConfig& config, const std::map<std::string, torch::Tensor>& tensors,
+                          const LoadOptions& options) {
+  Llama m;
+  m.config_ = config;
+  m.options_ = options;
+  auto get = [&](const std::string& name) {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) throw SafetensorsError(fmt::format("missing tensor '{}'", name));
+    return it->second.to(torch::kFloat32);
+  };
+  torch::Generator rng = at::detail::createCPUGenerator(options.lora ? options.lora->seed : 0);
+  m.embed_tokens_ = get("model.embed_tokens.weight");
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    m.add_layer(i, get, [](const std::string&, std::pair<int64_t, int64_t>) { return std::nullopt; }, &rng);
+  }
+  m.norm_ = get("model.norm.weight");
+  m.lm_head_ = config.tie_word_embeddings ? m.embed_tokens_ : get("lm_head.weight");
+  return m;
+}
+
+Llama Llama::load(const fs::path& dir, const LoadOptions& options) {
+  Llama m;
+  m.config_ = LlamaConfig::from_file(dir / "config.json");
+  m.options_ = options;
+  const auto ckpt = SafetensorsCheckpoint::open(dir);
+  auto get = [&](const std::string& name) { return to_tensor(ckpt.tensor(name)).to(torch::kFloat32); };
+  auto prequantized = [&](const std::string& name, std::pair<int64_t, int64_t> shape) {
+    return read_prequantized(ckpt, name, shape);
+  };
+  torch::Generator rng = at::detail::createCPUGenerator(options.lora ? options.lora->seed : 0);
+  m.embed_tokens_ = get("model.embed_tokens.weight");
+  for (int64_t i = 0; i < m.config_.num_hidden_layers; ++i) m.add_layer(i, get, prequantized, &rng);
+  m.norm_ = get("model.norm.weight");
+  m.lm_head_ = m.config_.tie_word_embeddings ? m.embed_tokens_ : get("lm_head.weight");
+  const auto [vocab, hidden] = std::pair{m.embed_tokens_.size(0), m.embed_tokens_.size(1)};
+  if (vocab != m.config_.vocab_size || hidden != m.config_.hidden_size) {
+    throw ModelConfigError(fmt::format("{}: model.embed_tokens.weight is [{}, {}] but config.json says [{}, {}]",
+                                       dir.string(), vocab, hidden, m.config_.vocab_size, m.config_.hidden_size));
+  }
+  return m;
+}
+
+void Llama::add_layer(int64_t index, const std::function<torch::Tensor(const std::string&)>& get,
+                      const PrequantizedLookup& prequantized, torch::Generator* rng) {
+  DecoderLayer layer;
+  const std::string prefix = fmt::format("model.layers.{}.", index);
+  layer.input_layernorm = get(prefix + "input_layernorm.weight");
+  layer.post_attention_layernorm = get(prefix + "post_attention_layernorm.weight");
+  for (const auto& module : linear_modules()) {
+    const std::string name = module_path(index, module) + ".weight";
+    const auto shape = config_.linear_shape(module);
+    std::optional<FrozenWeight> weight = prequantized(name, shape);
+    if (!weight) {
+      torch::Tensor w = get(name);  // one tensor at a time: quantized, then freed
+      if (w.size(0) != shape.first || w.size(1) != shape.second) {
+        throw ModelConfigError(fmt::format("{} is [{}, {}] but config.json implies [{}, {}]", name, w.size(0),
+                                           w.size(1), shape.first, shape.second));
+      }
+      weight = options_.quantize ? FrozenWeight::quantize(w, options_.double_quant)
+                                 : FrozenWeight::dense_weight(w.to(options_.compute_dtype));
+    } else if (!options_.quantize) {
+      weight = FrozenWeight::dense_weight(weight->materialize(options_.compute_dtype));
+    }
+    std::optional<LoraSpec> spec;
+    const auto& targets = options_.lora ? options_.lora->target_modules : std::vector<std::string>{};
+    if (std::find(targets.begin(), targets.end(), module) != targets.end()) {
+      spec = LoraSpec{options_.lora->r, options_.lora->scaling(), options_.lora->dropout};
+    }
+    layer.linear[module] = std::make_unique<LoraLinear>(std::move(*weight), options_.compute_dtype, spec, rng);
+  }
+  layers_.push_back(std::move(layer));
+}
+
+torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x, const torch::Tensor& cos,
+                               const torch::Tensor& sin, const torch::Tensor& mask) const {
+  const int64_t B = x.size(0), T = x.size(1), H = config_.num_attention_heads, KV = config_.num_key_value_heads,
+                D = config_.head_dim;
+  auto q = layer.linear.at("q_proj")->forward(x, training_).view({B, T, H, D}).transpose(1, 2);
+  auto k = layer.linear.at("k_proj")->forward(x, training_).view({B, T, KV, D}).transpose(1, 2);
+  auto v = layer.linear.at("v_proj")->forward(x, training_).view({B, T, KV, D}).transpose(1, 2);
+  q = q * cos + rotate_half(q) * sin;
+  k = k * cos + rotate_half(k) * sin;
+  if (KV != H) {  // grouped-query attention: each KV head serves H / KV query heads
+    k = k.repeat_interleave(H / KV, 1);
+    v = v.repeat_interleave(H / KV, 1);
+  }
+  auto out = mask.defined() ? at::scaled_dot_product_attention(q, k, v, mask)
+                            : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  out = out.transpose(1, 2).reshape({B, T, H * D});
+  return layer.linear.at("o_proj")->forward(out, training_);
+}
+
+torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) const {
+  TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens]");
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  const auto device = embed_tokens_.device();
+  auto h = embed_tokens_.index_select(0, input_ids.reshape({-1}).to(device)).view({B, T, -1});
+
+  // Rotary embeddings in float32, as HF computes them (positions 0..T-1: with right
+  // padding, real tokens keep their positions).
+  const int64_t D = config_.head_dim;
+  auto inv_freq = 1.0 / torch::pow(config_.rope_theta,
+                                    torch::arange(0, D, 2, torch::kInt64).to(torch::kFloat32) / static_cast<double>(D));
+  if (config_.rope_scaling && config_.rope_scaling->type == "linear") {
+    inv_freq = inv_freq / config_.rope_scaling->factor;
+  } else if (config_.rope_scaling && config_.rope_scaling->type == "llama3") {
+    const auto& s = *config_.rope_scaling;
+    const double old_len = static_cast<double>(s.original_max_position_embeddings);
+    const double low_wavelen = old_len / s.low_freq_factor, high_wavelen = old_len / s.high_freq_factor;
+    auto wavelen = 2 * M_PI / inv_freq;
+    auto scaled = torch::where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq);
+    auto smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+    auto smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
+    auto medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen);
+    inv_freq = torch::where(medium, smoothed, scaled);
+  }
+  auto positions = torch::arange(T, torch::kInt64).to(torch::kFloat32);
+  auto freqs = torch::outer(positions, inv_freq);
+  auto emb = torch::cat({freqs, freqs}, -1).to(device);
+  auto cos = emb.cos(), sin = emb.sin();
+
+  torch::Tensor mask;  // [B, 1, T, T], true = may attend
+  if (attention_mask.defined()) {
+    auto causal = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
+    auto keys = attention_mask.to(device).to(torch::kBool).view({B, 1, 1, T});
+    mask = causal.view({1, 1, T, T}) & keys;
+  }
+  for (const auto& layer : layers_) {
+    auto residual = h;
+    h = residual + attention(layer, rms_norm(h, layer.input_layernorm, config_.rms_norm_eps), cos, sin, mask);
+    residual = h;
+    auto x = rms_norm(h, layer.post_attention_layernorm, config_.rms_norm_eps);
+    auto gate = layer.linear.at("gate_proj")->forward(x, training_);
+    auto up = layer.linear.at("up_proj")->forward(x, training_);
+    h = residual + layer.linear.at("down_proj")->forward(torch::silu(gate) * up, training_);
+  }
+  h = rms_norm(h, norm_, config_.rms_norm_eps);
+  return torch::matmul(h, lm_head_.t());
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> Llama::lora_tensors() {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    for (const auto& module : linear_modules()) {
+      auto& l = *layers_[i].linear.at(module);
+      if (!l.has_lora()) continue;
+      const std::string base = "base_model.model." + module_path(static_cast<int64_t>(i), module);
+      out.emplace_back(base + ".lora_A.weight", l.lora_A());
+      out.emplace_back(base + ".lora_B.weight", l.lora_B());
+    }
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> Llama::trainable_parameters() {
+  std::vector<torch::Tensor> out;
+  for (auto& [name, t] : lora_tensors()) out.push_back(t);
+  return out;
+}
+
+}  // namespace herd::model

@@ -1,0 +1,100 @@
+// The Llama decoder (HF transformers' LlamaForCausalLM, same names and math):
+// embeddings, RMSNorm, rotary embeddings (rotate_half convention, rope_theta,
+// linear and llama3 rope_scaling), grouped-query attention with causal masking and
+// right padding, SwiGLU MLP, lm_head (tied or not). The seven linear layers of each
+// decoder layer are LoraLinear: NF4 or dense, with adapters on the target modules.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "worker/model/llama_config.h"
+#include "worker/model/lora_linear.h"
+
+namespace herd::model {
+
+inline const std::vector<std::string>& linear_modules() {
+  static const std::vector<std::string> m = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                             "gate_proj", "up_proj", "down_proj"};
+  return m;
+}
+
+struct LoraOptions {
+  int64_t r = 8;
+  double lora_alpha = 16;
+  double dropout = 0.0;
+  bool use_rslora = false;
+  std::vector<std::string> target_modules = {"q_proj", "v_proj"};
+  uint64_t seed = 42;  // initialization of A
+
+  double scaling() const;
+};
+
+struct LoadOptions {
+  bool quantize = true;  // NF4 base weights (else dense in compute_dtype)
+  bool double_quant = true;
+  torch::ScalarType compute_dtype = torch::kFloat32;
+  std::optional<LoraOptions> lora;
+};
+
+struct DecoderLayer {
+  torch::Tensor input_layernorm;           // float32 [hidden]
+  torch::Tensor post_attention_layernorm;  // float32 [hidden]
+  std::map<std::string, std::unique_ptr<LoraLinear>> linear;  // by module name
+};
+
+class Llama {
+ public:
+  // From a directory with config.json and safetensors weights (or a herd/transformers
+  // pre-quantized NF4 checkpoint). Quantizes one tensor at a time while loading.
+  static Llama load(const std::filesystem::path& dir, const LoadOptions& options);
+  // From tensors named as in HF checkpoints (float32); for tests and tools.
+  static Llama from_tensors(const LlamaConfig& config, const std::map<std::string, torch::Tensor>& tensors,
+                            const LoadOptions& options);
+
+  // logits [B, T, vocab] in float32. attention_mask [B, T] (1 = token, 0 = right
+  // padding) is optional.
+  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {}) const;
+
+  const LlamaConfig& config() const { return config_; }
+  const LoadOptions& options() const { return options_; }
+  std::vector<DecoderLayer>& layers() { return layers_; }
+  const std::vector<DecoderLayer>& layers() const { return layers_; }
+  void set_training(bool training) { training_ = training; }
+
+  // The adapter's tensors under peft's names
+  // (base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight, ...).
+  std::vector<std::pair<std::string, torch::Tensor>> lora_tensors();
+  std::vector<torch::Tensor> trainable_parameters();
+
+ private:
+  Llama() = default;
+  // A pre-quantized weight of this name and [out, in] shape, if the checkpoint has one.
+  using PrequantizedLookup =
+      std::function<std::optional<FrozenWeight>(const std::string&, std::pair<int64_t, int64_t>)>;
+  void add_layer(int64_t index, const std::function<torch::Tensor(const std::string&)>& get,
+                 const PrequantizedLookup& prequantized, torch::Generator* rng);
+  torch::Tensor attention(const DecoderLayer& layer, const torch::Tensor& x, const torch::Tensor& cos,
+                          const torch::Tensor& sin, const torch::Tensor& mask) const;
+
+  LlamaConfig config_;
+  LoadOptions options_;
+  torch::Tensor embed_tokens_;  // float32 [vocab, hidden]
+  std::vector<DecoderLayer> layers_;
+  torch::Tensor norm_;     // float32 [hidden]
+  torch::Tensor lm_head_;  // float32 [vocab, hidden] (the embedding when tied)
+  torch::Tensor inv_freq_;
+  bool training_ = false;
+};
+
+// "model.layers.{i}.self_attn.q_proj" / "model.layers.{i}.mlp.gate_proj"
+std::string module_path(int64_t layer, const std::string& module);
+
+}  // namespace herd::model

@@ -1,0 +1,143 @@
+#include "worker/model/lora_linear.h"
+
+#include <cmath>
+
+#include "kernels/nf4.h"
+
+namespace herd::model {
+
+namespace k = herd::kernels;
+
+torch::Tensor nf4_dequantize_torch(const torch::Tensor& packed, const torch::Tensor& absmax, int64_t numel,
+                                   const torch::Tensor& code_table) {
+  auto hi = torch::bitwise_right_shift(packed, 4).to(torch::kLong);
+  auto lo = torch::bitwise_and(packed, 15).to(torch::kLong);
+  auto codes = torch::stack({hi, lo}, 1).reshape({-1}).slice(0, 0, numel);  // high nibble first
+  auto scale = absmax.repeat_interleave(static_cast<int64_t>(k::kNf4BlockSize)).slice(0, 0, numel);
+  return code_table.to(packed.device()).index_select(0, codes) * scale;
+}
+
+torch::Tensor FrozenWeight::block_absmax() const {
+  if (absmax.defined()) return absmax;
+  const int64_t n = absmax_codes.numel();
+  auto codes = absmax_codes.contiguous().cpu();
+  auto nested = nested_absmax.contiguous().cpu();
+  auto map = nested_map.contiguous().cpu();
+  auto out = torch::empty({n}, torch::kFloat32);
+  k::absmax_dequantize(codes.data_ptr<uint8_t>(), static_cast<size_t>(n), nested.data_ptr<float>(),
+                       static_cast<float>(offset), out.data_ptr<float>(), map.data_ptr<float>());
+  return out.to(packed.device());
+}
+
+torch::Tensor FrozenWeight::materialize(torch::ScalarType dtype) const {
+  if (!quantized()) return dense.to(dtype);
+  const int64_t n = out_features * in_features;
+  auto scale = block_absmax();
+  if (packed.device().is_cpu() && (dtype == torch::kFloat32 || dtype == torch::kBFloat16)) {
+    auto table = code_table.contiguous();
+    auto p = packed.contiguous();
+    auto out = torch::empty({out_features, in_features}, torch::TensorOptions().dtype(dtype));
+    if (dtype == torch::kFloat32) {
+      k::nf4_dequantize(p.data_ptr<uint8_t>(), scale.data_ptr<float>(), static_cast<size_t>(n),
+                        out.data_ptr<float>(), table.data_ptr<float>());
+    } else {
+      k::nf4_dequantize_bf16(p.data_ptr<uint8_t>(), scale.data_ptr<float>(), static_cast<size_t>(n),
+                             reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()), table.data_ptr<float>());
+    }
+    return out;
+  }
+  return nf4_dequantize_torch(packed, scale, n, code_table).view({out_features, in_features}).to(dtype);
+}
+
+size_t FrozenWeight::bytes() const {
+  size_t total = 0;
+  for (const auto* t : {&packed, &absmax, &absmax_codes, &nested_absmax, &dense}) {
+    if (t->defined()) total += t->nbytes();
+  }
+  return total;
+}
+
+FrozenWeight FrozenWeight::quantize(const torch::Tensor& weight, bool double_quant) {
+  TORCH_CHECK(weight.dim() == 2, "quantize: expected a 2-D weight");
+  auto w = weight.to(torch::kFloat32).contiguous().cpu();
+  const size_t n = static_cast<size_t>(w.numel());
+  FrozenWeight f;
+  f.out_features = w.size(0);
+  f.in_features = w.size(1);
+  f.packed = torch::empty({static_cast<int64_t>(k::nf4_packed_bytes(n))}, torch::kUInt8);
+  auto absmax = torch::empty({static_cast<int64_t>(k::nf4_blocks(n))}, torch::kFloat32);
+  k::nf4_quantize(w.data_ptr<float>(), n, f.packed.data_ptr<uint8_t>(), absmax.data_ptr<float>());
+  f.code_table = torch::from_blob(const_cast<float*>(k::kNf4Codes), {16}, torch::kFloat32).clone();
+  if (double_quant) {
+    const size_t blocks = static_cast<size_t>(absmax.numel());
+    f.absmax_codes = torch::empty({absmax.numel()}, torch::kUInt8);
+    f.nested_absmax = torch::empty({static_cast<int64_t>(k::nested_blocks(blocks))}, torch::kFloat32);
+    float offset = 0;
+    k::absmax_quantize(absmax.data_ptr<float>(), blocks, f.absmax_codes.data_ptr<uint8_t>(),
+                       f.nested_absmax.data_ptr<float>(), &offset);
+    f.offset = offset;
+    f.nested_map = torch::from_blob(const_cast<float*>(k::kDynamicMap), {256}, torch::kFloat32).clone();
+  } else {
+    f.absmax = absmax;
+  }
+  return f;
+}
+
+FrozenWeight FrozenWeight::dense_weight(torch::Tensor weight) {
+  FrozenWeight f;
+  f.out_features = weight.size(0);
+  f.in_features = weight.size(1);
+  f.dense = weight.detach();
+  return f;
+}
+
+namespace {
+
+// x W^T with W rebuilt from its NF4 form in forward and again in backward: no
+// dequantized copy outlives the call.
+struct FrozenLinear : public torch::autograd::Function<FrozenLinear> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const FrozenWeight* weight) {
+    ctx->saved_data["weight"] = reinterpret_cast<int64_t>(weight);  // owned by the layer, which outlives the graph
+    return torch::matmul(x, weight->materialize(x.scalar_type()).t());
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad) {
+    const auto* weight = reinterpret_cast<const FrozenWeight*>(ctx->saved_data["weight"].toInt());
+    return {torch::matmul(grad[0], weight->materialize(grad[0].scalar_type())), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+LoraLinear::LoraLinear(FrozenWeight weight, torch::ScalarType compute_dtype, std::optional<LoraSpec> lora,
+                       torch::Generator* init_rng)
+    : weight_(std::move(weight)), compute_dtype_(compute_dtype), lora_(lora) {
+  if (!lora_) return;
+  // peft: A kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in)); B zeros.
+  const double bound = 1.0 / std::sqrt(static_cast<double>(weight_.in_features));
+  auto options = torch::TensorOptions().dtype(torch::kFloat32);
+  lora_A_ = torch::empty({lora_->r, weight_.in_features}, options);
+  if (init_rng != nullptr) {
+    lora_A_.uniform_(-bound, bound, *init_rng);
+  } else {
+    lora_A_.uniform_(-bound, bound);
+  }
+  lora_A_.set_requires_grad(true);
+  lora_B_ = torch::zeros({weight_.out_features, lora_->r}, options).set_requires_grad(true);
+}
+
+torch::Tensor LoraLinear::forward(const torch::Tensor& x, bool training) const {
+  auto xc = x.to(compute_dtype_);
+  torch::Tensor y = weight_.quantized() ? FrozenLinear::apply(xc, &weight_)
+                                        : torch::matmul(xc, weight_.dense.to(compute_dtype_).t());
+  y = y.to(x.scalar_type());
+  if (!lora_) return y;
+  // peft casts the input to the adapter's dtype (float32) and the result back.
+  auto h = x.to(torch::kFloat32);
+  if (training && lora_->dropout > 0) h = torch::dropout(h, lora_->dropout, true);
+  auto delta = torch::matmul(torch::matmul(h, lora_A_.t()), lora_B_.t()) * lora_->scaling;
+  return y + delta.to(y.scalar_type());
+}
+
+}  // namespace herd::model

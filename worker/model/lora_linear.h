@@ -1,0 +1,75 @@
+// One linear layer of the base model with its LoRA adapter, as peft computes it:
+//   y = x W^T + dropout(x) A^T B^T * scaling
+// As bitsandbytes' Linear4bit does, x W^T runs in the compute dtype and its result
+// is cast back to x's dtype; the adapter runs in float32 (peft).
+// W is frozen: NF4 as bitsandbytes stores it (quantization on) or a dense tensor
+// (quantization off). Only A and B get gradients. The backward of x W^T
+// dequantizes W again instead of keeping a dequantized copy.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include <torch/torch.h>
+
+namespace herd::model {
+
+// The frozen weight [out, in] of one linear layer.
+struct FrozenWeight {
+  int64_t out_features = 0;
+  int64_t in_features = 0;
+  // NF4: packed codes (uint8, ceil(n/2)), absmax either plain (float32 per 64) or
+  // double-quantized (uint8 codes per 64, float32 nested absmax per 256, offset).
+  torch::Tensor packed;
+  torch::Tensor absmax;         // float32, when not double-quantized
+  torch::Tensor absmax_codes;   // uint8, when double-quantized
+  torch::Tensor nested_absmax;  // float32
+  double offset = 0;
+  torch::Tensor code_table;  // float32 [16] (the checkpoint's quant_map)
+  torch::Tensor nested_map;  // float32 [256]
+  // Dense (quantization off): [out, in], never requires grad.
+  torch::Tensor dense;
+
+  bool quantized() const { return packed.defined(); }
+  // The float32 absmax per block of 64 (decoding the double quantization).
+  torch::Tensor block_absmax() const;
+  // W as a [out, in] tensor of `dtype` (bit-identical to bitsandbytes' dequantize).
+  torch::Tensor materialize(torch::ScalarType dtype) const;
+  size_t bytes() const;  // memory held
+
+  // Quantizes a float32 [out, in] weight to NF4.
+  static FrozenWeight quantize(const torch::Tensor& weight, bool double_quant);
+  static FrozenWeight dense_weight(torch::Tensor weight);
+};
+
+// NF4 dequantize with torch ops: the same arithmetic as the CPU kernel (one float32
+// product per element), so any device gives the same bits.
+torch::Tensor nf4_dequantize_torch(const torch::Tensor& packed, const torch::Tensor& absmax, int64_t numel,
+                                   const torch::Tensor& code_table);
+
+struct LoraSpec {
+  int64_t r = 8;
+  double scaling = 4.0;  // lora_alpha / r (or / sqrt(r))
+  double dropout = 0.0;
+};
+
+class LoraLinear {
+ public:
+  LoraLinear(FrozenWeight weight, torch::ScalarType compute_dtype, std::optional<LoraSpec> lora,
+             torch::Generator* init_rng);
+
+  torch::Tensor forward(const torch::Tensor& x, bool training) const;
+
+  const FrozenWeight& weight() const { return weight_; }
+  bool has_lora() const { return lora_.has_value(); }
+  torch::Tensor& lora_A() { return lora_A_; }  // [r, in], float32
+  torch::Tensor& lora_B() { return lora_B_; }  // [out, r], float32
+
+ private:
+  FrozenWeight weight_;
+  torch::ScalarType compute_dtype_;
+  std::optional<LoraSpec> lora_;
+  torch::Tensor lora_A_, lora_B_;
+};
+
+}  // namespace herd::model

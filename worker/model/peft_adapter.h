@@ -1,0 +1,32 @@
+// LoRA adapters as peft saves them: adapter_config.json and
+// adapter_model.safetensors with peft's names and shapes
+// (base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight [r, in],
+// ...lora_B.weight [out, r], float32). Loading validates both files against the
+// model and names the file and tensor of any mismatch.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "worker/model/llama.h"
+
+namespace herd::model {
+
+// LoRA settings from an adapter_config.json (r, lora_alpha, lora_dropout,
+// target_modules, use_rslora); unsupported peft features are errors.
+LoraOptions read_adapter_config(const std::filesystem::path& adapter_dir);
+
+// Writes adapter_config.json and adapter_model.safetensors.
+void save_adapter(Llama& model, const std::filesystem::path& adapter_dir, const std::string& base_model,
+                  const std::string& task_type = "CAUSAL_LM", const std::string& bias = "none");
+
+// Copies the adapter's tensors into a model built with read_adapter_config's options.
+void load_adapter_weights(Llama& model, const std::filesystem::path& adapter_dir);
+
+// The adapter's tensor names and shapes for a model shape (no weights needed).
+std::vector<std::pair<std::string, std::vector<int64_t>>> adapter_layout(const LlamaConfig& config, int64_t r,
+                                                                         const std::vector<std::string>& modules);
+
+}  // namespace herd::model
