@@ -161,9 +161,11 @@ void write_quantized_checkpoint(const fs::path& model_dir, const fs::path& out, 
     const int64_t packed = f.packed.numel();
     w.add(name, DType::U8, {packed, 1}, f.packed.data_ptr(), f.packed.nbytes());
     w.add(name + ".quant_map", DType::F32, {16}, f.code_table.data_ptr(), 64);
+    // "dtype" is the weight's own dtype: bitsandbytes dequantizes into it.
+    const char* dtype_names[] = {"float32", "float16", "bfloat16"};
     json state = {{"quant_type", "nf4"},
                   {"blocksize", 64},
-                  {"dtype", spec.compute_dtype},
+                  {"dtype", dtype_names[v.dtype == DType::F32 ? 0 : v.dtype == DType::F16 ? 1 : 2]},
                   {"shape", {f.out_features, f.in_features}}};
     if (spec.double_quant) {
       w.add(name + ".absmax", DType::U8, {f.absmax_codes.numel()}, f.absmax_codes.data_ptr(), f.absmax_codes.nbytes());

@@ -59,6 +59,16 @@ std::optional<FrozenWeight> read_prequantized(const SafetensorsCheckpoint& ckpt,
   }
   const int64_t n = shape.first * shape.second;
   FrozenWeight f;
+  const std::string dtype = s.value("dtype", "");
+  if (dtype == "float32") {
+    f.dtype = torch::kFloat32;
+  } else if (dtype == "float16") {
+    f.dtype = torch::kFloat16;
+  } else if (dtype == "bfloat16") {
+    f.dtype = torch::kBFloat16;
+  } else {
+    throw bad(fmt::format("quant_state dtype '{}' is not float32, float16 or bfloat16", dtype));
+  }
   f.out_features = shape.first;
   f.in_features = shape.second;
   f.packed = to_tensor(ckpt.tensor(name)).reshape({-1});
@@ -108,15 +118,15 @@ Llama Llama::from_tensors(const LlamaConfig& config, const std::map<std::string,
   auto get = [&](const std::string& name) {
     auto it = tensors.find(name);
     if (it == tensors.end()) throw SafetensorsError(fmt::format("missing tensor '{}'", name));
-    return it->second.to(torch::kFloat32);
+    return it->second;
   };
   torch::Generator rng = at::detail::createCPUGenerator(options.lora ? options.lora->seed : 0);
-  m.embed_tokens_ = get("model.embed_tokens.weight");
+  m.embed_tokens_ = get("model.embed_tokens.weight").to(torch::kFloat32);
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     m.add_layer(i, get, [](const std::string&, std::pair<int64_t, int64_t>) { return std::nullopt; }, &rng);
   }
-  m.norm_ = get("model.norm.weight");
-  m.lm_head_ = config.tie_word_embeddings ? m.embed_tokens_ : get("lm_head.weight");
+  m.norm_ = get("model.norm.weight").to(torch::kFloat32);
+  m.lm_head_ = config.tie_word_embeddings ? m.embed_tokens_ : get("lm_head.weight").to(torch::kFloat32);
   return m;
 }
 
@@ -125,15 +135,16 @@ Llama Llama::load(const fs::path& dir, const LoadOptions& options) {
   m.config_ = LlamaConfig::from_file(dir / "config.json");
   m.options_ = options;
   const auto ckpt = SafetensorsCheckpoint::open(dir);
-  auto get = [&](const std::string& name) { return to_tensor(ckpt.tensor(name)).to(torch::kFloat32); };
+  auto get = [&](const std::string& name) { return to_tensor(ckpt.tensor(name)); };
   auto prequantized = [&](const std::string& name, std::pair<int64_t, int64_t> shape) {
     return read_prequantized(ckpt, name, shape);
   };
   torch::Generator rng = at::detail::createCPUGenerator(options.lora ? options.lora->seed : 0);
-  m.embed_tokens_ = get("model.embed_tokens.weight");
+  // As prepare_model_for_kbit_training does: everything not quantized in float32.
+  m.embed_tokens_ = get("model.embed_tokens.weight").to(torch::kFloat32);
   for (int64_t i = 0; i < m.config_.num_hidden_layers; ++i) m.add_layer(i, get, prequantized, &rng);
-  m.norm_ = get("model.norm.weight");
-  m.lm_head_ = m.config_.tie_word_embeddings ? m.embed_tokens_ : get("lm_head.weight");
+  m.norm_ = get("model.norm.weight").to(torch::kFloat32);
+  m.lm_head_ = m.config_.tie_word_embeddings ? m.embed_tokens_ : get("lm_head.weight").to(torch::kFloat32);
   const auto [vocab, hidden] = std::pair{m.embed_tokens_.size(0), m.embed_tokens_.size(1)};
   if (vocab != m.config_.vocab_size || hidden != m.config_.hidden_size) {
     throw ModelConfigError(fmt::format("{}: model.embed_tokens.weight is [{}, {}] but config.json says [{}, {}]",
@@ -146,8 +157,8 @@ void Llama::add_layer(int64_t index, const std::function<torch::Tensor(const std
                       const PrequantizedLookup& prequantized, torch::Generator* rng) {
   DecoderLayer layer;
   const std::string prefix = fmt::format("model.layers.{}.", index);
-  layer.input_layernorm = get(prefix + "input_layernorm.weight");
-  layer.post_attention_layernorm = get(prefix + "post_attention_layernorm.weight");
+  layer.input_layernorm = get(prefix + "input_layernorm.weight").to(torch::kFloat32);
+  layer.post_attention_layernorm = get(prefix + "post_attention_layernorm.weight").to(torch::kFloat32);
   for (const auto& module : linear_modules()) {
     const std::string name = module_path(index, module) + ".weight";
     const auto shape = config_.linear_shape(module);

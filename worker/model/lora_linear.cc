@@ -29,8 +29,9 @@ torch::Tensor FrozenWeight::block_absmax() const {
   return out.to(packed.device());
 }
 
-torch::Tensor FrozenWeight::materialize(torch::ScalarType dtype) const {
-  if (!quantized()) return dense.to(dtype);
+torch::Tensor FrozenWeight::materialize(torch::ScalarType out_dtype) const {
+  if (!quantized()) return dense.to(out_dtype);
+  if (out_dtype != dtype) return materialize(dtype).to(out_dtype);
   const int64_t n = out_features * in_features;
   auto scale = block_absmax();
   if (packed.device().is_cpu() && (dtype == torch::kFloat32 || dtype == torch::kBFloat16)) {
@@ -62,6 +63,7 @@ FrozenWeight FrozenWeight::quantize(const torch::Tensor& weight, bool double_qua
   auto w = weight.to(torch::kFloat32).contiguous().cpu();
   const size_t n = static_cast<size_t>(w.numel());
   FrozenWeight f;
+  f.dtype = weight.scalar_type();
   f.out_features = w.size(0);
   f.in_features = w.size(1);
   f.packed = torch::empty({static_cast<int64_t>(k::nf4_packed_bytes(n))}, torch::kUInt8);

@@ -26,6 +26,9 @@ struct FrozenWeight {
   torch::Tensor nested_absmax;  // float32
   double offset = 0;
   torch::Tensor code_table;  // float32 [16] (the checkpoint's quant_map)
+  // The dtype bitsandbytes dequantizes into: the original weight's (quant_state
+  // "dtype"). A different compute dtype is a cast after that, as in matmul_4bit.
+  torch::ScalarType dtype = torch::kFloat32;
   torch::Tensor nested_map;  // float32 [256]
   // Dense (quantization off): [out, in], never requires grad.
   torch::Tensor dense;
@@ -37,7 +40,7 @@ struct FrozenWeight {
   torch::Tensor materialize(torch::ScalarType dtype) const;
   size_t bytes() const;  // memory held
 
-  // Quantizes a float32 [out, in] weight to NF4.
+  // Quantizes a [out, in] weight (float32, float16 or bfloat16) to NF4.
   static FrozenWeight quantize(const torch::Tensor& weight, bool double_quant);
   static FrozenWeight dense_weight(torch::Tensor weight);
 };
