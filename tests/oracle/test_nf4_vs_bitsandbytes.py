@@ -108,7 +108,7 @@ def test_zero_block_follows_the_cuda_kernel(tmp_path):
     assert ours[:32].unique().tolist() == [0x00]
     packed, st = F.quantize_4bit(tensors[name], blocksize=64, quant_type="nf4", compress_statistics=False)
     assert st.absmax[0] == 0
-    assert packed.flatten()[:32].unique().tolist() in ([0x77], [0x00])  # the CPU backend's choice, recorded
+    assert packed.flatten()[:32].unique().tolist() == [0x77]  # the CPU backend's choice, recorded
     assert torch.equal(ours[32:], packed.flatten()[32:])  # every other block agrees
 
 

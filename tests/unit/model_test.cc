@@ -1,0 +1,226 @@
+#include <unistd.h>
+
+#include <filesystem>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "kernels/nf4.h"
+#include "worker/model/llama.h"
+#include "worker/model/peft_adapter.h"
+
+namespace herd::model {
+namespace {
+
+LlamaConfig tiny_config(int64_t heads = 4, int64_t kv_heads = 2) {
+  LlamaConfig c;
+  c.vocab_size = 96;
+  c.hidden_size = 32;
+  c.intermediate_size = 80;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = kv_heads;
+  c.head_dim = 8;
+  c.rms_norm_eps = 1e-5;
+  return c;
+}
+
+std::map<std::string, torch::Tensor> random_tensors(const LlamaConfig& c, uint64_t seed) {
+  torch::manual_seed(seed);
+  std::map<std::string, torch::Tensor> t;
+  t["model.embed_tokens.weight"] = torch::randn({c.vocab_size, c.hidden_size}) * 0.5;
+  t["lm_head.weight"] = torch::randn({c.vocab_size, c.hidden_size}) * 0.2;
+  t["model.norm.weight"] = 1 + 0.1 * torch::randn({c.hidden_size});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    for (const auto& m : linear_modules()) {
+      auto [o, in] = c.linear_shape(m);
+      t[module_path(i, m) + ".weight"] = torch::randn({o, in}) * 0.2;
+    }
+    t["model.layers." + std::to_string(i) + ".input_layernorm.weight"] = 1 + 0.1 * torch::randn({c.hidden_size});
+    t["model.layers." + std::to_string(i) + ".post_attention_layernorm.weight"] = 1 + 0.1 * torch::randn({c.hidden_size});
+  }
+  return t;
+}
+
+LoadOptions plain() {
+  LoadOptions o;
+  o.quantize = false;
+  return o;
+}
+
+TEST(Llama, ChangingATokenLeavesEarlierLogitsUnchanged) {
+  auto config = tiny_config();
+  auto model = Llama::from_tensors(config, random_tensors(config, 1), plain());
+  auto ids = torch::tensor({{1, 5, 9, 33, 70, 2, 11}}, torch::kInt64);
+  torch::NoGradGuard g;
+  auto a = model.forward(ids);
+  auto changed = ids.clone();
+  changed[0][4] = 40;
+  auto b = model.forward(changed);
+  EXPECT_TRUE(torch::equal(a.slice(1, 0, 4), b.slice(1, 0, 4)));
+  EXPECT_GT((a.slice(1, 4) - b.slice(1, 4)).abs().max().item<float>(), 1e-3);  // and later ones do change
+}
+
+TEST(Llama, GroupedQueryAttentionEqualsMultiHeadWithSharedKeys) {
+  // kv_heads = 2 for 4 query heads is the same model as 4 KV heads where heads 0,1
+  // carry KV head 0's weights and heads 2,3 carry KV head 1's.
+  auto gqa = tiny_config(4, 2), mha = tiny_config(4, 4);
+  auto t = random_tensors(gqa, 2);
+  auto t_mha = t;
+  for (int64_t i = 0; i < gqa.num_hidden_layers; ++i) {
+    for (const char* m : {"k_proj", "v_proj"}) {
+      auto w = t[module_path(i, m) + ".weight"].view({2, 8, 32});       // [kv_head, head_dim, hidden]
+      t_mha[module_path(i, m) + ".weight"] = w.repeat_interleave(2, 0).reshape({32, 32});
+    }
+  }
+  auto a = Llama::from_tensors(gqa, t, plain());
+  auto b = Llama::from_tensors(mha, t_mha, plain());
+  auto ids = torch::tensor({{1, 5, 9, 33, 70, 2}}, torch::kInt64);
+  torch::NoGradGuard g;
+  EXPECT_LT((a.forward(ids) - b.forward(ids)).abs().max().item<float>(), 1e-5);
+}
+
+TEST(Llama, RightPaddingDoesNotChangeRealTokens) {
+  auto config = tiny_config();
+  auto model = Llama::from_tensors(config, random_tensors(config, 3), plain());
+  torch::NoGradGuard g;
+  auto alone = model.forward(torch::tensor({{1, 7, 8, 9}}, torch::kInt64));
+  auto batch = torch::tensor({{1, 7, 8, 9, 0, 0, 0}, {1, 2, 3, 4, 5, 6, 7}}, torch::kInt64);
+  auto mask = torch::tensor({{1, 1, 1, 1, 0, 0, 0}, {1, 1, 1, 1, 1, 1, 1}}, torch::kInt64);
+  auto padded = model.forward(batch, mask);
+  EXPECT_LT((padded[0].slice(0, 0, 4) - alone[0]).abs().max().item<float>(), 1e-5);
+}
+
+TEST(FrozenWeight, MaterializeIsTheKernelsDequantizeOnEveryPath) {
+  torch::manual_seed(4);
+  auto w = torch::randn({48, 40}) * 0.1;  // 1920 elements: blocks cross rows
+  for (bool dq : {false, true}) {
+    auto f = FrozenWeight::quantize(w, dq);
+    auto cpu = f.materialize(torch::kFloat32);
+    auto generic = nf4_dequantize_torch(f.packed, f.block_absmax(), w.numel(), f.code_table).view({48, 40});
+    EXPECT_TRUE(torch::equal(cpu, generic));
+    // bfloat16: the float32 product rounded to nearest even
+    EXPECT_TRUE(torch::equal(f.materialize(torch::kBFloat16).view(torch::kInt16),
+                             generic.to(torch::kBFloat16).view(torch::kInt16)));
+    EXPECT_LT((cpu - w).abs().max().item<float>(), 0.16 * w.abs().max().item<float>());
+    EXPECT_LT(f.bytes(), static_cast<size_t>(w.numel()) / 2 + w.numel() / 64 * 4 + 64);
+  }
+}
+
+TEST(LoraLinear, GradientsMatchADenseFloat32Reference) {
+  torch::manual_seed(5);
+  auto w = torch::randn({24, 40}) * 0.1;
+  for (bool quantized : {true, false}) {
+    FrozenWeight fw = quantized ? FrozenWeight::quantize(w, true) : FrozenWeight::dense_weight(w);
+    auto dense = fw.materialize(torch::kFloat32);  // the reference uses exactly the weight herd uses
+    LoraLinear layer(std::move(fw), torch::kFloat32, LoraSpec{4, 2.5, 0.0}, nullptr);
+    {
+      torch::NoGradGuard g;
+      layer.lora_B().normal_(0, 0.3);  // B = 0 would hide errors in A's gradient
+    }
+    auto x = torch::randn({3, 5, 40}, torch::requires_grad());
+    auto upstream = torch::randn({3, 5, 24});
+    (layer.forward(x, true) * upstream).sum().backward();
+
+    auto xr = x.detach().clone().requires_grad_(true);
+    auto A = layer.lora_A().detach().clone().requires_grad_(true);
+    auto B = layer.lora_B().detach().clone().requires_grad_(true);
+    auto ref = torch::matmul(xr, dense.t()) + torch::matmul(torch::matmul(xr, A.t()), B.t()) * 2.5;
+    (ref * upstream).sum().backward();
+    EXPECT_LT((x.grad() - xr.grad()).abs().max().item<float>(), 1e-5) << quantized;
+    EXPECT_LT((layer.lora_A().grad() - A.grad()).abs().max().item<float>(), 1e-5) << quantized;
+    EXPECT_LT((layer.lora_B().grad() - B.grad()).abs().max().item<float>(), 1e-5) << quantized;
+    EXPECT_GT(layer.lora_A().grad().abs().max().item<float>(), 1e-3);
+  }
+}
+
+TEST(LoraLinear, InitIsPeftsKaimingUniformAndZeroB) {
+  torch::Generator rng = at::detail::createCPUGenerator(9);
+  LoraLinear layer(FrozenWeight::dense_weight(torch::zeros({16, 400})), torch::kFloat32, LoraSpec{8, 2.0, 0.0}, &rng);
+  const float bound = 1.0f / std::sqrt(400.0f);
+  EXPECT_LE(layer.lora_A().abs().max().item<float>(), bound);
+  EXPECT_GT(layer.lora_A().abs().max().item<float>(), 0.9f * bound);
+  EXPECT_EQ(layer.lora_B().abs().max().item<float>(), 0.0f);
+  EXPECT_TRUE(layer.lora_A().requires_grad() && layer.lora_B().requires_grad());
+}
+
+TEST(PeftAdapter, SeventyBShapeHas22282240TrainableParameters) {
+  LlamaConfig c;  // Llama-2-70B
+  c.vocab_size = 32000;
+  c.hidden_size = 8192;
+  c.intermediate_size = 28672;
+  c.num_hidden_layers = 80;
+  c.num_attention_heads = 64;
+  c.num_key_value_heads = 8;
+  c.head_dim = 128;
+  const std::vector<std::string> qkv = {"q_proj", "k_proj", "v_proj"};
+  EXPECT_EQ(c.lora_parameters(8, qkv), 22'282'240);
+  auto layout = adapter_layout(c, 8, qkv);
+  ASSERT_EQ(layout.size(), 80u * 3 * 2);
+  int64_t total = 0;
+  for (const auto& [name, shape] : layout) total += shape[0] * shape[1];
+  EXPECT_EQ(total, 22'282'240);
+  EXPECT_EQ(layout[0].first, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+  EXPECT_EQ(layout[0].second, (std::vector<int64_t>{8, 8192}));
+  EXPECT_EQ(layout[1].first, "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight");
+  EXPECT_EQ(layout[1].second, (std::vector<int64_t>{8192, 8}));
+  EXPECT_EQ(layout[3].second, (std::vector<int64_t>{1024, 8}));  // k_proj's B: 8 KV heads x 128
+  EXPECT_EQ(layout.back().first, "base_model.model.model.layers.79.self_attn.v_proj.lora_B.weight");
+}
+
+TEST(PeftAdapter, SaveThenLoadGivesTheSameOutputs) {
+  auto config = tiny_config();
+  auto tensors = random_tensors(config, 6);
+  LoadOptions options = plain();
+  options.lora = LoraOptions{4, 8.0, 0.0, false, {"q_proj", "v_proj", "down_proj"}, 3};
+  auto a = Llama::from_tensors(config, tensors, options);
+  {
+    torch::NoGradGuard g;
+    for (auto& [name, t] : a.lora_tensors()) t.normal_(0, 0.2);
+  }
+  auto dir = std::filesystem::temp_directory_path() / ("herd-adapter-" + std::to_string(::getpid()));
+  save_adapter(a, dir, "tiny");
+  LoadOptions from_file = plain();
+  from_file.lora = read_adapter_config(dir);
+  EXPECT_EQ(from_file.lora->target_modules, (std::vector<std::string>{"q_proj", "v_proj", "down_proj"}));
+  auto b = Llama::from_tensors(config, tensors, from_file);
+  load_adapter_weights(b, dir);
+  auto ids = torch::tensor({{1, 5, 9, 33}}, torch::kInt64);
+  torch::NoGradGuard g;
+  auto with_adapter = a.forward(ids);
+  EXPECT_TRUE(torch::equal(with_adapter, b.forward(ids)));
+  auto base = Llama::from_tensors(config, tensors, plain());
+  EXPECT_GT((with_adapter - base.forward(ids)).abs().max().item<float>(), 1e-3);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(LlamaConfig, BadKeysAreNamed) {
+  auto error = [](const nlohmann::json& j) {
+    try {
+      LlamaConfig::from_json(j, "config.json");
+    } catch (const ModelConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  nlohmann::json ok = tiny_config().to_json();
+  EXPECT_EQ(error(ok), "");
+  auto j = ok;
+  j.erase("hidden_size");
+  EXPECT_EQ(error(j), "config.json: hidden_size: missing");
+  j = ok;
+  j["num_key_value_heads"] = 3;
+  EXPECT_EQ(error(j), "config.json: num_key_value_heads: 3 does not divide num_attention_heads 4");
+  j = ok;
+  j["model_type"] = "mistral";
+  EXPECT_EQ(error(j), "config.json: model_type: herd trains Llama models; got \"mistral\"");
+  j = ok;
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}};
+  EXPECT_EQ(error(j), "config.json: rope_scaling.rope_type: 'yarn' is not supported (herd supports linear and llama3)");
+  j = ok;
+  j["vocab_size"] = -5;
+  EXPECT_EQ(error(j), "config.json: vocab_size: must be a positive integer, got -5");
+}
+
+}  // namespace
+}  // namespace herd::model
