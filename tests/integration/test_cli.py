@@ -29,10 +29,10 @@ def test_version_names_the_libtorch_it_was_built_with():
     assert f"libtorch {torch_version}" in lines
     assert any(l.startswith("CUDA compiled in: ") for l in lines)
     assert any(l.startswith("GPUs visible: ") for l in lines)
-    head = subprocess.run(["git", "-C", str(SRC), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                          text=True)
-    if head.returncode == 0:
-        assert head.stdout.strip() in lines[0]
+    # The revision stamped at build time is a commit of this repository.
+    revision = lines[0].split("(git ")[1].rstrip(")").removesuffix("-dirty")
+    if subprocess.run(["git", "-C", str(SRC), "rev-parse", "HEAD"], capture_output=True).returncode == 0:
+        assert subprocess.run(["git", "-C", str(SRC), "cat-file", "-e", revision + "^{commit}"]).returncode == 0
 
 
 def test_config_check_shows_the_seeds_values_and_origins():
