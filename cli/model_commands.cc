@@ -3,13 +3,16 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <sstream>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "common/safetensors.h"
+#include "common/tokenizer.h"
 #include "worker/model/hf_checkpoint.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
@@ -137,6 +140,27 @@ void add_model_commands(CLI::App& app, int& rc) {
       w.add("input_ids", DType::I64, ids.sizes().vec(), ids.data_ptr(), ids.nbytes());
       w.add("attention_mask", DType::I64, mask.sizes().vec(), mask.data_ptr(), mask.nbytes());
       w.write(*l_out);
+    });
+  });
+
+  // herd tools tokenize TOKENIZER --input STRINGS.json: token ids of each string
+  // (BOS first, special-token strings mapped to their ids), as JSON.
+  auto t_model = std::make_shared<std::string>(), t_input = std::make_shared<std::string>();
+  auto t_no_bos = std::make_shared<bool>(false);
+  auto* tok = tools->add_subcommand("tokenize", "Token ids of a JSON list of strings");
+  tok->add_option("tokenizer", *t_model, "tokenizer.model, or a model directory holding one")->required();
+  tok->add_option("--input", *t_input, "JSON file: a list of strings")->required()->check(CLI::ExistingFile);
+  tok->add_flag("--no-bos", *t_no_bos, "Do not put BOS first");
+  tok->callback([&rc, t_model, t_input, t_no_bos] {
+    rc = guarded("tools tokenize", [&] {
+      fs::path p = *t_model;
+      auto tokenizer = herd::Tokenizer::load(fs::is_directory(p) ? p / "tokenizer.model" : p);
+      std::ifstream in(*t_input);
+      auto strings = nlohmann::json::parse(in);
+      if (!strings.is_array()) throw std::invalid_argument(*t_input + ": expected a JSON list of strings");
+      nlohmann::json out = nlohmann::json::array();
+      for (const auto& s : strings) out.push_back(tokenizer.encode(s.get<std::string>(), !*t_no_bos));
+      std::cout << out.dump() << "\n";
     });
   });
 

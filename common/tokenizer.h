@@ -1,0 +1,57 @@
+// A Llama tokenizer: reads SentencePiece's tokenizer.model and encodes as
+// SentencePiece's BPE model does (dummy prefix, whitespace as U+2581, merges by
+// score with the leftmost pair first on a tie, byte fallback), and splits text at
+// the special-token strings as transformers' slow LlamaTokenizer did in 2023
+// (legacy): each segment is encoded on its own, so the segment after "</s>" gets
+// its own leading "▁".
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace herd {
+
+class TokenizerError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Tokenizer {
+ public:
+  static Tokenizer load(const std::filesystem::path& tokenizer_model);
+
+  // BOS (when add_bos), then the text with special-token strings mapped to their ids.
+  std::vector<int32_t> encode(std::string_view text, bool add_bos) const;
+  // One segment, as SentencePieceProcessor::Encode (no special-token handling).
+  std::vector<int32_t> encode_segment(std::string_view text) const;
+  std::string decode(const std::vector<int32_t>& ids) const;
+
+  int32_t bos_id() const { return bos_id_; }
+  int32_t eos_id() const { return eos_id_; }
+  int32_t unk_id() const { return unk_id_; }
+  int32_t vocab_size() const { return static_cast<int32_t>(pieces_.size()); }
+  const std::string& piece(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).text; }
+
+ private:
+  enum class Kind { Normal, Unknown, Control, UserDefined, Unused, Byte };
+  struct Piece {
+    std::string text;
+    float score;
+    Kind kind;
+  };
+  std::vector<Piece> pieces_;
+  std::unordered_map<std::string, int32_t> mergeable_;  // NORMAL, USER_DEFINED, UNUSED pieces
+  std::unordered_map<std::string, int32_t> reserved_;   // the other kinds
+  std::vector<std::pair<std::string, int32_t>> specials_;  // split points: <s>, </s>, <unk>
+  int32_t byte_ids_[256];
+  bool byte_fallback_ = false;
+  bool add_dummy_prefix_ = true;
+  int32_t unk_id_ = 0, bos_id_ = 1, eos_id_ = 2;
+};
+
+}  // namespace herd
