@@ -172,7 +172,6 @@ int main(int argc, char** argv) {
   const std::pair<const char*, const char*> planned[] = {
       {"merge", "Merge an adapter into the base model's weights"},
       {"chat", "Talk to a model with an adapter"},
-      {"eval", "Mean token loss and perplexity over a conversation file"},
       {"plan", "Per-rank memory estimate for a config"},
       {"data", "Inspect and tokenize conversation data"},
   };

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -82,6 +83,61 @@ void add_model_commands(CLI::App& app, int& rc) {
     rc = guarded("quantize", [&] {
       herd::model::write_quantized_checkpoint(*q_model, *q_out, {!*q_single, "bfloat16"});
       std::cout << fmt::format("herd quantize: wrote {}\n", (fs::path(*q_out) / "model.safetensors").string());
+    });
+  });
+
+  // herd eval MODEL [--adapter DIR] --data FILE: mean next-token loss and perplexity.
+  auto e_model = std::make_shared<std::string>(), e_data = std::make_shared<std::string>(),
+       e_adapter = std::make_shared<std::string>(), e_dtype = std::make_shared<std::string>("float32");
+  auto e_plain = std::make_shared<bool>(false), e_json = std::make_shared<bool>(false);
+  auto* eval = app.add_subcommand("eval", "Mean token loss and perplexity of a model (and adapter) over a text file");
+  eval->add_option("model", *e_model, "Model directory")->required();
+  eval->add_option("--data", *e_data, "Text file: one sample per line (conversation files come with the data work)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  eval->add_option("--adapter", *e_adapter, "A peft LoRA adapter directory")->check(CLI::ExistingDirectory);
+  eval->add_flag("--no-quantize", *e_plain, "Use the plain weights instead of NF4 (as training would use them)");
+  eval->add_option("--compute-dtype", *e_dtype)->check(CLI::IsMember({"float32", "bfloat16"}))->capture_default_str();
+  eval->add_flag("--json", *e_json, "Print JSON");
+  eval->callback([&rc, e_model, e_data, e_adapter, e_dtype, e_plain, e_json] {
+    rc = guarded("eval", [&] {
+      herd::model::LoadOptions options;
+      options.quantize = !*e_plain;
+      options.compute_dtype = *e_dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
+      if (!e_adapter->empty()) options.lora = herd::model::read_adapter_config(*e_adapter);
+      auto model = herd::model::Llama::load(*e_model, options);
+      if (!e_adapter->empty()) herd::model::load_adapter_weights(model, *e_adapter);
+      auto tokenizer = herd::Tokenizer::load(fs::path(*e_model) / "tokenizer.model");
+      std::ifstream in(*e_data);
+      std::string line;
+      double total = 0;
+      int64_t tokens = 0, samples = 0, truncated = 0;
+      torch::NoGradGuard no_grad;
+      while (std::getline(in, line)) {
+        if (line.empty()) continue;
+        auto ids = tokenizer.encode(line, /*add_bos=*/true);
+        const auto window = static_cast<size_t>(model.config().max_position_embeddings);
+        if (ids.size() > window) {  // right truncation to the context window
+          ids.resize(window);
+          ++truncated;
+        }
+        auto [sum, count] = model.sequence_loss(ids);
+        total += sum;
+        tokens += count;
+        samples += count > 0;
+      }
+      if (tokens == 0) throw std::invalid_argument(*e_data + ": no line gives a token to predict");
+      const double loss = total / static_cast<double>(tokens);
+      if (*e_json) {
+        nlohmann::json doc = {{"model", *e_model},           {"adapter", *e_adapter},
+                              {"quantized", !*e_plain},      {"samples", samples},
+                              {"tokens", tokens},            {"truncated", truncated},
+                              {"loss", loss},                {"perplexity", std::exp(loss)}};
+        std::cout << doc.dump(2) << "\n";
+      } else {
+        std::cout << fmt::format("eval: {} samples, {} predicted tokens: loss {:.6f}, perplexity {:.4f}\n", samples,
+                                 tokens, loss, std::exp(loss));
+      }
     });
   });
 

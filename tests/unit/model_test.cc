@@ -194,6 +194,45 @@ TEST(PeftAdapter, SaveThenLoadGivesTheSameOutputs) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(LlamaConfig, ReadsTheShapesOfPublishedModels) {
+  // config.json keys as the Hugging Face repositories publish them.
+  auto llama2_7b = LlamaConfig::from_json(
+      nlohmann::json::parse(R"({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
+        "num_attention_heads": 32, "num_hidden_layers": 32, "rms_norm_eps": 1e-05, "vocab_size": 32000,
+        "max_position_embeddings": 4096, "tie_word_embeddings": false, "rope_scaling": null})"),
+      "llama-2-7b");
+  EXPECT_EQ(llama2_7b.num_key_value_heads, 32);
+  EXPECT_EQ(llama2_7b.head_dim, 128);
+  EXPECT_EQ(llama2_7b.lora_parameters(8, {"q_proj", "v_proj"}), 4'194'304);  // peft's figure for 7B
+  auto llama2_13b = LlamaConfig::from_json(
+      nlohmann::json::parse(R"({"hidden_size": 5120, "intermediate_size": 13824, "num_attention_heads": 40,
+        "num_hidden_layers": 40, "num_key_value_heads": 40, "vocab_size": 32000})"),
+      "llama-2-13b");
+  EXPECT_EQ(llama2_13b.linear_shape("down_proj"), (std::pair<int64_t, int64_t>{5120, 13824}));
+  auto llama2_70b = LlamaConfig::from_json(
+      nlohmann::json::parse(R"({"hidden_size": 8192, "intermediate_size": 28672, "num_attention_heads": 64,
+        "num_hidden_layers": 80, "num_key_value_heads": 8, "vocab_size": 32000, "rms_norm_eps": 1e-05})"),
+      "llama-2-70b");
+  EXPECT_EQ(llama2_70b.linear_shape("k_proj"), (std::pair<int64_t, int64_t>{1024, 8192}));
+  auto llama31_8b = LlamaConfig::from_json(
+      nlohmann::json::parse(R"({"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
+        "num_hidden_layers": 32, "num_key_value_heads": 8, "vocab_size": 128256, "rope_theta": 500000.0,
+        "max_position_embeddings": 131072, "bos_token_id": 128000, "eos_token_id": 128001,
+        "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 8192, "rope_type": "llama3"}})"),
+      "llama-3.1-8b");
+  ASSERT_TRUE(llama31_8b.rope_scaling.has_value());
+  EXPECT_EQ(llama31_8b.rope_scaling->type, "llama3");
+  EXPECT_EQ(llama31_8b.bos_token_id, 128000);
+  EXPECT_EQ(llama31_8b.lora_parameters(8, {"q_proj", "v_proj"}), 3'407'872);
+  auto tinyllama = LlamaConfig::from_json(
+      nlohmann::json::parse(R"({"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 32,
+        "num_hidden_layers": 22, "num_key_value_heads": 4, "vocab_size": 32000, "rope_theta": 10000.0})"),
+      "tinyllama");
+  EXPECT_EQ(tinyllama.head_dim, 64);
+  EXPECT_EQ(tinyllama.lora_parameters(8, {"q_proj", "v_proj"}), 1'126'400);
+}
+
 TEST(LlamaConfig, BadKeysAreNamed) {
   auto error = [](const nlohmann::json& j) {
     try {

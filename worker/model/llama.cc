@@ -251,6 +251,17 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
   return torch::matmul(h, lm_head_.t());
 }
 
+std::pair<double, int64_t> Llama::sequence_loss(const std::vector<int32_t>& ids) const {
+  if (ids.size() < 2) return {0.0, 0};
+  auto input = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64).view({1, -1});
+  auto logits = forward(input).squeeze(0);
+  auto targets = input.squeeze(0).slice(0, 1);
+  auto loss = torch::nn::functional::cross_entropy(
+      logits.slice(0, 0, logits.size(0) - 1), targets,
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+  return {loss.item<double>(), targets.size(0)};
+}
+
 std::vector<std::pair<std::string, torch::Tensor>> Llama::lora_tensors() {
   std::vector<std::pair<std::string, torch::Tensor>> out;
   for (size_t i = 0; i < layers_.size(); ++i) {

@@ -63,6 +63,9 @@ class Llama {
   // padding) is optional.
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {}) const;
 
+  // Next-token cross-entropy over one sequence of ids [T]: {sum of the T-1 losses, T-1}.
+  std::pair<double, int64_t> sequence_loss(const std::vector<int32_t>& ids) const;
+
   const LlamaConfig& config() const { return config_; }
   const LoadOptions& options() const { return options_; }
   std::vector<DecoderLayer>& layers() { return layers_; }
