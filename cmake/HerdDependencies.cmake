@@ -105,7 +105,12 @@ add_library(herd_torch INTERFACE)
 target_include_directories(herd_torch SYSTEM INTERFACE "${_mirror}" "${_mirror}/torch/csrc/api/include")
 target_compile_definitions(herd_torch INTERFACE ${_defs})
 # --no-as-needed: the CPU and CUDA backends register themselves when loaded.
-target_link_libraries(herd_torch INTERFACE "-Wl,--no-as-needed" ${_libs} "-Wl,--as-needed" Threads::Threads)
+# libstdc++ is named first: libtorch_cpu.so exports its own copy of std::filesystem
+# (142 symbols in 2.15), and the loader binds a symbol to the first library that
+# defines it. Built with another GCC, that copy crashed herd (remove_all called a
+# null pointer under GCC 13 with torch 2.11); libstdc++ ahead of libtorch keeps
+# herd on the compiler's own.
+target_link_libraries(herd_torch INTERFACE "-Wl,--no-as-needed" stdc++ ${_libs} "-Wl,--as-needed" Threads::Threads)
 target_link_options(herd_torch INTERFACE "LINKER:-rpath,${_torch_root}/lib" "LINKER:-rpath-link,${_rpath_link}")
 
 # herd's CUDA kernels are built whenever libtorch has CUDA and nvcc is present.

@@ -199,3 +199,11 @@ def test_train_finds_a_model_in_the_hub_cache(tmp_path):
     env = dict(os.environ, HF_HUB_CACHE=str(hub))
     out = herd("config", "check", SEED, env=env)
     assert f"TheBloke/Llama-2-70B-fp16 -> {hub}/models--TheBloke--Llama-2-70B-fp16/snapshots/abc123" in out.stdout
+
+
+def test_libstdcxx_is_bound_before_libtorch():
+    """libtorch_cpu.so exports its own std::filesystem; herd must bind the compiler's
+    (libstdc++ first among the needed libraries), or a GCC mismatch crashes it."""
+    dynamic = subprocess.run(["readelf", "-d", str(BIN / "herd")], capture_output=True, text=True, check=True).stdout
+    needed = [line.split("[")[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line]
+    assert needed.index("libstdc++.so.6") < needed.index("libtorch_cpu.so"), needed
