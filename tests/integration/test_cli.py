@@ -201,9 +201,13 @@ def test_train_finds_a_model_in_the_hub_cache(tmp_path):
     assert f"TheBloke/Llama-2-70B-fp16 -> {hub}/models--TheBloke--Llama-2-70B-fp16/snapshots/abc123" in out.stdout
 
 
-def test_libstdcxx_is_bound_before_libtorch():
-    """libtorch_cpu.so exports its own std::filesystem; herd must bind the compiler's
-    (libstdc++ first among the needed libraries), or a GCC mismatch crashes it."""
-    dynamic = subprocess.run(["readelf", "-d", str(BIN / "herd")], capture_output=True, text=True, check=True).stdout
-    needed = [line.split("[")[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line]
-    assert needed.index("libstdc++.so.6") < needed.index("libtorch_cpu.so"), needed
+def test_std_filesystem_is_never_bound_to_libtorch(tmp_path):
+    """libtorch_cpu.so exports its own std::filesystem; herd must use the compiler's
+    (a shared libstdc++ ahead of libtorch, or a static one inside the binary), or a
+    GCC mismatch crashes it. make-tiny-model calls std::filesystem functions."""
+    env = dict(os.environ, LD_DEBUG="bindings", LD_DEBUG_OUTPUT=str(tmp_path / "ld"))
+    out = herd("tools", "make-tiny-model", tmp_path / "m", "--layers", "1", env=env)
+    assert out.returncode == 0, out.stderr
+    bindings = "".join(p.read_text() for p in tmp_path.glob("ld.*"))
+    to_torch = [l for l in bindings.splitlines() if "_ZNSt10filesystem" in l and "torch" in l.split(" to ")[-1]]
+    assert "binding file" in bindings and to_torch == [], to_torch[:3]
