@@ -36,6 +36,11 @@ fs::path HubEnvironment::hub_cache() const {
 
 bool looks_like_hub_id(const std::string& ref) {
   if (ref.empty() || ref[0] == '/' || ref[0] == '.' || ref[0] == '~') return false;
+  // A file name is a local path, not a repository ("data/sample.json").
+  for (const char* ext : {".json", ".jsonl", ".txt", ".parquet", ".safetensors", ".bin", ".model"}) {
+    const std::string e = ext;
+    if (ref.size() > e.size() && ref.compare(ref.size() - e.size(), e.size(), e) == 0) return false;
+  }
   size_t slash = ref.find('/');
   if (slash != std::string::npos &&
       (slash == 0 || slash + 1 == ref.size() || ref.find('/', slash + 1) != std::string::npos)) {

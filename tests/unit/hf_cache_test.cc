@@ -119,6 +119,8 @@ TEST(HubId, Shapes) {
   EXPECT_FALSE(looks_like_hub_id("a/b/c"));
   EXPECT_FALSE(looks_like_hub_id("a/"));
   EXPECT_FALSE(looks_like_hub_id("has space/x"));
+  EXPECT_FALSE(looks_like_hub_id("data/sample-vicuna.json"));
+  EXPECT_TRUE(looks_like_hub_id("Qwen/Qwen1.5-0.5B"));
 }
 
 }  // namespace
