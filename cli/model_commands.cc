@@ -58,6 +58,29 @@ std::pair<torch::Tensor, torch::Tensor> parse_rows(const std::string& text) {
   return {ids, mask};
 }
 
+// The flags that pick a model as eval and logits use it, and the loading they ask for.
+struct ModelFlags {
+  std::string dir, adapter, dtype = "float32";
+  bool plain = false;
+
+  void add_to(CLI::App* cmd) {
+    cmd->add_option("model", dir, "Model directory (config.json, safetensors, tokenizer.model)")->required();
+    cmd->add_option("--adapter", adapter, "A peft LoRA adapter directory")->check(CLI::ExistingDirectory);
+    cmd->add_flag("--no-quantize", plain, "Use the plain weights instead of NF4 (as training would use them)");
+    cmd->add_option("--compute-dtype", dtype)->check(CLI::IsMember({"float32", "bfloat16"}))->capture_default_str();
+  }
+
+  herd::model::Llama load() const {
+    herd::model::LoadOptions options;
+    options.quantize = !plain;
+    options.compute_dtype = dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
+    if (!adapter.empty()) options.lora = herd::model::read_adapter_config(adapter);
+    auto model = herd::model::Llama::load(dir, options);
+    if (!adapter.empty()) herd::model::load_adapter_weights(model, adapter);
+    return model;
+  }
+};
+
 template <class F>
 int guarded(const char* what, F&& f) {
   try {
@@ -75,7 +98,8 @@ void add_model_commands(CLI::App& app, int& rc) {
   // herd quantize MODEL OUT
   auto q_model = std::make_shared<std::string>(), q_out = std::make_shared<std::string>();
   auto q_single = std::make_shared<bool>(false);
-  auto* quantize = app.add_subcommand("quantize", "Write a pre-quantized NF4 checkpoint (transformers' bitsandbytes layout)");
+  auto* quantize =
+      app.add_subcommand("quantize", "Write a pre-quantized NF4 checkpoint (transformers' bitsandbytes layout)");
   quantize->add_option("model", *q_model, "Model directory (config.json + safetensors)")->required();
   quantize->add_option("out", *q_out, "Output directory")->required();
   quantize->add_flag("--no-double-quant", *q_single, "Keep absmax in float32");
@@ -87,27 +111,19 @@ void add_model_commands(CLI::App& app, int& rc) {
   });
 
   // herd eval MODEL [--adapter DIR] --data FILE: mean next-token loss and perplexity.
-  auto e_model = std::make_shared<std::string>(), e_data = std::make_shared<std::string>(),
-       e_adapter = std::make_shared<std::string>(), e_dtype = std::make_shared<std::string>("float32");
-  auto e_plain = std::make_shared<bool>(false), e_json = std::make_shared<bool>(false);
+  auto e_model = std::make_shared<ModelFlags>();
+  auto e_data = std::make_shared<std::string>();
+  auto e_json = std::make_shared<bool>(false);
   auto* eval = app.add_subcommand("eval", "Mean token loss and perplexity of a model (and adapter) over a text file");
-  eval->add_option("model", *e_model, "Model directory")->required();
+  e_model->add_to(eval);
   eval->add_option("--data", *e_data, "Text file: one sample per line (conversation files come with the data work)")
       ->required()
       ->check(CLI::ExistingFile);
-  eval->add_option("--adapter", *e_adapter, "A peft LoRA adapter directory")->check(CLI::ExistingDirectory);
-  eval->add_flag("--no-quantize", *e_plain, "Use the plain weights instead of NF4 (as training would use them)");
-  eval->add_option("--compute-dtype", *e_dtype)->check(CLI::IsMember({"float32", "bfloat16"}))->capture_default_str();
   eval->add_flag("--json", *e_json, "Print JSON");
-  eval->callback([&rc, e_model, e_data, e_adapter, e_dtype, e_plain, e_json] {
+  eval->callback([&rc, e_model, e_data, e_json] {
     rc = guarded("eval", [&] {
-      herd::model::LoadOptions options;
-      options.quantize = !*e_plain;
-      options.compute_dtype = *e_dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
-      if (!e_adapter->empty()) options.lora = herd::model::read_adapter_config(*e_adapter);
-      auto model = herd::model::Llama::load(*e_model, options);
-      if (!e_adapter->empty()) herd::model::load_adapter_weights(model, *e_adapter);
-      auto tokenizer = herd::Tokenizer::load(fs::path(*e_model) / "tokenizer.model");
+      auto model = e_model->load();
+      auto tokenizer = herd::Tokenizer::load(fs::path(e_model->dir) / "tokenizer.model");
       std::ifstream in(*e_data);
       std::string line;
       double total = 0;
@@ -129,10 +145,14 @@ void add_model_commands(CLI::App& app, int& rc) {
       if (tokens == 0) throw std::invalid_argument(*e_data + ": no line gives a token to predict");
       const double loss = total / static_cast<double>(tokens);
       if (*e_json) {
-        nlohmann::json doc = {{"model", *e_model},           {"adapter", *e_adapter},
-                              {"quantized", !*e_plain},      {"samples", samples},
-                              {"tokens", tokens},            {"truncated", truncated},
-                              {"loss", loss},                {"perplexity", std::exp(loss)}};
+        nlohmann::json doc = {{"model", e_model->dir},
+                              {"adapter", e_model->adapter},
+                              {"quantized", !e_model->plain},
+                              {"samples", samples},
+                              {"tokens", tokens},
+                              {"truncated", truncated},
+                              {"loss", loss},
+                              {"perplexity", std::exp(loss)}};
         std::cout << doc.dump(2) << "\n";
       } else {
         std::cout << fmt::format("eval: {} samples, {} predicted tokens: loss {:.6f}, perplexity {:.4f}\n", samples,
@@ -168,26 +188,16 @@ void add_model_commands(CLI::App& app, int& rc) {
     });
   });
 
-  auto l_model = std::make_shared<std::string>(), l_ids = std::make_shared<std::string>(),
-       l_out = std::make_shared<std::string>(), l_dtype = std::make_shared<std::string>("float32");
-  auto l_plain = std::make_shared<bool>(false);
-  auto l_adapter = std::make_shared<std::string>();
+  auto l_model = std::make_shared<ModelFlags>();
+  auto l_ids = std::make_shared<std::string>(), l_out = std::make_shared<std::string>();
   auto* logits = tools->add_subcommand("logits", "Run the model on token ids; write the logits as safetensors");
-  logits->add_option("model", *l_model, "Model directory")->required();
+  l_model->add_to(logits);
   logits->add_option("--ids", *l_ids, "Token ids: rows separated by ';', ids by ','; short rows are right-padded")
       ->required();
   logits->add_option("--out", *l_out, "Output .safetensors (tensors: logits, input_ids, attention_mask)")->required();
-  logits->add_flag("--no-quantize", *l_plain, "Use the plain weights instead of NF4");
-  logits->add_option("--adapter", *l_adapter, "A peft LoRA adapter directory")->check(CLI::ExistingDirectory);
-  logits->add_option("--compute-dtype", *l_dtype)->check(CLI::IsMember({"float32", "bfloat16"}))->capture_default_str();
-  logits->callback([&rc, l_model, l_ids, l_out, l_plain, l_dtype, l_adapter] {
+  logits->callback([&rc, l_model, l_ids, l_out] {
     rc = guarded("tools logits", [&] {
-      herd::model::LoadOptions options;
-      options.quantize = !*l_plain;
-      options.compute_dtype = *l_dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
-      if (!l_adapter->empty()) options.lora = herd::model::read_adapter_config(*l_adapter);
-      auto model = herd::model::Llama::load(*l_model, options);
-      if (!l_adapter->empty()) herd::model::load_adapter_weights(model, *l_adapter);
+      auto model = l_model->load();
       auto [ids, mask] = parse_rows(*l_ids);
       torch::NoGradGuard no_grad;
       auto out = model.forward(ids, mask).contiguous();
