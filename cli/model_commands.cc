@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <charconv>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -40,7 +41,14 @@ std::pair<torch::Tensor, torch::Tensor> parse_rows(const std::string& text) {
     std::vector<int64_t> ids;
     std::stringstream r(row);
     std::string id;
-    while (std::getline(r, id, ',')) ids.push_back(std::stoll(id));
+    while (std::getline(r, id, ',')) {
+      int64_t value = 0;
+      auto [end, ec] = std::from_chars(id.data(), id.data() + id.size(), value);
+      if (ec != std::errc() || end != id.data() + id.size() || value < 0) {
+        throw std::invalid_argument(fmt::format("--ids: '{}' is not a token id", id));
+      }
+      ids.push_back(value);
+    }
     if (ids.empty()) throw std::invalid_argument("--ids has an empty row");
     rows.push_back(ids);
   }

@@ -206,6 +206,13 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
 torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) const {
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens]");
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  if (input_ids.numel() > 0) {
+    const int64_t lo = input_ids.min().item<int64_t>(), hi = input_ids.max().item<int64_t>();
+    if (lo < 0 || hi >= config_.vocab_size) {
+      throw std::invalid_argument(fmt::format("token id {} is outside the vocabulary (0..{})", lo < 0 ? lo : hi,
+                                              config_.vocab_size - 1));
+    }
+  }
   const auto device = embed_tokens_.device();
   auto h = embed_tokens_.index_select(0, input_ids.reshape({-1}).to(device)).view({B, T, -1});
 
