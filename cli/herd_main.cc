@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/config_report.h"
+#include "cli/data_commands.h"
 #include "cli/model_commands.h"
 #include "common/config.h"
 #include "common/hf_cache.h"
@@ -167,13 +168,13 @@ int main(int argc, char** argv) {
   status_cmd->callback([&] { rc = status(coordinator, json); });
 
   herd::cli::add_model_commands(app, rc);
+  herd::cli::add_data_commands(app, rc);
 
   // Planned subcommands: each exists so that --help lists the whole tool.
   const std::pair<const char*, const char*> planned[] = {
       {"merge", "Merge an adapter into the base model's weights"},
       {"chat", "Talk to a model with an adapter"},
       {"plan", "Per-rank memory estimate for a config"},
-      {"data", "Inspect and tokenize conversation data"},
   };
   for (const auto& [name, help] : planned) {
     auto* cmd = app.add_subcommand(name, std::string(help) + " (not built yet)");

@@ -39,13 +39,13 @@ Tokenizer Tokenizer::load(const fs::path& path) {
   }
   const auto& norm = model.normalizer_spec();
   if (!norm.precompiled_charsmap().empty() || (norm.has_name() && norm.name() != "identity")) {
-    throw TokenizerError(fmt::format("{}: normalizer '{}' is not supported (Llama's is 'identity')", path.string(),
-                                     norm.name()));
+    throw TokenizerError(
+        fmt::format("{}: normalizer '{}' is not supported (Llama's is 'identity')", path.string(), norm.name()));
   }
   if (norm.remove_extra_whitespaces() || !norm.escape_whitespaces() ||
       model.trainer_spec().treat_whitespace_as_suffix()) {
-    throw TokenizerError(fmt::format("{}: whitespace handling differs from Llama's and is not supported",
-                                     path.string()));
+    throw TokenizerError(
+        fmt::format("{}: whitespace handling differs from Llama's and is not supported", path.string()));
   }
   Tokenizer t;
   t.add_dummy_prefix_ = norm.add_dummy_prefix();
@@ -58,7 +58,8 @@ Tokenizer Tokenizer::load(const fs::path& path) {
     const auto& p = model.pieces(i);
     Kind kind = static_cast<Kind>(static_cast<int>(p.type()) - 1);
     t.pieces_.push_back({p.piece(), p.score(), kind});
-    auto& index = (kind == Kind::Normal || kind == Kind::UserDefined || kind == Kind::Unused) ? t.mergeable_ : t.reserved_;
+    auto& index =
+        (kind == Kind::Normal || kind == Kind::UserDefined || kind == Kind::Unused) ? t.mergeable_ : t.reserved_;
     if (!index.emplace(p.piece(), i).second) {
       throw TokenizerError(fmt::format("{}: piece {} appears twice", path.string(), p.piece()));
     }
@@ -75,24 +76,34 @@ Tokenizer Tokenizer::load(const fs::path& path) {
   }
   if (t.byte_fallback_) {
     for (int b = 0; b < 256; ++b) {
-      if (t.byte_ids_[b] < 0) throw TokenizerError(fmt::format("{}: byte piece <0x{:02X}> is missing", path.string(), b));
+      if (t.byte_ids_[b] < 0)
+        throw TokenizerError(fmt::format("{}: byte piece <0x{:02X}> is missing", path.string(), b));
     }
   }
   return t;
 }
 
-std::vector<int32_t> Tokenizer::encode_segment(std::string_view text) const {
+std::vector<int32_t> Tokenizer::encode_segment(std::string_view text, std::vector<Span>* spans) const {
   std::vector<int32_t> out;
   if (text.empty()) return out;
   std::string normalized = add_dummy_prefix_ ? kSpace : "";
   normalized.reserve(text.size() + 8);
-  for (char c : text) {
-    if (c == ' ') {
-      normalized += kSpace;
-    } else {
-      normalized += c;
-    }
+  // source[i]: the byte of `text` that normalized byte i came from (the dummy prefix
+  // comes from before byte 0: an empty span).
+  std::vector<uint32_t> source(normalized.size(), 0);
+  source.reserve(text.size() + 8);
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    const std::string_view add = c == ' ' ? std::string_view(kSpace) : std::string_view(&text[i], 1);
+    normalized += add;
+    source.insert(source.end(), add.size(), static_cast<uint32_t>(i));
   }
+  auto span_of = [&](size_t begin, size_t size) {
+    const bool prefix_only = add_dummy_prefix_ && begin == 0 && size == kSpace.size();
+    if (prefix_only) return Span{0, 0};
+    const uint32_t first = source[add_dummy_prefix_ && begin == 0 ? kSpace.size() : begin];
+    return Span{first, source[begin + size - 1] + 1};
+  };
   // One symbol per UTF-8 character, linked as a list.
   struct Symbol {
     size_t begin, size;
@@ -112,7 +123,9 @@ std::vector<int32_t> Tokenizer::encode_segment(std::string_view text) const {
     size_t size;
   };
   // Highest score first; on a tie the leftmost pair (SentencePiece's order).
-  auto worse = [](const Pair& a, const Pair& b) { return a.score < b.score || (a.score == b.score && a.left > b.left); };
+  auto worse = [](const Pair& a, const Pair& b) {
+    return a.score < b.score || (a.score == b.score && a.left > b.left);
+  };
   std::priority_queue<Pair, std::vector<Pair>, decltype(worse)> agenda(worse);
   auto consider = [&](int left, int right) {
     if (left < 0 || right < 0) return;
@@ -138,6 +151,7 @@ std::vector<int32_t> Tokenizer::encode_segment(std::string_view text) const {
   for (int i = 0; i >= 0; i = symbols[static_cast<size_t>(i)].next) {
     const Symbol& s = symbols[static_cast<size_t>(i)];
     const std::string piece = normalized.substr(s.begin, s.size);
+    const size_t before = out.size();
     if (auto it = mergeable_.find(piece); it != mergeable_.end()) {
       out.push_back(it->second);
     } else if (auto r = reserved_.find(piece); r != reserved_.end()) {
@@ -147,13 +161,18 @@ std::vector<int32_t> Tokenizer::encode_segment(std::string_view text) const {
     } else {
       out.push_back(unk_id_);
     }
+    if (spans) spans->insert(spans->end(), out.size() - before, span_of(s.begin, s.size));
   }
   return out;
 }
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos) const {
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, std::vector<Span>* spans) const {
   std::vector<int32_t> out;
-  if (add_bos) out.push_back(bos_id_);
+  if (spans) spans->clear();
+  if (add_bos) {
+    out.push_back(bos_id_);
+    if (spans) spans->push_back({0, 0});
+  }
   size_t start = 0;
   while (start <= text.size()) {
     // The earliest special-token string at or after `start` (the longest on a tie).
@@ -168,10 +187,18 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos) cons
       }
     }
     const size_t end = found == std::string_view::npos ? text.size() : found;
-    auto segment = encode_segment(text.substr(start, end - start));
+    const size_t first_span = spans ? spans->size() : 0;
+    auto segment = encode_segment(text.substr(start, end - start), spans);
+    if (spans) {
+      for (size_t i = first_span; i < spans->size(); ++i) {
+        (*spans)[i].begin += static_cast<uint32_t>(start);
+        (*spans)[i].end += static_cast<uint32_t>(start);
+      }
+    }
     out.insert(out.end(), segment.begin(), segment.end());
     if (found == std::string_view::npos) break;
     out.push_back(id);
+    if (spans) spans->push_back({static_cast<uint32_t>(found), static_cast<uint32_t>(found + length)});
     start = found + length;
   }
   return out;

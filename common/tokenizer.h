@@ -25,10 +25,18 @@ class Tokenizer {
  public:
   static Tokenizer load(const std::filesystem::path& tokenizer_model);
 
-  // BOS (when add_bos), then the text with special-token strings mapped to their ids.
-  std::vector<int32_t> encode(std::string_view text, bool add_bos) const;
-  // One segment, as SentencePieceProcessor::Encode (no special-token handling).
-  std::vector<int32_t> encode_segment(std::string_view text) const;
+  // Where a token came from in the text: bytes [begin, end). BOS and the dummy-prefix
+  // "▁" are empty spans at the position they stand before.
+  struct Span {
+    uint32_t begin, end;
+  };
+
+  // BOS (when add_bos), then the text with special-token strings mapped to their ids;
+  // with `spans`, each token's source bytes.
+  std::vector<int32_t> encode(std::string_view text, bool add_bos, std::vector<Span>* spans = nullptr) const;
+  // One segment, as SentencePieceProcessor::Encode (no special-token handling);
+  // spans are relative to the segment.
+  std::vector<int32_t> encode_segment(std::string_view text, std::vector<Span>* spans = nullptr) const;
   std::string decode(const std::vector<int32_t>& ids) const;
 
   int32_t bos_id() const { return bos_id_; }
@@ -45,8 +53,8 @@ class Tokenizer {
     Kind kind;
   };
   std::vector<Piece> pieces_;
-  std::unordered_map<std::string, int32_t> mergeable_;  // NORMAL, USER_DEFINED, UNUSED pieces
-  std::unordered_map<std::string, int32_t> reserved_;   // the other kinds
+  std::unordered_map<std::string, int32_t> mergeable_;     // NORMAL, USER_DEFINED, UNUSED pieces
+  std::unordered_map<std::string, int32_t> reserved_;      // the other kinds
   std::vector<std::pair<std::string, int32_t>> specials_;  // split points: <s>, </s>, <unk>
   int32_t byte_ids_[256];
   bool byte_fallback_ = false;

@@ -1,0 +1,171 @@
+#include "cli/data_commands.h"
+
+#include <algorithm>
+#include <fstream>
+#include <iostream>
+#include <memory>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "common/config.h"
+#include "common/conversation.h"
+#include "common/hf_cache.h"
+
+namespace herd::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct InspectFlags {
+  std::string config, data, tokenizer;
+  size_t samples = 3;
+  size_t context = 0;
+  bool json = false;
+  bool mask_inputs = false;
+};
+
+// The model's context window when the config does not set one: tokenizer_config.json's
+// model_max_length (what the seed's trainer used), else config.json's
+// max_position_embeddings.
+size_t default_context(const fs::path& model_dir) {
+  for (auto [file, key] :
+       {std::pair{"tokenizer_config.json", "model_max_length"}, std::pair{"config.json", "max_position_embeddings"}}) {
+    std::ifstream in(model_dir / file);
+    if (!in) continue;
+    auto j = nlohmann::json::parse(in, nullptr, false);
+    if (j.is_object() && j.contains(key) && j[key].is_number_unsigned()) return j[key].get<size_t>();
+  }
+  return 4096;
+}
+
+// A dataset directory (a hub snapshot) holds one .json or .jsonl file.
+fs::path data_file(const fs::path& p) {
+  if (!fs::is_directory(p)) return p;
+  std::vector<fs::path> found;
+  for (const auto& e : fs::recursive_directory_iterator(p)) {
+    auto ext = e.path().extension();
+    if (e.is_regular_file() && (ext == ".json" || ext == ".jsonl")) found.push_back(e.path());
+  }
+  if (found.size() != 1) {
+    throw DatasetError(fmt::format("{}: expected one .json or .jsonl file, found {}", p.string(), found.size()));
+  }
+  return found[0];
+}
+
+// The formatted text with every byte of a masked token between « and ».
+std::string show_mask(const Tokenizer& tok, const FormattedConversation& f, const TokenizedSample& s) {
+  std::vector<Tokenizer::Span> spans;
+  tok.encode(f.text, true, &spans);
+  std::vector<bool> masked(f.text.size(), false);
+  for (size_t i = 1; i < s.ids.size(); ++i) {
+    for (uint32_t b = spans[i].begin; b < spans[i].end; ++b) masked[b] = !s.mask[i];
+  }
+  std::string out;
+  bool in = false;
+  for (size_t b = 0; b < f.text.size(); ++b) {
+    if (masked[b] != in) {
+      out += masked[b] ? "«" : "»";
+      in = masked[b];
+    }
+    out += f.text[b];
+  }
+  return out + (in ? "»" : "");
+}
+
+int inspect(const InspectFlags& flags) {
+  FormatOptions format;
+  bool train_on_inputs = !flags.mask_inputs, skip_invalid = false;
+  fs::path data = flags.data, tokenizer_dir = flags.tokenizer;
+  size_t context = flags.context;
+  if (!flags.config.empty()) {
+    Config c = load_config(flags.config);
+    format.user_header = c.data.user_header;
+    format.response_header = c.data.response_header;
+    train_on_inputs = c.data.train_on_inputs;
+    skip_invalid = c.data.skip_invalid;
+    if (data.empty()) data = resolve_hub_path(c.data.dataset, HubRepoType::Dataset, "data.dataset");
+    if (tokenizer_dir.empty()) tokenizer_dir = resolve_hub_path(c.base_model, HubRepoType::Model, "base_model");
+    if (context == 0 && c.model_context_window > 0) context = static_cast<size_t>(c.model_context_window);
+  }
+  if (data.empty() || tokenizer_dir.empty()) {
+    throw std::invalid_argument("give a CONFIG, or both --data FILE and --tokenizer MODEL");
+  }
+  const fs::path model_file = fs::is_directory(tokenizer_dir) ? tokenizer_dir / "tokenizer.model" : tokenizer_dir;
+  if (context == 0) context = default_context(model_file.parent_path());
+  const Tokenizer tok = Tokenizer::load(model_file);
+  format.eos = tok.piece(tok.eos_id());
+
+  ReadReport report;
+  const auto conversations = read_conversations(data_file(data), skip_invalid, &report);
+  std::vector<size_t> lengths;
+  size_t truncated = 0, targets = 0;
+  nlohmann::json all = nlohmann::json::array();
+  for (size_t i = 0; i < conversations.size(); ++i) {
+    const auto& c = conversations[i];
+    const auto f = format_conversation(c, format);
+    const auto s = tokenize_conversation(tok, f, train_on_inputs, context);
+    lengths.push_back(s.ids.size());
+    truncated += s.truncated;
+    targets += static_cast<size_t>(std::count(s.mask.begin(), s.mask.end(), 1));
+    if (flags.json) {
+      all.push_back({{"record", c.record},
+                     {"id", c.id},
+                     {"text", f.text},
+                     {"token_ids", s.ids},
+                     {"loss_mask", s.mask},
+                     {"truncated", s.truncated}});
+    } else if (i < flags.samples) {
+      std::cout << fmt::format("== record {} (id {}): {} tokens{}, {} in the loss\n{}\n", c.record, c.id, s.ids.size(),
+                               s.truncated ? " (truncated)" : "", std::count(s.mask.begin(), s.mask.end(), 1),
+                               show_mask(tok, f, s));
+    }
+  }
+  if (flags.json) {
+    std::cout << all.dump() << "\n";
+    return 0;
+  }
+  std::vector<size_t> sorted = lengths;
+  std::sort(sorted.begin(), sorted.end());
+  size_t total = 0;
+  for (size_t l : lengths) total += l;
+  std::cout << fmt::format("«…» marks tokens outside the loss (data.train_on_inputs: {})\n\n",
+                           train_on_inputs ? "true" : "false");
+  std::cout << fmt::format("{}: {} records, {} samples", data.string(), report.records, conversations.size());
+  for (const auto& [reason, n] : report.skipped) std::cout << fmt::format(", {} skipped ({})", n, reason);
+  if (!sorted.empty()) {
+    std::cout << fmt::format(
+        "\ntokens per sample: mean {:.1f}, median {}, max {}; {} tokens, {} in the loss\n"
+        "truncated at the context window ({}): {}\n",
+        static_cast<double>(total) / static_cast<double>(sorted.size()), sorted[sorted.size() / 2], sorted.back(),
+        total, targets, context, truncated);
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_data_commands(CLI::App& app, int& rc) {
+  auto* data = app.add_subcommand("data", "Look at conversation data as training sees it");
+  data->require_subcommand(1);
+  auto flags = std::make_shared<InspectFlags>();
+  auto* inspect_cmd = data->add_subcommand("inspect", "Formatted samples, token counts, masked spans and lengths");
+  inspect_cmd->add_option("config", flags->config, "The job's YAML config")->check(CLI::ExistingFile);
+  inspect_cmd->add_option("--data", flags->data, "A conversation file (JSON array or JSON Lines)");
+  inspect_cmd->add_option("--tokenizer", flags->tokenizer, "tokenizer.model or a model directory");
+  inspect_cmd->add_option("--samples", flags->samples, "Samples to print")->capture_default_str();
+  inspect_cmd->add_option("--context", flags->context, "Context window (default: the config's, else the model's)");
+  inspect_cmd->add_flag("--mask-inputs", flags->mask_inputs, "Without a config: as data.train_on_inputs: false");
+  inspect_cmd->add_flag("--json", flags->json, "Every sample's text, token ids and loss mask as JSON");
+  inspect_cmd->callback([&rc, flags] {
+    try {
+      rc = inspect(*flags);
+    } catch (const std::exception& e) {
+      std::cerr << "herd data inspect: " << e.what() << "\n";
+      rc = 1;
+    }
+  });
+}
+
+}  // namespace herd::cli

@@ -1,0 +1,146 @@
+#include "common/conversation.h"
+
+#include <unistd.h>
+
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+namespace herd {
+namespace {
+
+namespace fs = std::filesystem;
+
+Conversation convo(std::vector<Turn> turns) { return Conversation{0, "x", std::move(turns)}; }
+
+TEST(Format, MultiTurnIsTheSeedsTextByteForByte) {
+  auto f = format_conversation(convo({{"human", "Hi there"}, {"gpt", "Hello!"}, {"human", "2+2?"}, {"gpt", "4"}}), {});
+  EXPECT_EQ(f.text,
+            "### HUMAN:\nHi there\n\n### RESPONSE:\nHello!</s>\n\n### HUMAN:\n2+2?\n\n### RESPONSE:\n4</s>\n\n");
+  ASSERT_EQ(f.responses.size(), 2u);
+  EXPECT_EQ(f.text.substr(f.responses[0].first, f.responses[0].second - f.responses[0].first), "Hello!</s>\n\n");
+  EXPECT_EQ(f.text.substr(f.responses[1].first, f.responses[1].second - f.responses[1].first), "4</s>\n\n");
+}
+
+TEST(Format, OtherRolesAreUpperCasedHeaders) {
+  auto f = format_conversation(convo({{"system", "Be brief."}, {"human", "Q"}, {"Tool_Call", "{}"}, {"gpt", "A"}}), {});
+  EXPECT_EQ(f.text, "### SYSTEM:\nBe brief.\n\n### HUMAN:\nQ\n\n### TOOL_CALL:\n{}\n\n### RESPONSE:\nA</s>\n\n");
+}
+
+TEST(Format, CustomHeadersAndEos) {
+  FormatOptions o{"<|user|>\n", "<|assistant|>\n", "<|end|>"};
+  auto f = format_conversation(convo({{"human", "a"}, {"gpt", "b"}}), o);
+  EXPECT_EQ(f.text, "<|user|>\na\n\n<|assistant|>\nb<|end|>\n\n");
+  EXPECT_EQ(f.responses[0], (std::pair<uint32_t, uint32_t>{26, 36}));  // "b<|end|>\n\n"
+}
+
+class Records : public ::testing::Test {
+ protected:
+  fs::path write(const std::string& name, const std::string& text) {
+    fs::path p = fs::temp_directory_path() / ("herd-data-" + std::to_string(::getpid()) + "-" + name);
+    std::ofstream(p, std::ios::binary) << text;
+    files_.push_back(p);
+    return p;
+  }
+  void TearDown() override {
+    for (const auto& f : files_) fs::remove(f);
+  }
+  std::string error_of(const std::string& text, const std::string& name = "d.json") {
+    try {
+      read_conversations(write(name, text), false);
+    } catch (const DatasetError& e) {
+      return e.what();
+    }
+    return "";
+  }
+  std::vector<fs::path> files_;
+};
+
+const std::string kGood =
+    R"({"id": "g", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]})";
+
+TEST_F(Records, ArrayAndJsonLinesRead) {
+  auto a = read_conversations(write("a.json", "[" + kGood + ", " + kGood + "]"), false);
+  ASSERT_EQ(a.size(), 2u);
+  EXPECT_EQ(a[1].record, 1u);
+  EXPECT_EQ(a[0].id, "g");
+  EXPECT_EQ(a[0].turns[1].value, "yo");
+  auto l = read_conversations(write("l.jsonl", kGood + "\n\n" + kGood + "\n"), false);
+  EXPECT_EQ(l.size(), 2u);
+  EXPECT_EQ(l[1].record, 1u);
+}
+
+struct Bad {
+  const char* name;
+  std::string record;  // one JSON value (or broken text) placed as record 1
+  std::string reason;
+};
+void PrintTo(const Bad& b, std::ostream* os) { *os << b.name; }
+
+class BadRecord : public Records, public ::testing::WithParamInterface<Bad> {};
+
+TEST_P(BadRecord, IsNamedByIndexAndReasonAndCanBeSkipped) {
+  const Bad& b = GetParam();
+  for (bool lines : {false, true}) {
+    // In a JSON array, text that does not parse breaks the file, not one record: it
+    // is a file-level error with its byte offset (FileLevelErrorsNameTheByteOffset).
+    if (!lines && (b.reason == "JSON syntax error" || b.reason == "invalid UTF-8")) continue;
+    std::string text =
+        lines ? kGood + "\n" + b.record + "\n" + kGood + "\n" : "[" + kGood + ", " + b.record + ", " + kGood + "]";
+    const std::string name = lines ? "b.jsonl" : "b.json";
+    std::string e = error_of(text, name);
+    EXPECT_NE(e.find(": record 1: "), std::string::npos) << e;
+    EXPECT_NE(e.find("(" + b.reason + ";"), std::string::npos) << e;
+    ReadReport report;
+    auto kept = read_conversations(write(name, text), true, &report);
+    EXPECT_EQ(kept.size(), 2u);
+    EXPECT_EQ(kept[1].record, 2u);
+    EXPECT_EQ(report.records, 3u);
+    EXPECT_EQ(report.skipped.at(b.reason), 1u);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Vicuna, BadRecord,
+    ::testing::Values(
+        Bad{"array_not_object", "[1, 2]", "not an object"}, Bad{"string", "\"text\"", "not an object"},
+        Bad{"null", "null", "not an object"}, Bad{"no_conversations", R"({"id": "x"})", "missing conversations"},
+        Bad{"misspelt_conversations", R"({"conversation": []})", "missing conversations"},
+        Bad{"conversations_object", R"({"conversations": {"from": "human"}})", "conversations not a list"},
+        Bad{"empty", R"({"conversations": []})", "empty conversation"},
+        Bad{"turn_string", R"({"conversations": ["hi"]})", "turn not an object"},
+        Bad{"turn_without_from", R"({"conversations": [{"value": "hi"}]})", "turn without from"},
+        Bad{"from_number", R"({"conversations": [{"from": 1, "value": "hi"}]})", "turn without from"},
+        Bad{"turn_without_value", R"({"conversations": [{"from": "human"}]})", "turn without value"},
+        Bad{"value_number", R"({"conversations": [{"from": "gpt", "value": 42}]})", "non-string value"},
+        Bad{"value_null", R"({"conversations": [{"from": "gpt", "value": null}]})", "non-string value"},
+        Bad{"value_list", R"({"conversations": [{"from": "gpt", "value": ["a"]}]})", "non-string value"},
+        Bad{"invalid_utf8", "{\"conversations\": [{\"from\": \"gpt\", \"value\": \"\xC3\x28\"}]}", "invalid UTF-8"},
+        Bad{"syntax", R"({"conversations": [{"from": "gpt", "value": "a"})", "JSON syntax error"},
+        Bad{"trailing_comma", R"({"conversations": [],})", "JSON syntax error"}),
+    [](const ::testing::TestParamInfo<Bad>& p) { return std::string(p.param.name); });
+
+TEST_F(Records, FileLevelErrorsNameTheByteOffset) {
+  EXPECT_NE(error_of("[" + kGood + ", " + kGood.substr(0, 30)).find("(the file is truncated)"), std::string::npos);
+  std::string e = error_of("[" + kGood + ", {\"id\": }]");
+  EXPECT_NE(e.find("JSON syntax error at byte " + std::to_string(kGood.size() + 10)), std::string::npos) << e;
+  EXPECT_NE(error_of("[" + kGood + ", \"\xC3\x28\"]").find("invalid UTF-8 at byte"), std::string::npos);
+  EXPECT_NE(error_of("   \n").find("the file is empty"), std::string::npos);
+  e = error_of(kGood + "\n" + kGood.substr(0, 40), "t.jsonl");
+  EXPECT_NE(e.find("record 1: JSON syntax error at byte"), std::string::npos) << e;
+  EXPECT_NE(e.find("(the file is truncated)"), std::string::npos) << e;
+}
+
+TEST_F(Records, SkipCountsEveryReason) {
+  std::string text = kGood + "\n" + R"({"conversations": []})" + "\n" + R"({"conversations": []})" + "\n" +
+                     R"({"conversations": [{"from": "gpt", "value": 1}]})" + "\n{broken\n" + kGood + "\n";
+  ReadReport report;
+  auto kept = read_conversations(write("s.jsonl", text), true, &report);
+  EXPECT_EQ(kept.size(), 2u);
+  EXPECT_EQ(report.records, 6u);
+  EXPECT_EQ(report.skipped, (std::map<std::string, size_t>{
+                                {"empty conversation", 2}, {"non-string value", 1}, {"JSON syntax error", 1}}));
+}
+
+}  // namespace
+}  // namespace herd
