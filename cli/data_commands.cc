@@ -1,6 +1,7 @@
 #include "cli/data_commands.h"
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -11,6 +12,7 @@
 #include "common/config.h"
 #include "common/conversation.h"
 #include "common/hf_cache.h"
+#include "common/token_cache.h"
 
 namespace herd::cli {
 
@@ -19,7 +21,7 @@ namespace fs = std::filesystem;
 namespace {
 
 struct InspectFlags {
-  std::string config, data, tokenizer;
+  std::string config, data, tokenizer, cache_dir;
   size_t samples = 3;
   size_t context = 0;
   bool json = false;
@@ -74,31 +76,50 @@ std::string show_mask(const Tokenizer& tok, const FormattedConversation& f, cons
   return out + (in ? "»" : "");
 }
 
-int inspect(const InspectFlags& flags) {
-  FormatOptions format;
-  bool train_on_inputs = !flags.mask_inputs, skip_invalid = false;
+// What a config (or the flags) say about the data: the files and the settings.
+struct DataInputs {
+  fs::path data_file, tokenizer_model, cache_dir;
+  DatasetSettings settings;
+};
+
+DataInputs resolve_inputs(const InspectFlags& flags) {
+  DataInputs in;
+  in.settings.train_on_inputs = !flags.mask_inputs;
   fs::path data = flags.data, tokenizer_dir = flags.tokenizer;
   size_t context = flags.context;
+  in.cache_dir = flags.cache_dir;
   if (!flags.config.empty()) {
     Config c = load_config(flags.config);
-    format.user_header = c.data.user_header;
-    format.response_header = c.data.response_header;
-    train_on_inputs = c.data.train_on_inputs;
-    skip_invalid = c.data.skip_invalid;
+    in.settings.format.user_header = c.data.user_header;
+    in.settings.format.response_header = c.data.response_header;
+    in.settings.train_on_inputs = c.data.train_on_inputs;
+    in.settings.skip_invalid = c.data.skip_invalid;
     if (data.empty()) data = resolve_hub_path(c.data.dataset, HubRepoType::Dataset, "data.dataset");
     if (tokenizer_dir.empty()) tokenizer_dir = resolve_hub_path(c.base_model, HubRepoType::Model, "base_model");
     if (context == 0 && c.model_context_window > 0) context = static_cast<size_t>(c.model_context_window);
+    if (in.cache_dir.empty()) in.cache_dir = fs::path(c.trainer_output_dir) / "data-cache";
   }
   if (data.empty() || tokenizer_dir.empty()) {
     throw std::invalid_argument("give a CONFIG, or both --data FILE and --tokenizer MODEL");
   }
-  const fs::path model_file = fs::is_directory(tokenizer_dir) ? tokenizer_dir / "tokenizer.model" : tokenizer_dir;
-  if (context == 0) context = default_context(model_file.parent_path());
-  const Tokenizer tok = Tokenizer::load(model_file);
+  in.data_file = data_file(data);
+  in.tokenizer_model = fs::is_directory(tokenizer_dir) ? tokenizer_dir / "tokenizer.model" : tokenizer_dir;
+  in.settings.context_window = context > 0 ? context : default_context(in.tokenizer_model.parent_path());
+  if (in.cache_dir.empty()) in.cache_dir = "data-cache";
+  return in;
+}
+
+int inspect(const InspectFlags& flags) {
+  const DataInputs in = resolve_inputs(flags);
+  const Tokenizer tok = Tokenizer::load(in.tokenizer_model);
+  FormatOptions format = in.settings.format;
   format.eos = tok.piece(tok.eos_id());
+  const bool train_on_inputs = in.settings.train_on_inputs;
+  const size_t context = in.settings.context_window;
+  const fs::path& data = in.data_file;
 
   ReadReport report;
-  const auto conversations = read_conversations(data_file(data), skip_invalid, &report);
+  const auto conversations = read_conversations(data, in.settings.skip_invalid, &report);
   std::vector<size_t> lengths;
   size_t truncated = 0, targets = 0;
   nlohmann::json all = nlohmann::json::array();
@@ -144,6 +165,26 @@ int inspect(const InspectFlags& flags) {
   return 0;
 }
 
+// Tokenize once into the cache (or find it there), and say which.
+int tokenize(const InspectFlags& flags) {
+  DataInputs in = resolve_inputs(flags);
+  const Tokenizer tok = Tokenizer::load(in.tokenizer_model);
+  in.settings.format.eos = tok.piece(tok.eos_id());
+  const auto start = std::chrono::steady_clock::now();
+  auto loaded = load_tokenized_dataset(in.data_file, in.tokenizer_model, in.settings, in.cache_dir);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double mb = static_cast<double>(fs::file_size(in.data_file)) / 1e6;
+  if (!loaded.rebuilt_because.empty()) {
+    std::cerr << fmt::format("herd data tokenize: warning: {} was not used ({}); rebuilt it\n", loaded.file.string(),
+                             loaded.rebuilt_because);
+  }
+  std::cout << fmt::format("{}: {} samples, {} tokens in {:.2f} s ({:.1f} MB/s of data): {} {}\n",
+                           in.data_file.string(), loaded.cache->samples(), loaded.cache->tokens(), seconds,
+                           mb / seconds, loaded.built ? "tokenized into" : "cache hit:", loaded.file.string());
+  std::cout << "read: " << loaded.cache->report() << "\n";
+  return 0;
+}
+
 }  // namespace
 
 void add_data_commands(CLI::App& app, int& rc) {
@@ -158,6 +199,23 @@ void add_data_commands(CLI::App& app, int& rc) {
   inspect_cmd->add_option("--context", flags->context, "Context window (default: the config's, else the model's)");
   inspect_cmd->add_flag("--mask-inputs", flags->mask_inputs, "Without a config: as data.train_on_inputs: false");
   inspect_cmd->add_flag("--json", flags->json, "Every sample's text, token ids and loss mask as JSON");
+  auto* tokenize_cmd = data->add_subcommand("tokenize", "Tokenize a dataset once into the cache (keyed by its inputs)");
+  auto tflags = std::make_shared<InspectFlags>();
+  tokenize_cmd->add_option("config", tflags->config, "The job's YAML config")->check(CLI::ExistingFile);
+  tokenize_cmd->add_option("--data", tflags->data, "A conversation file (JSON array or JSON Lines)");
+  tokenize_cmd->add_option("--tokenizer", tflags->tokenizer, "tokenizer.model or a model directory");
+  tokenize_cmd->add_option("--context", tflags->context, "Context window");
+  tokenize_cmd->add_flag("--mask-inputs", tflags->mask_inputs, "Without a config: as data.train_on_inputs: false");
+  tokenize_cmd->add_option("--cache-dir", tflags->cache_dir,
+                           "Cache directory (default: {trainer_output_dir}/data-cache, else ./data-cache)");
+  tokenize_cmd->callback([&rc, tflags] {
+    try {
+      rc = tokenize(*tflags);
+    } catch (const std::exception& e) {
+      std::cerr << "herd data tokenize: " << e.what() << "\n";
+      rc = 1;
+    }
+  });
   inspect_cmd->callback([&rc, flags] {
     try {
       rc = inspect(*flags);

@@ -130,7 +130,7 @@ std::vector<int32_t> Tokenizer::encode_segment(std::string_view text, std::vecto
   auto consider = [&](int left, int right) {
     if (left < 0 || right < 0) return;
     const size_t size = symbols[static_cast<size_t>(left)].size + symbols[static_cast<size_t>(right)].size;
-    auto it = mergeable_.find(normalized.substr(symbols[static_cast<size_t>(left)].begin, size));
+    auto it = mergeable_.find(std::string_view(normalized).substr(symbols[static_cast<size_t>(left)].begin, size));
     if (it == mergeable_.end()) return;
     agenda.push({pieces_[static_cast<size_t>(it->second)].score, left, right, size});
   };
@@ -150,7 +150,7 @@ std::vector<int32_t> Tokenizer::encode_segment(std::string_view text, std::vecto
   }
   for (int i = 0; i >= 0; i = symbols[static_cast<size_t>(i)].next) {
     const Symbol& s = symbols[static_cast<size_t>(i)];
-    const std::string piece = normalized.substr(s.begin, s.size);
+    const std::string_view piece = std::string_view(normalized).substr(s.begin, s.size);
     const size_t before = out.size();
     if (auto it = mergeable_.find(piece); it != mergeable_.end()) {
       out.push_back(it->second);

@@ -53,8 +53,14 @@ class Tokenizer {
     Kind kind;
   };
   std::vector<Piece> pieces_;
-  std::unordered_map<std::string, int32_t> mergeable_;     // NORMAL, USER_DEFINED, UNUSED pieces
-  std::unordered_map<std::string, int32_t> reserved_;      // the other kinds
+  // Lookups by string_view, without building a string per candidate merge.
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  using PieceIndex = std::unordered_map<std::string, int32_t, Hash, std::equal_to<>>;
+  PieceIndex mergeable_;                                   // NORMAL, USER_DEFINED, UNUSED pieces
+  PieceIndex reserved_;                                    // the other kinds
   std::vector<std::pair<std::string, int32_t>> specials_;  // split points: <s>, </s>, <unk>
   int32_t byte_ids_[256];
   bool byte_fallback_ = false;

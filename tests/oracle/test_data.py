@@ -90,3 +90,22 @@ def test_bad_records_are_named_and_skipped(tiny_gqa, tmp_path):
     out = herd("data", "inspect", "--data", data, "--tokenizer", tiny_gqa, check=False)
     assert out.returncode == 1
     assert f"{data}: record 1: \"conversations\" is empty (empty conversation;" in out.stderr
+
+
+def test_tokenize_caches_and_rebuilds_a_corrupted_cache(tiny_gqa, tmp_path):
+    args = ["data", "tokenize", "--data", SRC / "data" / "sample-vicuna.json", "--tokenizer", tiny_gqa,
+            "--cache-dir", tmp_path / "cache"]
+    first = herd(*args)
+    assert "240 samples" in first.stdout and "tokenized into" in first.stdout
+    assert "cache hit" in herd(*args).stdout
+    (cache,) = (tmp_path / "cache").glob("*.herdtok")
+    raw = bytearray(cache.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    cache.write_bytes(bytes(raw))
+    rebuilt = herd(*args)
+    assert "tokenized into" in rebuilt.stdout
+    assert "was not used (checksum mismatch); rebuilt it" in rebuilt.stderr
+    assert "cache hit" in herd(*args).stdout
+    # Other settings are another cache entry, never the same file.
+    herd(*args, "--mask-inputs")
+    assert len(list((tmp_path / "cache").glob("*.herdtok"))) == 2
