@@ -12,6 +12,7 @@
 #include "common/config.h"
 #include "common/conversation.h"
 #include "common/hf_cache.h"
+#include "common/packing.h"
 #include "common/token_cache.h"
 
 namespace herd::cli {
@@ -80,6 +81,9 @@ std::string show_mask(const Tokenizer& tok, const FormattedConversation& f, cons
 struct DataInputs {
   fs::path data_file, tokenizer_model, cache_dir;
   DatasetSettings settings;
+  bool packing = false;
+  double eval_fraction = 0;
+  uint64_t seed = 42;
 };
 
 DataInputs resolve_inputs(const InspectFlags& flags) {
@@ -94,6 +98,9 @@ DataInputs resolve_inputs(const InspectFlags& flags) {
     in.settings.format.response_header = c.data.response_header;
     in.settings.train_on_inputs = c.data.train_on_inputs;
     in.settings.skip_invalid = c.data.skip_invalid;
+    in.packing = c.data.packing;
+    in.eval_fraction = c.data.eval_fraction;
+    in.seed = static_cast<uint64_t>(c.trainer.seed);
     if (data.empty()) data = resolve_hub_path(c.data.dataset, HubRepoType::Dataset, "data.dataset");
     if (tokenizer_dir.empty()) tokenizer_dir = resolve_hub_path(c.base_model, HubRepoType::Model, "base_model");
     if (context == 0 && c.model_context_window > 0) context = static_cast<size_t>(c.model_context_window);
@@ -161,6 +168,17 @@ int inspect(const InspectFlags& flags) {
         "truncated at the context window ({}): {}\n",
         static_cast<double>(total) / static_cast<double>(sorted.size()), sorted[sorted.size() / 2], sorted.back(),
         total, targets, context, truncated);
+  }
+  if (in.eval_fraction > 0) {
+    const auto split = split_eval(conversations.size(), in.eval_fraction, in.seed);
+    std::cout << fmt::format("eval split (data.eval_fraction {}, seed {}): {} eval, {} train samples\n",
+                             in.eval_fraction, in.seed, split.eval.size(), split.train.size());
+  }
+  if (in.packing && !lengths.empty()) {
+    const auto windows = pack_samples(lengths, context);
+    std::cout << fmt::format("packing (data.packing): {} samples in {} windows of up to {} tokens, {:.1f}% full\n",
+                             lengths.size(), windows.size(), context,
+                             100.0 * static_cast<double>(total) / static_cast<double>(windows.size() * context));
   }
   return 0;
 }

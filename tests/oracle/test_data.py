@@ -82,6 +82,10 @@ def test_inspect_with_a_config_on_the_sample_data(tiny_gqa, tmp_path):
     assert out.count("== record") == 2
     assert "sample-vicuna.json: 240 records, 240 samples" in out
     assert "truncated at the context window (256):" in out
+    path.write_text(config.replace("  type: vicuna\n", "  type: vicuna\n  packing: true\n  eval_fraction: 0.1\n"))
+    out = herd("data", "inspect", path, "--samples", "0").stdout
+    assert "eval split (data.eval_fraction 0.1, seed 42): 24 eval, 216 train samples" in out
+    assert re.search(r"packing \(data.packing\): 240 samples in \d+ windows of up to 256 tokens", out)
 
 
 def test_bad_records_are_named_and_skipped(tiny_gqa, tmp_path):

@@ -37,7 +37,8 @@ std::map<std::string, torch::Tensor> random_tensors(const LlamaConfig& c, uint64
       t[module_path(i, m) + ".weight"] = torch::randn({o, in}) * 0.2;
     }
     t["model.layers." + std::to_string(i) + ".input_layernorm.weight"] = 1 + 0.1 * torch::randn({c.hidden_size});
-    t["model.layers." + std::to_string(i) + ".post_attention_layernorm.weight"] = 1 + 0.1 * torch::randn({c.hidden_size});
+    t["model.layers." + std::to_string(i) + ".post_attention_layernorm.weight"] =
+        1 + 0.1 * torch::randn({c.hidden_size});
   }
   return t;
 }
@@ -69,7 +70,7 @@ TEST(Llama, GroupedQueryAttentionEqualsMultiHeadWithSharedKeys) {
   auto t_mha = t;
   for (int64_t i = 0; i < gqa.num_hidden_layers; ++i) {
     for (const char* m : {"k_proj", "v_proj"}) {
-      auto w = t[module_path(i, m) + ".weight"].view({2, 8, 32});       // [kv_head, head_dim, hidden]
+      auto w = t[module_path(i, m) + ".weight"].view({2, 8, 32});  // [kv_head, head_dim, hidden]
       t_mha[module_path(i, m) + ".weight"] = w.repeat_interleave(2, 0).reshape({32, 32});
     }
   }
@@ -89,6 +90,20 @@ TEST(Llama, RightPaddingDoesNotChangeRealTokens) {
   auto mask = torch::tensor({{1, 1, 1, 1, 0, 0, 0}, {1, 1, 1, 1, 1, 1, 1}}, torch::kInt64);
   auto padded = model.forward(batch, mask);
   EXPECT_LT((padded[0].slice(0, 0, 4) - alone[0]).abs().max().item<float>(), 1e-5);
+}
+
+TEST(Llama, PackedConversationsGetTheLogitsTheyGetAlone) {
+  auto config = tiny_config();
+  auto model = Llama::from_tensors(config, random_tensors(config, 7), plain());
+  auto a = torch::tensor({{1, 7, 8, 9, 10}}, torch::kInt64), b = torch::tensor({{1, 30, 31}}, torch::kInt64);
+  auto packed = torch::cat({a, b, torch::zeros({1, 2}, torch::kInt64)}, 1);  // a, b, two pad tokens
+  auto segments = torch::tensor({{1, 1, 1, 1, 1, 2, 2, 2, 0, 0}}, torch::kInt64);
+  torch::NoGradGuard g;
+  auto out = model.forward(packed, {}, segments);
+  EXPECT_LT((out[0].slice(0, 0, 5) - model.forward(a)[0]).abs().max().item<float>(), 1e-5);
+  EXPECT_LT((out[0].slice(0, 5, 8) - model.forward(b)[0]).abs().max().item<float>(), 1e-5);
+  // Without segments, b would see a: its logits differ.
+  EXPECT_GT((model.forward(packed)[0].slice(0, 5, 8) - model.forward(b)[0]).abs().max().item<float>(), 1e-3);
 }
 
 TEST(FrozenWeight, MaterializeIsTheKernelsDequantizeOnEveryPath) {

@@ -27,14 +27,29 @@ namespace {
 torch::Tensor to_tensor(const TensorView& v) {
   torch::ScalarType t;
   switch (v.dtype) {
-    case DType::F32: t = torch::kFloat32; break;
-    case DType::F16: t = torch::kFloat16; break;
-    case DType::BF16: t = torch::kBFloat16; break;
-    case DType::U8: t = torch::kUInt8; break;
-    case DType::I8: t = torch::kInt8; break;
-    case DType::I32: t = torch::kInt32; break;
-    case DType::I64: t = torch::kInt64; break;
-    default: throw SafetensorsError("unsupported dtype");
+    case DType::F32:
+      t = torch::kFloat32;
+      break;
+    case DType::F16:
+      t = torch::kFloat16;
+      break;
+    case DType::BF16:
+      t = torch::kBFloat16;
+      break;
+    case DType::U8:
+      t = torch::kUInt8;
+      break;
+    case DType::I8:
+      t = torch::kInt8;
+      break;
+    case DType::I32:
+      t = torch::kInt32;
+      break;
+    case DType::I64:
+      t = torch::kInt64;
+      break;
+    default:
+      throw SafetensorsError("unsupported dtype");
   }
   // The mapping is read-only and outlives nothing: copy.
   return torch::from_blob(const_cast<uint8_t*>(v.data), v.shape, t).clone();
@@ -54,8 +69,8 @@ std::optional<FrozenWeight> read_prequantized(const SafetensorsCheckpoint& ckpt,
   if (s.value("quant_type", "") != "nf4") throw bad("quant_type must be nf4");
   if (s.value("blocksize", 0) != 64) throw bad("blocksize must be 64");
   if (!s.contains("shape") || s["shape"] != json::array({shape.first, shape.second})) {
-    throw bad(fmt::format("shape {} does not match the config's [{}, {}]", s.value("shape", json()).dump(),
-                          shape.first, shape.second));
+    throw bad(fmt::format("shape {} does not match the config's [{}, {}]", s.value("shape", json()).dump(), shape.first,
+                          shape.second));
   }
   const int64_t n = shape.first * shape.second;
   FrozenWeight f;
@@ -123,7 +138,8 @@ Llama Llama::from_tensors(const LlamaConfig& config, const std::map<std::string,
   torch::Generator rng = at::detail::createCPUGenerator(options.lora ? options.lora->seed : 0);
   m.embed_tokens_ = get("model.embed_tokens.weight").to(torch::kFloat32);
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
-    m.add_layer(i, get, [](const std::string&, std::pair<int64_t, int64_t>) { return std::nullopt; }, &rng);
+    m.add_layer(
+        i, get, [](const std::string&, std::pair<int64_t, int64_t>) { return std::nullopt; }, &rng);
   }
   m.norm_ = get("model.norm.weight").to(torch::kFloat32);
   m.lm_head_ = config.tie_word_embeddings ? m.embed_tokens_ : get("lm_head.weight").to(torch::kFloat32);
@@ -203,14 +219,15 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
   return layer.linear.at("o_proj")->forward(out, training_);
 }
 
-torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) const {
+torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                             const torch::Tensor& segment_ids) const {
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens]");
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   if (input_ids.numel() > 0) {
     const int64_t lo = input_ids.min().item<int64_t>(), hi = input_ids.max().item<int64_t>();
     if (lo < 0 || hi >= config_.vocab_size) {
-      throw std::invalid_argument(fmt::format("token id {} is outside the vocabulary (0..{})", lo < 0 ? lo : hi,
-                                              config_.vocab_size - 1));
+      throw std::invalid_argument(
+          fmt::format("token id {} is outside the vocabulary (0..{})", lo < 0 ? lo : hi, config_.vocab_size - 1));
     }
   }
   const auto device = embed_tokens_.device();
@@ -220,7 +237,7 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
   // padding, real tokens keep their positions).
   const int64_t D = config_.head_dim;
   auto inv_freq = 1.0 / torch::pow(config_.rope_theta,
-                                    torch::arange(0, D, 2, torch::kInt64).to(torch::kFloat32) / static_cast<double>(D));
+                                   torch::arange(0, D, 2, torch::kInt64).to(torch::kFloat32) / static_cast<double>(D));
   if (config_.rope_scaling && config_.rope_scaling->type == "linear") {
     inv_freq = inv_freq / config_.rope_scaling->factor;
   } else if (config_.rope_scaling && config_.rope_scaling->type == "llama3") {
@@ -237,11 +254,29 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
   auto positions = torch::arange(T, torch::kInt64).to(torch::kFloat32);
   auto freqs = torch::outer(positions, inv_freq);
   auto emb = torch::cat({freqs, freqs}, -1).to(device);
-  auto cos = emb.cos(), sin = emb.sin();
+  auto cos = emb.cos(), sin = emb.sin();  // [T, D]: row t is position t
 
   torch::Tensor mask;  // [B, 1, T, T], true = may attend
-  if (attention_mask.defined()) {
-    auto causal = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
+  auto causal = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
+  if (segment_ids.defined()) {
+    TORCH_CHECK(segment_ids.sizes() == input_ids.sizes(), "segment_ids must have the shape of input_ids");
+    auto seg = segment_ids.to(torch::kInt64).cpu().contiguous();
+    auto pos = torch::empty_like(seg);
+    const int64_t* s = seg.data_ptr<int64_t>();
+    int64_t* p = pos.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t i = b * T + t;
+        p[i] = (t > 0 && s[i] == s[i - 1]) ? p[i - 1] + 1 : 0;  // restarts at each conversation
+      }
+    }
+    pos = pos.to(device);
+    cos = cos.index_select(0, pos.view({-1})).view({B, 1, T, -1});
+    sin = sin.index_select(0, pos.view({-1})).view({B, 1, T, -1});
+    auto sg = seg.to(device);
+    auto same = sg.view({B, 1, T, 1}) == sg.view({B, 1, 1, T});
+    mask = causal.view({1, 1, T, T}) & same & (sg.view({B, 1, 1, T}) > 0);
+  } else if (attention_mask.defined()) {
     auto keys = attention_mask.to(device).to(torch::kBool).view({B, 1, 1, T});
     mask = causal.view({1, 1, T, T}) & keys;
   }
@@ -263,9 +298,9 @@ std::pair<double, int64_t> Llama::sequence_loss(const std::vector<int32_t>& ids)
   auto input = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64).view({1, -1});
   auto logits = forward(input).squeeze(0);
   auto targets = input.squeeze(0).slice(0, 1);
-  auto loss = torch::nn::functional::cross_entropy(
-      logits.slice(0, 0, logits.size(0) - 1), targets,
-      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+  auto loss =
+      torch::nn::functional::cross_entropy(logits.slice(0, 0, logits.size(0) - 1), targets,
+                                           torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
   return {loss.item<double>(), targets.size(0)};
 }
 

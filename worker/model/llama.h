@@ -60,8 +60,11 @@ class Llama {
                             const LoadOptions& options);
 
   // logits [B, T, vocab] in float32. attention_mask [B, T] (1 = token, 0 = right
-  // padding) is optional.
-  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {}) const;
+  // padding) is optional. segment_ids [B, T] (packing: 1, 2, ... per conversation,
+  // 0 = padding) keeps attention inside each conversation and restarts its
+  // positions, so each packed conversation gets the logits it would get alone.
+  torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
+                        const torch::Tensor& segment_ids = {}) const;
 
   // Next-token cross-entropy over one sequence of ids [T]: {sum of the T-1 losses, T-1}.
   std::pair<double, int64_t> sequence_loss(const std::vector<int32_t>& ids) const;
