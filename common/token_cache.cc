@@ -220,10 +220,10 @@ LoadedDataset load_tokenized_dataset(const fs::path& data_file, const fs::path& 
   out.cache = TokenCache::open(out.file, key, tokenizer.vocab_size(), &problem);
   if (out.cache) return out;
   if (fs::exists(out.file)) out.rebuilt_because = problem;
-  TokenizedData d;
-  auto conversations = read_conversations(data_file, settings.skip_invalid, &d.report);
+  ReadReport report;
+  const auto conversations = read_conversations(data_file, settings.skip_invalid, &report);
   TokenizedData t = tokenize_dataset(conversations, tokenizer, settings);
-  t.report = d.report;
+  t.report = report;
   TokenCache::write(out.file, t, key, tokenizer.vocab_size());
   out.cache = TokenCache::open(out.file, key, tokenizer.vocab_size(), &problem);
   if (!out.cache)
