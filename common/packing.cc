@@ -27,21 +27,26 @@ std::vector<PackedWindow> pack_samples(const std::vector<size_t>& lengths, size_
   return out;
 }
 
-EvalSplit split_eval(size_t n, double fraction, uint64_t seed) {
-  EvalSplit s;
-  size_t held = static_cast<size_t>(std::llround(static_cast<double>(n) * fraction));
-  if (fraction > 0 && n > 1) held = std::clamp<size_t>(held, 1, n - 1);
+std::vector<size_t> seeded_permutation(size_t n, uint64_t seed) {
   std::vector<size_t> order(n);
   for (size_t i = 0; i < n; ++i) order[i] = i;
-  std::mt19937_64 rng(seed);        // mt19937_64's output is fixed by the standard
-  for (size_t i = n; i > 1; --i) {  // Fisher-Yates with rejection sampling: no modulo bias
-    const uint64_t bound = i, limit = UINT64_MAX - UINT64_MAX % bound;
+  std::mt19937_64 rng(seed);  // mt19937_64's output is fixed by the standard
+  for (size_t i = n; i > 1; --i) {
+    const uint64_t bound = i, limit = UINT64_MAX - UINT64_MAX % bound;  // no modulo bias
     uint64_t r;
     do {
       r = rng();
     } while (r >= limit);
     std::swap(order[i - 1], order[r % bound]);
   }
+  return order;
+}
+
+EvalSplit split_eval(size_t n, double fraction, uint64_t seed) {
+  EvalSplit s;
+  size_t held = static_cast<size_t>(std::llround(static_cast<double>(n) * fraction));
+  if (fraction > 0 && n > 1) held = std::clamp<size_t>(held, 1, n - 1);
+  const auto order = seeded_permutation(n, seed);
   s.eval.assign(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(held));
   s.train.assign(order.begin() + static_cast<std::ptrdiff_t>(held), order.end());
   std::sort(s.eval.begin(), s.eval.end());

@@ -17,6 +17,10 @@ struct PackedWindow {
 };
 std::vector<PackedWindow> pack_samples(const std::vector<size_t>& lengths, size_t window);
 
+// 0..n-1 in an order fixed by `seed` on every machine: Fisher-Yates driven by
+// mt19937_64 with rejection sampling (std::shuffle's order is not portable).
+std::vector<size_t> seeded_permutation(size_t n, uint64_t seed);
+
 // A seeded split of n sample indices: round(n * fraction) of them (at least one
 // when fraction > 0 and n > 1) held out for eval. The same (n, fraction, seed) gives
 // the same split on every machine (its own shuffle; std::shuffle's is not portable).
