@@ -266,6 +266,12 @@ const TensorView& SafetensorsCheckpoint::tensor(const std::string& name) const {
   return it->second->tensor(name);
 }
 
+SafetensorsWriter::SafetensorsWriter(fs::path spill_dir) : spill_dir_(std::move(spill_dir)) {}
+
+SafetensorsWriter::~SafetensorsWriter() {
+  if (spill_fd_ >= 0) ::close(spill_fd_);
+}
+
 void SafetensorsWriter::add(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data,
                             size_t nbytes) {
   int64_t numel = 1;
@@ -274,22 +280,33 @@ void SafetensorsWriter::add(const std::string& name, DType dtype, std::vector<in
     throw SafetensorsError(
         fmt::format("tensor '{}': {} bytes given for {} elements of {}", name, nbytes, numel, dtype_name(dtype)));
   }
-  for (const auto& e : entries_) {
-    if (e.name == name) throw SafetensorsError(fmt::format("tensor '{}' added twice", name));
+  if (!names_.insert(name).second) throw SafetensorsError(fmt::format("tensor '{}' added twice", name));
+  if (spill_fd_ < 0) {
+    fs::create_directories(spill_dir_);
+    std::string pattern = (spill_dir_ / ".herd-spill-XXXXXX").string();
+    spill_fd_ = ::mkstemp(pattern.data());
+    if (spill_fd_ < 0) throw SafetensorsError(fmt::format("{}: cannot create a spill file", spill_dir_.string()));
+    ::unlink(pattern.c_str());  // gone with the process, whatever happens
   }
-  const auto* p = static_cast<const uint8_t*>(data);
-  entries_.push_back({name, dtype, std::move(shape), std::vector<uint8_t>(p, p + nbytes)});
+  const auto* p = static_cast<const char*>(data);
+  for (size_t done = 0; done < nbytes;) {
+    ssize_t n = ::pwrite(spill_fd_, p + done, nbytes - done, static_cast<off_t>(spilled_ + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw SafetensorsError(fmt::format("tensor '{}': spill write failed: {}", name, std::strerror(errno)));
+    done += static_cast<size_t>(n);
+  }
+  entries_.push_back({name, dtype, std::move(shape), spilled_, nbytes});
+  spilled_ += nbytes;
 }
 
-void SafetensorsWriter::write_file(const fs::path& file, const std::vector<const Entry*>& entries,
-                                   const std::map<std::string, std::string>& metadata) {
+void SafetensorsWriter::write_file(const fs::path& file, const std::vector<const Entry*>& entries) const {
   json header = json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
-  size_t offset = 0;
+  if (!metadata_.empty()) header["__metadata__"] = metadata_;
+  uint64_t offset = 0;
   for (const Entry* e : entries) {
     header[e->name] = {
-        {"dtype", dtype_name(e->dtype)}, {"shape", e->shape}, {"data_offsets", {offset, offset + e->bytes.size()}}};
-    offset += e->bytes.size();
+        {"dtype", dtype_name(e->dtype)}, {"shape", e->shape}, {"data_offsets", {offset, offset + e->size}}};
+    offset += e->size;
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned, as HF writes it
@@ -299,8 +316,17 @@ void SafetensorsWriter::write_file(const fs::path& file, const std::vector<const
     uint64_t len = text.size();
     for (int i = 0; i < 8; ++i) out.put(static_cast<char>(len >> (8 * i) & 0xff));
     out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    for (const Entry* e : entries)
-      out.write(reinterpret_cast<const char*>(e->bytes.data()), static_cast<std::streamsize>(e->bytes.size()));
+    std::vector<char> buffer(size_t{4} << 20);
+    for (const Entry* e : entries) {
+      for (uint64_t done = 0; done < e->size;) {
+        const size_t want = static_cast<size_t>(std::min<uint64_t>(buffer.size(), e->size - done));
+        ssize_t n = ::pread(spill_fd_, buffer.data(), want, static_cast<off_t>(e->offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) throw SafetensorsError(fmt::format("tensor '{}': spill read failed", e->name));
+        out.write(buffer.data(), n);
+        done += static_cast<uint64_t>(n);
+      }
+    }
     if (!out) throw SafetensorsError(fmt::format("{}: write failed", tmp.string()));
   }
   fs::rename(tmp, file);  // never a half-written file under the real name
@@ -309,7 +335,7 @@ void SafetensorsWriter::write_file(const fs::path& file, const std::vector<const
 void SafetensorsWriter::write(const fs::path& file) const {
   std::vector<const Entry*> all;
   for (const auto& e : entries_) all.push_back(&e);
-  write_file(file, all, metadata_);
+  write_file(file, all);
 }
 
 void SafetensorsWriter::write_sharded(const fs::path& dir, size_t max_shard_bytes) const {
@@ -317,25 +343,25 @@ void SafetensorsWriter::write_sharded(const fs::path& dir, size_t max_shard_byte
   std::vector<std::vector<const Entry*>> shards(1);
   size_t in_shard = 0;
   for (const auto& e : entries_) {
-    if (!shards.back().empty() && in_shard + e.bytes.size() > max_shard_bytes) {
+    if (!shards.back().empty() && in_shard + e.size > max_shard_bytes) {
       shards.emplace_back();
       in_shard = 0;
     }
     shards.back().push_back(&e);
-    in_shard += e.bytes.size();
+    in_shard += e.size;
   }
   if (shards.size() == 1) {
-    write_file(dir / "model.safetensors", shards[0], metadata_);
+    write_file(dir / "model.safetensors", shards[0]);
     return;
   }
   json weight_map = json::object();
   size_t total = 0;
   for (size_t i = 0; i < shards.size(); ++i) {
     std::string name = fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, shards.size());
-    write_file(dir / name, shards[i], metadata_);
+    write_file(dir / name, shards[i]);
     for (const Entry* e : shards[i]) {
       weight_map[e->name] = name;
-      total += e->bytes.size();
+      total += e->size;
     }
   }
   json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -72,9 +73,16 @@ class SafetensorsCheckpoint {
   std::map<std::string, std::shared_ptr<SafetensorsFile>> where_;
 };
 
-// Collects tensors (copying their bytes) and writes them.
+// Collects tensors and writes them. Each tensor's bytes go to an unlinked spill
+// file in `spill_dir` as they are added, so memory holds only names and shapes:
+// writing a 70B checkpoint does not need the checkpoint's size in RAM.
 class SafetensorsWriter {
  public:
+  explicit SafetensorsWriter(std::filesystem::path spill_dir = std::filesystem::temp_directory_path());
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
   void add(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data, size_t nbytes);
   void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
 
@@ -89,11 +97,15 @@ class SafetensorsWriter {
     std::string name;
     DType dtype;
     std::vector<int64_t> shape;
-    std::vector<uint8_t> bytes;
+    uint64_t offset;  // in the spill file
+    uint64_t size;
   };
-  static void write_file(const std::filesystem::path& file, const std::vector<const Entry*>& entries,
-                         const std::map<std::string, std::string>& metadata);
+  void write_file(const std::filesystem::path& file, const std::vector<const Entry*>& entries) const;
+  std::filesystem::path spill_dir_;
+  int spill_fd_ = -1;
+  uint64_t spilled_ = 0;
   std::vector<Entry> entries_;
+  std::set<std::string> names_;
   std::map<std::string, std::string> metadata_;
 };
 

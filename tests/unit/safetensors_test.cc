@@ -91,6 +91,24 @@ TEST_F(Safetensors, ShardedCheckpointThroughTheIndex) {
   EXPECT_EQ(reinterpret_cast<const float*>(c.tensor("layers.1.w").data)[999], 1.5f);
 }
 
+TEST_F(Safetensors, TensorsWaitOnDiskAndLeaveNothingBehind) {
+  const auto spill = dir_ / "spill";
+  std::vector<float> big(1 << 20);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<float>(i);
+  {
+    SafetensorsWriter w(spill);
+    w.add("a", DType::F32, {1 << 20}, big.data(), big.size() * 4);
+    big[7] = -1;  // the writer keeps its own copy (on disk) of what was added
+    w.add("b", DType::F32, {1 << 20}, big.data(), big.size() * 4);
+    w.write(dir_ / "m.safetensors");
+    EXPECT_TRUE(fs::is_empty(spill));  // the spill file is unlinked from the start
+  }
+  auto f = SafetensorsFile::open(dir_ / "m.safetensors");
+  EXPECT_EQ(reinterpret_cast<const float*>(f->tensor("a").data)[7], 7.0f);
+  EXPECT_EQ(reinterpret_cast<const float*>(f->tensor("b").data)[7], -1.0f);
+  EXPECT_EQ(reinterpret_cast<const float*>(f->tensor("b").data)[(1 << 20) - 1], static_cast<float>((1 << 20) - 1));
+}
+
 TEST_F(Safetensors, IndexNamingAMissingShardOrTensor) {
   SafetensorsWriter w;
   float v[2] = {1, 2};

@@ -144,7 +144,7 @@ void write_quantized_checkpoint(const fs::path& model_dir, const fs::path& out, 
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     for (const auto& m : linear_modules()) linear.insert(module_path(i, m) + ".weight");
   }
-  SafetensorsWriter w;
+  SafetensorsWriter w(out);  // spills next to the output: a 70B checkpoint never sits in memory
   w.set_metadata("format", "pt");
   for (const auto& name : ckpt.names()) {
     const TensorView& v = ckpt.tensor(name);
