@@ -8,12 +8,13 @@
 #include <set>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "common/safetensors.h"
 #include "kernels/nf4.h"
 #include "worker/model/llama.h"
+#include "worker/model/tensor_view.h"
 
 extern char** environ;
 
@@ -29,8 +30,8 @@ namespace {
 std::string builtin_text() {
   const char* subjects[] = {"The model", "A worker", "The coordinator", "Every rank", "The adapter", "A person"};
   const char* verbs[] = {"trains", "reads", "writes", "answers", "explains", "checks"};
-  const char* objects[] = {"the data", "a question", "the weights", "its gradients", "the checkpoint",
-                           "every sample", "the loss", "a long conversation"};
+  const char* objects[] = {"the data",       "a question",   "the weights", "its gradients",
+                           "the checkpoint", "every sample", "the loss",    "a long conversation"};
   std::string text;
   std::mt19937 rng(7);
   for (int i = 0; i < 400; ++i) {
@@ -96,10 +97,10 @@ void make_tiny_model(const TinyModelSpec& spec, const fs::path& out, const fs::p
   // Llama-2's tokenizer settings: BPE with byte fallback, digits split, no
   // normalization, a dummy prefix, <unk>=0 <s>=1 </s>=2 and no pad.
   run({spm_train.string(), "--input=" + text.string(), "--model_prefix=" + (out / "tokenizer").string(),
-       fmt::format("--vocab_size={}", spec.vocab), "--model_type=bpe", "--byte_fallback=true",
-       "--split_digits=true", "--normalization_rule_name=identity", "--add_dummy_prefix=true",
-       "--remove_extra_whitespaces=false", "--allow_whitespace_only_pieces=true", "--character_coverage=1.0",
-       "--unk_id=0", "--bos_id=1", "--eos_id=2", "--pad_id=-1", "--minloglevel=2", "--num_threads=1"});
+       fmt::format("--vocab_size={}", spec.vocab), "--model_type=bpe", "--byte_fallback=true", "--split_digits=true",
+       "--normalization_rule_name=identity", "--add_dummy_prefix=true", "--remove_extra_whitespaces=false",
+       "--allow_whitespace_only_pieces=true", "--character_coverage=1.0", "--unk_id=0", "--bos_id=1", "--eos_id=2",
+       "--pad_id=-1", "--minloglevel=2", "--num_threads=1"});
   fs::remove(out / "tokenizer.vocab");
   if (spec.text.empty()) fs::remove(text);
 
@@ -153,12 +154,8 @@ void write_quantized_checkpoint(const fs::path& model_dir, const fs::path& out, 
       continue;
     }
     if (v.shape.size() != 2) throw SafetensorsError(fmt::format("'{}' is not a 2-D weight", name));
-    torch::ScalarType t = v.dtype == DType::F32 ? torch::kFloat32
-                          : v.dtype == DType::F16 ? torch::kFloat16
-                          : v.dtype == DType::BF16 ? torch::kBFloat16
-                                                   : throw SafetensorsError(fmt::format("'{}' is not a float weight", name));
-    auto weight = torch::from_blob(const_cast<uint8_t*>(v.data), v.shape, t);
-    FrozenWeight f = FrozenWeight::quantize(weight, spec.double_quant);
+    if (!is_float(v.dtype)) throw SafetensorsError(fmt::format("'{}' is not a float weight", name));
+    FrozenWeight f = FrozenWeight::quantize(view_tensor(v), spec.double_quant);
     const int64_t packed = f.packed.numel();
     w.add(name, DType::U8, {packed, 1}, f.packed.data_ptr(), f.packed.nbytes());
     w.add(name + ".quant_map", DType::F32, {16}, f.code_table.data_ptr(), 64);
@@ -166,7 +163,9 @@ void write_quantized_checkpoint(const fs::path& model_dir, const fs::path& out, 
     const char* dtype_names[] = {"float32", "float16", "bfloat16"};
     json state = {{"quant_type", "nf4"},
                   {"blocksize", 64},
-                  {"dtype", dtype_names[v.dtype == DType::F32 ? 0 : v.dtype == DType::F16 ? 1 : 2]},
+                  {"dtype", dtype_names[v.dtype == DType::F32   ? 0
+                                        : v.dtype == DType::F16 ? 1
+                                                                : 2]},
                   {"shape", {f.out_features, f.in_features}}};
     if (spec.double_quant) {
       w.add(name + ".absmax", DType::U8, {f.absmax_codes.numel()}, f.absmax_codes.data_ptr(), f.absmax_codes.nbytes());

@@ -7,6 +7,7 @@
 
 #include "common/safetensors.h"
 #include "kernels/nf4.h"
+#include "worker/model/tensor_view.h"
 
 namespace herd::model {
 
@@ -22,38 +23,30 @@ std::string module_path(int64_t layer, const std::string& module) {
   return fmt::format("model.layers.{}.{}.{}", layer, attention ? "self_attn" : "mlp", module);
 }
 
+torch::ScalarType torch_dtype(DType d) {
+  switch (d) {
+    case DType::F32:
+      return torch::kFloat32;
+    case DType::F16:
+      return torch::kFloat16;
+    case DType::BF16:
+      return torch::kBFloat16;
+    case DType::U8:
+      return torch::kUInt8;
+    case DType::I8:
+      return torch::kInt8;
+    case DType::I32:
+      return torch::kInt32;
+    case DType::I64:
+      return torch::kInt64;
+  }
+  throw SafetensorsError("unsupported dtype");
+}
+
 namespace {
 
-torch::Tensor to_tensor(const TensorView& v) {
-  torch::ScalarType t;
-  switch (v.dtype) {
-    case DType::F32:
-      t = torch::kFloat32;
-      break;
-    case DType::F16:
-      t = torch::kFloat16;
-      break;
-    case DType::BF16:
-      t = torch::kBFloat16;
-      break;
-    case DType::U8:
-      t = torch::kUInt8;
-      break;
-    case DType::I8:
-      t = torch::kInt8;
-      break;
-    case DType::I32:
-      t = torch::kInt32;
-      break;
-    case DType::I64:
-      t = torch::kInt64;
-      break;
-    default:
-      throw SafetensorsError("unsupported dtype");
-  }
-  // The mapping is read-only and outlives nothing: copy.
-  return torch::from_blob(const_cast<uint8_t*>(v.data), v.shape, t).clone();
-}
+// The mapping is read-only and outlives nothing: copy.
+torch::Tensor to_tensor(const TensorView& v) { return view_tensor(v).clone(); }
 
 // A weight stored as transformers saves bitsandbytes 4-bit layers (see herd quantize).
 std::optional<FrozenWeight> read_prequantized(const SafetensorsCheckpoint& ckpt, const std::string& name,

@@ -52,8 +52,8 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& source) {
          fmt::format("{} does not divide num_attention_heads {}", c.num_key_value_heads, c.num_attention_heads));
   }
   if (!j.contains("head_dim") && c.hidden_size % c.num_attention_heads != 0) {
-    fail(source, "hidden_size", fmt::format("{} is not a multiple of num_attention_heads {}", c.hidden_size,
-                                            c.num_attention_heads));
+    fail(source, "hidden_size",
+         fmt::format("{} is not a multiple of num_attention_heads {}", c.hidden_size, c.num_attention_heads));
   }
   c.head_dim = positive_int(j, source, "head_dim", c.hidden_size / c.num_attention_heads);
   if (c.head_dim % 2 != 0) fail(source, "head_dim", "must be even for rotary embeddings");

@@ -39,8 +39,8 @@ torch::Tensor FrozenWeight::materialize(torch::ScalarType out_dtype) const {
     auto p = packed.contiguous();
     auto out = torch::empty({out_features, in_features}, torch::TensorOptions().dtype(dtype));
     if (dtype == torch::kFloat32) {
-      k::nf4_dequantize(p.data_ptr<uint8_t>(), scale.data_ptr<float>(), static_cast<size_t>(n),
-                        out.data_ptr<float>(), table.data_ptr<float>());
+      k::nf4_dequantize(p.data_ptr<uint8_t>(), scale.data_ptr<float>(), static_cast<size_t>(n), out.data_ptr<float>(),
+                        table.data_ptr<float>());
     } else {
       k::nf4_dequantize_bf16(p.data_ptr<uint8_t>(), scale.data_ptr<float>(), static_cast<size_t>(n),
                              reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()), table.data_ptr<float>());
@@ -131,8 +131,8 @@ LoraLinear::LoraLinear(FrozenWeight weight, torch::ScalarType compute_dtype, std
 
 torch::Tensor LoraLinear::forward(const torch::Tensor& x, bool training) const {
   auto xc = x.to(compute_dtype_);
-  torch::Tensor y = weight_.quantized() ? FrozenLinear::apply(xc, &weight_)
-                                        : torch::matmul(xc, weight_.dense.to(compute_dtype_).t());
+  torch::Tensor y =
+      weight_.quantized() ? FrozenLinear::apply(xc, &weight_) : torch::matmul(xc, weight_.dense.to(compute_dtype_).t());
   y = y.to(x.scalar_type());
   if (!lora_) return y;
   // peft casts the input to the adapter's dtype (float32) and the result back.

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/safetensors.h"
+#include "worker/model/tensor_view.h"
 
 namespace herd::model {
 
@@ -42,7 +43,8 @@ LoraOptions read_adapter_config(const fs::path& adapter_dir) {
     if (j.value(unsupported, false)) fail(file, fmt::format("{}: not supported by herd", unsupported));
   }
   for (const char* key : {"rank_pattern", "alpha_pattern"}) {
-    if (j.contains(key) && !j[key].is_null() && !j[key].empty()) fail(file, fmt::format("{}: not supported by herd", key));
+    if (j.contains(key) && !j[key].is_null() && !j[key].empty())
+      fail(file, fmt::format("{}: not supported by herd", key));
   }
   const json& t = j.contains("target_modules") ? j["target_modules"] : json();
   o.target_modules.clear();
@@ -61,8 +63,8 @@ LoraOptions read_adapter_config(const fs::path& adapter_dir) {
   return o;
 }
 
-void save_adapter(Llama& model, const fs::path& adapter_dir, const std::string& base_model, const std::string& task_type,
-                  const std::string& bias) {
+void save_adapter(Llama& model, const fs::path& adapter_dir, const std::string& base_model,
+                  const std::string& task_type, const std::string& bias) {
   const auto& lora = model.options().lora;
   if (!lora) throw ModelConfigError("save_adapter: the model has no LoRA adapters");
   fs::create_directories(adapter_dir);
@@ -108,13 +110,9 @@ void load_adapter_weights(Llama& model, const fs::path& adapter_dir) {
       fail(file, fmt::format("tensor '{}' is [{}] but the model needs [{}]", name, fmt::join(v.shape, ", "),
                              fmt::join(t.sizes().vec(), ", ")));
     }
-    torch::ScalarType st = v.dtype == DType::F32    ? torch::kFloat32
-                           : v.dtype == DType::BF16 ? torch::kBFloat16
-                           : v.dtype == DType::F16  ? torch::kFloat16
-                                                    : throw ModelConfigError(fmt::format(
-                                                          "{}: tensor '{}' is not a float tensor", file.string(), name));
+    if (!is_float(v.dtype)) fail(file, fmt::format("tensor '{}' is not a float tensor", name));
     torch::NoGradGuard no_grad;
-    t.copy_(torch::from_blob(const_cast<uint8_t*>(v.data), v.shape, st).to(torch::kFloat32));
+    t.copy_(view_tensor(v).to(torch::kFloat32));
   }
   for (const auto& name : f->names()) {
     if (!expected.count(name)) fail(file, fmt::format("tensor '{}' matches no LoRA module of the model", name));
