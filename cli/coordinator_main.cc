@@ -3,30 +3,54 @@
 #include <csignal>
 #include <fstream>
 #include <iostream>
+#include <numeric>
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <CLI/CLI.hpp>
 
 #include "common/config.h"
 #include "common/version.h"
+#include "coordinator/auth.h"
+#include "coordinator/job.h"
 #include "coordinator/service.h"
 
 namespace {
 volatile std::sig_atomic_t g_stop = 0;
 void on_signal(int) { g_stop = 1; }
+
+namespace co = herd::coordinator;
+
+// One line per committed sample set: "STEP ID ID ...", the journal's lineage.
+int print_sample_log(const std::filesystem::path& journal_file) {
+  co::Journal journal(journal_file);
+  for (const auto& [step, samples] : co::trained_samples(journal.records())) {
+    std::cout << step << " " << fmt::format("{}", fmt::join(samples, " ")) << "\n";
+  }
+  return 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"herd-coordinator: owns a herd job, schedules its workers and streams their data"};
   app.set_version_flag(
       "--version", [] { return fmt::format("herd-coordinator {} (git {})", herd::version(), herd::git_revision()); });
-  std::string config_path;
-  std::string listen = "0.0.0.0:29400";
-  std::string port_file;
+  std::string config_path, listen = "0.0.0.0:29400", port_file, token_file, state_dir, metrics_listen;
+  bool sample_log = false;
+  std::vector<uint32_t> synthetic;
   app.add_option("--config", config_path, "The job's YAML config")->required();
   app.add_option("--listen", listen, "HOST:PORT to serve on (port 0 picks a free one)")->capture_default_str();
   app.add_option("--port-file", port_file, "Write the bound port to this file once serving");
+  app.add_option("--token-file", token_file, "File holding the job token (else $HERD_JOB_TOKEN, security.*)");
+  app.add_option("--state-dir", state_dir, "Where the journal lives (default: {trainer_output_dir}/coordinator)");
+  app.add_option("--metrics-listen", metrics_listen,
+                 "HOST:PORT of the Prometheus endpoint (default: 0.0.0.0:{metrics.port} when metrics.enabled)");
+  app.add_option("--synthetic-data", synthetic,
+                 "Serve COUNT synthetic samples of MIN..MAX tokens instead of the config's dataset (load tests)")
+      ->expected(3)
+      ->delimiter(',');
+  app.add_flag("--sample-log", sample_log, "Print the samples of every committed step from the journal, and exit");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -40,17 +64,65 @@ int main(int argc, char** argv) {
     std::cerr << e.what() << "\n";
     return 1;
   }
+  const std::filesystem::path dir =
+      state_dir.empty() ? std::filesystem::path(config.trainer_output_dir) / "coordinator" : std::filesystem::path(state_dir);
+  const auto journal_file = dir / "journal.log";
 
   try {
-    herd::coordinator::CoordinatorServer server(herd::coordinator::JobSettings::from_config(config), listen);
-    std::cout << fmt::format("herd-coordinator: job {} serving on port {}\n", config.model_name, server.port())
+    if (sample_log) return print_sample_log(journal_file);
+    co::ServerOptions options;
+    options.listen = listen;
+    auto token = co::resolve_token(token_file, &config.security, herd::process_env());
+    if (!token) {
+      std::cerr << "herd-coordinator: no job token: pass --token-file, set HERD_JOB_TOKEN, or set "
+                   "security.token_file in the config\n";
+      return 1;
+    }
+    options.token = *token;
+    if (!config.security.tls_cert.empty()) {
+      options.tls_cert_pem = co::read_secret_file(config.security.tls_cert, "security.tls_cert");
+      options.tls_key_pem = co::read_secret_file(config.security.tls_key, "security.tls_key");
+    }
+    options.metrics_listen = !metrics_listen.empty() ? metrics_listen
+                             : config.metrics.enabled ? fmt::format("0.0.0.0:{}", config.metrics.port)
+                                                      : "";
+
+    std::unique_ptr<co::Job> job;
+    if (synthetic.empty()) {
+      job = co::load_job(config, journal_file);
+    } else {
+      auto samples = std::make_shared<co::SyntheticSamples>(synthetic[0], synthetic[1], synthetic[2],
+                                                            static_cast<uint64_t>(config.trainer.seed));
+      std::vector<size_t> train(samples->size());
+      std::iota(train.begin(), train.end(), size_t{0});
+      job = std::make_unique<co::Job>(co::JobSettings::from_config(config), samples, std::move(train), journal_file);
+    }
+    co::CoordinatorServer server(*job, options);
+    std::cout << fmt::format("herd-coordinator: job {}: {} steps ({} per epoch); journal {}; serving on port {}{}{}\n",
+                             config.model_name, job->total_steps(), job->steps_per_epoch(), journal_file.string(),
+                             server.port(), options.tls_cert_pem.empty() ? "" : " (TLS)",
+                             server.metrics_port() ? fmt::format("; metrics on port {}", server.metrics_port()) : "")
               << std::flush;
     if (!port_file.empty()) {
-      std::ofstream(port_file) << server.port() << "\n";
+      const std::string tmp = port_file + ".tmp";
+      std::ofstream(tmp) << server.port() << "\n";
+      std::filesystem::rename(tmp, port_file);
     }
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
-    while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    herd::v1::JobStatus last;
+    while (!g_stop) {
+      herd::v1::JobStatus now;
+      job->GetStatus(&now);
+      if (now.state() != last.state() || now.attempt() != last.attempt() || now.message() != last.message()) {
+        std::cout << fmt::format("herd-coordinator: {} attempt {} step {}/{}{}\n",
+                                 herd::v1::JobState_Name(now.state()), now.attempt(), now.committed_step(),
+                                 now.total_steps(), now.message().empty() ? "" : ": " + now.message())
+                  << std::flush;
+        last = now;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
     server.shutdown();
   } catch (const std::exception& e) {
     std::cerr << "herd-coordinator: " << e.what() << "\n";

@@ -12,6 +12,7 @@
 #include "common/config.h"
 #include "common/conversation.h"
 #include "common/hf_cache.h"
+#include "common/job_data.h"
 #include "common/packing.h"
 #include "common/token_cache.h"
 
@@ -28,34 +29,6 @@ struct InspectFlags {
   bool json = false;
   bool mask_inputs = false;
 };
-
-// The model's context window when the config does not set one: tokenizer_config.json's
-// model_max_length (what the seed's trainer used), else config.json's
-// max_position_embeddings.
-size_t default_context(const fs::path& model_dir) {
-  for (auto [file, key] :
-       {std::pair{"tokenizer_config.json", "model_max_length"}, std::pair{"config.json", "max_position_embeddings"}}) {
-    std::ifstream in(model_dir / file);
-    if (!in) continue;
-    auto j = nlohmann::json::parse(in, nullptr, false);
-    if (j.is_object() && j.contains(key) && j[key].is_number_unsigned()) return j[key].get<size_t>();
-  }
-  return 4096;
-}
-
-// A dataset directory (a hub snapshot) holds one .json or .jsonl file.
-fs::path data_file(const fs::path& p) {
-  if (!fs::is_directory(p)) return p;
-  std::vector<fs::path> found;
-  for (const auto& e : fs::recursive_directory_iterator(p)) {
-    auto ext = e.path().extension();
-    if (e.is_regular_file() && (ext == ".json" || ext == ".jsonl")) found.push_back(e.path());
-  }
-  if (found.size() != 1) {
-    throw DatasetError(fmt::format("{}: expected one .json or .jsonl file, found {}", p.string(), found.size()));
-  }
-  return found[0];
-}
 
 // The formatted text with every byte of a masked token between « and ».
 std::string show_mask(const Tokenizer& tok, const FormattedConversation& f, const TokenizedSample& s) {
@@ -89,29 +62,28 @@ struct DataInputs {
 DataInputs resolve_inputs(const InspectFlags& flags) {
   DataInputs in;
   in.settings.train_on_inputs = !flags.mask_inputs;
-  fs::path data = flags.data, tokenizer_dir = flags.tokenizer;
-  size_t context = flags.context;
-  in.cache_dir = flags.cache_dir;
   if (!flags.config.empty()) {
-    Config c = load_config(flags.config);
-    in.settings.format.user_header = c.data.user_header;
-    in.settings.format.response_header = c.data.response_header;
-    in.settings.train_on_inputs = c.data.train_on_inputs;
-    in.settings.skip_invalid = c.data.skip_invalid;
+    const Config c = load_config(flags.config);
+    JobData d = job_data(c);
+    in.data_file = d.data_file;
+    in.tokenizer_model = d.tokenizer_model;
+    in.cache_dir = d.cache_dir;
+    in.settings = d.settings;
     in.packing = c.data.packing;
     in.eval_fraction = c.data.eval_fraction;
     in.seed = static_cast<uint64_t>(c.trainer.seed);
-    if (data.empty()) data = resolve_hub_path(c.data.dataset, HubRepoType::Dataset, "data.dataset");
-    if (tokenizer_dir.empty()) tokenizer_dir = resolve_hub_path(c.base_model, HubRepoType::Model, "base_model");
-    if (context == 0 && c.model_context_window > 0) context = static_cast<size_t>(c.model_context_window);
-    if (in.cache_dir.empty()) in.cache_dir = fs::path(c.trainer_output_dir) / "data-cache";
-  }
-  if (data.empty() || tokenizer_dir.empty()) {
+  } else if (flags.data.empty() || flags.tokenizer.empty()) {
     throw std::invalid_argument("give a CONFIG, or both --data FILE and --tokenizer MODEL");
   }
-  in.data_file = data_file(data);
-  in.tokenizer_model = fs::is_directory(tokenizer_dir) ? tokenizer_dir / "tokenizer.model" : tokenizer_dir;
-  in.settings.context_window = context > 0 ? context : default_context(in.tokenizer_model.parent_path());
+  // Flags override the config.
+  if (!flags.data.empty()) in.data_file = data_file(flags.data);
+  if (!flags.tokenizer.empty()) {
+    const fs::path t = flags.tokenizer;
+    in.tokenizer_model = fs::is_directory(t) ? t / "tokenizer.model" : t;
+    if (flags.config.empty()) in.settings.context_window = default_context(in.tokenizer_model.parent_path());
+  }
+  if (flags.context > 0) in.settings.context_window = flags.context;
+  if (!flags.cache_dir.empty()) in.cache_dir = flags.cache_dir;
   if (in.cache_dir.empty()) in.cache_dir = "data-cache";
   return in;
 }

@@ -7,18 +7,18 @@
 #include <string>
 
 #include <fmt/format.h>
-#include <grpcpp/grpcpp.h>
+#include <google/protobuf/util/json_util.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "cli/config_report.h"
 #include "cli/data_commands.h"
 #include "cli/model_commands.h"
+#include "cli/status_command.h"
 #include "common/config.h"
 #include "common/hf_cache.h"
 #include "common/launch.h"
 #include "common/version.h"
-#include "herd/proto/herd.grpc.pb.h"
 #include "worker/runtime.h"
 
 namespace {
@@ -73,44 +73,26 @@ int train(const std::string& path, bool dry_run) {
   return kNotBuiltYet;
 }
 
-// GetStatus of the coordinator at `address`; prints the failure and returns nullopt.
-std::optional<herd::v1::JobStatus> fetch_status(const std::string& address, const char* who) {
-  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-  auto stub = herd::v1::Coordinator::NewStub(channel);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  herd::v1::GetStatusRequest request;
-  herd::v1::JobStatus reply;
-  grpc::Status s = stub->GetStatus(&context, request, &reply);
-  if (!s.ok()) {
-    std::cerr << fmt::format("{}: coordinator {} answered {} ({})\n", who, address, static_cast<int>(s.error_code()),
-                             s.error_message());
-    return std::nullopt;
-  }
-  return reply;
-}
-
-std::string describe(const herd::v1::JobStatus& s) {
-  return fmt::format("job {}: {}, {} of {} workers registered", s.job_id(), herd::v1::JobState_Name(s.state()),
-                     s.registered_workers(), s.world_size());
-}
-
-int status(const std::string& address, bool json) {
-  auto reply = fetch_status(address, "herd status");
+int status(const std::string& address, const std::string& token_file, const std::string& tls_ca,
+           const std::string& config_path, bool json) {
+  auto options = herd::cli::client_options(address, token_file, tls_ca, config_path, "herd status");
+  if (!options) return kUserError;
+  auto reply = herd::cli::fetch_status(*options, "herd status");
   if (!reply) return kUserError;
   if (json) {
-    nlohmann::json doc = {{"job_id", reply->job_id()},
-                          {"state", herd::v1::JobState_Name(reply->state())},
-                          {"world_size", reply->world_size()},
-                          {"registered_workers", reply->registered_workers()}};
-    std::cout << doc.dump() << "\n";
+    std::string text;
+    google::protobuf::util::JsonPrintOptions print;
+    print.preserve_proto_field_names = true;
+    print.always_print_primitive_fields = true;
+    (void)google::protobuf::util::MessageToJsonString(*reply, &text, print);
+    std::cout << text << "\n";
   } else {
-    std::cout << describe(*reply) << "\n";
+    std::cout << herd::cli::format_status(*reply);
   }
   return kOk;
 }
 
-int worker(const std::string& coordinator) {
+int worker(const std::string& coordinator, const std::string& token_file, const std::string& config_path) {
   herd::Launch launch;
   try {
     launch = herd::detect_launch(coordinator, herd::process_env());
@@ -123,9 +105,11 @@ int worker(const std::string& coordinator) {
                                        : std::string("assigned by the coordinator"),
                            launch.local_rank, launch.coordinator.empty() ? "hosted by rank 0" : launch.coordinator);
   if (!launch.coordinator.empty()) {
-    auto reply = fetch_status(launch.coordinator, "herd worker");
+    auto options = herd::cli::client_options(launch.coordinator, token_file, "", config_path, "herd worker");
+    if (!options) return kUserError;
+    auto reply = herd::cli::fetch_status(*options, "herd worker");
     if (!reply) return kUserError;
-    std::cout << describe(*reply) << "\n";
+    std::cout << herd::cli::format_status(*reply);
   }
   std::cerr << "herd worker: the training loop is not built yet\n";
   return kNotBuiltYet;
@@ -152,7 +136,9 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("config", config_path, "The job's YAML config (with mpirun or a local launch)");
   worker_cmd->add_option("--coordinator", coordinator, "The coordinator, HOST:PORT");
   worker_cmd->add_option("--token-file", token_file, "File holding the job token")->check(CLI::ExistingFile);
-  worker_cmd->callback([&] { rc = config_path.empty() || load(config_path) ? worker(coordinator) : kUserError; });
+  worker_cmd->callback([&] {
+    rc = config_path.empty() || load(config_path) ? worker(coordinator, token_file, config_path) : kUserError;
+  });
 
   auto* config_cmd = app.add_subcommand("config", "Inspect configs");
   config_cmd->require_subcommand(1);
@@ -163,9 +149,13 @@ int main(int argc, char** argv) {
   check_cmd->callback([&] { rc = config_check(config_path, json); });
 
   auto* status_cmd = app.add_subcommand("status", "Show a running job's state");
+  std::string tls_ca;
   status_cmd->add_option("--coordinator", coordinator, "The coordinator, HOST:PORT")->required();
-  status_cmd->add_flag("--json", json, "Print JSON");
-  status_cmd->callback([&] { rc = status(coordinator, json); });
+  status_cmd->add_option("--token-file", token_file, "File holding the job token (else $HERD_JOB_TOKEN)");
+  status_cmd->add_option("--tls-ca", tls_ca, "PEM CA to verify the coordinator's TLS certificate with");
+  status_cmd->add_option("--config", config_path, "The job's config (for security.token_file and tls_ca)");
+  status_cmd->add_flag("--json", json, "Print JSON (the JobStatus message of proto/herd.proto)");
+  status_cmd->callback([&] { rc = status(coordinator, token_file, tls_ca, config_path, json); });
 
   herd::cli::add_model_commands(app, rc);
   herd::cli::add_data_commands(app, rc);

@@ -276,7 +276,7 @@ class Reader {
       if (!s.node.IsMap()) continue;
       std::set<std::string> seen;
       for (auto it = s.node.begin(); it != s.node.end(); ++it) {
-        const YAML::Node& k = it->first;
+        const YAML::Node k = it->first;  // a copy: it->first is a temporary
         const std::string name = k.IsScalar() ? k.Scalar() : std::string("<non-scalar key>");
         if (!seen.insert(name).second) {
           error_at(k, s.path(name), "duplicate key");
@@ -414,11 +414,23 @@ void read_all(Reader& r, Section& root, Config& c) {
   r.get(d, "min_workers", c.distributed.min_workers, Need::Optional, at_least<int64_t>(0));
   r.get(d, "heartbeat_timeout_s", c.distributed.heartbeat_timeout_s, Need::Optional, above(0.0));
   r.get(d, "collective_timeout_s", c.distributed.collective_timeout_s, Need::Optional, above(0.0));
+  r.get(d, "replacement_timeout_s", c.distributed.replacement_timeout_s, Need::Optional, at_least<double>(0.0));
 
   Section& ck = r.open(root, "checkpoint", Need::Optional);
   r.get(ck, "every_steps", c.checkpoint.every_steps, Need::Optional, at_least<int64_t>(1));
   r.get(ck, "keep_last", c.checkpoint.keep_last, Need::Optional, at_least<int64_t>(1));
   r.get(ck, "resume", c.checkpoint.resume, Need::Optional, one_of({"never", "auto"}));
+
+  Section& sec = r.open(root, "security", Need::Optional);
+  r.get(sec, "token", c.security.token, Need::Optional, not_empty());
+  r.get(sec, "token_file", c.security.token_file, Need::Optional, not_empty());
+  r.get(sec, "tls_cert", c.security.tls_cert, Need::Optional, not_empty());
+  r.get(sec, "tls_key", c.security.tls_key, Need::Optional, not_empty());
+  r.get(sec, "tls_ca", c.security.tls_ca, Need::Optional, not_empty());
+  if (c.security.tls_cert.empty() != c.security.tls_key.empty()) {
+    r.error_key(sec, c.security.tls_cert.empty() ? "tls_key" : "tls_cert",
+                "tls_cert and tls_key go together: give both or neither");
+  }
 
   Section& m = r.open(root, "metrics", Need::Optional);
   r.get(m, "enabled", c.metrics.enabled, Need::Optional);
@@ -469,6 +481,9 @@ Config parse_config(const std::string& yaml_text, const std::string& name) {
     throw ConfigError(std::move(diagnostics));
   }
   c.resolved = r.take_resolved();
+  for (auto& v : c.resolved) {
+    if (v.key == "security.token" && v.origin != "default") v.value = "<redacted>";
+  }
   if (c.distributed.min_workers == 0) c.distributed.min_workers = c.distributed.world_size;
   return c;
 }

@@ -68,12 +68,24 @@ struct DistributedConfig {
   int64_t min_workers = 0;              // 0: all of world_size
   double heartbeat_timeout_s = 30;
   double collective_timeout_s = 300;
+  double replacement_timeout_s = 60;  // after a failure: wait this long for a replacement
+                                      // before continuing with fewer workers (min_workers)
 };
 
 struct CheckpointConfig {
   int64_t every_steps = 500;  // HF Trainer's save_steps default
   int64_t keep_last = 3;
   std::string resume = "never";  // never | auto
+};
+
+// The job token and TLS for the coordinator's RPCs. The token itself is never
+// printed: `herd config check` shows it as <redacted>.
+struct SecurityConfig {
+  std::string token;       // literal; prefer token_file or HERD_JOB_TOKEN
+  std::string token_file;  // file holding the token (trailing newline ignored)
+  std::string tls_cert;    // PEM server certificate: TLS is on when set (with tls_key)
+  std::string tls_key;     // PEM private key of tls_cert
+  std::string tls_ca;      // PEM CA that clients verify the server's certificate with
 };
 
 struct MetricsConfig {
@@ -102,6 +114,7 @@ struct Config {
   QuantizationConfig quantization;
   DistributedConfig distributed;
   CheckpointConfig checkpoint;
+  SecurityConfig security;
   MetricsConfig metrics;
 
   std::vector<ResolvedValue> resolved;  // every key, in schema order

@@ -1,0 +1,81 @@
+#include "cli/status_command.h"
+
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "common/config.h"
+#include "herd/proto/herd.grpc.pb.h"
+
+namespace herd::cli {
+
+std::optional<coordinator::ClientOptions> client_options(const std::string& address, const std::string& token_file,
+                                                         const std::string& tls_ca, const std::string& config_path,
+                                                         const char* who) {
+  try {
+    std::optional<Config> config;
+    if (!config_path.empty()) config = load_config(config_path);
+    coordinator::ClientOptions o;
+    o.address = address;
+    auto token = coordinator::resolve_token(token_file, config ? &config->security : nullptr, process_env());
+    if (!token) {
+      std::cerr << fmt::format("{}: no job token: pass --token-file, set HERD_JOB_TOKEN, or give the job's config\n",
+                               who);
+      return std::nullopt;
+    }
+    o.token = *token;
+    const std::string ca = !tls_ca.empty() ? tls_ca : config ? config->security.tls_ca : "";
+    if (!ca.empty()) o.tls_ca_pem = coordinator::read_secret_file(ca, "the TLS CA");
+    return o;
+  } catch (const std::exception& e) {
+    std::cerr << who << ": " << e.what() << "\n";
+    return std::nullopt;
+  }
+}
+
+std::optional<herd::v1::JobStatus> fetch_status(const coordinator::ClientOptions& options, const char* who) {
+  auto stub = herd::v1::Coordinator::NewStub(coordinator::make_channel(options));
+  grpc::ClientContext context;
+  coordinator::prepare(context, options.token, std::chrono::seconds(10));
+  herd::v1::JobStatus reply;
+  grpc::Status s = stub->GetStatus(&context, herd::v1::GetStatusRequest(), &reply);
+  if (!s.ok()) {
+    std::cerr << fmt::format("{}: coordinator {} answered {} ({})\n", who, options.address,
+                             static_cast<int>(s.error_code()), s.error_message());
+    return std::nullopt;
+  }
+  return reply;
+}
+
+namespace {
+std::string duration(double seconds) {
+  const auto s = static_cast<long>(seconds);
+  if (s >= 3600) return fmt::format("{}h{:02}m", s / 3600, s / 60 % 60);
+  if (s >= 60) return fmt::format("{}m{:02}s", s / 60, s % 60);
+  return fmt::format("{}s", s);
+}
+}  // namespace
+
+std::string format_status(const herd::v1::JobStatus& s) {
+  std::string out = fmt::format("job {}: {}, attempt {}, step {}/{} (epoch {}), checkpoint {}", s.job_id(),
+                                herd::v1::JobState_Name(s.state()), s.attempt(), s.committed_step(), s.total_steps(),
+                                s.epoch(), s.checkpoint_step());
+  if (s.committed_step() > 0) out += fmt::format(", loss {:.4f}", s.last_loss());
+  if (s.eta_seconds() > 0) out += ", ETA " + duration(s.eta_seconds());
+  out += fmt::format("\nworkers: {} alive, gang of {} (world size {}), accumulation {}\n", s.registered_workers(),
+                     s.gang_size(), s.world_size(), s.gradient_accumulation_steps());
+  if (!s.message().empty()) out += "message: " + s.message() + "\n";
+  if (s.ranks_size() > 0) {
+    out += fmt::format("{:>5}  {:<12}  {:<24}  {:>8}  {:>10}  {}\n", "rank", "worker", "host", "step", "tokens/s",
+                       "last heartbeat");
+    for (const auto& r : s.ranks()) {
+      out += fmt::format("{:>5}  {:<12}  {:<24}  {:>8}  {:>10.1f}  {}\n", r.rank(), r.worker_id(), r.host(), r.step(),
+                         r.tokens_per_second(),
+                         r.seconds_since_heartbeat() < 0 ? std::string("dead")
+                                                         : fmt::format("{:.1f} s ago", r.seconds_since_heartbeat()));
+    }
+  }
+  return out;
+}
+
+}  // namespace herd::cli

@@ -1,0 +1,25 @@
+// `herd status --coordinator ADDR`: a running job as its coordinator sees it.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "coordinator/auth.h"
+#include "herd/proto/herd.pb.h"
+
+namespace herd::cli {
+
+// The client options from the flags: the token from --token-file, $HERD_JOB_TOKEN
+// or the config's security section; TLS when --tls-ca (or security.tls_ca) is given.
+// Prints the problem and returns nullopt when no token can be found.
+std::optional<coordinator::ClientOptions> client_options(const std::string& address, const std::string& token_file,
+                                                         const std::string& tls_ca, const std::string& config_path,
+                                                         const char* who);
+
+// GetStatus; prints the failure and returns nullopt.
+std::optional<herd::v1::JobStatus> fetch_status(const coordinator::ClientOptions& options, const char* who);
+
+// The human view: a summary line, then one line per rank.
+std::string format_status(const herd::v1::JobStatus& status);
+
+}  // namespace herd::cli

@@ -1,0 +1,31 @@
+// Where a job's data comes from, as its config says: the conversation file, the
+// tokenizer, the context window, the formatting and the token cache directory.
+// `herd data` and the coordinator read the data through this one resolution.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+
+#include "common/token_cache.h"
+
+namespace herd {
+
+struct Config;
+
+struct JobData {
+  std::filesystem::path data_file, tokenizer_model, cache_dir;
+  DatasetSettings settings;  // format.eos is left to the caller (it needs the tokenizer)
+};
+
+// Resolves hub ids (common/hf_cache.h); throws HubNotFound / DatasetError.
+JobData job_data(const Config& config);
+
+// The model's context window when the config does not set one: tokenizer_config.json's
+// model_max_length (what the seed's trainer used), else config.json's
+// max_position_embeddings, else 4096.
+size_t default_context(const std::filesystem::path& model_dir);
+
+// A dataset directory (a hub snapshot) must hold exactly one .json or .jsonl file.
+std::filesystem::path data_file(const std::filesystem::path& path);
+
+}  // namespace herd

@@ -1,0 +1,783 @@
+#include "coordinator/job.h"
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "common/config.h"
+#include "common/job_data.h"
+#include "common/packing.h"
+#include "common/tokenizer.h"
+
+namespace herd::coordinator {
+
+using grpc::Status;
+using grpc::StatusCode;
+using herd::v1::JobState;
+using nlohmann::json;
+
+namespace {
+
+constexpr size_t kMaxHost = 253;
+constexpr size_t kMaxListEntries = 64;
+constexpr size_t kMaxEntry = 256;
+constexpr size_t kMaxKey = 256;
+constexpr size_t kMaxValue = 64 * 1024;
+constexpr size_t kMaxKeys = 65536;
+constexpr size_t kMaxWaitKeys = 256;
+constexpr uint32_t kMaxGangWaitS = 3600;
+constexpr uint32_t kMaxKvWaitMs = 600000;
+constexpr size_t kMaxPath = 4096;
+constexpr size_t kMaxReason = 1024;
+constexpr auto kPoll = std::chrono::milliseconds(200);  // how often a blocked call checks its client
+
+Status error(StatusCode code, std::string message) { return {code, std::move(message)}; }
+
+std::string state_name(JobState s) { return herd::v1::JobState_Name(s); }
+
+std::optional<std::string> check_key(const std::string& key) {
+  if (key.empty() || key.size() > kMaxKey) return fmt::format("key must have 1..{} characters, got {}", kMaxKey, key.size());
+  for (unsigned char ch : key) {
+    if (ch < 0x21 || ch > 0x7e) return fmt::format("key must be printable ASCII without spaces (byte 0x{:02x})", ch);
+  }
+  return std::nullopt;
+}
+
+bool is_sha256_hex(const std::string& s) {
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+bool finite_nonnegative(double v) { return std::isfinite(v) && v >= 0; }
+
+}  // namespace
+
+JobSettings JobSettings::from_config(const Config& c) {
+  JobSettings s;
+  s.job_id = c.model_name;
+  s.world_size = static_cast<uint32_t>(c.distributed.world_size);
+  s.min_workers = static_cast<uint32_t>(c.distributed.min_workers > 0 ? c.distributed.min_workers : c.distributed.world_size);
+  s.batch_size = static_cast<uint32_t>(c.trainer.batch_size);
+  s.gradient_accumulation_steps = static_cast<uint32_t>(c.trainer.gradient_accumulation_steps);
+  s.seed = static_cast<uint64_t>(c.trainer.seed);
+  s.num_train_epochs = c.trainer.num_train_epochs;
+  s.max_steps = static_cast<uint64_t>(c.trainer.max_steps);
+  s.heartbeat_timeout_s = c.distributed.heartbeat_timeout_s;
+  s.replacement_timeout_s = c.distributed.replacement_timeout_s;
+  return s;
+}
+
+std::unique_ptr<Job> load_job(const Config& config, const std::filesystem::path& journal_file) {
+  if (config.data.packing) {
+    throw std::invalid_argument(
+        "data.packing: the coordinator streams one conversation per row; packed streaming is not built yet");
+  }
+  JobData data = job_data(config);
+  const Tokenizer tokenizer = Tokenizer::load(data.tokenizer_model);
+  data.settings.format.eos = tokenizer.piece(tokenizer.eos_id());
+  auto loaded = load_tokenized_dataset(data.data_file, data.tokenizer_model, data.settings, data.cache_dir);
+  auto samples = std::make_shared<CachedSamples>(std::move(loaded.cache));
+  auto split = split_eval(samples->size(), config.data.eval_fraction, static_cast<uint64_t>(config.trainer.seed));
+  return std::make_unique<Job>(JobSettings::from_config(config), std::move(samples), std::move(split.train),
+                               journal_file);
+}
+
+Job::Clock Job::steady_clock() {
+  return [] { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); };
+}
+
+std::map<uint64_t, std::vector<uint64_t>> trained_samples(const std::vector<JournalRecord>& records) {
+  std::map<uint64_t, std::vector<uint64_t>> steps;
+  for (const auto& r : records) {
+    if (r.type == kGang) {
+      const uint64_t resume = json::parse(r.payload).at("resume_step").get<uint64_t>();
+      steps.erase(steps.upper_bound(resume), steps.end());
+    } else if (r.type == kStep) {
+      const json j = json::parse(r.payload);
+      steps[j.at("step").get<uint64_t>()] = j.at("samples").get<std::vector<uint64_t>>();
+    }
+  }
+  return steps;
+}
+
+Job::Job(JobSettings settings, std::shared_ptr<const SampleSource> samples, std::vector<size_t> train,
+         const std::filesystem::path& journal_file, Clock clock)
+    : settings_(std::move(settings)), samples_(std::move(samples)), train_(std::move(train)), clock_(std::move(clock)) {
+  if (settings_.world_size == 0 || settings_.batch_size == 0 || settings_.gradient_accumulation_steps == 0 ||
+      settings_.min_workers == 0 || settings_.min_workers > settings_.world_size) {
+    throw std::invalid_argument("job: world size, batch size and accumulation must be >= 1, min_workers in 1..world_size");
+  }
+  if (train_.empty()) throw std::invalid_argument("job: the train split has no samples");
+  lengths_.resize(samples_->size());
+  loss_tokens_.resize(samples_->size());
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> mask;
+  for (size_t i = 0; i < samples_->size(); ++i) {
+    lengths_[i] = samples_->length(i);
+    ids.resize(lengths_[i]);
+    mask.resize(lengths_[i]);
+    samples_->read(i, ids.data(), mask.data());
+    loss_tokens_[i] = mask.size() > 1 ? static_cast<uint32_t>(std::count(mask.begin() + 1, mask.end(), uint8_t{1})) : 0;
+  }
+  const uint64_t global = settings_.global_batch();
+  steps_per_epoch_ = (train_.size() + global - 1) / global;
+  total_steps_ = settings_.max_steps > 0
+                     ? settings_.max_steps
+                     : static_cast<uint64_t>(std::ceil(settings_.num_train_epochs * static_cast<double>(steps_per_epoch_)));
+  total_steps_ = std::max<uint64_t>(total_steps_, 1);
+  shape_ = {settings_.batch_size, settings_.gradient_accumulation_steps, settings_.world_size};
+
+  uint64_t train_tokens = 0;
+  for (size_t s : train_) train_tokens += lengths_.at(s);
+  const json fingerprint = {{"job_id", settings_.job_id},     {"global_batch", global},
+                            {"train_samples", train_.size()}, {"train_tokens", train_tokens},
+                            {"seed", settings_.seed},         {"total_steps", total_steps_},
+                            {"batch_size", settings_.batch_size}};
+  if (!journal_file.empty()) {
+    std::filesystem::create_directories(journal_file.parent_path().empty() ? "." : journal_file.parent_path());
+    journal_ = std::make_unique<Journal>(journal_file);
+    for (const auto& r : journal_->records()) {
+      if (r.type != kStart) continue;
+      const json seen = json::parse(r.payload).at("plan");
+      if (seen != fingerprint) {
+        throw JournalError(fmt::format(
+            "{}: this journal belongs to another job or plan ({}); this config gives {}. Use a fresh "
+            "trainer_output_dir, or restore the config the job started with",
+            journal_file.string(), seen.dump(), fingerprint.dump()));
+      }
+    }
+    replay(journal_->records());
+  }
+  ++incarnation_;
+  committed_step_ = checkpoint_step_;
+  if (journal_) journal_->append(kStart, json{{"incarnation", incarnation_}, {"plan", fingerprint}}.dump());
+}
+
+Job::~Job() { shutdown(); }
+
+void Job::replay(const std::vector<JournalRecord>& records) {
+  for (const auto& r : records) {
+    const json j = json::parse(r.payload);
+    switch (r.type) {
+      case kStart: incarnation_ = std::max(incarnation_, j.at("incarnation").get<uint64_t>()); break;
+      case kGang: attempt_ = std::max(attempt_, j.at("attempt").get<uint64_t>()); break;
+      case kCheckpoint:
+        checkpoint_step_ = j.at("step").get<uint64_t>();
+        checkpoint_path_ = j.at("paths").at(0).get<std::string>();
+        break;
+      case kCancel: state_ = herd::v1::FAILED, message_ = "cancelled: " + j.at("reason").get<std::string>(); break;
+      case kDone: state_ = herd::v1::DONE; break;
+      default: break;
+    }
+  }
+}
+
+JobState Job::state() const {
+  std::lock_guard lock(mutex_);
+  return state_;
+}
+
+bool Job::training_locked() const { return state_ == herd::v1::RUNNING || state_ == herd::v1::DRAINING; }
+bool Job::terminal_locked() const {
+  return state_ == herd::v1::DONE || state_ == herd::v1::FAILED || state_ == herd::v1::STOPPED;
+}
+
+void Job::set_state_locked(JobState state, std::string message) {
+  state_ = state;
+  message_ = std::move(message);
+  changed_.notify_all();
+  kv_changed_.notify_all();
+}
+
+void Job::journal_locked(RecordType type, const std::string& payload) {
+  if (journal_) journal_->append(type, payload);
+}
+
+Status Job::find_locked(const std::string& worker_id, Worker** out) {
+  if (worker_id.empty()) return error(StatusCode::INVALID_ARGUMENT, "worker_id is empty: call Register first");
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end()) {
+    uint64_t inc = 0;
+    const bool ours = worker_id.size() > 1 && worker_id[0] == 'w' &&
+                      std::from_chars(worker_id.data() + 1, worker_id.data() + worker_id.size(), inc).ec == std::errc();
+    if (ours && inc != incarnation_) {
+      return error(StatusCode::NOT_FOUND,
+                   fmt::format("worker {} was registered with an earlier run of this coordinator (it restarted "
+                               "since): register again",
+                               worker_id));
+    }
+    return error(StatusCode::NOT_FOUND, fmt::format("unknown worker '{}': register first", worker_id.substr(0, 64)));
+  }
+  if (!it->second.alive) {
+    return error(StatusCode::FAILED_PRECONDITION,
+                 fmt::format("worker {} was declared dead ({}): register again", worker_id, it->second.death));
+  }
+  *out = &it->second;
+  return Status::OK;
+}
+
+Status Job::member_locked(const std::string& worker_id, uint64_t attempt, Worker** out) {
+  if (auto s = find_locked(worker_id, out); !s.ok()) return s;
+  Worker& w = **out;
+  if (attempt == 0) return error(StatusCode::INVALID_ARGUMENT, "attempt is 0: use the attempt WaitForGang answered");
+  if (attempt < attempt_) {
+    return error(StatusCode::FAILED_PRECONDITION,
+                 fmt::format("stale attempt {}: the job is at attempt {}; call WaitForGang to rejoin", attempt, attempt_));
+  }
+  if (attempt > attempt_) {
+    return error(StatusCode::INVALID_ARGUMENT, fmt::format("attempt {} does not exist (current: {})", attempt, attempt_));
+  }
+  if (w.attempt != attempt_) {
+    return error(StatusCode::FAILED_PRECONDITION,
+                 fmt::format("worker {} holds no rank in attempt {}: call WaitForGang", worker_id, attempt_));
+  }
+  if (state_ == herd::v1::RECOVERING) {
+    return error(StatusCode::ABORTED, fmt::format("the job is RECOVERING ({}): stop at the step boundary and call "
+                                                  "WaitForGang",
+                                                  message_));
+  }
+  if (terminal_locked()) return error(StatusCode::FAILED_PRECONDITION, "the job is " + state_name(state_));
+  return Status::OK;
+}
+
+// ---- Membership --------------------------------------------------------------
+
+Status Job::Register(const herd::v1::RegisterRequest& request, herd::v1::RegisterResponse* response) {
+  if (request.job_id() != settings_.job_id) {
+    return error(StatusCode::INVALID_ARGUMENT, fmt::format("job_id '{}' is not this coordinator's job '{}'",
+                                                           request.job_id().substr(0, 128), settings_.job_id));
+  }
+  if (request.host().empty() || request.host().size() > kMaxHost) {
+    return error(StatusCode::INVALID_ARGUMENT, fmt::format("host must have 1..{} characters", kMaxHost));
+  }
+  for (const auto* list : {&request.devices(), &request.capabilities()}) {
+    if (static_cast<size_t>(list->size()) > kMaxListEntries) {
+      return error(StatusCode::INVALID_ARGUMENT, fmt::format("at most {} devices and capabilities", kMaxListEntries));
+    }
+    for (const auto& e : *list) {
+      if (e.size() > kMaxEntry) {
+        return error(StatusCode::INVALID_ARGUMENT, fmt::format("a device or capability is longer than {}", kMaxEntry));
+      }
+    }
+  }
+  std::lock_guard lock(mutex_);
+  if (terminal_locked()) {
+    return error(StatusCode::FAILED_PRECONDITION,
+                 fmt::format("the job is {}{}", state_name(state_), message_.empty() ? "" : ": " + message_));
+  }
+  const size_t alive = std::count_if(workers_.begin(), workers_.end(), [](const auto& kv) { return kv.second.alive; });
+  const size_t limit = settings_.world_size + std::max<size_t>(8, settings_.world_size);
+  if (alive >= limit) {
+    return error(StatusCode::RESOURCE_EXHAUSTED,
+                 fmt::format("{} workers are registered already (world size {}, at most {} with spares)", alive,
+                             settings_.world_size, limit));
+  }
+  const double now = clock_();
+  Worker w;
+  w.seq = next_seq_++;
+  w.id = fmt::format("w{}-{}", incarnation_, w.seq);
+  w.host = request.host();
+  w.last_heartbeat = now;
+  response->set_worker_id(w.id);
+  response->set_lease_seconds(static_cast<uint32_t>(std::max(1.0, std::floor(settings_.heartbeat_timeout_s))));
+  workers_.emplace(w.id, std::move(w));
+  try_form_gang_locked(now);
+  return Status::OK;
+}
+
+Status Job::Heartbeat(const herd::v1::HeartbeatRequest& request, herd::v1::HeartbeatResponse* response) {
+  if (!finite_nonnegative(request.stats().tokens_per_second())) {
+    return error(StatusCode::INVALID_ARGUMENT, "stats.tokens_per_second must be finite and >= 0");
+  }
+  std::lock_guard lock(mutex_);
+  Worker* w = nullptr;
+  if (auto s = find_locked(request.worker_id(), &w); !s.ok()) return s;
+  w->last_heartbeat = clock_();
+  w->heartbeat_step = request.step();
+  w->tokens_per_second = request.stats().tokens_per_second();
+  w->memory_bytes = request.stats().memory_bytes();
+  response->set_state(state_);
+  response->set_attempt(attempt_);
+  response->set_committed_step(committed_step_);
+  return Status::OK;
+}
+
+void Job::try_form_gang_locked(double now) {
+  if (state_ != herd::v1::REGISTERING && state_ != herd::v1::RECOVERING) return;
+  std::vector<Worker*> alive;
+  for (auto& [id, w] : workers_) {
+    if (w.alive) alive.push_back(&w);
+  }
+  std::sort(alive.begin(), alive.end(), [](const Worker* a, const Worker* b) { return a->seq < b->seq; });
+  if (alive.size() >= settings_.world_size) {
+    form_gang_locked(settings_.world_size, alive);
+    return;
+  }
+  // Fewer workers, once the wait for a replacement is over, when the global batch
+  // can be kept by raising accumulation.
+  if (state_ != herd::v1::RECOVERING || now - recovering_since_ < settings_.replacement_timeout_s) return;
+  for (size_t n = alive.size(); n >= settings_.min_workers && n > 0; --n) {
+    if (settings_.global_batch() % (uint64_t{settings_.batch_size} * n) == 0) {
+      form_gang_locked(static_cast<uint32_t>(n), alive);
+      return;
+    }
+  }
+}
+
+void Job::form_gang_locked(uint32_t size, const std::vector<Worker*>& alive) {
+  ++attempt_;
+  const PlanShape shape{settings_.batch_size, settings_.global_batch() / (uint64_t{settings_.batch_size} * size), size};
+  if (shape.gradient_accumulation_steps != shape_.gradient_accumulation_steps || shape.world_size != shape_.world_size) {
+    plans_.clear();
+  }
+  shape_ = shape;
+  gang_.clear();
+  json ids = json::array();
+  for (uint32_t r = 0; r < size; ++r) {
+    Worker& w = *alive[r];
+    w.attempt = attempt_;
+    w.rank = r;
+    w.reported = checkpoint_step_;
+    gang_.push_back(w.id);
+    ids.push_back(w.id);
+  }
+  committed_step_ = checkpoint_step_;  // everything after the last checkpoint is trained again
+  reports_.clear();
+  checkpoint_reports_.clear();
+  kv_.clear();
+  journal_locked(kGang, json{{"attempt", attempt_},
+                             {"world_size", size},
+                             {"accumulation", shape.gradient_accumulation_steps},
+                             {"resume_step", checkpoint_step_},
+                             {"workers", ids}}
+                            .dump());
+  set_state_locked(herd::v1::RUNNING, "");
+}
+
+void Job::mark_dead_locked(Worker& w, const std::string& reason, double now) {
+  if (!w.alive) return;
+  w.alive = false;
+  w.death = reason;
+  if (w.attempt == attempt_ && attempt_ > 0 && training_locked()) {
+    journal_locked(kWorkerLost,
+                   json{{"worker", w.id}, {"rank", w.rank}, {"attempt", attempt_}, {"reason", reason}}.dump());
+    const std::string why = fmt::format("worker {} (rank {}, host {}) {}", w.id, w.rank, w.host, reason);
+    if (drain_requested_) {
+      set_state_locked(herd::v1::STOPPED, fmt::format("drained at checkpoint {} after {}", checkpoint_step_, why));
+      return;
+    }
+    recovering_since_ = now;
+    set_state_locked(herd::v1::RECOVERING, why);
+  }
+  changed_.notify_all();
+}
+
+Status Job::WaitForGang(const herd::v1::WaitForGangRequest& request, herd::v1::WaitForGangResponse* response,
+                        const std::function<bool()>& cancelled) {
+  if (request.timeout_seconds() > kMaxGangWaitS) {
+    return error(StatusCode::INVALID_ARGUMENT, fmt::format("timeout_seconds must be <= {}", kMaxGangWaitS));
+  }
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(request.timeout_seconds() ? request.timeout_seconds() : 60);
+  Lock lock(mutex_);
+  for (;;) {
+    if (shutdown_) return error(StatusCode::UNAVAILABLE, "the coordinator is shutting down");
+    Worker* w = nullptr;
+    if (auto s = find_locked(request.worker_id(), &w); !s.ok()) return s;
+    if (terminal_locked()) {
+      return error(StatusCode::FAILED_PRECONDITION,
+                   fmt::format("the job is {}{}", state_name(state_), message_.empty() ? "" : ": " + message_));
+    }
+    if (training_locked() && w->attempt == attempt_) {
+      response->set_rank(w->rank);
+      response->set_world_size(shape_.world_size);
+      response->set_attempt(attempt_);
+      response->set_rendezvous_prefix(fmt::format("{}/{}/", settings_.job_id, attempt_));
+      response->set_resume_step(checkpoint_step_);
+      response->set_resume_checkpoint(checkpoint_path_);
+      response->set_gradient_accumulation_steps(static_cast<uint32_t>(shape_.gradient_accumulation_steps));
+      response->set_total_steps(total_steps_);
+      response->set_batch_size(settings_.batch_size);
+      return Status::OK;
+    }
+    if (cancelled()) return error(StatusCode::CANCELLED, "the client went away");
+    if (std::chrono::steady_clock::now() >= deadline) {
+      const size_t alive = std::count_if(workers_.begin(), workers_.end(), [](const auto& kv) { return kv.second.alive; });
+      return error(StatusCode::DEADLINE_EXCEEDED,
+                   fmt::format("no gang for this worker yet: {} of {} workers alive, job {}; call again", alive,
+                               settings_.world_size, state_name(state_)));
+    }
+    changed_.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + kPoll));
+  }
+}
+
+// ---- Rendezvous store --------------------------------------------------------
+
+Status Job::KvSet(const herd::v1::KvSetRequest& request) {
+  if (auto e = check_key(request.key())) return error(StatusCode::INVALID_ARGUMENT, *e);
+  if (request.value().size() > kMaxValue) {
+    return error(StatusCode::INVALID_ARGUMENT,
+                 fmt::format("value of {} bytes is over the {} byte limit", request.value().size(), kMaxValue));
+  }
+  std::lock_guard lock(mutex_);
+  Worker* w = nullptr;
+  if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
+  if (kv_.size() >= kMaxKeys && !kv_.count(request.key())) {
+    return error(StatusCode::RESOURCE_EXHAUSTED, fmt::format("the store holds {} keys already", kMaxKeys));
+  }
+  kv_[request.key()] = request.value();
+  kv_changed_.notify_all();
+  return Status::OK;
+}
+
+Status Job::KvGet(const herd::v1::KvGetRequest& request, herd::v1::KvGetResponse* response) {
+  if (auto e = check_key(request.key())) return error(StatusCode::INVALID_ARGUMENT, *e);
+  std::lock_guard lock(mutex_);
+  Worker* w = nullptr;
+  if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
+  auto it = kv_.find(request.key());
+  response->set_found(it != kv_.end());
+  if (it != kv_.end()) response->set_value(it->second);
+  return Status::OK;
+}
+
+Status Job::KvWait(const herd::v1::KvWaitRequest& request, const std::function<bool()>& cancelled) {
+  if (request.keys().empty() || static_cast<size_t>(request.keys().size()) > kMaxWaitKeys) {
+    return error(StatusCode::INVALID_ARGUMENT, fmt::format("keys: 1..{} of them", kMaxWaitKeys));
+  }
+  for (const auto& k : request.keys()) {
+    if (auto e = check_key(k)) return error(StatusCode::INVALID_ARGUMENT, *e);
+  }
+  if (request.timeout_ms() > kMaxKvWaitMs) {
+    return error(StatusCode::INVALID_ARGUMENT, fmt::format("timeout_ms must be <= {}", kMaxKvWaitMs));
+  }
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(request.timeout_ms() ? request.timeout_ms() : 30000);
+  Lock lock(mutex_);
+  for (;;) {
+    if (shutdown_) return error(StatusCode::UNAVAILABLE, "the coordinator is shutting down");
+    Worker* w = nullptr;
+    if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
+    std::vector<std::string> missing;
+    for (const auto& k : request.keys()) {
+      if (!kv_.count(k)) missing.push_back(k);
+    }
+    if (missing.empty()) return Status::OK;
+    if (cancelled()) return error(StatusCode::CANCELLED, "the client went away");
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return error(StatusCode::DEADLINE_EXCEEDED, fmt::format("keys not set in time: {}", fmt::join(missing, ", ")));
+    }
+    kv_changed_.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + kPoll));
+  }
+}
+
+Status Job::KvAdd(const herd::v1::KvAddRequest& request, herd::v1::KvAddResponse* response) {
+  if (auto e = check_key(request.key())) return error(StatusCode::INVALID_ARGUMENT, *e);
+  std::lock_guard lock(mutex_);
+  Worker* w = nullptr;
+  if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
+  int64_t value = 0;
+  if (auto it = kv_.find(request.key()); it != kv_.end()) {
+    const auto& text = it->second;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || end != text.data() + text.size()) {
+      return error(StatusCode::FAILED_PRECONDITION,
+                   fmt::format("key '{}' holds a value that is not a decimal counter", request.key()));
+    }
+  } else if (kv_.size() >= kMaxKeys) {
+    return error(StatusCode::RESOURCE_EXHAUSTED, fmt::format("the store holds {} keys already", kMaxKeys));
+  }
+  if (__builtin_add_overflow(value, request.delta(), &value)) {
+    return error(StatusCode::OUT_OF_RANGE, fmt::format("counter '{}' would overflow", request.key()));
+  }
+  kv_[request.key()] = std::to_string(value);
+  response->set_value(value);
+  kv_changed_.notify_all();
+  return Status::OK;
+}
+
+// ---- Data and progress -------------------------------------------------------
+
+const StepPlan& Job::step_plan_locked(uint64_t step) {
+  const uint64_t epoch = (step - 1) / steps_per_epoch_;
+  auto it = plans_.find(epoch);
+  if (it == plans_.end()) {
+    if (plans_.size() >= 2) plans_.erase(plans_.begin());  // old epochs are not streamed again
+    it = plans_.emplace(epoch, EpochPlan::build(train_, lengths_, settings_.seed, epoch, shape_)).first;
+  }
+  return it->second.steps().at((step - 1) % steps_per_epoch_);
+}
+
+void Job::fill_micro_batch(const std::vector<size_t>& rows, herd::v1::MicroBatch* out) const {
+  uint32_t width = 0;
+  for (size_t s : rows) width = std::max(width, lengths_[s]);
+  out->mutable_token_ids()->Resize(static_cast<int>(rows.size() * width), 0);
+  std::string mask(rows.size() * width, '\0');
+  for (size_t r = 0; r < rows.size(); ++r) {
+    out->add_sample_ids(rows[r]);
+    out->add_lengths(lengths_[rows[r]]);
+    samples_->read(rows[r], out->mutable_token_ids()->mutable_data() + r * width,
+                   reinterpret_cast<uint8_t*>(mask.data()) + r * width);
+  }
+  out->set_loss_mask(std::move(mask));
+}
+
+Status Job::StreamBatches(const herd::v1::StreamBatchesRequest& request,
+                          const std::function<bool(const herd::v1::MicroBatch&)>& write,
+                          const std::function<bool()>& cancelled) {
+  uint64_t step = request.from_step();
+  {
+    std::lock_guard lock(mutex_);
+    Worker* w = nullptr;
+    if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
+    if (step <= checkpoint_step_ || step > total_steps_) {
+      return error(StatusCode::OUT_OF_RANGE,
+                   fmt::format("from_step {} is outside {}..{} (resume after checkpoint {})", step,
+                               checkpoint_step_ + 1, total_steps_, checkpoint_step_));
+    }
+  }
+  for (; step <= total_steps_; ++step) {
+    std::vector<std::vector<size_t>> micro;
+    uint64_t loss_tokens = 0;
+    uint32_t accumulation = 0;
+    {
+      Lock lock(mutex_);
+      for (;;) {
+        if (shutdown_) return error(StatusCode::UNAVAILABLE, "the coordinator is shutting down");
+        if (state_ == herd::v1::DONE || state_ == herd::v1::STOPPED) return Status::OK;
+        if (request.attempt() != attempt_ || state_ == herd::v1::RECOVERING) {
+          return error(StatusCode::ABORTED, fmt::format("attempt {} is over{}: call WaitForGang", request.attempt(),
+                                                        message_.empty() ? "" : " (" + message_ + ")"));
+        }
+        Worker* w = nullptr;
+        if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
+        if (cancelled()) {
+          mark_dead_locked(*w, "dropped its batch stream", clock_());
+          return error(StatusCode::CANCELLED, "the client went away");
+        }
+        if (step <= committed_step_ + settings_.lookahead_steps) {
+          const StepPlan& plan = step_plan_locked(step);
+          micro = plan.ranks[w->rank];
+          for (const auto& rank : plan.ranks) {
+            for (const auto& m : rank) {
+              for (size_t s : m) loss_tokens += loss_tokens_[s];
+            }
+          }
+          accumulation = static_cast<uint32_t>(shape_.gradient_accumulation_steps);
+          break;
+        }
+        changed_.wait_for(lock, kPoll);
+      }
+    }
+    micro.resize(accumulation);  // a rank that ran out in an epoch's last step gets empty micro-batches
+    for (uint32_t m = 0; m < accumulation; ++m) {
+      herd::v1::MicroBatch batch;
+      batch.set_step(step);
+      batch.set_micro_step(m);
+      batch.set_epoch((step - 1) / steps_per_epoch_);
+      batch.set_step_loss_tokens(loss_tokens);
+      fill_micro_batch(micro[m], &batch);
+      if (!write(batch)) {
+        std::lock_guard lock(mutex_);
+        Worker* w = nullptr;
+        if (member_locked(request.worker_id(), request.attempt(), &w).ok()) {
+          mark_dead_locked(*w, "broke its batch stream", clock_());
+        }
+        return error(StatusCode::CANCELLED, "the stream broke");
+      }
+    }
+  }
+  return Status::OK;
+}
+
+Status Job::ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::ReportStepResponse* response) {
+  if (!finite_nonnegative(request.loss())) {
+    return error(StatusCode::INVALID_ARGUMENT, fmt::format("loss must be finite and >= 0, got {}", request.loss()));
+  }
+  const auto& t = request.timings();
+  if (!finite_nonnegative(t.compute_seconds()) || !finite_nonnegative(t.communication_seconds()) ||
+      !finite_nonnegative(t.data_wait_seconds())) {
+    return error(StatusCode::INVALID_ARGUMENT, "timings must be finite and >= 0");
+  }
+  std::lock_guard lock(mutex_);
+  Worker* w = nullptr;
+  if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
+  const uint64_t step = request.step();
+  if (step == 0 || step > total_steps_) {
+    return error(StatusCode::OUT_OF_RANGE, fmt::format("step {} is outside 1..{}", step, total_steps_));
+  }
+  if (step != w->reported + 1) {
+    return error(StatusCode::FAILED_PRECONDITION,
+                 fmt::format("step {} is out of order: worker {} reported step {} last, expects {}", step, w->id,
+                             w->reported, w->reported + 1));
+  }
+  w->reported = step;
+  StepReports& agg = reports_[step];
+  agg.ranks += 1;
+  agg.tokens += request.tokens();
+  agg.weighted_loss += request.loss() * static_cast<double>(request.tokens());
+  response->set_committed(false);
+  if (agg.ranks < gang_.size()) return Status::OK;
+
+  // Every rank reported this step (ranks report in order, so steps commit in order).
+  const StepPlan& plan = step_plan_locked(step);
+  json samples = json::array();
+  for (const auto& rank : plan.ranks) {
+    for (const auto& m : rank) {
+      for (size_t s : m) samples.push_back(s);
+    }
+  }
+  last_loss_ = agg.tokens > 0 ? agg.weighted_loss / static_cast<double>(agg.tokens) : 0.0;
+  journal_locked(kStep, json{{"step", step}, {"attempt", attempt_}, {"loss", last_loss_}, {"tokens", agg.tokens},
+                             {"samples", samples}}
+                            .dump());
+  reports_.erase(step);
+  committed_step_ = step;
+  commit_times_.push_back(clock_());
+  if (commit_times_.size() > 20) commit_times_.pop_front();
+  changed_.notify_all();
+  response->set_committed(true);
+  return Status::OK;
+}
+
+Status Job::CommitCheckpoint(const herd::v1::CommitCheckpointRequest& request,
+                             herd::v1::CommitCheckpointResponse* response) {
+  if (request.path().empty() || request.path().size() > kMaxPath) {
+    return error(StatusCode::INVALID_ARGUMENT, fmt::format("path must have 1..{} bytes", kMaxPath));
+  }
+  if (!is_sha256_hex(request.digest())) {
+    return error(StatusCode::INVALID_ARGUMENT, "digest must be a sha256: 64 lowercase hex digits");
+  }
+  std::lock_guard lock(mutex_);
+  Worker* w = nullptr;
+  if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
+  const uint64_t step = request.step();
+  if (step <= checkpoint_step_) {
+    return error(StatusCode::FAILED_PRECONDITION,
+                 fmt::format("step {} is not after the last committed checkpoint ({})", step, checkpoint_step_));
+  }
+  if (step > w->reported) {
+    return error(StatusCode::FAILED_PRECONDITION,
+                 fmt::format("step {} is not reported by worker {} yet (it reported step {} last)", step, w->id,
+                             w->reported));
+  }
+  auto& reports = checkpoint_reports_[step];
+  reports[w->rank] = {request.path(), request.digest()};
+  response->set_committed(false);
+  if (reports.size() < gang_.size()) return Status::OK;
+
+  json paths = json::array(), digests = json::array();
+  for (const auto& [rank, r] : reports) {
+    paths.push_back(r.path);
+    digests.push_back(r.digest);
+  }
+  journal_locked(kCheckpoint,
+                 json{{"step", step}, {"attempt", attempt_}, {"paths", paths}, {"digests", digests}}.dump());
+  checkpoint_step_ = step;
+  checkpoint_path_ = reports.begin()->second.path;
+  checkpoint_reports_.erase(checkpoint_reports_.begin(), checkpoint_reports_.upper_bound(step));
+  response->set_committed(true);
+  if (step == total_steps_) {
+    journal_locked(kDone, json{{"step", step}}.dump());
+    set_state_locked(herd::v1::DONE, "");
+  } else if (drain_requested_) {
+    set_state_locked(herd::v1::STOPPED, fmt::format("drained at checkpoint {}", step));
+  } else {
+    changed_.notify_all();
+  }
+  return Status::OK;
+}
+
+// ---- People and operators ----------------------------------------------------
+
+void Job::GetStatus(herd::v1::JobStatus* out) const {
+  std::lock_guard lock(mutex_);
+  const double now = clock_();
+  out->set_job_id(settings_.job_id);
+  out->set_state(state_);
+  out->set_attempt(attempt_);
+  out->set_world_size(settings_.world_size);
+  out->set_registered_workers(static_cast<uint32_t>(
+      std::count_if(workers_.begin(), workers_.end(), [](const auto& kv) { return kv.second.alive; })));
+  out->set_committed_step(committed_step_);
+  out->set_total_steps(total_steps_);
+  out->set_message(message_);
+  out->set_gang_size(static_cast<uint32_t>(gang_.size()));
+  out->set_checkpoint_step(checkpoint_step_);
+  out->set_epoch(std::min(committed_step_, total_steps_ - 1) / steps_per_epoch_);
+  out->set_last_loss(last_loss_);
+  out->set_gradient_accumulation_steps(static_cast<uint32_t>(shape_.gradient_accumulation_steps));
+  if (commit_times_.size() >= 2 && training_locked()) {
+    const double per_step = (commit_times_.back() - commit_times_.front()) / static_cast<double>(commit_times_.size() - 1);
+    out->set_eta_seconds(per_step * static_cast<double>(total_steps_ - committed_step_));
+  }
+  for (const auto& id : gang_) {
+    const Worker& w = workers_.at(id);
+    auto* r = out->add_ranks();
+    r->set_rank(w.rank);
+    r->set_worker_id(w.id);
+    r->set_host(w.host);
+    r->set_step(w.reported);
+    r->set_tokens_per_second(w.tokens_per_second);
+    r->set_seconds_since_heartbeat(w.alive ? now - w.last_heartbeat : -1);
+  }
+}
+
+Status Job::Drain(herd::v1::OperatorResponse* response) {
+  std::lock_guard lock(mutex_);
+  if (terminal_locked()) return error(StatusCode::FAILED_PRECONDITION, "the job is " + state_name(state_));
+  drain_requested_ = true;
+  if (training_locked()) {
+    set_state_locked(herd::v1::DRAINING, "an operator asked to stop at the next checkpoint");
+  } else {  // nothing runs: the last committed checkpoint is where a restart resumes
+    set_state_locked(herd::v1::STOPPED, fmt::format("drained at checkpoint {}", checkpoint_step_));
+  }
+  response->set_state(state_);
+  return Status::OK;
+}
+
+Status Job::Cancel(const herd::v1::CancelRequest& request, herd::v1::OperatorResponse* response) {
+  if (request.reason().size() > kMaxReason) {
+    return error(StatusCode::INVALID_ARGUMENT, fmt::format("reason is longer than {} bytes", kMaxReason));
+  }
+  std::lock_guard lock(mutex_);
+  if (state_ == herd::v1::DONE || state_ == herd::v1::FAILED) {
+    return error(StatusCode::FAILED_PRECONDITION, "the job is " + state_name(state_));
+  }
+  const std::string reason = request.reason().empty() ? "no reason given" : request.reason();
+  journal_locked(kCancel, json{{"reason", reason}}.dump());
+  set_state_locked(herd::v1::FAILED, "cancelled: " + reason);
+  response->set_state(state_);
+  return Status::OK;
+}
+
+void Job::tick() {
+  std::lock_guard lock(mutex_);
+  const double now = clock_();
+  for (auto& [id, w] : workers_) {
+    if (w.alive && now - w.last_heartbeat > settings_.heartbeat_timeout_s) {
+      mark_dead_locked(w, fmt::format("missed its heartbeats for {:.1f} s (timeout {} s)", now - w.last_heartbeat,
+                                      settings_.heartbeat_timeout_s),
+                       now);
+    }
+  }
+  // Forget the dead that no gang refers to.
+  std::erase_if(workers_, [&](const auto& kv) {
+    return !kv.second.alive && kv.second.attempt != attempt_ && now - kv.second.last_heartbeat > 600;
+  });
+  try_form_gang_locked(now);
+}
+
+void Job::shutdown() {
+  std::lock_guard lock(mutex_);
+  shutdown_ = true;
+  changed_.notify_all();
+  kv_changed_.notify_all();
+}
+
+}  // namespace herd::coordinator

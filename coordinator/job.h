@@ -1,0 +1,189 @@
+// The job a coordinator owns: its members, its state machine (docs/protocol.md),
+// the rendezvous store, the epoch plan it streams and the commits it journals.
+// Plain C++ behind one mutex, so it is tested without a network; the gRPC service
+// (service.h) authenticates a call and hands it here. Every method validates its
+// request and answers a precise grpc::Status; none throws on bad input.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <grpcpp/support/status.h>
+
+#include "coordinator/epoch_plan.h"
+#include "coordinator/journal.h"
+#include "coordinator/samples.h"
+#include "herd/proto/herd.pb.h"
+
+namespace herd {
+struct Config;
+}
+
+namespace herd::coordinator {
+
+struct JobSettings {
+  std::string job_id;
+  uint32_t world_size = 1;
+  uint32_t min_workers = 1;
+  uint32_t batch_size = 1;
+  uint32_t gradient_accumulation_steps = 1;
+  uint64_t seed = 42;
+  double num_train_epochs = 1;
+  uint64_t max_steps = 0;  // 0: num_train_epochs
+  double heartbeat_timeout_s = 30;
+  double replacement_timeout_s = 60;
+  uint32_t lookahead_steps = 2;  // how far a stream runs ahead of the last committed step
+
+  static JobSettings from_config(const Config& config);
+  uint64_t global_batch() const { return uint64_t{batch_size} * gradient_accumulation_steps * world_size; }
+};
+
+// Journal record types (payloads are JSON).
+enum RecordType : uint32_t {
+  kStart = 1,       // a coordinator process started: {incarnation, job_id, plan fingerprint}
+  kGang = 2,        // a gang formed: {attempt, world_size, accumulation, resume_step, workers}
+  kStep = 3,        // a step committed: {step, attempt, loss, tokens, samples}
+  kCheckpoint = 4,  // a checkpoint committed: {step, attempt, paths, digests}
+  kWorkerLost = 5,  // a gang member died: {worker, rank, attempt, reason}
+  kCancel = 6,      // {reason}
+  kDone = 7,        // {step}
+};
+
+// The samples of every step that counts, from a journal: a step committed and then
+// rolled back by a recovery (a gang that resumed from an earlier checkpoint) is
+// dropped, so over a finished job each sample of an epoch appears exactly once.
+std::map<uint64_t, std::vector<uint64_t>> trained_samples(const std::vector<JournalRecord>& records);
+
+class Job;
+
+// The job a config describes: its train split of the tokenized dataset (built
+// once into the token cache, common/token_cache.h) and its journal.
+std::unique_ptr<Job> load_job(const Config& config, const std::filesystem::path& journal_file);
+
+class Job {
+ public:
+  using Clock = std::function<double()>;  // monotonic seconds
+  static Clock steady_clock();
+
+  // `train`: the sample ids of the train split. `journal_file` empty: nothing is
+  // persisted (tests); otherwise the job resumes from what the journal holds, and a
+  // journal of another job or plan is refused (JournalError).
+  Job(JobSettings settings, std::shared_ptr<const SampleSource> samples, std::vector<size_t> train,
+      const std::filesystem::path& journal_file, Clock clock = steady_clock());
+  ~Job();
+
+  uint64_t total_steps() const { return total_steps_; }
+  uint64_t steps_per_epoch() const { return steps_per_epoch_; }
+  const JobSettings& settings() const { return settings_; }
+  herd::v1::JobState state() const;
+
+  grpc::Status Register(const herd::v1::RegisterRequest& request, herd::v1::RegisterResponse* response);
+  grpc::Status Heartbeat(const herd::v1::HeartbeatRequest& request, herd::v1::HeartbeatResponse* response);
+  // Blocking calls poll `cancelled` (the client went away) while they wait.
+  grpc::Status WaitForGang(const herd::v1::WaitForGangRequest& request, herd::v1::WaitForGangResponse* response,
+                           const std::function<bool()>& cancelled);
+  grpc::Status KvSet(const herd::v1::KvSetRequest& request);
+  grpc::Status KvGet(const herd::v1::KvGetRequest& request, herd::v1::KvGetResponse* response);
+  grpc::Status KvWait(const herd::v1::KvWaitRequest& request, const std::function<bool()>& cancelled);
+  grpc::Status KvAdd(const herd::v1::KvAddRequest& request, herd::v1::KvAddResponse* response);
+  // `write` sends one micro-batch and returns false when the stream is broken.
+  grpc::Status StreamBatches(const herd::v1::StreamBatchesRequest& request,
+                             const std::function<bool(const herd::v1::MicroBatch&)>& write,
+                             const std::function<bool()>& cancelled);
+  grpc::Status ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::ReportStepResponse* response);
+  grpc::Status CommitCheckpoint(const herd::v1::CommitCheckpointRequest& request,
+                                herd::v1::CommitCheckpointResponse* response);
+  void GetStatus(herd::v1::JobStatus* response) const;
+  grpc::Status Drain(herd::v1::OperatorResponse* response);
+  grpc::Status Cancel(const herd::v1::CancelRequest& request, herd::v1::OperatorResponse* response);
+
+  // Declares workers whose heartbeat is overdue dead and forms a smaller gang when
+  // the replacement wait is over. The service calls it several times a second.
+  void tick();
+  // Ends every blocking call (UNAVAILABLE): the server is going away.
+  void shutdown();
+
+ private:
+  struct Worker {
+    std::string id, host;
+    uint64_t seq = 0;  // registration order: ranks go to the earliest
+    bool alive = true;
+    std::string death;
+    double last_heartbeat = 0;
+    uint64_t attempt = 0;  // the attempt it holds a rank in (0: none)
+    uint32_t rank = 0;
+    uint64_t reported = 0;  // last step it reported in that attempt
+    uint64_t heartbeat_step = 0;
+    double tokens_per_second = 0;
+    uint64_t memory_bytes = 0;
+  };
+  struct StepReports {
+    uint32_t ranks = 0;
+    uint64_t tokens = 0;
+    double weighted_loss = 0;
+  };
+  struct CheckpointReport {
+    std::string path, digest;
+  };
+
+  using Lock = std::unique_lock<std::mutex>;
+  bool training_locked() const;  // RUNNING or DRAINING
+  bool terminal_locked() const;  // DONE, FAILED or STOPPED
+  // The caller as a member of the current gang in `attempt`, or the status that refuses it.
+  grpc::Status member_locked(const std::string& worker_id, uint64_t attempt, Worker** out);
+  grpc::Status find_locked(const std::string& worker_id, Worker** out);
+  void try_form_gang_locked(double now);
+  void form_gang_locked(uint32_t size, const std::vector<Worker*>& alive);
+  void mark_dead_locked(Worker& w, const std::string& reason, double now);
+  void set_state_locked(herd::v1::JobState state, std::string message);
+  // The samples of `rank` in each micro-batch of `step` under the current gang's shape.
+  const StepPlan& step_plan_locked(uint64_t step);
+  void fill_micro_batch(const std::vector<size_t>& rows, herd::v1::MicroBatch* out) const;
+  void journal_locked(RecordType type, const std::string& payload);
+  void replay(const std::vector<JournalRecord>& records);
+
+  const JobSettings settings_;
+  const std::shared_ptr<const SampleSource> samples_;
+  const std::vector<size_t> train_;
+  std::vector<uint32_t> lengths_;      // per sample id
+  std::vector<uint32_t> loss_tokens_;  // per sample id: mask[1:] set
+  uint64_t steps_per_epoch_ = 0, total_steps_ = 0;
+  const Clock clock_;
+  std::unique_ptr<Journal> journal_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;     // state, gang or committed step
+  std::condition_variable kv_changed_;  // the store, or the attempt
+  herd::v1::JobState state_ = herd::v1::REGISTERING;
+  std::string message_;
+  bool drain_requested_ = false;
+  bool shutdown_ = false;
+  uint64_t incarnation_ = 0;
+  uint64_t next_seq_ = 0;
+  std::unordered_map<std::string, Worker> workers_;
+  uint64_t attempt_ = 0;
+  std::vector<std::string> gang_;  // worker ids by rank, for attempt_
+  PlanShape shape_;
+  std::map<uint64_t, EpochPlan> plans_;  // by epoch, for shape_
+  double recovering_since_ = 0;
+  uint64_t committed_step_ = 0;
+  uint64_t checkpoint_step_ = 0;
+  std::string checkpoint_path_;
+  std::map<uint64_t, StepReports> reports_;
+  std::map<uint64_t, std::map<uint32_t, CheckpointReport>> checkpoint_reports_;
+  std::unordered_map<std::string, std::string> kv_;
+  std::deque<double> commit_times_;
+  double last_loss_ = 0;
+};
+
+}  // namespace herd::coordinator

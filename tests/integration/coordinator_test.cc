@@ -1,0 +1,447 @@
+// The coordinator over real gRPC on loopback, driven by simulated workers: gang
+// formation, failures and recovery, a coordinator killed with SIGKILL, the token,
+// TLS, malformed requests, and the exactly-once sample log.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <set>
+#include <thread>
+
+#include <fmt/format.h>
+#include <grpcpp/generic/generic_stub.h>
+
+#include "coordinator/auth.h"
+#include "coordinator/job.h"
+#include "coordinator/service.h"
+#include "coordinator/sim_worker.h"
+
+namespace herd::coordinator {
+namespace {
+
+namespace fs = std::filesystem;
+namespace v1 = herd::v1;
+using grpc::StatusCode;
+constexpr const char* kToken = "s3cret-job-token";
+
+bool wait_until(const std::function<bool()>& done, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return done();
+}
+
+fs::path temp_dir(const std::string& name) {
+  auto d = fs::temp_directory_path() / fmt::format("herd-coord-{}-{}", name, ::getpid());
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+JobSettings settings(uint32_t world, double heartbeat_timeout = 2) {
+  JobSettings s;
+  s.job_id = "itest";
+  s.world_size = world;
+  s.min_workers = world;
+  s.batch_size = 1;
+  s.gradient_accumulation_steps = 2;
+  s.num_train_epochs = 2;
+  s.heartbeat_timeout_s = heartbeat_timeout;
+  s.replacement_timeout_s = 60;
+  return s;
+}
+
+std::vector<size_t> all(size_t n) {
+  std::vector<size_t> v(n);
+  std::iota(v.begin(), v.end(), size_t{0});
+  return v;
+}
+
+// A coordinator in this process on a free loopback port.
+struct Served {
+  std::shared_ptr<SyntheticSamples> samples;
+  std::unique_ptr<Job> job;
+  std::unique_ptr<CoordinatorServer> server;
+  std::string address;
+
+  Served(const JobSettings& s, size_t n, const fs::path& journal = {}, ServerOptions options = {}) {
+    samples = std::make_shared<SyntheticSamples>(n, 8, 40, 1);
+    job = std::make_unique<Job>(s, samples, all(n), journal);
+    options.listen = "127.0.0.1:0";
+    options.token = kToken;
+    server = std::make_unique<CoordinatorServer>(*job, options);
+    address = fmt::format("127.0.0.1:{}", server->port());
+  }
+  v1::JobStatus status() const {
+    v1::JobStatus st;
+    job->GetStatus(&st);
+    return st;
+  }
+};
+
+SimWorkerOptions worker_options(const std::string& address, const std::string& host, uint64_t checkpoint_every = 3) {
+  SimWorkerOptions o;
+  o.client.address = address;
+  o.client.token = kToken;
+  o.job_id = "itest";
+  o.host = host;
+  o.heartbeat_interval_s = 0.2;
+  o.step_seconds = 0.02;
+  o.checkpoint_every = checkpoint_every;
+  return o;
+}
+
+// Per step, the samples of the latest attempt that trained it: what the model saw.
+std::map<uint64_t, std::multiset<uint64_t>> lineage_from_workers(const std::vector<std::vector<StepRecord>>& logs) {
+  std::map<uint64_t, uint64_t> latest;
+  for (const auto& log : logs)
+    for (const auto& r : log) latest[r.step] = std::max(latest[r.step], r.attempt);
+  std::map<uint64_t, std::multiset<uint64_t>> steps;
+  for (const auto& log : logs)
+    for (const auto& r : log)
+      if (r.attempt == latest[r.step]) steps[r.step].insert(r.samples.begin(), r.samples.end());
+  return steps;
+}
+
+// Every sample of every epoch once: the union over an epoch's steps is 0..n-1, each once.
+void expect_each_sample_once_per_epoch(const std::map<uint64_t, std::multiset<uint64_t>>& steps, uint64_t total,
+                                       uint64_t per_epoch, size_t n) {
+  ASSERT_EQ(steps.size(), total);
+  for (uint64_t e = 0; e * per_epoch < total; ++e) {
+    std::multiset<uint64_t> epoch;
+    for (uint64_t s = e * per_epoch + 1; s <= std::min(total, (e + 1) * per_epoch); ++s) {
+      ASSERT_TRUE(steps.count(s)) << "step " << s << " never trained";
+      epoch.insert(steps.at(s).begin(), steps.at(s).end());
+    }
+    std::multiset<uint64_t> want;
+    for (size_t i = 0; i < n; ++i) want.insert(i);
+    EXPECT_EQ(epoch, want) << "epoch " << e;
+  }
+}
+
+TEST(CoordinatorRpc, ThreeWorkersFormAGangAndFinish) {
+  Served c(settings(3), 30);
+  std::vector<std::unique_ptr<SimWorker>> workers;
+  for (int i = 0; i < 3; ++i) {
+    workers.push_back(std::make_unique<SimWorker>(worker_options(c.address, fmt::format("host-{}", i))));
+    workers.back()->start();
+  }
+  ASSERT_TRUE(wait_until([&] { return c.status().state() == v1::DONE; }, 60)) << c.status().DebugString();
+  ASSERT_TRUE(wait_until([&] { return workers[0]->finished() && workers[2]->finished(); }, 10));
+  EXPECT_NE(workers[0]->outcome().find("DONE"), std::string::npos) << workers[0]->outcome();
+  std::vector<std::vector<StepRecord>> logs;
+  for (auto& w : workers) logs.push_back(w->log());
+  EXPECT_EQ(c.status().committed_step(), c.job->total_steps());
+  expect_each_sample_once_per_epoch(lineage_from_workers(logs), c.job->total_steps(), c.job->steps_per_epoch(), 30);
+}
+
+TEST(CoordinatorRpc, ExactlyOnceThroughACrashAndAHang) {
+  const auto dir = temp_dir("exactly-once");
+  Served c(settings(2, 1.0), 40, dir / "journal.log");
+  std::vector<std::unique_ptr<SimWorker>> workers;
+  auto start = [&](const std::string& host) {
+    auto o = worker_options(c.address, host);
+    o.step_seconds = 0.05;
+    workers.push_back(std::make_unique<SimWorker>(o));
+    workers.back()->start();
+  };
+  start("a");
+  start("b");
+  // Failure 1: a crashes (its stream drops) in the middle of epoch 0.
+  ASSERT_TRUE(wait_until([&] { return c.status().committed_step() >= 7; }, 60));
+  workers[0]->crash();
+  ASSERT_TRUE(wait_until([&] { return c.status().state() == v1::RECOVERING; }, 10)) << c.status().DebugString();
+  EXPECT_NE(c.status().message().find("batch stream"), std::string::npos) << c.status().message();
+  start("c");
+  // Failure 2: b hangs (no heartbeats, connection open) in epoch 1.
+  ASSERT_TRUE(wait_until([&] { return c.status().attempt() == 2 && c.status().committed_step() >= 14; }, 60))
+      << c.status().DebugString();
+  workers[1]->hang();
+  ASSERT_TRUE(wait_until([&] { return c.status().state() == v1::RECOVERING; }, 10)) << c.status().DebugString();
+  EXPECT_NE(c.status().message().find("heartbeats"), std::string::npos) << c.status().message();
+  start("d");
+  ASSERT_TRUE(wait_until([&] { return c.status().state() == v1::DONE; }, 90)) << c.status().DebugString();
+  EXPECT_EQ(c.status().attempt(), 3u);
+
+  std::vector<std::vector<StepRecord>> logs;
+  size_t trained = 0;
+  for (auto& w : workers) {
+    logs.push_back(w->log());
+    trained += logs.back().size();
+  }
+  const uint64_t total = c.job->total_steps();
+  EXPECT_GT(trained, 2 * total) << "the failures should have cost some steps";
+  const auto from_workers = lineage_from_workers(logs);
+  expect_each_sample_once_per_epoch(from_workers, total, c.job->steps_per_epoch(), 40);
+
+  // The coordinator's own log says the same, step by step.
+  c.server.reset();
+  c.job.reset();
+  Journal journal(dir / "journal.log");
+  const auto from_journal = trained_samples(journal.records());
+  ASSERT_EQ(from_journal.size(), total);
+  for (const auto& [step, ids] : from_journal) {
+    EXPECT_EQ(std::multiset<uint64_t>(ids.begin(), ids.end()), from_workers.at(step)) << "step " << step;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(CoordinatorRpc, StaleWorkerIsRefusedAfterRecovery) {
+  Served c(settings(2, 0.6), 40);
+  SimWorker a(worker_options(c.address, "a")), b(worker_options(c.address, "b"));
+  a.start();
+  b.start();
+  ASSERT_TRUE(wait_until([&] { return c.status().committed_step() >= 2; }, 30));
+  b.hang();
+  ASSERT_TRUE(wait_until([&] { return c.status().state() == v1::RECOVERING; }, 10));
+  SimWorker d(worker_options(c.address, "d"));
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return c.status().attempt() == 2 && c.status().state() == v1::RUNNING; }, 10));
+  // The hung worker wakes up and reports with what it knew.
+  auto stub = v1::Coordinator::NewStub(make_channel({c.address, kToken, ""}));
+  const auto st = c.status();
+  v1::ReportStepRequest q;
+  q.set_worker_id(st.ranks(0).worker_id());  // a live worker, with the old attempt
+  q.set_attempt(1);
+  q.set_step(st.committed_step() + 1);
+  q.set_loss(1);
+  v1::ReportStepResponse r;
+  grpc::ClientContext ctx;
+  prepare(ctx, kToken, std::chrono::seconds(5));
+  auto s = stub->ReportStep(&ctx, q, &r);
+  EXPECT_EQ(s.error_code(), StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("stale attempt 1"), std::string::npos) << s.error_message();
+  // The dead one is told it is dead.
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id("w1-1");
+  v1::HeartbeatResponse hr;
+  grpc::ClientContext ctx2;
+  prepare(ctx2, kToken, std::chrono::seconds(5));
+  s = stub->Heartbeat(&ctx2, hb, &hr);
+  EXPECT_EQ(s.error_code(), StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("declared dead"), std::string::npos) << s.error_message();
+}
+
+// GET /metrics from the Prometheus endpoint.
+std::string scrape(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return "";
+  const std::string request = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  (void)::write(fd, request.data(), request.size());
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return out;
+}
+
+TEST(CoordinatorRpc, WrongOrMissingTokenIsUnauthenticatedAndCounted) {
+  ServerOptions options;
+  options.metrics_listen = "127.0.0.1:0";
+  Served c(settings(1), 10, {}, options);
+  auto stub = v1::Coordinator::NewStub(make_channel({c.address, kToken, ""}));
+  for (const char* token : {"wrong", ""}) {
+    grpc::ClientContext ctx;
+    if (*token) prepare(ctx, token, std::chrono::seconds(5));
+    v1::JobStatus st;
+    auto s = stub->GetStatus(&ctx, v1::GetStatusRequest(), &st);
+    EXPECT_EQ(s.error_code(), StatusCode::UNAUTHENTICATED);
+    EXPECT_EQ(s.error_message().find(kToken), std::string::npos);
+  }
+  grpc::ClientContext ok;
+  prepare(ok, kToken, std::chrono::seconds(5));
+  v1::JobStatus st;
+  ASSERT_TRUE(stub->GetStatus(&ok, v1::GetStatusRequest(), &st).ok());
+  EXPECT_EQ(st.job_id(), "itest");
+  const std::string metrics = scrape(c.server->metrics_port());
+  EXPECT_NE(metrics.find("herd_coordinator_unauthenticated_total 2"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find(R"(herd_coordinator_rpcs_total{code="16",method="GetStatus"} 2)"), std::string::npos);
+}
+
+TEST(CoordinatorRpc, GarbageAndOversizedRequestsAreRefusedNotFatal) {
+  Served c(settings(1), 10);
+  auto channel = make_channel({c.address, kToken, ""});
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext ctx;
+  prepare(ctx, kToken, std::chrono::seconds(5));
+  const char junk[] = "\xff\xff\xff\xff not a protobuf";
+  grpc::Slice slice(junk, sizeof junk - 1);
+  grpc::ByteBuffer request(&slice, 1), response;
+  grpc::Status result;
+  bool done = false;
+  std::mutex m;
+  std::condition_variable cv;
+  generic.UnaryCall(&ctx, "/herd.v1.Coordinator/Register", grpc::StubOptions(), &request, &response,
+                    [&](grpc::Status s) {
+                      std::lock_guard lock(m);
+                      result = s;
+                      done = true;
+                      cv.notify_all();
+                    });
+  {
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return done; });
+  }
+  EXPECT_FALSE(result.ok());
+  EXPECT_NE(result.error_code(), StatusCode::UNAVAILABLE);
+
+  auto stub = v1::Coordinator::NewStub(channel);
+  v1::KvSetRequest big;
+  big.set_worker_id("w1-0");
+  big.set_attempt(1);
+  big.set_key("k");
+  big.set_value(std::string(2 << 20, 'x'));
+  v1::KvSetResponse r;
+  grpc::ClientContext ctx2;
+  prepare(ctx2, kToken, std::chrono::seconds(5));
+  EXPECT_EQ(stub->KvSet(&ctx2, big, &r).error_code(), StatusCode::RESOURCE_EXHAUSTED);
+  // Still serving.
+  grpc::ClientContext ctx3;
+  prepare(ctx3, kToken, std::chrono::seconds(5));
+  v1::JobStatus st;
+  EXPECT_TRUE(stub->GetStatus(&ctx3, v1::GetStatusRequest(), &st).ok());
+}
+
+int run(const std::string& command) { return std::system(command.c_str()); }
+
+TEST(CoordinatorRpc, TlsWhenConfigured) {
+  const auto dir = temp_dir("tls");
+  ASSERT_EQ(run(fmt::format("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                            "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout {0}/key.pem -out {0}/cert.pem "
+                            ">/dev/null 2>&1",
+                            dir.string())),
+            0);
+  ServerOptions options;
+  options.tls_cert_pem = read_secret_file((dir / "cert.pem").string(), "cert");
+  options.tls_key_pem = read_secret_file((dir / "key.pem").string(), "key");
+  Served c(settings(1), 10, {}, options);
+  const std::string address = fmt::format("localhost:{}", c.server->port());
+  auto secure = v1::Coordinator::NewStub(make_channel({address, kToken, options.tls_cert_pem}));
+  grpc::ClientContext ctx;
+  prepare(ctx, kToken, std::chrono::seconds(10));
+  v1::JobStatus st;
+  auto s = secure->GetStatus(&ctx, v1::GetStatusRequest(), &st);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(st.job_id(), "itest");
+  auto plain = v1::Coordinator::NewStub(make_channel({address, kToken, ""}));
+  grpc::ClientContext ctx2;
+  prepare(ctx2, kToken, std::chrono::seconds(3));
+  EXPECT_EQ(plain->GetStatus(&ctx2, v1::GetStatusRequest(), &st).error_code(), StatusCode::UNAVAILABLE);
+  // A whole run over TLS.
+  auto o = worker_options(address, "tls-worker");
+  o.client.tls_ca_pem = options.tls_cert_pem;
+  SimWorker w(o);
+  w.start();
+  EXPECT_TRUE(wait_until([&] { return c.status().state() == v1::DONE; }, 30)) << c.status().DebugString();
+  fs::remove_all(dir);
+}
+
+// herd-coordinator as its own process, killed with SIGKILL mid-epoch and started again.
+pid_t spawn_coordinator(const fs::path& config, const fs::path& port_file, const std::string& listen) {
+  std::vector<std::string> args = {std::string(HERD_BIN_DIR) + "/herd-coordinator",
+                                   "--config",         config.string(),
+                                   "--listen",         listen,
+                                   "--port-file",      port_file.string(),
+                                   "--synthetic-data", "48,8,40"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  EXPECT_EQ(posix_spawn(&pid, args[0].c_str(), nullptr, nullptr, argv.data(), environ), 0);
+  return pid;
+}
+
+int read_port(const fs::path& port_file) {
+  if (!wait_until([&] { return fs::exists(port_file); }, 30)) return 0;
+  std::ifstream in(port_file);
+  int port = 0;
+  in >> port;
+  return port;
+}
+
+TEST(CoordinatorProcess, SigkillAndRestartResumesTheJob) {
+  const auto dir = temp_dir("sigkill");
+  const auto config = dir / "job.yaml";
+  std::ofstream(config) << fmt::format(R"(model_name: itest
+base_model: unused
+data: {{type: vicuna, dataset: unused.json}}
+lora: {{r: 8, lora_alpha: 16, target_modules: [q_proj], lora_dropout: 0, bias: none, task_type: CAUSAL_LM}}
+trainer: {{batch_size: 1, gradient_accumulation_steps: 2, warmup_steps: 0, num_train_epochs: 1,
+          learning_rate: 0.001, logging_steps: 1}}
+trainer_output_dir: {0}/out
+model_output_dir: {0}/models
+distributed: {{world_size: 2, heartbeat_timeout_s: 3}}
+security: {{token: {1}}}
+metrics: {{enabled: false}}
+)",
+                                                   dir.string(), kToken);
+  auto port_file = dir / "port";
+  pid_t pid = spawn_coordinator(config, port_file, "127.0.0.1:0");
+  int port = read_port(port_file);
+  ASSERT_GT(port, 0);
+  const std::string address = fmt::format("127.0.0.1:{}", port);
+  auto status = [&](const std::string& addr) {
+    auto stub = v1::Coordinator::NewStub(make_channel({addr, kToken, ""}));
+    grpc::ClientContext ctx;
+    prepare(ctx, kToken, std::chrono::seconds(2));
+    v1::JobStatus st;
+    (void)stub->GetStatus(&ctx, v1::GetStatusRequest(), &st);
+    return st;
+  };
+  std::vector<std::unique_ptr<SimWorker>> workers;
+  for (const char* host : {"a", "b"}) {
+    auto o = worker_options(address, host, 2);
+    o.step_seconds = 0.1;
+    workers.push_back(std::make_unique<SimWorker>(o));
+    workers.back()->start();
+  }
+  ASSERT_TRUE(wait_until([&] { return status(address).checkpoint_step() >= 4; }, 60));
+  const uint64_t before = status(address).committed_step();
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  int wstatus = 0;
+  ::waitpid(pid, &wstatus, 0);
+  EXPECT_TRUE(WIFSIGNALED(wstatus));
+
+  // Started again on the same port: the workers reconnect with backoff.
+  fs::remove(port_file);
+  pid = spawn_coordinator(config, port_file, address);
+  ASSERT_GT(read_port(port_file), 0);
+  const auto after = status(address);
+  EXPECT_GE(after.checkpoint_step(), 4u);
+  EXPECT_LE(after.checkpoint_step(), before);
+  ASSERT_TRUE(wait_until([&] { return status(address).state() == v1::DONE; }, 90)) << status(address).DebugString();
+  EXPECT_EQ(status(address).attempt(), 2u);
+  ::kill(pid, SIGTERM);
+  ::waitpid(pid, &wstatus, 0);
+  EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
+
+  // The journal's sample log: every sample once.
+  Journal journal(dir / "out" / "coordinator" / "journal.log");
+  std::multiset<uint64_t> seen;
+  for (const auto& [step, ids] : trained_samples(journal.records())) seen.insert(ids.begin(), ids.end());
+  std::multiset<uint64_t> want;
+  for (uint64_t i = 0; i < 48; ++i) want.insert(i);
+  EXPECT_EQ(seen, want);
+  workers.clear();
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace herd::coordinator

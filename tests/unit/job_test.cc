@@ -1,0 +1,476 @@
+// The coordinator's job state machine without a network: a fake clock, direct calls.
+#include "coordinator/job.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+#include <set>
+#include <thread>
+
+namespace herd::coordinator {
+namespace {
+
+namespace v1 = herd::v1;
+using grpc::StatusCode;
+
+struct Fixture {
+  double now = 1000;
+  JobSettings settings;
+  std::shared_ptr<SyntheticSamples> samples;
+  std::vector<size_t> train;
+  std::unique_ptr<Job> job;
+
+  explicit Fixture(uint32_t world = 2, size_t n = 20, std::filesystem::path journal = {}) {
+    settings.job_id = "job";
+    settings.world_size = world;
+    settings.min_workers = world;
+    settings.batch_size = 1;
+    settings.gradient_accumulation_steps = 2;
+    settings.num_train_epochs = 2;
+    settings.heartbeat_timeout_s = 10;
+    settings.replacement_timeout_s = 30;
+    samples = std::make_shared<SyntheticSamples>(n, 4, 12, 7);
+    train.resize(n);
+    std::iota(train.begin(), train.end(), size_t{0});
+    reopen(journal);
+  }
+  void reopen(const std::filesystem::path& journal) {
+    job.reset();
+    job = std::make_unique<Job>(settings, samples, train, journal, [this] { return now; });
+  }
+  std::string add(const std::string& host = "h") {
+    v1::RegisterRequest q;
+    q.set_job_id("job");
+    q.set_host(host);
+    v1::RegisterResponse r;
+    EXPECT_TRUE(job->Register(q, &r).ok());
+    return r.worker_id();
+  }
+  v1::WaitForGangResponse gang(const std::string& id) {
+    v1::WaitForGangRequest q;
+    q.set_worker_id(id);
+    q.set_timeout_seconds(1);
+    v1::WaitForGangResponse r;
+    auto s = job->WaitForGang(q, &r, [] { return false; });
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return r;
+  }
+  grpc::Status report(const std::string& id, uint64_t attempt, uint64_t step, bool* committed = nullptr) {
+    v1::ReportStepRequest q;
+    q.set_worker_id(id);
+    q.set_attempt(attempt);
+    q.set_step(step);
+    q.set_loss(1.5);
+    q.set_tokens(10);
+    v1::ReportStepResponse r;
+    auto s = job->ReportStep(q, &r);
+    if (committed) *committed = r.committed();
+    return s;
+  }
+  grpc::Status checkpoint(const std::string& id, uint64_t attempt, uint64_t step) {
+    v1::CommitCheckpointRequest q;
+    q.set_worker_id(id);
+    q.set_attempt(attempt);
+    q.set_step(step);
+    q.set_path("ckpt-" + std::to_string(step) + "-" + id);
+    q.set_digest(std::string(64, 'a'));
+    v1::CommitCheckpointResponse r;
+    return job->CommitCheckpoint(q, &r);
+  }
+  v1::JobStatus status() const {
+    v1::JobStatus s;
+    job->GetStatus(&s);
+    return s;
+  }
+};
+
+TEST(Job, GangFormsWhenWorldSizeRegisteredRanksByArrival) {
+  Fixture f(3);
+  EXPECT_EQ(f.job->total_steps(), 2u * 4);  // 20 samples / global 6 -> 4 steps per epoch, 2 epochs
+  const auto a = f.add("a"), b = f.add("b");
+  EXPECT_EQ(f.status().state(), v1::REGISTERING);
+  v1::WaitForGangRequest q;
+  q.set_worker_id(a);
+  q.set_timeout_seconds(1);
+  v1::WaitForGangResponse r;
+  EXPECT_EQ(f.job->WaitForGang(q, &r, [] { return false; }).error_code(), StatusCode::DEADLINE_EXCEEDED);
+  const auto c = f.add("c");
+  EXPECT_EQ(f.status().state(), v1::RUNNING);
+  const auto gb = f.gang(b);
+  EXPECT_EQ(gb.rank(), 1u);
+  EXPECT_EQ(gb.world_size(), 3u);
+  EXPECT_EQ(gb.attempt(), 1u);
+  EXPECT_EQ(gb.rendezvous_prefix(), "job/1/");
+  EXPECT_EQ(gb.resume_step(), 0u);
+  EXPECT_EQ(gb.gradient_accumulation_steps(), 2u);
+  EXPECT_EQ(f.gang(c).rank(), 2u);
+  const auto d = f.add("d");  // a spare
+  v1::WaitForGangRequest qd;
+  qd.set_worker_id(d);
+  qd.set_timeout_seconds(1);
+  EXPECT_EQ(f.job->WaitForGang(qd, &r, [] { return false; }).error_code(), StatusCode::DEADLINE_EXCEEDED);
+}
+
+TEST(Job, StreamMatchesThePlanAndRunsAtMostTwoStepsAhead) {
+  Fixture f(2);
+  const auto a = f.add(), b = f.add();
+  const uint64_t attempt = f.gang(a).attempt();
+  std::vector<v1::MicroBatch> got;
+  std::thread t([&] {
+    v1::StreamBatchesRequest q;
+    q.set_worker_id(b);
+    q.set_attempt(attempt);
+    q.set_from_step(1);
+    (void)f.job->StreamBatches(
+        q, [&](const v1::MicroBatch& m) { return got.push_back(m), true; }, [] { return false; });
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_EQ(got.size(), 4u);  // steps 1 and 2, two micro-batches each, then it waits
+  const auto plan = EpochPlan::build(f.train, [&] {
+    std::vector<uint32_t> l;
+    for (size_t i = 0; i < 20; ++i) l.push_back(f.samples->length(i));
+    return l;
+  }(), 42, 0, {1, 2, 2});
+  uint64_t step_tokens = 0;
+  for (const auto& rank : plan.steps()[0].ranks)
+    for (const auto& m : rank)
+      for (size_t s : m) step_tokens += f.samples->length(s) - 1;
+  for (int m = 0; m < 2; ++m) {
+    const auto& batch = got[static_cast<size_t>(m)];
+    EXPECT_EQ(batch.step(), 1u);
+    EXPECT_EQ(batch.micro_step(), static_cast<uint32_t>(m));
+    EXPECT_EQ(batch.step_loss_tokens(), step_tokens);
+    const auto& want = plan.steps()[0].ranks[1][static_cast<size_t>(m)];
+    ASSERT_EQ(batch.sample_ids_size(), 1);
+    EXPECT_EQ(batch.sample_ids(0), want[0]);
+    EXPECT_EQ(batch.lengths(0), f.samples->length(want[0]));
+    EXPECT_EQ(batch.token_ids(1), static_cast<int32_t>((want[0] * 31 + 1) % 32000));
+    EXPECT_EQ(batch.loss_mask().size(), f.samples->length(want[0]));
+  }
+  ASSERT_TRUE(f.report(a, attempt, 1).ok());
+  bool committed = false;
+  ASSERT_TRUE(f.report(b, attempt, 1, &committed).ok());
+  EXPECT_TRUE(committed);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(got.size(), 6u);
+  EXPECT_EQ(got.back().step(), 3u);
+  v1::OperatorResponse r;
+  ASSERT_TRUE(f.job->Cancel(v1::CancelRequest(), &r).ok());
+  t.join();
+}
+
+TEST(Job, HeartbeatDeathRecoversFromTheLastCheckpointAndRefusesStaleAttempts) {
+  Fixture f(2);
+  const auto a = f.add(), b = f.add();
+  const uint64_t one = f.gang(a).attempt();
+  for (uint64_t s = 1; s <= 3; ++s) {
+    ASSERT_TRUE(f.report(a, one, s).ok());
+    ASSERT_TRUE(f.report(b, one, s).ok());
+  }
+  ASSERT_TRUE(f.checkpoint(a, one, 2).ok());
+  ASSERT_TRUE(f.checkpoint(b, one, 2).ok());
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(a);
+  v1::HeartbeatResponse hr;
+  f.now += 8;
+  ASSERT_TRUE(f.job->Heartbeat(hb, &hr).ok());
+  f.now += 5;  // b is 13 s silent, a 5 s
+  f.job->tick();
+  EXPECT_EQ(f.status().state(), v1::RECOVERING);
+  EXPECT_NE(f.status().message().find("rank 1"), std::string::npos) << f.status().message();
+  EXPECT_EQ(f.report(a, one, 4).error_code(), StatusCode::ABORTED);
+  ASSERT_TRUE(f.job->Heartbeat(hb, &hr).ok());
+  EXPECT_EQ(hr.state(), v1::RECOVERING);
+  // b is dead: its calls say so.
+  EXPECT_EQ(f.report(b, one, 4).error_code(), StatusCode::FAILED_PRECONDITION);
+
+  const auto c = f.add("replacement");
+  const auto g = f.gang(c);
+  EXPECT_EQ(f.status().state(), v1::RUNNING);
+  EXPECT_EQ(g.attempt(), 2u);
+  EXPECT_EQ(g.rank(), 1u);
+  EXPECT_EQ(g.resume_step(), 2u);
+  EXPECT_EQ(g.resume_checkpoint(), "ckpt-2-" + a);
+  EXPECT_EQ(f.status().committed_step(), 2u);  // step 3 is trained again
+  auto stale = f.report(a, one, 3);
+  EXPECT_EQ(stale.error_code(), StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(stale.error_message().find("stale attempt 1"), std::string::npos) << stale.error_message();
+  EXPECT_TRUE(f.report(a, 2, 3).ok());
+}
+
+TEST(Job, FewerWorkersKeepTheGlobalBatchByRaisingAccumulation) {
+  Fixture f(4);
+  f.settings.min_workers = 2;
+  f.reopen({});
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(f.add());
+  f.now += 5;
+  v1::HeartbeatRequest hb;
+  v1::HeartbeatResponse hr;
+  for (int i = 0; i < 3; ++i) {
+    hb.set_worker_id(ids[static_cast<size_t>(i)]);
+    ASSERT_TRUE(f.job->Heartbeat(hb, &hr).ok());
+  }
+  f.now += 6;
+  f.job->tick();  // worker 3 is dead
+  EXPECT_EQ(f.status().state(), v1::RECOVERING);
+  f.now += 29;
+  for (int i = 0; i < 3; ++i) {
+    hb.set_worker_id(ids[static_cast<size_t>(i)]);
+    ASSERT_TRUE(f.job->Heartbeat(hb, &hr).ok());
+  }
+  f.job->tick();
+  EXPECT_EQ(f.status().state(), v1::RECOVERING);  // still waiting for a replacement
+  f.now += 2;
+  f.job->tick();
+  ASSERT_EQ(f.status().state(), v1::RUNNING);
+  // Global batch 8 = 1 x accumulation x world: 3 workers cannot keep it, 2 can.
+  const auto g = f.gang(ids[0]);
+  EXPECT_EQ(g.world_size(), 2u);
+  EXPECT_EQ(g.gradient_accumulation_steps(), 4u);
+  v1::WaitForGangRequest q;
+  q.set_worker_id(ids[2]);
+  q.set_timeout_seconds(1);
+  v1::WaitForGangResponse r;
+  EXPECT_EQ(f.job->WaitForGang(q, &r, [] { return false; }).error_code(), StatusCode::DEADLINE_EXCEEDED);
+}
+
+TEST(Job, JournalRestartResumesAndLineageDropsRolledBackSteps) {
+  const auto dir = std::filesystem::temp_directory_path() / ("herd-job-test-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  const auto file = dir / "journal.log";
+  Fixture f(2, 20, file);
+  auto a = f.add(), b = f.add();
+  for (uint64_t s = 1; s <= 3; ++s) {
+    ASSERT_TRUE(f.report(a, 1, s).ok());
+    ASSERT_TRUE(f.report(b, 1, s).ok());
+  }
+  ASSERT_TRUE(f.checkpoint(a, 1, 2).ok());
+  ASSERT_TRUE(f.checkpoint(b, 1, 2).ok());
+  f.reopen(file);  // the coordinator restarts
+  EXPECT_EQ(f.status().state(), v1::REGISTERING);
+  EXPECT_EQ(f.status().committed_step(), 2u);
+  EXPECT_EQ(f.status().checkpoint_step(), 2u);
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(a);
+  v1::HeartbeatResponse hr;
+  auto s = f.job->Heartbeat(hb, &hr);
+  EXPECT_EQ(s.error_code(), StatusCode::NOT_FOUND);
+  EXPECT_NE(s.error_message().find("earlier run"), std::string::npos) << s.error_message();
+  a = f.add();
+  b = f.add();
+  const auto g = f.gang(a);
+  EXPECT_EQ(g.attempt(), 2u);
+  EXPECT_EQ(g.resume_step(), 2u);
+  ASSERT_TRUE(f.report(a, 2, 3).ok());
+  ASSERT_TRUE(f.report(b, 2, 3).ok());
+
+  Journal journal(file);
+  const auto lineage = trained_samples(journal.records());
+  ASSERT_EQ(lineage.size(), 3u);
+  std::set<uint64_t> seen;
+  for (const auto& [step, ids] : lineage) {
+    EXPECT_EQ(ids.size(), 4u);
+    for (auto id : ids) EXPECT_TRUE(seen.insert(id).second) << "sample " << id << " twice";
+  }
+  // The same journal under another plan is refused.
+  f.job.reset();
+  f.settings.gradient_accumulation_steps = 4;
+  EXPECT_THROW(f.reopen(file), JournalError);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Job, RendezvousStoreIsScopedToTheAttempt) {
+  Fixture f(2);
+  const auto a = f.add(), b = f.add();
+  v1::KvSetRequest set;
+  set.set_worker_id(a);
+  set.set_attempt(1);
+  set.set_key("nccl/unique_id");
+  set.set_value(std::string("\x00\x01\x02", 3));
+  ASSERT_TRUE(f.job->KvSet(set).ok());
+  v1::KvGetRequest get;
+  get.set_worker_id(b);
+  get.set_attempt(1);
+  get.set_key("nccl/unique_id");
+  v1::KvGetResponse got;
+  ASSERT_TRUE(f.job->KvGet(get, &got).ok());
+  EXPECT_TRUE(got.found());
+  EXPECT_EQ(got.value(), std::string("\x00\x01\x02", 3));
+  v1::KvAddRequest add;
+  add.set_worker_id(b);
+  add.set_attempt(1);
+  add.set_key("arrived");
+  add.set_delta(1);
+  v1::KvAddResponse added;
+  ASSERT_TRUE(f.job->KvAdd(add, &added).ok());
+  add.set_delta(2);
+  ASSERT_TRUE(f.job->KvAdd(add, &added).ok());
+  EXPECT_EQ(added.value(), 3);
+  v1::KvWaitRequest wait;
+  wait.set_worker_id(a);
+  wait.set_attempt(1);
+  wait.add_keys("arrived");
+  wait.add_keys("never");
+  wait.set_timeout_ms(100);
+  auto s = f.job->KvWait(wait, [] { return false; });
+  EXPECT_EQ(s.error_code(), StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_NE(s.error_message().find("never"), std::string::npos);
+  EXPECT_EQ(s.error_message().find("arrived"), std::string::npos);
+  // A new attempt starts empty.
+  f.now += 11;
+  v1::HeartbeatRequest hb;
+  hb.set_worker_id(a);
+  v1::HeartbeatResponse hr;
+  f.job->tick();  // both dead
+  const auto c = f.add(), d = f.add();
+  get.set_worker_id(c);
+  get.set_attempt(2);
+  ASSERT_TRUE(f.job->KvGet(get, &got).ok());
+  EXPECT_FALSE(got.found());
+  (void)d;
+}
+
+TEST(Job, DrainStopsAtTheNextCheckpointCancelFails) {
+  Fixture f(1);
+  const auto a = f.add();
+  v1::OperatorResponse r;
+  ASSERT_TRUE(f.job->Drain(&r).ok());
+  EXPECT_EQ(r.state(), v1::DRAINING);
+  ASSERT_TRUE(f.report(a, 1, 1).ok());
+  ASSERT_TRUE(f.checkpoint(a, 1, 1).ok());
+  EXPECT_EQ(f.status().state(), v1::STOPPED);
+  EXPECT_EQ(f.status().message(), "drained at checkpoint 1");
+  Fixture g(1);
+  g.add();
+  v1::CancelRequest c;
+  c.set_reason("bad data");
+  ASSERT_TRUE(g.job->Cancel(c, &r).ok());
+  EXPECT_EQ(g.status().state(), v1::FAILED);
+  EXPECT_EQ(g.status().message(), "cancelled: bad data");
+  v1::RegisterRequest q;
+  q.set_job_id("job");
+  q.set_host("h");
+  v1::RegisterResponse rr;
+  EXPECT_EQ(g.job->Register(q, &rr).error_code(), StatusCode::FAILED_PRECONDITION);
+}
+
+TEST(Job, DoneWhenTheLastStepsCheckpointIsCommitted) {
+  Fixture f(1, 4);
+  f.settings.num_train_epochs = 1;
+  f.reopen({});
+  const auto a = f.add();
+  ASSERT_EQ(f.job->total_steps(), 2u);  // 4 samples, global batch 2
+  ASSERT_TRUE(f.report(a, 1, 1).ok());
+  ASSERT_TRUE(f.report(a, 1, 2).ok());
+  EXPECT_EQ(f.status().state(), v1::RUNNING);
+  ASSERT_TRUE(f.checkpoint(a, 1, 2).ok());
+  EXPECT_EQ(f.status().state(), v1::DONE);
+}
+
+// Each malformed request is refused with its own status code and a message that
+// names what is wrong.
+TEST(Job, MalformedRequestsAreRefusedPrecisely) {
+  Fixture f(1);
+  const auto a = f.add();
+  struct Case {
+    const char* what;
+    std::function<grpc::Status()> call;
+    StatusCode code;
+    const char* says;
+  };
+  auto reg = [&](std::string job, std::string host) {
+    v1::RegisterRequest q;
+    q.set_job_id(job);
+    q.set_host(host);
+    v1::RegisterResponse r;
+    return f.job->Register(q, &r);
+  };
+  auto ckpt = [&](uint64_t step, std::string path, std::string digest) {
+    v1::CommitCheckpointRequest q;
+    q.set_worker_id(a);
+    q.set_attempt(1);
+    q.set_step(step);
+    q.set_path(path);
+    q.set_digest(digest);
+    v1::CommitCheckpointResponse r;
+    return f.job->CommitCheckpoint(q, &r);
+  };
+  auto kvset = [&](std::string key, size_t value_bytes) {
+    v1::KvSetRequest q;
+    q.set_worker_id(a);
+    q.set_attempt(1);
+    q.set_key(key);
+    q.set_value(std::string(value_bytes, 'x'));
+    return f.job->KvSet(q);
+  };
+  const std::string digest(64, 'a');
+  const Case cases[] = {
+      {"wrong job", [&] { return reg("other", "h"); }, StatusCode::INVALID_ARGUMENT, "not this coordinator's job"},
+      {"empty host", [&] { return reg("job", ""); }, StatusCode::INVALID_ARGUMENT, "host"},
+      {"unknown worker", [&] { return f.report("w1-99", 1, 1); }, StatusCode::NOT_FOUND, "unknown worker"},
+      {"empty worker id", [&] { return f.report("", 1, 1); }, StatusCode::INVALID_ARGUMENT, "worker_id is empty"},
+      {"attempt 0", [&] { return f.report(a, 0, 1); }, StatusCode::INVALID_ARGUMENT, "attempt is 0"},
+      {"future attempt", [&] { return f.report(a, 7, 1); }, StatusCode::INVALID_ARGUMENT, "does not exist"},
+      {"step out of order", [&] { return f.report(a, 1, 2); }, StatusCode::FAILED_PRECONDITION, "out of order"},
+      {"step 0", [&] { return f.report(a, 1, 0); }, StatusCode::OUT_OF_RANGE, "outside"},
+      {"step past the end", [&] { return f.report(a, 1, 1000); }, StatusCode::OUT_OF_RANGE, "outside"},
+      {"NaN loss",
+       [&] {
+         v1::ReportStepRequest q;
+         q.set_worker_id(a);
+         q.set_attempt(1);
+         q.set_step(1);
+         q.set_loss(std::nan(""));
+         v1::ReportStepResponse r;
+         return f.job->ReportStep(q, &r);
+       },
+       StatusCode::INVALID_ARGUMENT, "loss must be finite"},
+      {"bad digest", [&] { return ckpt(1, "p", "xyz"); }, StatusCode::INVALID_ARGUMENT, "sha256"},
+      {"empty path", [&] { return ckpt(1, "", digest); }, StatusCode::INVALID_ARGUMENT, "path"},
+      {"checkpoint of an unreported step", [&] { return ckpt(1, "p", digest); }, StatusCode::FAILED_PRECONDITION,
+       "not reported"},
+      {"key with a space", [&] { return kvset("a b", 1); }, StatusCode::INVALID_ARGUMENT, "printable"},
+      {"oversized value", [&] { return kvset("k", 70000); }, StatusCode::INVALID_ARGUMENT, "limit"},
+      {"gang wait too long",
+       [&] {
+         v1::WaitForGangRequest q;
+         q.set_worker_id(a);
+         q.set_timeout_seconds(100000);
+         v1::WaitForGangResponse r;
+         return f.job->WaitForGang(q, &r, [] { return false; });
+       },
+       StatusCode::INVALID_ARGUMENT, "timeout_seconds"},
+      {"stream before the resume point",
+       [&] {
+         v1::StreamBatchesRequest q;
+         q.set_worker_id(a);
+         q.set_attempt(1);
+         q.set_from_step(0);
+         return f.job->StreamBatches(q, [](const v1::MicroBatch&) { return true; }, [] { return false; });
+       },
+       StatusCode::OUT_OF_RANGE, "from_step"},
+      {"infinite tokens/s",
+       [&] {
+         v1::HeartbeatRequest q;
+         q.set_worker_id(a);
+         q.mutable_stats()->set_tokens_per_second(INFINITY);
+         v1::HeartbeatResponse r;
+         return f.job->Heartbeat(q, &r);
+       },
+       StatusCode::INVALID_ARGUMENT, "tokens_per_second"},
+  };
+  for (const auto& c : cases) {
+    const auto s = c.call();
+    EXPECT_EQ(s.error_code(), c.code) << c.what << ": " << s.error_message();
+    EXPECT_NE(s.error_message().find(c.says), std::string::npos) << c.what << ": " << s.error_message();
+  }
+  EXPECT_EQ(f.status().state(), v1::RUNNING);  // none of it disturbed the job
+  EXPECT_TRUE(f.report(a, 1, 1).ok());
+}
+
+}  // namespace
+}  // namespace herd::coordinator
