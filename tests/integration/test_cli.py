@@ -1,4 +1,5 @@
 """The built binaries, run as a user runs them."""
+import json
 import os
 import signal
 import subprocess
@@ -94,46 +95,122 @@ def test_coordinator_links_no_libtorch_and_herd_does():
     assert "libtorch.so" in torch_libraries(libraries("herd"))
 
 
+TOKEN = "integration-token-123"
+
+
+@pytest.fixture(scope="module")
+def tiny_job(tmp_path_factory):
+    """A config over the sample conversations and a tiny model made here."""
+    d = tmp_path_factory.mktemp("job")
+    out = herd("tools", "make-tiny-model", d / "model", "--layers", "1", "--hidden", "32", "--heads", "2",
+               "--kv-heads", "1", "--intermediate", "64")
+    assert out.returncode == 0, out.stderr
+    config = d / "job.yaml"
+    config.write_text(f"""model_name: tiny-job
+base_model: {d / 'model'}
+model_context_window: 128
+data: {{type: vicuna, dataset: {SRC / 'data' / 'sample-vicuna.json'}, eval_fraction: 0.1}}
+lora: {{r: 4, lora_alpha: 8, target_modules: [q_proj], lora_dropout: 0, bias: none, task_type: CAUSAL_LM}}
+trainer: {{batch_size: 2, gradient_accumulation_steps: 3, warmup_steps: 0, num_train_epochs: 2,
+          learning_rate: 0.001, logging_steps: 1}}
+trainer_output_dir: {d / 'out'}
+model_output_dir: {d / 'models'}
+distributed: {{world_size: 2}}
+security: {{token_file: {d / 'token'}}}
+metrics: {{enabled: false}}
+""")
+    (d / "token").write_text(TOKEN + "\n")
+    return config
+
+
 @pytest.fixture
-def coordinator(tmp_path):
-    """A herd-coordinator for the seed's config on a free loopback port: yields HOST:PORT."""
+def coordinator(tiny_job, tmp_path):
+    """herd-coordinator for the tiny job on a free loopback port: yields HOST:PORT."""
     port_file = tmp_path / "port"
-    proc = subprocess.Popen([str(BIN / "herd-coordinator"), "--config", str(SEED), "--listen", "127.0.0.1:0",
-                             "--port-file", str(port_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([str(BIN / "herd-coordinator"), "--config", str(tiny_job), "--listen", "127.0.0.1:0",
+                             "--port-file", str(port_file), "--state-dir", str(tmp_path / "state")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 30
-        while not (port_file.exists() and port_file.read_text().strip()) and time.time() < deadline:
+        deadline = time.time() + 60
+        while not port_file.exists() and time.time() < deadline:
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.05)
         yield f"127.0.0.1:{int(port_file.read_text())}"
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert TOKEN not in out + err
 
 
-def test_coordinator_serves_status(coordinator):
-    out = herd("status", "--coordinator", coordinator)
+def token_env(**extra):
+    return dict(os.environ, HERD_JOB_TOKEN=TOKEN, **extra)
+
+
+def test_coordinator_tokenizes_the_job_and_serves_status(coordinator, tiny_job):
+    # 240 conversations, 24 held out: 216 train, global batch 2 x 3 x 2 = 12 -> 18 steps per epoch.
+    out = herd("status", "--coordinator", coordinator, env=token_env())
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "job llama2_70b_chat_uncensored: REGISTERING, 0 of 1 workers registered"
+    assert out.stdout.splitlines()[:2] == [
+        "job tiny-job: REGISTERING, attempt 0, step 0/36 (epoch 0), checkpoint 0",
+        "workers: 0 alive, gang of 0 (world size 2), accumulation 3"]
+    # The token can come from the job's config instead; JSON is the JobStatus message.
+    out = herd("status", "--coordinator", coordinator, "--config", tiny_job, "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["state"] == "REGISTERING" and doc["total_steps"] == "36" and doc["world_size"] == 2
+
+
+def test_status_with_a_wrong_or_missing_token_is_refused(coordinator, tmp_path):
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-token")
+    out = herd("status", "--coordinator", coordinator, "--token-file", wrong)
+    assert out.returncode == 1
+    assert "answered 16 (wrong job token)" in out.stderr
+    out = herd("status", "--coordinator", coordinator, env={k: v for k, v in os.environ.items()
+                                                            if k != "HERD_JOB_TOKEN"})
+    assert out.returncode == 1
+    assert "no job token" in out.stderr
 
 
 def test_worker_reaches_its_coordinator(coordinator):
-    out = herd("worker", "--coordinator", coordinator)
+    out = herd("worker", "--coordinator", coordinator, env=token_env())
     assert out.returncode == 2
-    assert out.stdout.splitlines() == [
+    assert out.stdout.splitlines()[:2] == [
         f"herd worker: launched by flags; rank assigned by the coordinator; local rank 0; coordinator {coordinator}",
-        "job llama2_70b_chat_uncensored: REGISTERING, 0 of 1 workers registered"]
+        "job tiny-job: REGISTERING, attempt 0, step 0/36 (epoch 0), checkpoint 0"]
     assert "herd worker: the training loop is not built yet" in out.stderr
 
 
 def test_worker_under_torchrun_environment(coordinator):
     host, port = coordinator.split(":")
-    env = dict(os.environ, RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR=host, MASTER_PORT=port)
+    env = token_env(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR=host, MASTER_PORT=port)
     out = herd("worker", SEED, env=env)
     assert out.stdout.splitlines()[0] == \
         f"herd worker: launched by torchrun; rank 1 of 2; local rank 1; coordinator {coordinator}"
     assert out.returncode == 2
+
+
+def test_config_check_never_prints_the_token(tiny_job, tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(tiny_job.read_text().replace("security: {token_file:", "security: {token: hunter2-token, x:"))
+    out = herd("config", "check", config)
+    assert out.returncode == 1 and "security.x: unknown key" in out.stderr
+    config.write_text("".join(l for l in tiny_job.read_text().splitlines(True) if not l.startswith("security:"))
+                      + "security: {token: hunter2-token}\n")
+    out = herd("config", "check", config)
+    assert out.returncode == 0, out.stderr
+    assert "hunter2" not in out.stdout and "<redacted>" in out.stdout
+
+
+def test_coordinator_needs_a_token(tiny_job, tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text("".join(l for l in tiny_job.read_text().splitlines(True) if not l.startswith("security:")))
+    out = subprocess.run([str(BIN / "herd-coordinator"), "--config", str(config), "--listen", "127.0.0.1:0"],
+                         capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if k != "HERD_JOB_TOKEN"})
+    assert out.returncode == 1
+    assert "herd-coordinator: no job token" in out.stderr
 
 
 def test_worker_with_a_malformed_environment_fails_clearly():
@@ -144,7 +221,7 @@ def test_worker_with_a_malformed_environment_fails_clearly():
 
 
 def test_status_of_a_missing_coordinator_fails_clearly():
-    out = herd("status", "--coordinator", "127.0.0.1:1")
+    out = herd("status", "--coordinator", "127.0.0.1:1", env=token_env())
     assert out.returncode == 1
     assert "coordinator 127.0.0.1:1 answered" in out.stderr
 
