@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
     herd::v1::JobStatus last;
     while (!g_stop) {
       herd::v1::JobStatus now;
-      job->GetStatus(&now);
+      job->GetStatus(&now, false);
       if (now.state() != last.state() || now.attempt() != last.attempt() || now.message() != last.message()) {
         std::cout << fmt::format("herd-coordinator: {} attempt {} step {}/{}{}\n",
                                  herd::v1::JobState_Name(now.state()), now.attempt(), now.committed_step(),

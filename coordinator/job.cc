@@ -190,8 +190,19 @@ bool Job::terminal_locked() const {
 void Job::set_state_locked(JobState state, std::string message) {
   state_ = state;
   message_ = std::move(message);
+  changed_locked();
+}
+
+void Job::changed_locked() {
+  ++version_;
   changed_.notify_all();
   kv_changed_.notify_all();
+}
+
+uint64_t Job::WaitForChange(uint64_t seen, std::chrono::milliseconds timeout) const {
+  std::unique_lock lock(mutex_);
+  changed_.wait_for(lock, timeout, [&] { return version_ != seen; });
+  return version_;
 }
 
 void Job::journal_locked(RecordType type, const std::string& payload) {
@@ -374,7 +385,7 @@ void Job::mark_dead_locked(Worker& w, const std::string& reason, double now) {
     recovering_since_ = now;
     set_state_locked(herd::v1::RECOVERING, why);
   }
-  changed_.notify_all();
+  changed_locked();
 }
 
 Status Job::WaitForGang(const herd::v1::WaitForGangRequest& request, herd::v1::WaitForGangResponse* response,
@@ -503,14 +514,23 @@ Status Job::KvAdd(const herd::v1::KvAddRequest& request, herd::v1::KvAddResponse
 
 // ---- Data and progress -------------------------------------------------------
 
-const StepPlan& Job::step_plan_locked(uint64_t step) {
+Job::PlannedStep Job::step_plan_locked(uint64_t step) {
   const uint64_t epoch = (step - 1) / steps_per_epoch_;
   auto it = plans_.find(epoch);
   if (it == plans_.end()) {
     if (plans_.size() >= 2) plans_.erase(plans_.begin());  // old epochs are not streamed again
-    it = plans_.emplace(epoch, EpochPlan::build(train_, lengths_, settings_.seed, epoch, shape_)).first;
+    Planned p{EpochPlan::build(train_, lengths_, settings_.seed, epoch, shape_), {}};
+    for (const auto& st : p.plan.steps()) {
+      uint64_t tokens = 0;
+      for (const auto& rank : st.ranks)
+        for (const auto& m : rank)
+          for (size_t s : m) tokens += loss_tokens_[s];
+      p.loss_tokens.push_back(tokens);
+    }
+    it = plans_.emplace(epoch, std::move(p)).first;
   }
-  return it->second.steps().at((step - 1) % steps_per_epoch_);
+  const size_t index = (step - 1) % steps_per_epoch_;
+  return {it->second.plan.steps().at(index), it->second.loss_tokens.at(index)};
 }
 
 void Job::fill_micro_batch(const std::vector<size_t>& rows, herd::v1::MicroBatch* out) const {
@@ -527,72 +547,61 @@ void Job::fill_micro_batch(const std::vector<size_t>& rows, herd::v1::MicroBatch
   out->set_loss_mask(std::move(mask));
 }
 
-Status Job::StreamBatches(const herd::v1::StreamBatchesRequest& request,
-                          const std::function<bool(const herd::v1::MicroBatch&)>& write,
-                          const std::function<bool()>& cancelled) {
-  uint64_t step = request.from_step();
-  {
-    std::lock_guard lock(mutex_);
-    Worker* w = nullptr;
-    if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
-    if (step <= checkpoint_step_ || step > total_steps_) {
-      return error(StatusCode::OUT_OF_RANGE,
-                   fmt::format("from_step {} is outside {}..{} (resume after checkpoint {})", step,
-                               checkpoint_step_ + 1, total_steps_, checkpoint_step_));
-    }
-  }
-  for (; step <= total_steps_; ++step) {
-    std::vector<std::vector<size_t>> micro;
-    uint64_t loss_tokens = 0;
-    uint32_t accumulation = 0;
-    {
-      Lock lock(mutex_);
-      for (;;) {
-        if (shutdown_) return error(StatusCode::UNAVAILABLE, "the coordinator is shutting down");
-        if (state_ == herd::v1::DONE || state_ == herd::v1::STOPPED) return Status::OK;
-        if (request.attempt() != attempt_ || state_ == herd::v1::RECOVERING) {
-          return error(StatusCode::ABORTED, fmt::format("attempt {} is over{}: call WaitForGang", request.attempt(),
-                                                        message_.empty() ? "" : " (" + message_ + ")"));
-        }
-        Worker* w = nullptr;
-        if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
-        if (cancelled()) {
-          mark_dead_locked(*w, "dropped its batch stream", clock_());
-          return error(StatusCode::CANCELLED, "the client went away");
-        }
-        if (step <= committed_step_ + settings_.lookahead_steps) {
-          const StepPlan& plan = step_plan_locked(step);
-          micro = plan.ranks[w->rank];
-          for (const auto& rank : plan.ranks) {
-            for (const auto& m : rank) {
-              for (size_t s : m) loss_tokens += loss_tokens_[s];
-            }
-          }
-          accumulation = static_cast<uint32_t>(shape_.gradient_accumulation_steps);
-          break;
-        }
-        changed_.wait_for(lock, kPoll);
-      }
-    }
-    micro.resize(accumulation);  // a rank that ran out in an epoch's last step gets empty micro-batches
-    for (uint32_t m = 0; m < accumulation; ++m) {
-      herd::v1::MicroBatch batch;
-      batch.set_step(step);
-      batch.set_micro_step(m);
-      batch.set_epoch((step - 1) / steps_per_epoch_);
-      batch.set_step_loss_tokens(loss_tokens);
-      fill_micro_batch(micro[m], &batch);
-      if (!write(batch)) {
-        std::lock_guard lock(mutex_);
-        Worker* w = nullptr;
-        if (member_locked(request.worker_id(), request.attempt(), &w).ok()) {
-          mark_dead_locked(*w, "broke its batch stream", clock_());
-        }
-        return error(StatusCode::CANCELLED, "the stream broke");
-      }
-    }
+Status Job::OpenStream(const herd::v1::StreamBatchesRequest& request) {
+  std::lock_guard lock(mutex_);
+  Worker* w = nullptr;
+  if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
+  const uint64_t step = request.from_step();
+  if (step <= checkpoint_step_ || step > total_steps_) {
+    return error(StatusCode::OUT_OF_RANGE, fmt::format("from_step {} is outside {}..{} (resume after checkpoint {})",
+                                                       step, checkpoint_step_ + 1, total_steps_, checkpoint_step_));
   }
   return Status::OK;
+}
+
+Job::StreamStep Job::NextStep(const herd::v1::StreamBatchesRequest& request, uint64_t step) {
+  StreamStep out;
+  std::vector<std::vector<size_t>> micro;
+  uint64_t loss_tokens = 0;
+  {
+    std::lock_guard lock(mutex_);
+    auto end = [&](Status s) {
+      out.end = std::move(s);
+      out.finished = true;
+      return out;
+    };
+    if (shutdown_) return end(error(StatusCode::UNAVAILABLE, "the coordinator is shutting down"));
+    if (state_ == herd::v1::DONE || state_ == herd::v1::STOPPED || step > total_steps_) return end(Status::OK);
+    if (request.attempt() != attempt_ || state_ == herd::v1::RECOVERING) {
+      return end(error(StatusCode::ABORTED, fmt::format("attempt {} is over{}: call WaitForGang", request.attempt(),
+                                                        message_.empty() ? "" : " (" + message_ + ")")));
+    }
+    Worker* w = nullptr;
+    if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return end(s);
+    if (step > committed_step_ + settings_.lookahead_steps) return out;  // not yet
+    const PlannedStep planned = step_plan_locked(step);
+    micro = planned.plan.ranks[w->rank];
+    loss_tokens = planned.loss_tokens;
+    micro.resize(shape_.gradient_accumulation_steps);  // a rank that ran out gets empty micro-batches
+  }
+  out.ready = true;
+  for (uint32_t m = 0; m < micro.size(); ++m) {
+    herd::v1::MicroBatch& batch = out.batches.emplace_back();
+    batch.set_step(step);
+    batch.set_micro_step(m);
+    batch.set_epoch((step - 1) / steps_per_epoch_);
+    batch.set_step_loss_tokens(loss_tokens);
+    fill_micro_batch(micro[m], &batch);
+  }
+  return out;
+}
+
+void Job::StreamLost(const herd::v1::StreamBatchesRequest& request, const std::string& reason) {
+  std::lock_guard lock(mutex_);
+  Worker* w = nullptr;
+  if (!shutdown_ && member_locked(request.worker_id(), request.attempt(), &w).ok()) {
+    mark_dead_locked(*w, reason, clock_());
+  }
 }
 
 Status Job::ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::ReportStepResponse* response) {
@@ -625,7 +634,7 @@ Status Job::ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::Rep
   if (agg.ranks < gang_.size()) return Status::OK;
 
   // Every rank reported this step (ranks report in order, so steps commit in order).
-  const StepPlan& plan = step_plan_locked(step);
+  const StepPlan& plan = step_plan_locked(step).plan;
   json samples = json::array();
   for (const auto& rank : plan.ranks) {
     for (const auto& m : rank) {
@@ -640,7 +649,7 @@ Status Job::ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::Rep
   committed_step_ = step;
   commit_times_.push_back(clock_());
   if (commit_times_.size() > 20) commit_times_.pop_front();
-  changed_.notify_all();
+  changed_locked();
   response->set_committed(true);
   return Status::OK;
 }
@@ -688,14 +697,14 @@ Status Job::CommitCheckpoint(const herd::v1::CommitCheckpointRequest& request,
   } else if (drain_requested_) {
     set_state_locked(herd::v1::STOPPED, fmt::format("drained at checkpoint {}", step));
   } else {
-    changed_.notify_all();
+    changed_locked();
   }
   return Status::OK;
 }
 
 // ---- People and operators ----------------------------------------------------
 
-void Job::GetStatus(herd::v1::JobStatus* out) const {
+void Job::GetStatus(herd::v1::JobStatus* out, bool ranks) const {
   std::lock_guard lock(mutex_);
   const double now = clock_();
   out->set_job_id(settings_.job_id);
@@ -716,6 +725,7 @@ void Job::GetStatus(herd::v1::JobStatus* out) const {
     const double per_step = (commit_times_.back() - commit_times_.front()) / static_cast<double>(commit_times_.size() - 1);
     out->set_eta_seconds(per_step * static_cast<double>(total_steps_ - committed_step_));
   }
+  if (!ranks) return;
   for (const auto& id : gang_) {
     const Worker& w = workers_.at(id);
     auto* r = out->add_ranks();
@@ -776,8 +786,7 @@ void Job::tick() {
 void Job::shutdown() {
   std::lock_guard lock(mutex_);
   shutdown_ = true;
-  changed_.notify_all();
-  kv_changed_.notify_all();
+  changed_locked();
 }
 
 }  // namespace herd::coordinator

@@ -5,6 +5,7 @@
 // request and answers a precise grpc::Status; none throws on bad input.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -96,14 +97,29 @@ class Job {
   grpc::Status KvGet(const herd::v1::KvGetRequest& request, herd::v1::KvGetResponse* response);
   grpc::Status KvWait(const herd::v1::KvWaitRequest& request, const std::function<bool()>& cancelled);
   grpc::Status KvAdd(const herd::v1::KvAddRequest& request, herd::v1::KvAddResponse* response);
-  // `write` sends one micro-batch and returns false when the stream is broken.
-  grpc::Status StreamBatches(const herd::v1::StreamBatchesRequest& request,
-                             const std::function<bool(const herd::v1::MicroBatch&)>& write,
-                             const std::function<bool()>& cancelled);
+  // The batch stream, polled (the service drives it without a thread per stream):
+  // OpenStream validates the request; NextStep answers step `step`'s micro-batches
+  // for the caller's rank, or that it is not time yet (ready false, status OK), or
+  // how the stream ends (a status: OK at the end of the run, ABORTED when the
+  // attempt is over, ...). StreamLost declares a worker whose stream broke dead.
+  struct StreamStep {
+    bool ready = false;
+    grpc::Status end;  // not OK, or OK with ready false and finished true
+    bool finished = false;
+    std::vector<herd::v1::MicroBatch> batches;
+  };
+  grpc::Status OpenStream(const herd::v1::StreamBatchesRequest& request);
+  StreamStep NextStep(const herd::v1::StreamBatchesRequest& request, uint64_t step);
+  void StreamLost(const herd::v1::StreamBatchesRequest& request, const std::string& reason);
+  // A counter that moves on every change a stream may wait for (commits, states,
+  // gangs, shutdown); WaitForChange returns when it differs from `seen` or after
+  // `timeout`.
+  uint64_t WaitForChange(uint64_t seen, std::chrono::milliseconds timeout) const;
   grpc::Status ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::ReportStepResponse* response);
   grpc::Status CommitCheckpoint(const herd::v1::CommitCheckpointRequest& request,
                                 herd::v1::CommitCheckpointResponse* response);
-  void GetStatus(herd::v1::JobStatus* response) const;
+  // `ranks`: also one RankStatus per gang member (the main loop and metrics skip them).
+  void GetStatus(herd::v1::JobStatus* response, bool ranks = true) const;
   grpc::Status Drain(herd::v1::OperatorResponse* response);
   grpc::Status Cancel(const herd::v1::CancelRequest& request, herd::v1::OperatorResponse* response);
 
@@ -146,8 +162,13 @@ class Job {
   void form_gang_locked(uint32_t size, const std::vector<Worker*>& alive);
   void mark_dead_locked(Worker& w, const std::string& reason, double now);
   void set_state_locked(herd::v1::JobState state, std::string message);
-  // The samples of `rank` in each micro-batch of `step` under the current gang's shape.
-  const StepPlan& step_plan_locked(uint64_t step);
+  // A step of the plan under the current gang's shape, with the predicted loss
+  // tokens of all its samples (computed once per epoch: every stream asks).
+  struct PlannedStep {
+    const StepPlan& plan;
+    uint64_t loss_tokens;
+  };
+  PlannedStep step_plan_locked(uint64_t step);
   void fill_micro_batch(const std::vector<size_t>& rows, herd::v1::MicroBatch* out) const;
   void journal_locked(RecordType type, const std::string& payload);
   void replay(const std::vector<JournalRecord>& records);
@@ -161,8 +182,11 @@ class Job {
   const Clock clock_;
   std::unique_ptr<Journal> journal_;
 
+  void changed_locked();  // bumps version_ and wakes the waiters
+
   mutable std::mutex mutex_;
-  std::condition_variable changed_;     // state, gang or committed step
+  mutable std::condition_variable changed_;  // state, gang or committed step
+  uint64_t version_ = 0;
   std::condition_variable kv_changed_;  // the store, or the attempt
   herd::v1::JobState state_ = herd::v1::REGISTERING;
   std::string message_;
@@ -174,7 +198,11 @@ class Job {
   uint64_t attempt_ = 0;
   std::vector<std::string> gang_;  // worker ids by rank, for attempt_
   PlanShape shape_;
-  std::map<uint64_t, EpochPlan> plans_;  // by epoch, for shape_
+  struct Planned {
+    EpochPlan plan;
+    std::vector<uint64_t> loss_tokens;  // per step
+  };
+  std::map<uint64_t, Planned> plans_;  // by epoch, for shape_
   double recovering_since_ = 0;
   uint64_t committed_step_ = 0;
   uint64_t checkpoint_step_ = 0;

@@ -1,6 +1,7 @@
 #include "coordinator/service.h"
 
 #include <chrono>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -31,7 +32,7 @@ class Metrics {
                   .Register(*registry_)),
         latency_(prometheus::BuildHistogram()
                      .Name("herd_coordinator_rpc_seconds")
-                     .Help("Time to answer a unary RPC (a stream: its whole life), by method")
+                     .Help("Time to answer a unary RPC (a stream: to open it), by method")
                      .Register(*registry_)),
         unauthenticated_(prometheus::BuildCounter()
                              .Name("herd_coordinator_unauthenticated_total")
@@ -86,7 +87,7 @@ CoordinatorService::CoordinatorService(Job& job, std::string token, Metrics& met
     : job_(job), token_(std::move(token)), metrics_(metrics) {}
 
 template <class F>
-Status CoordinatorService::call(const char* method, ServerContext* context, F&& handler) {
+Status CoordinatorService::call(const char* method, grpc::ServerContextBase* context, F&& handler) {
   const auto start = std::chrono::steady_clock::now();
   Status status;
   const auto& md = context->client_metadata();
@@ -106,53 +107,175 @@ Status CoordinatorService::call(const char* method, ServerContext* context, F&& 
   return status;
 }
 
-Status CoordinatorService::Register(ServerContext* c, const v1::RegisterRequest* q, v1::RegisterResponse* r) {
-  return call("Register", c, [&] { return job_.Register(*q, r); });
+template <class F>
+CoordinatorService::Unary* CoordinatorService::answer(const char* method, Context* context, F&& handler) {
+  Unary* reactor = context->DefaultReactor();
+  reactor->Finish(call(method, context, std::forward<F>(handler)));
+  return reactor;
 }
-Status CoordinatorService::Heartbeat(ServerContext* c, const v1::HeartbeatRequest* q, v1::HeartbeatResponse* r) {
-  return call("Heartbeat", c, [&] { return job_.Heartbeat(*q, r); });
+
+CoordinatorService::Unary* CoordinatorService::Register(Context* c, const v1::RegisterRequest* q,
+                                                        v1::RegisterResponse* r) {
+  return answer("Register", c, [&] { return job_.Register(*q, r); });
 }
-Status CoordinatorService::WaitForGang(ServerContext* c, const v1::WaitForGangRequest* q,
-                                       v1::WaitForGangResponse* r) {
-  return call("WaitForGang", c, [&] { return job_.WaitForGang(*q, r, [c] { return c->IsCancelled(); }); });
+CoordinatorService::Unary* CoordinatorService::Heartbeat(Context* c, const v1::HeartbeatRequest* q,
+                                                         v1::HeartbeatResponse* r) {
+  return answer("Heartbeat", c, [&] { return job_.Heartbeat(*q, r); });
 }
-Status CoordinatorService::KvSet(ServerContext* c, const v1::KvSetRequest* q, v1::KvSetResponse*) {
-  return call("KvSet", c, [&] { return job_.KvSet(*q); });
+CoordinatorService::Unary* CoordinatorService::KvSet(Context* c, const v1::KvSetRequest* q, v1::KvSetResponse*) {
+  return answer("KvSet", c, [&] { return job_.KvSet(*q); });
 }
-Status CoordinatorService::KvGet(ServerContext* c, const v1::KvGetRequest* q, v1::KvGetResponse* r) {
-  return call("KvGet", c, [&] { return job_.KvGet(*q, r); });
+CoordinatorService::Unary* CoordinatorService::KvGet(Context* c, const v1::KvGetRequest* q, v1::KvGetResponse* r) {
+  return answer("KvGet", c, [&] { return job_.KvGet(*q, r); });
 }
-Status CoordinatorService::KvWait(ServerContext* c, const v1::KvWaitRequest* q, v1::KvWaitResponse*) {
-  return call("KvWait", c, [&] { return job_.KvWait(*q, [c] { return c->IsCancelled(); }); });
+CoordinatorService::Unary* CoordinatorService::KvAdd(Context* c, const v1::KvAddRequest* q, v1::KvAddResponse* r) {
+  return answer("KvAdd", c, [&] { return job_.KvAdd(*q, r); });
 }
-Status CoordinatorService::KvAdd(ServerContext* c, const v1::KvAddRequest* q, v1::KvAddResponse* r) {
-  return call("KvAdd", c, [&] { return job_.KvAdd(*q, r); });
+CoordinatorService::Unary* CoordinatorService::ReportStep(Context* c, const v1::ReportStepRequest* q,
+                                                          v1::ReportStepResponse* r) {
+  return answer("ReportStep", c, [&] { return job_.ReportStep(*q, r); });
 }
-Status CoordinatorService::StreamBatches(ServerContext* c, const v1::StreamBatchesRequest* q,
-                                         grpc::ServerWriter<v1::MicroBatch>* writer) {
-  return call("StreamBatches", c, [&] {
-    return job_.StreamBatches(
-        *q, [writer](const v1::MicroBatch& b) { return writer->Write(b); }, [c] { return c->IsCancelled(); });
-  });
+CoordinatorService::Unary* CoordinatorService::CommitCheckpoint(Context* c, const v1::CommitCheckpointRequest* q,
+                                                                v1::CommitCheckpointResponse* r) {
+  return answer("CommitCheckpoint", c, [&] { return job_.CommitCheckpoint(*q, r); });
 }
-Status CoordinatorService::ReportStep(ServerContext* c, const v1::ReportStepRequest* q, v1::ReportStepResponse* r) {
-  return call("ReportStep", c, [&] { return job_.ReportStep(*q, r); });
-}
-Status CoordinatorService::CommitCheckpoint(ServerContext* c, const v1::CommitCheckpointRequest* q,
-                                            v1::CommitCheckpointResponse* r) {
-  return call("CommitCheckpoint", c, [&] { return job_.CommitCheckpoint(*q, r); });
-}
-Status CoordinatorService::GetStatus(ServerContext* c, const v1::GetStatusRequest*, v1::JobStatus* r) {
-  return call("GetStatus", c, [&] {
+CoordinatorService::Unary* CoordinatorService::GetStatus(Context* c, const v1::GetStatusRequest*, v1::JobStatus* r) {
+  return answer("GetStatus", c, [&] {
     job_.GetStatus(r);
     return Status::OK;
   });
 }
-Status CoordinatorService::Drain(ServerContext* c, const v1::DrainRequest*, v1::OperatorResponse* r) {
-  return call("Drain", c, [&] { return job_.Drain(r); });
+CoordinatorService::Unary* CoordinatorService::Drain(Context* c, const v1::DrainRequest*, v1::OperatorResponse* r) {
+  return answer("Drain", c, [&] { return job_.Drain(r); });
 }
-Status CoordinatorService::Cancel(ServerContext* c, const v1::CancelRequest* q, v1::OperatorResponse* r) {
-  return call("Cancel", c, [&] { return job_.Cancel(*q, r); });
+CoordinatorService::Unary* CoordinatorService::Cancel(Context* c, const v1::CancelRequest* q,
+                                                      v1::OperatorResponse* r) {
+  return answer("Cancel", c, [&] { return job_.Cancel(*q, r); });
+}
+
+Status CoordinatorService::WaitForGang(ServerContext* c, const v1::WaitForGangRequest* q,
+                                       v1::WaitForGangResponse* r) {
+  return call("WaitForGang", c, [&] { return job_.WaitForGang(*q, r, [c] { return c->IsCancelled(); }); });
+}
+Status CoordinatorService::KvWait(ServerContext* c, const v1::KvWaitRequest* q, v1::KvWaitResponse*) {
+  return call("KvWait", c, [&] { return job_.KvWait(*q, [c] { return c->IsCancelled(); }); });
+}
+// One worker's batch stream: at most one write in flight; the next step is polled
+// from the job when a write completes or the pump says the job moved. gRPC may run
+// a reaction inline from StartWrite or Finish, so neither is called with a lock held.
+class BatchStream final : public grpc::ServerWriteReactor<v1::MicroBatch> {
+ public:
+  BatchStream(CoordinatorService& service, Job& job, const v1::StreamBatchesRequest& request)
+      : service_(service), job_(job), request_(request), step_(request.from_step()) {}
+
+  // Owned by itself until OnDone, so the pump can hold it while it pokes.
+  static std::shared_ptr<BatchStream> make(CoordinatorService& service, Job& job,
+                                           const v1::StreamBatchesRequest& request) {
+    auto s = std::make_shared<BatchStream>(service, job, request);
+    s->self_ = s;
+    return s;
+  }
+
+  void poke() {
+    std::unique_lock lock(mutex_);
+    if (writing_ || finished_) return;
+    if (queue_.empty()) {
+      Job::StreamStep next = job_.NextStep(request_, step_);
+      if (next.finished) {
+        lock.unlock();
+        return finish(next.end);
+      }
+      if (!next.ready) return;
+      for (auto& b : next.batches) queue_.push_back(std::move(b));
+      ++step_;
+    }
+    current_ = std::move(queue_.front());
+    queue_.pop_front();
+    writing_ = true;
+    lock.unlock();
+    StartWrite(&current_);
+  }
+
+  void finish(const Status& status) {
+    {
+      std::lock_guard lock(mutex_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    Finish(status);
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      std::lock_guard lock(mutex_);
+      writing_ = false;
+    }
+    if (!ok) {
+      job_.StreamLost(request_, "broke its batch stream");
+      return finish(Status(grpc::StatusCode::CANCELLED, "the stream broke"));
+    }
+    poke();
+  }
+
+  void OnCancel() override {
+    job_.StreamLost(request_, "dropped its batch stream");
+    finish(Status(grpc::StatusCode::CANCELLED, "the client went away"));
+  }
+
+  void OnDone() override {
+    service_.stream_done(this);
+    auto last = std::move(self_);  // may delete this on return
+  }
+
+ private:
+  CoordinatorService& service_;
+  Job& job_;
+  const v1::StreamBatchesRequest request_;
+  std::shared_ptr<BatchStream> self_;
+  std::mutex mutex_;
+  uint64_t step_;
+  bool writing_ = false, finished_ = false;
+  std::deque<v1::MicroBatch> queue_;
+  v1::MicroBatch current_;
+};
+
+grpc::ServerWriteReactor<v1::MicroBatch>* CoordinatorService::StreamBatches(Context* c,
+                                                                          const v1::StreamBatchesRequest* q) {
+  auto stream = BatchStream::make(*this, job_, *q);
+  {
+    std::lock_guard lock(streams_mutex_);
+    streams_[stream.get()] = stream;  // until OnDone
+  }
+  const Status opened = call("StreamBatches", c, [&] { return job_.OpenStream(*q); });
+  if (opened.ok()) {
+    stream->poke();
+  } else {
+    stream->finish(opened);
+  }
+  return stream.get();
+}
+
+void CoordinatorService::stream_done(BatchStream* stream) {
+  std::lock_guard lock(streams_mutex_);
+  streams_.erase(stream);
+}
+
+void CoordinatorService::pump(const std::atomic<bool>& stop) {
+  uint64_t seen = 0;
+  std::vector<std::shared_ptr<BatchStream>> streams;
+  for (;;) {
+    const bool last = stop;  // set after the job shut down: this pass finishes every stream
+    seen = job_.WaitForChange(seen, std::chrono::milliseconds(200));
+    {
+      std::lock_guard lock(streams_mutex_);
+      for (const auto& [raw, weak] : streams_) {
+        if (auto s = weak.lock()) streams.push_back(std::move(s));
+      }
+    }
+    for (const auto& s : streams) s->poke();
+    streams.clear();
+    if (last) return;
+  }
 }
 
 CoordinatorServer::CoordinatorServer(Job& job, const ServerOptions& options)
@@ -179,12 +302,13 @@ CoordinatorServer::CoordinatorServer(Job& job, const ServerOptions& options)
     exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_listen);
     exposer_->RegisterCollectable(metrics_->registry());
   }
+  pump_ = std::thread([this] { service_->pump(pump_stop_); });
   reaper_ = std::thread([this] {
     const auto period = std::chrono::duration<double>(std::clamp(job_.settings().heartbeat_timeout_s / 4, 0.02, 0.25));
     while (!stop_) {
       job_.tick();
       v1::JobStatus s;
-      job_.GetStatus(&s);
+      job_.GetStatus(&s, false);
       metrics_->update(s);
       std::this_thread::sleep_for(period);
     }
@@ -202,7 +326,9 @@ int CoordinatorServer::metrics_port() const {
 void CoordinatorServer::shutdown() {
   if (stop_.exchange(true)) return;
   if (reaper_.joinable()) reaper_.join();
-  job_.shutdown();  // ends the blocking calls, so the server can finish them
+  job_.shutdown();  // ends the blocking calls and the streams, so the server can finish them
+  pump_stop_ = true;
+  if (pump_.joinable()) pump_.join();
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }
 

@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
+#include <map>
 #include <string>
 #include <thread>
 
@@ -29,36 +31,60 @@ struct ServerOptions {
 
 class Metrics;
 
-class CoordinatorService final : public herd::v1::Coordinator::Service {
+// Calls that never wait are answered inline on gRPC's own threads (the callback
+// API: no hand-off to a thread pool, which is what keeps a thousand workers'
+// heartbeats cheap). Batch streams are callback reactors too, written to by one
+// pump thread when the job moves on. The two calls that wait (WaitForGang,
+// KvWait) hold a thread of the synchronous pool while they do.
+using ServiceBase = herd::v1::Coordinator::WithCallbackMethod_Register<
+    herd::v1::Coordinator::WithCallbackMethod_Heartbeat<herd::v1::Coordinator::WithCallbackMethod_KvSet<
+        herd::v1::Coordinator::WithCallbackMethod_KvGet<herd::v1::Coordinator::WithCallbackMethod_KvAdd<
+            herd::v1::Coordinator::WithCallbackMethod_ReportStep<herd::v1::Coordinator::WithCallbackMethod_StreamBatches<
+                herd::v1::Coordinator::WithCallbackMethod_CommitCheckpoint<
+                    herd::v1::Coordinator::WithCallbackMethod_GetStatus<herd::v1::Coordinator::WithCallbackMethod_Drain<
+                        herd::v1::Coordinator::WithCallbackMethod_Cancel<herd::v1::Coordinator::Service>>>>>>>>>>>;
+
+class BatchStream;
+
+class CoordinatorService final : public ServiceBase {
  public:
   CoordinatorService(Job& job, std::string token, Metrics& metrics);
 
-  grpc::Status Register(grpc::ServerContext*, const herd::v1::RegisterRequest*, herd::v1::RegisterResponse*) override;
-  grpc::Status Heartbeat(grpc::ServerContext*, const herd::v1::HeartbeatRequest*,
-                         herd::v1::HeartbeatResponse*) override;
+  using Unary = grpc::ServerUnaryReactor;
+  using Context = grpc::CallbackServerContext;
+  Unary* Register(Context*, const herd::v1::RegisterRequest*, herd::v1::RegisterResponse*) override;
+  Unary* Heartbeat(Context*, const herd::v1::HeartbeatRequest*, herd::v1::HeartbeatResponse*) override;
+  Unary* KvSet(Context*, const herd::v1::KvSetRequest*, herd::v1::KvSetResponse*) override;
+  Unary* KvGet(Context*, const herd::v1::KvGetRequest*, herd::v1::KvGetResponse*) override;
+  Unary* KvAdd(Context*, const herd::v1::KvAddRequest*, herd::v1::KvAddResponse*) override;
+  Unary* ReportStep(Context*, const herd::v1::ReportStepRequest*, herd::v1::ReportStepResponse*) override;
+  Unary* CommitCheckpoint(Context*, const herd::v1::CommitCheckpointRequest*,
+                          herd::v1::CommitCheckpointResponse*) override;
+  Unary* GetStatus(Context*, const herd::v1::GetStatusRequest*, herd::v1::JobStatus*) override;
+  Unary* Drain(Context*, const herd::v1::DrainRequest*, herd::v1::OperatorResponse*) override;
+  Unary* Cancel(Context*, const herd::v1::CancelRequest*, herd::v1::OperatorResponse*) override;
+
   grpc::Status WaitForGang(grpc::ServerContext*, const herd::v1::WaitForGangRequest*,
                            herd::v1::WaitForGangResponse*) override;
-  grpc::Status KvSet(grpc::ServerContext*, const herd::v1::KvSetRequest*, herd::v1::KvSetResponse*) override;
-  grpc::Status KvGet(grpc::ServerContext*, const herd::v1::KvGetRequest*, herd::v1::KvGetResponse*) override;
   grpc::Status KvWait(grpc::ServerContext*, const herd::v1::KvWaitRequest*, herd::v1::KvWaitResponse*) override;
-  grpc::Status KvAdd(grpc::ServerContext*, const herd::v1::KvAddRequest*, herd::v1::KvAddResponse*) override;
-  grpc::Status StreamBatches(grpc::ServerContext*, const herd::v1::StreamBatchesRequest*,
-                             grpc::ServerWriter<herd::v1::MicroBatch>*) override;
-  grpc::Status ReportStep(grpc::ServerContext*, const herd::v1::ReportStepRequest*,
-                          herd::v1::ReportStepResponse*) override;
-  grpc::Status CommitCheckpoint(grpc::ServerContext*, const herd::v1::CommitCheckpointRequest*,
-                                herd::v1::CommitCheckpointResponse*) override;
-  grpc::Status GetStatus(grpc::ServerContext*, const herd::v1::GetStatusRequest*, herd::v1::JobStatus*) override;
-  grpc::Status Drain(grpc::ServerContext*, const herd::v1::DrainRequest*, herd::v1::OperatorResponse*) override;
-  grpc::Status Cancel(grpc::ServerContext*, const herd::v1::CancelRequest*, herd::v1::OperatorResponse*) override;
+  grpc::ServerWriteReactor<herd::v1::MicroBatch>* StreamBatches(Context*,
+                                                                const herd::v1::StreamBatchesRequest*) override;
+
+  // Moves every open stream along after a change of the job; returns when stopped.
+  void pump(const std::atomic<bool>& stop);
+  void stream_done(BatchStream* stream);
 
  private:
   template <class F>
-  grpc::Status call(const char* method, grpc::ServerContext* context, F&& handler);
+  grpc::Status call(const char* method, grpc::ServerContextBase* context, F&& handler);
+  template <class F>
+  Unary* answer(const char* method, Context* context, F&& handler);
 
   Job& job_;
   std::string token_;
   Metrics& metrics_;
+  std::mutex streams_mutex_;
+  std::map<BatchStream*, std::weak_ptr<BatchStream>> streams_;
 };
 
 // A running coordinator: the job's service bound to an address, its reaper thread
@@ -79,8 +105,8 @@ class CoordinatorServer {
   std::unique_ptr<CoordinatorService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::thread reaper_;
+  std::atomic<bool> stop_{false}, pump_stop_{false};
+  std::thread reaper_, pump_;
 };
 
 }  // namespace herd::coordinator

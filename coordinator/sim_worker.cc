@@ -1,5 +1,10 @@
 #include "coordinator/sim_worker.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
 
 #include <fmt/format.h>
@@ -19,6 +24,25 @@ double since(std::chrono::steady_clock::time_point start) {
 }
 }  // namespace
 
+std::string scrape_metrics(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    const std::string request = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      char buf[4096];
+      for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
 SimWorker::SimWorker(SimWorkerOptions options) : options_(std::move(options)) {
   // Each simulated worker gets its own connection, as a separate process would.
   grpc::ChannelArguments args;
@@ -35,6 +59,7 @@ SimWorker::SimWorker(SimWorkerOptions options) : options_(std::move(options)) {
 
 SimWorker::~SimWorker() {
   stop_ = true;
+  wake();
   {
     std::lock_guard lock(mutex_);
     if (stream_context_) stream_context_->TryCancel();
@@ -50,8 +75,14 @@ void SimWorker::start() {
 
 void SimWorker::crash() {
   crashed_ = true;
+  wake();
   std::lock_guard lock(mutex_);
   if (stream_context_) stream_context_->TryCancel();
+}
+
+void SimWorker::wake() {
+  std::lock_guard lock(wake_mutex_);
+  wake_.notify_all();
 }
 
 void SimWorker::hang() { hung_ = true; }
@@ -82,12 +113,9 @@ void SimWorker::finish(std::string outcome) {
   finished_ = true;
 }
 
-void SimWorker::sleep_for(double seconds) const {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (!stop_ && !crashed_ && std::chrono::steady_clock::now() < end) {
-    std::this_thread::sleep_for(std::min<std::chrono::duration<double>>(end - std::chrono::steady_clock::now(),
-                                                                         std::chrono::milliseconds(20)));
-  }
+void SimWorker::sleep_for(double seconds) {
+  std::unique_lock lock(wake_mutex_);
+  wake_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return stop_ || crashed_; });
 }
 
 bool SimWorker::register_worker() {
@@ -119,6 +147,8 @@ bool SimWorker::register_worker() {
 }
 
 void SimWorker::heartbeat_loop() {
+  // Workers start at different times: spread the heartbeats over the interval.
+  sleep_for(options_.heartbeat_interval_s * static_cast<double>(hash_bytes(options_.host) % 1000) / 1000.0);
   while (!stop_ && !crashed_ && !finished_) {
     if (!hung_) {
       std::string id;
@@ -278,9 +308,12 @@ bool SimWorker::run_attempt() {
     }
   }
   if (hung_) {
-    while (!stop_) sleep_for(0.05);  // hold the stream open, say nothing
+    while (!stop_) sleep_for(1);  // hold the stream open, say nothing
   }
-  if (!rejoin && !crashed_ && !stop_) context.TryCancel();
+  // Leave the stream: unread micro-batches would hold Finish back. Cancelling a
+  // stream of an attempt that is over costs nothing; of a running one, it is
+  // quitting (the coordinator declares this worker dead).
+  context.TryCancel();
   const auto status = reader->Finish();
   {
     std::lock_guard lock(mutex_);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -36,6 +37,9 @@ struct StepRecord {
   std::vector<uint64_t> samples;
 };
 
+// GET /metrics from a Prometheus endpoint on this machine ("" when unreachable).
+std::string scrape_metrics(int port);
+
 class SimWorker {
  public:
   explicit SimWorker(SimWorkerOptions options);
@@ -64,7 +68,8 @@ class SimWorker {
   // One attempt: gang, handshake, stream and train. Returns false when the run is over.
   bool run_attempt();
   void finish(std::string outcome);
-  void sleep_for(double seconds) const;
+  void sleep_for(double seconds);  // wakes early on stop or crash
+  void wake();
 
   SimWorkerOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -74,6 +79,8 @@ class SimWorker {
   std::atomic<bool> reregister_{false};
   std::atomic<uint64_t> attempt_{0}, step_{0}, steps_trained_{0};
   std::atomic<uint32_t> rank_{0};
+  std::mutex wake_mutex_;
+  std::condition_variable wake_;
   mutable std::mutex mutex_;
   std::string worker_id_;
   std::string outcome_;
