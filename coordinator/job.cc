@@ -309,9 +309,7 @@ Status Job::Heartbeat(const herd::v1::HeartbeatRequest& request, herd::v1::Heart
   Worker* w = nullptr;
   if (auto s = find_locked(request.worker_id(), &w); !s.ok()) return s;
   w->last_heartbeat = clock_();
-  w->heartbeat_step = request.step();
   w->tokens_per_second = request.stats().tokens_per_second();
-  w->memory_bytes = request.stats().memory_bytes();
   response->set_state(state_);
   response->set_attempt(attempt_);
   response->set_committed_step(committed_step_);
@@ -567,7 +565,6 @@ Job::StreamStep Job::NextStep(const herd::v1::StreamBatchesRequest& request, uin
     std::lock_guard lock(mutex_);
     auto end = [&](Status s) {
       out.end = std::move(s);
-      out.finished = true;
       return out;
     };
     if (shutdown_) return end(error(StatusCode::UNAVAILABLE, "the coordinator is shutting down"));
@@ -584,7 +581,6 @@ Job::StreamStep Job::NextStep(const herd::v1::StreamBatchesRequest& request, uin
     loss_tokens = planned.loss_tokens;
     micro.resize(shape_.gradient_accumulation_steps);  // a rank that ran out gets empty micro-batches
   }
-  out.ready = true;
   for (uint32_t m = 0; m < micro.size(); ++m) {
     herd::v1::MicroBatch& batch = out.batches.emplace_back();
     batch.set_step(step);

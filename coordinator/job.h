@@ -99,14 +99,12 @@ class Job {
   grpc::Status KvAdd(const herd::v1::KvAddRequest& request, herd::v1::KvAddResponse* response);
   // The batch stream, polled (the service drives it without a thread per stream):
   // OpenStream validates the request; NextStep answers step `step`'s micro-batches
-  // for the caller's rank, or that it is not time yet (ready false, status OK), or
-  // how the stream ends (a status: OK at the end of the run, ABORTED when the
-  // attempt is over, ...). StreamLost declares a worker whose stream broke dead.
+  // for the caller's rank, nothing when it is not time yet, or how the stream ends
+  // (OK at the end of the run, ABORTED when the attempt is over, ...). StreamLost
+  // declares a worker whose stream broke dead.
   struct StreamStep {
-    bool ready = false;
-    grpc::Status end;  // not OK, or OK with ready false and finished true
-    bool finished = false;
-    std::vector<herd::v1::MicroBatch> batches;
+    std::optional<grpc::Status> end;          // set: the stream ends with this
+    std::vector<herd::v1::MicroBatch> batches;  // empty: not yet
   };
   grpc::Status OpenStream(const herd::v1::StreamBatchesRequest& request);
   StreamStep NextStep(const herd::v1::StreamBatchesRequest& request, uint64_t step);
@@ -139,9 +137,7 @@ class Job {
     uint64_t attempt = 0;  // the attempt it holds a rank in (0: none)
     uint32_t rank = 0;
     uint64_t reported = 0;  // last step it reported in that attempt
-    uint64_t heartbeat_step = 0;
     double tokens_per_second = 0;
-    uint64_t memory_bytes = 0;
   };
   struct StepReports {
     uint32_t ranks = 0;

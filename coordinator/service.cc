@@ -181,11 +181,11 @@ class BatchStream final : public grpc::ServerWriteReactor<v1::MicroBatch> {
     if (writing_ || finished_) return;
     if (queue_.empty()) {
       Job::StreamStep next = job_.NextStep(request_, step_);
-      if (next.finished) {
+      if (next.end) {
         lock.unlock();
-        return finish(next.end);
+        return finish(*next.end);
       }
-      if (!next.ready) return;
+      if (next.batches.empty()) return;
       for (auto& b : next.batches) queue_.push_back(std::move(b));
       ++step_;
     }
