@@ -97,6 +97,10 @@ int main(int argc, char** argv) {
       std::iota(train.begin(), train.end(), size_t{0});
       job = std::make_unique<co::Job>(co::JobSettings::from_config(config), samples, std::move(train), journal_file);
     }
+    const auto [most, mean] = job->epoch_imbalance(0);
+    std::cout << fmt::format("herd-coordinator: plan: global batch {}, epoch 0 tokens per rank per step: max/mean "
+                             "{:.3f} at worst, {:.3f} on average\n",
+                             job->settings().global_batch(), most, mean);
     co::CoordinatorServer server(*job, options);
     std::cout << fmt::format("herd-coordinator: job {}: {} steps ({} per epoch); journal {}; serving on port {}{}{}\n",
                              config.model_name, job->total_steps(), job->steps_per_epoch(), journal_file.string(),

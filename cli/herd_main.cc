@@ -157,6 +157,23 @@ int main(int argc, char** argv) {
   status_cmd->add_flag("--json", json, "Print JSON (the JobStatus message of proto/herd.proto)");
   status_cmd->callback([&] { rc = status(coordinator, token_file, tls_ca, config_path, json); });
 
+  std::string reason;
+  for (const bool cancel : {false, true}) {
+    auto* cmd = app.add_subcommand(cancel ? "cancel" : "drain",
+                                   cancel ? "Fail a running job now (journaled: a restarted coordinator keeps it failed)"
+                                          : "Stop a running job at its next checkpoint (a restart resumes it)");
+    cmd->add_option("--coordinator", coordinator, "The coordinator, HOST:PORT")->required();
+    cmd->add_option("--token-file", token_file, "File holding the job token (else $HERD_JOB_TOKEN)");
+    cmd->add_option("--tls-ca", tls_ca, "PEM CA to verify the coordinator's TLS certificate with");
+    cmd->add_option("--config", config_path, "The job's config (for security.token_file and tls_ca)");
+    if (cancel) cmd->add_option("--reason", reason, "Why, for the job's message and journal");
+    cmd->callback([&, cancel] {
+      auto options = herd::cli::client_options(coordinator, token_file, tls_ca, config_path,
+                                               cancel ? "herd cancel" : "herd drain");
+      rc = options ? herd::cli::operator_call(*options, reason, cancel) : kUserError;
+    });
+  }
+
   herd::cli::add_model_commands(app, rc);
   herd::cli::add_data_commands(app, rc);
 

@@ -60,7 +60,9 @@ std::string format_status(const herd::v1::JobStatus& s) {
   std::string out = fmt::format("job {}: {}, attempt {}, step {}/{} (epoch {}), checkpoint {}", s.job_id(),
                                 herd::v1::JobState_Name(s.state()), s.attempt(), s.committed_step(), s.total_steps(),
                                 s.epoch(), s.checkpoint_step());
-  if (s.committed_step() > 0) out += fmt::format(", loss {:.4f}", s.last_loss());
+  if (s.committed_step() > 0) {
+    out += fmt::format(", loss {:.4f}, rank imbalance {:.3f}", s.last_loss(), s.step_imbalance());
+  }
   if (s.eta_seconds() > 0) out += ", ETA " + duration(s.eta_seconds());
   out += fmt::format("\nworkers: {} alive, gang of {} (world size {}), accumulation {}\n", s.registered_workers(),
                      s.gang_size(), s.world_size(), s.gradient_accumulation_steps());
@@ -76,6 +78,33 @@ std::string format_status(const herd::v1::JobStatus& s) {
     }
   }
   return out;
+}
+
+}  // namespace herd::cli
+
+namespace herd::cli {
+
+int operator_call(const coordinator::ClientOptions& options, const std::string& reason, bool cancel) {
+  auto stub = herd::v1::Coordinator::NewStub(coordinator::make_channel(options));
+  grpc::ClientContext context;
+  coordinator::prepare(context, options.token, std::chrono::seconds(10));
+  herd::v1::OperatorResponse reply;
+  grpc::Status s;
+  if (cancel) {
+    herd::v1::CancelRequest request;
+    request.set_reason(reason);
+    s = stub->Cancel(&context, request, &reply);
+  } else {
+    s = stub->Drain(&context, herd::v1::DrainRequest(), &reply);
+  }
+  const char* who = cancel ? "herd cancel" : "herd drain";
+  if (!s.ok()) {
+    std::cerr << fmt::format("{}: coordinator {} answered {} ({})\n", who, options.address,
+                             static_cast<int>(s.error_code()), s.error_message());
+    return 1;
+  }
+  std::cout << fmt::format("{}: the job is {}\n", who, herd::v1::JobState_Name(reply.state()));
+  return 0;
 }
 
 }  // namespace herd::cli

@@ -1,4 +1,5 @@
-// `herd status --coordinator ADDR`: a running job as its coordinator sees it.
+// `herd status --coordinator ADDR`: a running job as its coordinator sees it; and
+// the operators' `herd drain` and `herd cancel`.
 #pragma once
 
 #include <optional>
@@ -21,5 +22,8 @@ std::optional<herd::v1::JobStatus> fetch_status(const coordinator::ClientOptions
 
 // The human view: a summary line, then one line per rank.
 std::string format_status(const herd::v1::JobStatus& status);
+
+// `herd drain` (stop at the next checkpoint) and `herd cancel` (fail the job now).
+int operator_call(const coordinator::ClientOptions& options, const std::string& reason, bool cancel);
 
 }  // namespace herd::cli

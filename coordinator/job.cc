@@ -182,6 +182,15 @@ JobState Job::state() const {
   return state_;
 }
 
+std::pair<double, double> Job::epoch_imbalance(uint64_t epoch) {
+  std::lock_guard lock(mutex_);
+  step_plan_locked(epoch * steps_per_epoch_ + 1);
+  const EpochPlan& plan = plans_.at(epoch).plan;
+  double sum = 0;
+  for (const auto& st : plan.steps()) sum += st.imbalance;
+  return {plan.max_imbalance(), sum / static_cast<double>(plan.steps().size())};
+}
+
 bool Job::training_locked() const { return state_ == herd::v1::RUNNING || state_ == herd::v1::DRAINING; }
 bool Job::terminal_locked() const {
   return state_ == herd::v1::DONE || state_ == herd::v1::FAILED || state_ == herd::v1::STOPPED;
@@ -638,6 +647,7 @@ Status Job::ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::Rep
     }
   }
   last_loss_ = agg.tokens > 0 ? agg.weighted_loss / static_cast<double>(agg.tokens) : 0.0;
+  last_imbalance_ = plan.imbalance;
   journal_locked(kStep, json{{"step", step}, {"attempt", attempt_}, {"loss", last_loss_}, {"tokens", agg.tokens},
                              {"samples", samples}}
                             .dump());
@@ -716,6 +726,7 @@ void Job::GetStatus(herd::v1::JobStatus* out, bool ranks) const {
   out->set_checkpoint_step(checkpoint_step_);
   out->set_epoch(std::min(committed_step_, total_steps_ - 1) / steps_per_epoch_);
   out->set_last_loss(last_loss_);
+  out->set_step_imbalance(last_imbalance_);
   out->set_gradient_accumulation_steps(static_cast<uint32_t>(shape_.gradient_accumulation_steps));
   if (commit_times_.size() >= 2 && training_locked()) {
     const double per_step = (commit_times_.back() - commit_times_.front()) / static_cast<double>(commit_times_.size() - 1);

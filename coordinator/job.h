@@ -87,6 +87,9 @@ class Job {
   uint64_t steps_per_epoch() const { return steps_per_epoch_; }
   const JobSettings& settings() const { return settings_; }
   herd::v1::JobState state() const;
+  // Max and mean over an epoch's steps of max / mean tokens per rank, under the
+  // current gang's shape.
+  std::pair<double, double> epoch_imbalance(uint64_t epoch);
 
   grpc::Status Register(const herd::v1::RegisterRequest& request, herd::v1::RegisterResponse* response);
   grpc::Status Heartbeat(const herd::v1::HeartbeatRequest& request, herd::v1::HeartbeatResponse* response);
@@ -208,6 +211,7 @@ class Job {
   std::unordered_map<std::string, std::string> kv_;
   std::deque<double> commit_times_;
   double last_loss_ = 0;
+  double last_imbalance_ = 1;
 };
 
 }  // namespace herd::coordinator

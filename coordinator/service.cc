@@ -65,6 +65,7 @@ class Metrics {
     job_.Add({{"figure", "alive_workers"}}).Set(s.registered_workers());
     job_.Add({{"figure", "gang_size"}}).Set(s.gang_size());
     job_.Add({{"figure", "loss"}}).Set(s.last_loss());
+    job_.Add({{"figure", "step_imbalance"}}).Set(s.step_imbalance());
   }
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }

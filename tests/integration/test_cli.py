@@ -141,6 +141,7 @@ def coordinator(tiny_job, tmp_path):
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err
         assert TOKEN not in out + err
+        assert "herd-coordinator: plan: global batch 12, epoch 0 tokens per rank per step: max/mean" in out
 
 
 def token_env(**extra):
@@ -159,6 +160,22 @@ def test_coordinator_tokenizes_the_job_and_serves_status(coordinator, tiny_job):
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["state"] == "REGISTERING" and doc["total_steps"] == "36" and doc["world_size"] == 2
+
+
+def test_operators_drain_and_cancel(coordinator, tiny_job):
+    out = herd("drain", "--coordinator", coordinator, env=token_env())
+    assert out.returncode == 0, out.stderr
+    # No gang yet: the last committed checkpoint (none) is where a restart resumes.
+    assert out.stdout.strip() == "herd drain: the job is STOPPED"
+    out = herd("status", "--coordinator", coordinator, "--config", tiny_job)
+    assert "message: drained at checkpoint 0" in out.stdout
+    out = herd("cancel", "--coordinator", coordinator, "--reason", "bad data", env=token_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "herd cancel: the job is FAILED"
+    out = herd("status", "--coordinator", coordinator, env=token_env())
+    assert out.stdout.startswith("job tiny-job: FAILED") and "message: cancelled: bad data" in out.stdout
+    out = herd("cancel", "--coordinator", coordinator, env=token_env())
+    assert out.returncode == 1 and "answered 9 (the job is FAILED)" in out.stderr
 
 
 def test_status_with_a_wrong_or_missing_token_is_refused(coordinator, tmp_path):
@@ -226,8 +243,8 @@ def test_status_of_a_missing_coordinator_fails_clearly():
     assert "coordinator 127.0.0.1:1 answered" in out.stderr
 
 
-@pytest.mark.parametrize("sub", ["train", "worker", "config", "status", "merge", "chat", "quantize", "eval",
-                                 "plan", "data", "tools"])
+@pytest.mark.parametrize("sub", ["train", "worker", "config", "status", "drain", "cancel", "merge", "chat",
+                                 "quantize", "eval", "plan", "data", "tools"])
 def test_every_subcommand_has_help(sub):
     out = herd(sub, "--help")
     assert out.returncode == 0, out.stderr
