@@ -2,6 +2,7 @@
 // call into the libraries; nothing of substance lives in this file.
 #include <chrono>
 #include <cstdio>
+#include <unistd.h>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -20,6 +21,7 @@
 #include "common/launch.h"
 #include "common/version.h"
 #include "worker/runtime.h"
+#include "worker/train/trainer.h"
 
 namespace {
 
@@ -62,15 +64,29 @@ int train(const std::string& path, bool dry_run) {
                              config->adapter_dir().string());
     return kOk;
   }
+  std::cout << "\n";
+  const bool terminal = isatty(fileno(stderr));
+  herd::train::TrainHooks hooks;
+  hooks.print = [&](const std::string& line) {
+    if (terminal) std::cerr << "\r\033[K";
+    std::cout << line << "\n" << std::flush;
+  };
+  if (terminal) {
+    hooks.on_step = [](const herd::train::StepLog& s, uint64_t total) {
+      const int width = 30, done = static_cast<int>(width * s.step / total);
+      std::cerr << fmt::format("\r[{}{}] {}/{} loss {:.4f} lr {:.3g}", std::string(static_cast<size_t>(done), '#'),
+                               std::string(static_cast<size_t>(width - done), ' '), s.step, total, s.loss,
+                               s.learning_rate)
+                << std::flush;
+    };
+  }
   try {
-    herd::resolve_hub_path(config->base_model, herd::HubRepoType::Model, "base_model");
-    herd::resolve_hub_path(config->data.dataset, herd::HubRepoType::Dataset, "data.dataset");
-  } catch (const herd::HubNotFound& e) {
-    std::cerr << "herd train: " << e.what() << "\n";
+    herd::train::train(*config, hooks);
+  } catch (const std::exception& e) {
+    std::cerr << "\nherd train: " << e.what() << "\n";
     return kUserError;
   }
-  std::cerr << "herd train: the training loop is not built yet; --dry-run checks the config and paths\n";
-  return kNotBuiltYet;
+  return kOk;
 }
 
 int status(const std::string& address, const std::string& token_file, const std::string& tls_ca,

@@ -186,6 +186,9 @@ void add_model_commands(CLI::App& app, int& rc) {
       ->capture_default_str()
       ->check(CLI::Range(int64_t{259}, int64_t{1} << 20));
   tiny->add_option("--seed", spec->seed)->capture_default_str();
+  tiny->add_option("--init-std", spec->init_std, "Standard deviation of the random weights")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   tiny->add_flag("--tie-embeddings", spec->tie_embeddings);
   tiny->add_option("--text", *text, "Tokenizer training text (default: built in)")->check(CLI::ExistingFile);
   tiny->callback([&rc, spec, tiny_out, text] {

@@ -107,7 +107,7 @@ void make_tiny_model(const TinyModelSpec& spec, const fs::path& out, const fs::p
   torch::manual_seed(static_cast<uint64_t>(spec.seed));
   SafetensorsWriter w;
   w.set_metadata("format", "pt");
-  auto normal = [](std::vector<int64_t> shape) { return torch::randn(shape) * 0.02; };
+  auto normal = [&](std::vector<int64_t> shape) { return torch::randn(shape) * spec.init_std; };
   auto norm = [](int64_t n) { return 1.0 + 0.1 * torch::randn({n}); };
   add_f32(w, "model.embed_tokens.weight", normal({c.vocab_size, c.hidden_size}));
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {

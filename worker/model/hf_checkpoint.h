@@ -21,10 +21,11 @@ struct TinyModelSpec {
   int64_t max_positions = 2048;
   bool tie_embeddings = false;
   uint64_t seed = 0;
+  double init_std = 0.02;      // transformers' initializer_range
   std::filesystem::path text;  // tokenizer training text; empty: herd's built-in text
 };
 
-// config.json, model.safetensors (float32, normal(0, 0.02) like transformers'
+// config.json, model.safetensors (float32, normal(0, init_std) like transformers'
 // init, norms near 1), tokenizer.model (trained by `spm_train`, the herd-spm-train
 // helper) with Llama-2's special tokens (<unk>=0, <s>=1, </s>=2), tokenizer_config.json
 // and special_tokens_map.json.

@@ -1,0 +1,107 @@
+"""`herd train`: a local run over the sample conversations on a tiny model made here."""
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+BIN = Path(os.environ["HERD_BIN"])
+SRC = Path(os.environ["HERD_SOURCE_DIR"])
+STEP = re.compile(r"^step (\d+)/(\d+)  epoch ([\d.]+)  loss ([\d.]+)  lr ([\d.e+-]+)  grad_norm ([\d.]+)  "
+                  r"tokens/s (\d+)  elapsed [\d:]+  eta [\d:]+$")
+
+
+def herd(*args):
+    return subprocess.run([str(BIN / "herd"), *map(str, args)], capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model") / "tiny"
+    out = herd("tools", "make-tiny-model", d, "--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
+               "--intermediate", "128", "--seed", "0")
+    assert out.returncode == 0, out.stderr
+    return d
+
+
+def write_config(path, model, out, quantize=True, world_size=1):
+    path.write_text(f"""model_name: t
+base_model: {model}
+model_context_window: 128
+data: {{type: vicuna, dataset: {SRC / 'data' / 'sample-vicuna.json'}}}
+lora: {{r: 8, lora_alpha: 16, target_modules: all-linear, lora_dropout: 0.05, bias: none, task_type: CAUSAL_LM}}
+trainer: {{batch_size: 2, gradient_accumulation_steps: 2, warmup_steps: 3, num_train_epochs: 1, max_steps: 24,
+          learning_rate: 0.01, logging_steps: 1, seed: 7}}
+trainer_output_dir: {out}/trainer
+model_output_dir: {out}/models
+quantization: {{enabled: {'true' if quantize else 'false'}, compute_dtype: float32}}
+distributed: {{world_size: {world_size}}}
+metrics: {{enabled: false}}
+""")
+    return path
+
+
+def losses(stdout):
+    rows = [STEP.match(l) for l in stdout.splitlines()]
+    return [float(m.group(4)) for m in rows if m]
+
+
+def test_train_logs_every_step_writes_the_adapter_and_is_deterministic(model, tmp_path):
+    runs = []
+    for i in range(2):
+        config = write_config(tmp_path / f"c{i}.yaml", model, tmp_path / f"run{i}")
+        out = herd("train", config)
+        assert out.returncode == 0, out.stderr
+        runs.append(out.stdout)
+        adapter = tmp_path / f"run{i}" / "models" / "t_adapter"
+        assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+        assert f"adapter: {adapter}" in out.stdout
+        assert re.search(r"^done: 24 steps in [\d:]+, \d+ tokens, \d+ tokens/s, peak memory \d+ MiB$", out.stdout,
+                         re.M)
+    first = losses(runs[0])
+    assert len(first) == 24
+    assert first == losses(runs[1])
+    weights = [(tmp_path / f"run{i}" / "models" / "t_adapter" / "adapter_model.safetensors").read_bytes()
+               for i in range(2)]
+    assert weights[0] == weights[1]
+    # The linear schedule: 0 at the first step (warmup), the peak after warmup, down to 0.01/21 at the last.
+    lrs = [float(STEP.match(l).group(5)) for l in runs[0].splitlines() if STEP.match(l)]
+    assert lrs[0] == 0 and lrs[3] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.01 / 21, rel=1e-2)
+    # It learns: the last four steps' mean loss is below the first four's.
+    assert sum(first[-4:]) < sum(first[:4])
+
+
+def test_unquantized_base_trains_close_to_nf4(model, tmp_path):
+    nf4 = herd("train", write_config(tmp_path / "q.yaml", model, tmp_path / "q"))
+    dense = herd("train", write_config(tmp_path / "d.yaml", model, tmp_path / "d", quantize=False))
+    assert nf4.returncode == 0 and dense.returncode == 0, nf4.stderr + dense.stderr
+    assert "dense base weights" in dense.stdout and "NF4 base weights" in nf4.stdout
+    a, b = losses(nf4.stdout), losses(dense.stdout)
+    assert len(a) == len(b) == 24
+    assert max(abs(x - y) for x, y in zip(a, b)) < 0.05
+
+
+def test_more_than_one_worker_is_refused_clearly(model, tmp_path):
+    out = herd("train", write_config(tmp_path / "w.yaml", model, tmp_path / "w", world_size=2))
+    assert out.returncode == 1
+    assert "herd train runs one local worker; distributed.world_size is 2" in out.stderr
+
+
+def test_the_demo_config_learns(tmp_path):
+    """configs/tiny-demo.yaml on the model scripts/demo makes: the last logged loss is at least 30% below the first."""
+    model = tmp_path / "tiny-llama"
+    out = herd("tools", "make-tiny-model", model, "--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
+               "--intermediate", "128", "--seed", "0", "--init-std", "0.1")
+    assert out.returncode == 0, out.stderr
+    text = (SRC / "configs" / "tiny-demo.yaml").read_text()
+    config = tmp_path / "demo.yaml"
+    config.write_text(text.replace("build/demo/tiny-llama", str(model))
+                      .replace("data/sample-vicuna.json", str(SRC / "data" / "sample-vicuna.json"))
+                      .replace("build/demo/", f"{tmp_path}/"))
+    out = herd("train", config)
+    assert out.returncode == 0, out.stderr
+    logged = losses(out.stdout)
+    assert len(logged) == 30
+    assert logged[-1] <= 0.7 * logged[0], (logged[0], logged[-1])
+    assert (tmp_path / "models" / "tiny-demo_adapter" / "adapter_model.safetensors").exists()
