@@ -1,6 +1,7 @@
 // `herd`: the one command for people. Subcommands parse their flags here and
 // call into the libraries; nothing of substance lives in this file.
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <unistd.h>
 #include <iostream>
@@ -55,7 +56,10 @@ int config_check(const std::string& path, bool json) {
   return kOk;
 }
 
-int train(const std::string& path, bool dry_run) {
+volatile std::sig_atomic_t g_stop_training = 0;
+void on_stop_signal(int) { g_stop_training = 1; }
+
+int train(const std::string& path, bool dry_run, bool resume) {
   auto config = load(path);
   if (!config) return kUserError;
   std::cout << herd::cli::config_table(*config);
@@ -80,8 +84,13 @@ int train(const std::string& path, bool dry_run) {
                 << std::flush;
     };
   }
+  hooks.warn = [](const std::string& line) { std::cerr << "herd train: warning: " << line << "\n"; };
+  // SIGINT/SIGTERM: finish the step, write a checkpoint, exit 130.
+  hooks.stop = &g_stop_training;
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
   try {
-    herd::train::train(*config, hooks);
+    if (herd::train::train(*config, hooks, resume).interrupted) return 130;
   } catch (const std::exception& e) {
     std::cerr << "\nherd train: " << e.what() << "\n";
     return kUserError;
@@ -143,8 +152,11 @@ int main(int argc, char** argv) {
   bool dry_run = false;
   auto* train_cmd = app.add_subcommand("train", "Train LoRA adapters as CONFIG says (local run)");
   train_cmd->add_option("config", config_path, "The job's YAML config")->required();
+  bool resume = false;
   train_cmd->add_flag("--dry-run", dry_run, "Check the config and paths, print the plan, do not train");
-  train_cmd->callback([&] { rc = train(config_path, dry_run); });
+  train_cmd->add_flag("--resume", resume,
+                      "Continue from the newest complete checkpoint in trainer_output_dir (checkpoint.resume: auto)");
+  train_cmd->callback([&] { rc = train(config_path, dry_run, resume); });
 
   std::string coordinator;
   std::string token_file;

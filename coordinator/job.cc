@@ -267,6 +267,16 @@ Status Job::member_locked(const std::string& worker_id, uint64_t attempt, Worker
 
 // ---- Membership --------------------------------------------------------------
 
+void Job::resume_from(uint64_t step, const std::string& checkpoint_path) {
+  std::lock_guard lock(mutex_);
+  if (attempt_ != 0 || state_ != herd::v1::REGISTERING || step > total_steps_) {
+    throw std::logic_error(fmt::format("job: cannot resume from step {} (state {}, attempt {}, {} steps)", step,
+                                       state_name(state_), attempt_, total_steps_));
+  }
+  checkpoint_step_ = committed_step_ = step;
+  checkpoint_path_ = checkpoint_path;
+}
+
 Status Job::Register(const herd::v1::RegisterRequest& request, herd::v1::RegisterResponse* response) {
   if (request.job_id() != settings_.job_id) {
     return error(StatusCode::INVALID_ARGUMENT, fmt::format("job_id '{}' is not this coordinator's job '{}'",

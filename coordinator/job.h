@@ -91,6 +91,10 @@ class Job {
   // current gang's shape.
   std::pair<double, double> epoch_imbalance(uint64_t epoch);
 
+  // A local run resuming from its own checkpoint (no journal): the first gang
+  // starts after `step`. Only before any gang has formed; throws otherwise.
+  void resume_from(uint64_t step, const std::string& checkpoint_path);
+
   grpc::Status Register(const herd::v1::RegisterRequest& request, herd::v1::RegisterResponse* response);
   grpc::Status Heartbeat(const herd::v1::HeartbeatRequest& request, herd::v1::HeartbeatResponse* response);
   // Blocking calls poll `cancelled` (the client went away) while they wait.

@@ -1,6 +1,8 @@
 """`herd train`: a local run over the sample conversations on a tiny model made here."""
+import json
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -25,7 +27,7 @@ def model(tmp_path_factory):
     return d
 
 
-def write_config(path, model, out, quantize=True, world_size=1):
+def write_config(path, model, out, quantize=True, world_size=1, extra=""):
     path.write_text(f"""model_name: t
 base_model: {model}
 model_context_window: 128
@@ -38,7 +40,7 @@ model_output_dir: {out}/models
 quantization: {{enabled: {'true' if quantize else 'false'}, compute_dtype: float32}}
 distributed: {{world_size: {world_size}}}
 metrics: {{enabled: false}}
-""")
+""" + extra)
     return path
 
 
@@ -105,3 +107,67 @@ def test_the_demo_config_learns(tmp_path):
     assert len(logged) == 30
     assert logged[-1] <= 0.7 * logged[0], (logged[0], logged[-1])
     assert (tmp_path / "models" / "tiny-demo_adapter" / "adapter_model.safetensors").exists()
+
+
+def run_until(config, step, sig):
+    """`herd train` stopped by `sig` once it has logged `step`."""
+    p = subprocess.Popen([str(BIN / "herd"), "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    out = []
+    for line in p.stdout:
+        out.append(line)
+        if line.startswith(f"step {step}/"):
+            p.send_signal(sig)
+    p.wait(timeout=60)
+    return p.returncode, "".join(out)
+
+
+def history(run_dir, step):
+    state = json.loads((run_dir / "trainer" / f"checkpoint-{step}" / "trainer_state.json").read_text())
+    return [(h["step"], h["loss"], h["learning_rate"]) for h in state["log_history"]]
+
+
+CHECKPOINTS = "checkpoint: {every_steps: 5, keep_last: 2}\n"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("whole")
+    out = herd("train", write_config(d / "c.yaml", model, d, extra=CHECKPOINTS))
+    assert out.returncode == 0, out.stderr
+    return d
+
+
+def test_a_signal_stops_at_a_checkpoint_and_resume_gives_the_same_run(model, tmp_path, uninterrupted):
+    config = write_config(tmp_path / "c.yaml", model, tmp_path, extra=CHECKPOINTS)
+    rc, out = run_until(config, 13, signal.SIGTERM)
+    assert rc == 130
+    assert "interrupted after step 14: `herd train CONFIG --resume` continues from checkpoint-14" in out
+    assert sorted(p.name for p in (tmp_path / "trainer").glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-14"]
+    resumed = herd("train", config, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {tmp_path / 'trainer' / 'checkpoint-14'} (step 14)" in resumed.stdout
+    assert len(losses(resumed.stdout)) == 24 - 14
+    # The whole loss history (dropout on: the RNG is restored too) and the adapter, to the bit.
+    assert history(tmp_path, 24) == history(uninterrupted, 24)
+    adapter = Path("models") / "t_adapter" / "adapter_model.safetensors"
+    assert (tmp_path / adapter).read_bytes() == (uninterrupted / adapter).read_bytes()
+
+
+def test_resume_skips_damaged_checkpoints_with_a_warning(model, tmp_path, uninterrupted):
+    config = write_config(tmp_path / "c.yaml", model, tmp_path, extra=CHECKPOINTS)
+    rc, _ = run_until(config, 13, signal.SIGKILL)
+    assert rc == -signal.SIGKILL
+    trainer = tmp_path / "trainer"
+    assert sorted(p.name for p in trainer.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-5"]
+    # checkpoint-10: a truncated tensor file; checkpoint-12: a directory with a file missing.
+    weights = trainer / "checkpoint-10" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    (trainer / "checkpoint-12").mkdir()
+    (trainer / "checkpoint-12" / "adapter_config.json").write_text("{}")
+    resumed = herd("train", config, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"warning: skipping {trainer / 'checkpoint-12'}: checkpoint.json is missing" in resumed.stderr
+    assert f"warning: skipping {trainer / 'checkpoint-10'}: adapter_model.safetensors has" in resumed.stderr
+    assert f"resuming from {trainer / 'checkpoint-5'} (step 5)" in resumed.stdout
+    assert history(tmp_path, 24) == history(uninterrupted, 24)

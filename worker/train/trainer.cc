@@ -14,6 +14,8 @@
 #include "coordinator/job.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
+#include "common/token_cache.h"
+#include "worker/train/checkpoint.h"
 #include "worker/train/lr_schedule.h"
 
 namespace herd::train {
@@ -67,7 +69,7 @@ torch::Tensor micro_batch_loss(const model::Llama& model, const v1::MicroBatch& 
 
 }  // namespace
 
-TrainResult train(const Config& config, const TrainHooks& hooks) {
+TrainResult train(const Config& config, const TrainHooks& hooks, bool resume) {
   auto print = [&](const std::string& line) {
     if (hooks.print) hooks.print(line);
   };
@@ -82,6 +84,15 @@ TrainResult train(const Config& config, const TrainHooks& hooks) {
   const auto base = resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");
   // The in-process coordinator: the plan and stream a remote one would serve.
   auto job = coordinator::load_job(config, {});
+  std::optional<FoundCheckpoint> from;
+  if (resume || config.checkpoint.resume == "auto") {
+    std::vector<std::string> warnings;
+    from = newest_checkpoint(config.trainer_output_dir, &warnings);
+    for (const auto& w : warnings) {
+      if (hooks.warn) hooks.warn(w);
+    }
+    if (from) job->resume_from(from->step, from->dir.string());
+  }
   v1::RegisterRequest reg;
   reg.set_job_id(config.model_name);
   reg.set_host("local");
@@ -119,16 +130,48 @@ TrainResult train(const Config& config, const TrainHooks& hooks) {
   print(fmt::format("training {}: {} steps ({} per epoch), {} trainable parameters, {} base weights", config.model_name,
                     total, job->steps_per_epoch(), trainable, config.quantization.enabled ? "NF4" : "dense"));
 
+  TrainResult result;
+  if (from) {
+    result.steps = load_checkpoint(from->dir, model, optimizer);
+    result.resumed_from = from->step;
+    print(fmt::format("resuming from {} (step {})", from->dir.string(), from->step));
+  }
+  const CheckpointMeta meta{config.base_model, config.lora.task_type, config.lora.bias, job->steps_per_epoch(), total};
+  uint64_t last_checkpoint = gang.resume_step();
+  auto checkpoint = [&](uint64_t step) {
+    last_checkpoint = step;
+    const auto dir = write_checkpoint(config.trainer_output_dir, step, model, optimizer, result.steps, meta,
+                                      config.checkpoint.keep_last);
+    v1::CommitCheckpointRequest commit;
+    commit.set_worker_id(me.worker_id());
+    commit.set_attempt(gang.attempt());
+    commit.set_step(step);
+    commit.set_path(dir.string());
+    commit.set_digest(fmt::format("{:064x}", hash_file(dir / "checkpoint.json")));
+    v1::CommitCheckpointResponse committed;
+    check(job->CommitCheckpoint(commit, &committed), "checkpoint");
+    return dir;
+  };
+
   v1::StreamBatchesRequest stream;
   stream.set_worker_id(me.worker_id());
   stream.set_attempt(gang.attempt());
   stream.set_from_step(gang.resume_step() + 1);
   check(job->OpenStream(stream), "stream");
 
-  TrainResult result;
   double window_loss = 0;
   int64_t window_steps = 0;
   for (uint64_t step = gang.resume_step() + 1; step <= total; ++step) {
+    if (hooks.stop && *hooks.stop) {
+      if (step - 1 > last_checkpoint) checkpoint(step - 1);
+      print(last_checkpoint == 0 ? std::string("interrupted before the first step: nothing to resume from")
+                                 : fmt::format("interrupted after step {}: `herd train CONFIG --resume` continues "
+                                               "from checkpoint-{}",
+                                               step - 1, last_checkpoint));
+      result.interrupted = true;
+      result.seconds = seconds();
+      return result;
+    }
     auto next = job->NextStep(stream, step);
     if (next.end) check(*next.end, "stream");
     if (next.batches.empty()) throw std::runtime_error(fmt::format("step {}: no batches", step));
@@ -177,6 +220,7 @@ TrainResult train(const Config& config, const TrainHooks& hooks) {
       window_loss = 0;
       window_steps = 0;
     }
+    if (step == total || step % static_cast<uint64_t>(config.checkpoint.every_steps) == 0) checkpoint(step);
   }
 
   result.adapter_dir = config.adapter_dir();

@@ -5,6 +5,7 @@
 // writes the PEFT adapter to {model_output_dir}/{model_name}_adapter.
 #pragma once
 
+#include <csignal>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -27,7 +28,9 @@ struct StepLog {
 };
 
 struct TrainResult {
-  std::vector<StepLog> steps;
+  std::vector<StepLog> steps;  // the whole run's, those before a resumed checkpoint included
+  uint64_t resumed_from = 0;   // the checkpoint's step, 0 for a fresh run
+  bool interrupted = false;    // stopped by a signal, at a checkpoint
   double seconds = 0;
   uint64_t tokens = 0;
   uint64_t peak_memory_bytes = 0;  // this process's peak resident memory
@@ -39,9 +42,15 @@ struct TrainHooks {
   std::function<void(const StepLog&, uint64_t total_steps)> on_step;
   // Lines for people: the log every logging_steps and the final summary.
   std::function<void(const std::string&)> print;
+  // Damaged checkpoints passed over when resuming.
+  std::function<void(const std::string&)> warn;
+  // Set (by a signal handler): stop at the next step boundary with a checkpoint.
+  const volatile std::sig_atomic_t* stop = nullptr;
 };
 
-// Throws std::runtime_error (and the loaders' errors) with what went wrong.
-TrainResult train(const Config& config, const TrainHooks& hooks = {});
+// `resume` (or checkpoint.resume: auto): continue from the newest complete
+// checkpoint in trainer_output_dir. Throws std::runtime_error (and the loaders'
+// errors) with what went wrong.
+TrainResult train(const Config& config, const TrainHooks& hooks = {}, bool resume = false);
 
 }  // namespace herd::train

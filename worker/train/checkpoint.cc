@@ -1,0 +1,138 @@
+#include "worker/train/checkpoint.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <mutex>
+#include <stdexcept>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "common/token_cache.h"
+#include "worker/model/peft_adapter.h"
+
+namespace herd::train {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kManifest = "checkpoint.json";
+constexpr const char* kPrefix = "checkpoint-";
+
+std::optional<uint64_t> checkpoint_step(const fs::path& dir) {
+  const std::string name = dir.filename().string();
+  if (name.rfind(kPrefix, 0) != 0) return std::nullopt;
+  const std::string digits = name.substr(std::string(kPrefix).size());
+  if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit)) return std::nullopt;
+  return std::stoull(digits);
+}
+
+std::vector<std::pair<uint64_t, fs::path>> complete_checkpoints(const fs::path& output_dir) {
+  std::vector<std::pair<uint64_t, fs::path>> out;
+  if (!fs::is_directory(output_dir)) return out;
+  for (const auto& e : fs::directory_iterator(output_dir)) {
+    if (auto step = checkpoint_step(e.path()); step && e.is_directory()) out.emplace_back(*step, e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// The problem with a checkpoint directory, or "" when every file matches the manifest.
+std::string check(const fs::path& dir) {
+  std::ifstream in(dir / kManifest);
+  if (!in) return fmt::format("{} is missing", kManifest);
+  const json manifest = json::parse(in, nullptr, false);
+  if (!manifest.is_object() || !manifest.contains("files")) return fmt::format("{} is not a manifest", kManifest);
+  for (const auto& [name, want] : manifest["files"].items()) {
+    const fs::path file = dir / name;
+    if (!fs::exists(file)) return fmt::format("{} is missing", name);
+    if (fs::file_size(file) != want.at("bytes").get<uint64_t>()) {
+      return fmt::format("{} has {} bytes, the manifest says {}", name, fs::file_size(file),
+                         want.at("bytes").get<uint64_t>());
+    }
+    if (fmt::format("{:016x}", hash_file(file)) != want.at("hash").get<std::string>()) {
+      return fmt::format("{} does not match its hash", name);
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+fs::path write_checkpoint(const fs::path& output_dir, uint64_t step, model::Llama& model,
+                          torch::optim::Optimizer& optimizer, const std::vector<StepLog>& history,
+                          const CheckpointMeta& meta, int64_t keep_last) {
+  const fs::path final_dir = output_dir / fmt::format("{}{}", kPrefix, step);
+  const fs::path tmp = output_dir / fmt::format(".{}{}.tmp-{}", kPrefix, step, ::getpid());
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  model::save_adapter(model, tmp, meta.base_model, meta.task_type, meta.bias);
+  torch::save(optimizer, (tmp / "optimizer.pt").string());
+  {
+    at::Generator cpu = torch::globalContext().defaultGenerator(torch::kCPU);
+    std::lock_guard lock(cpu.mutex());
+    torch::save(cpu.get_state(), (tmp / "rng_state.pt").string());
+  }
+  json log = json::array();
+  for (const auto& s : history) {
+    log.push_back({{"step", s.step},
+                   {"epoch", s.epoch},
+                   {"loss", s.loss},
+                   {"learning_rate", s.learning_rate},
+                   {"grad_norm", s.grad_norm},
+                   {"num_tokens", s.tokens}});
+  }
+  std::ofstream(tmp / "trainer_state.json")
+      << json{{"global_step", step},
+              {"epoch", static_cast<double>(step) / static_cast<double>(meta.steps_per_epoch)},
+              {"max_steps", meta.total_steps},
+              {"log_history", log}}
+             .dump(2);
+  json files = json::object();
+  for (const auto& e : fs::directory_iterator(tmp)) {
+    files[e.path().filename().string()] = {{"bytes", fs::file_size(e.path())},
+                                           {"hash", fmt::format("{:016x}", hash_file(e.path()))}};
+  }
+  std::ofstream(tmp / kManifest) << json{{"step", step}, {"files", files}}.dump(2);
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+
+  auto all = complete_checkpoints(output_dir);
+  for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i) fs::remove_all(all[i].second);
+  return final_dir;
+}
+
+std::optional<FoundCheckpoint> newest_checkpoint(const fs::path& output_dir, std::vector<std::string>* warnings) {
+  auto all = complete_checkpoints(output_dir);
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    const std::string problem = check(it->second);
+    if (problem.empty()) return FoundCheckpoint{it->second, it->first};
+    warnings->push_back(fmt::format("skipping {}: {}", it->second.string(), problem));
+  }
+  return std::nullopt;
+}
+
+std::vector<StepLog> load_checkpoint(const fs::path& dir, model::Llama& model, torch::optim::Optimizer& optimizer) {
+  model::load_adapter_weights(model, dir);
+  torch::load(optimizer, (dir / "optimizer.pt").string());
+  torch::Tensor rng;
+  torch::load(rng, (dir / "rng_state.pt").string());
+  at::Generator cpu = torch::globalContext().defaultGenerator(torch::kCPU);  // a handle on the default
+  std::lock_guard lock(cpu.mutex());
+  cpu.set_state(rng);
+  std::ifstream in(dir / "trainer_state.json");
+  const json state = json::parse(in);
+  std::vector<StepLog> history;
+  for (const auto& s : state.at("log_history")) {
+    history.push_back({s.at("step").get<uint64_t>(), s.at("epoch").get<double>(), s.at("loss").get<double>(),
+                       s.at("learning_rate").get<double>(), s.at("grad_norm").get<double>(),
+                       s.at("num_tokens").get<uint64_t>()});
+  }
+  return history;
+}
+
+}  // namespace herd::train
