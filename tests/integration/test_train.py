@@ -138,16 +138,23 @@ def uninterrupted(model, tmp_path_factory):
     return d
 
 
+def checkpoints(run_dir):
+    return sorted(int(p.name.split("-")[1]) for p in (run_dir / "trainer").glob("checkpoint-*"))
+
+
 def test_a_signal_stops_at_a_checkpoint_and_resume_gives_the_same_run(model, tmp_path, uninterrupted):
     config = write_config(tmp_path / "c.yaml", model, tmp_path, extra=CHECKPOINTS)
     rc, out = run_until(config, 13, signal.SIGTERM)
     assert rc == 130
-    assert "interrupted after step 14: `herd train CONFIG --resume` continues from checkpoint-14" in out
-    assert sorted(p.name for p in (tmp_path / "trainer").glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-14"]
+    # It stops at the next step boundary (after 13, or later if this test read the log late) with a checkpoint.
+    stopped = int(re.search(r"^interrupted after step (\d+): `herd train CONFIG --resume` continues from "
+                            r"checkpoint-\1$", out, re.M).group(1))
+    assert 13 <= stopped < 24
+    assert checkpoints(tmp_path) == sorted({s for s in (5, 10, 15, 20) if s <= stopped} | {stopped})[-2:]
     resumed = herd("train", config, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from {tmp_path / 'trainer' / 'checkpoint-14'} (step 14)" in resumed.stdout
-    assert len(losses(resumed.stdout)) == 24 - 14
+    assert f"resuming from {tmp_path / 'trainer' / f'checkpoint-{stopped}'} (step {stopped})" in resumed.stdout
+    assert len(losses(resumed.stdout)) == 24 - stopped
     # The whole loss history (dropout on: the RNG is restored too) and the adapter, to the bit.
     assert history(tmp_path, 24) == history(uninterrupted, 24)
     adapter = Path("models") / "t_adapter" / "adapter_model.safetensors"
@@ -159,15 +166,30 @@ def test_resume_skips_damaged_checkpoints_with_a_warning(model, tmp_path, uninte
     rc, _ = run_until(config, 13, signal.SIGKILL)
     assert rc == -signal.SIGKILL
     trainer = tmp_path / "trainer"
-    assert sorted(p.name for p in trainer.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-5"]
-    # checkpoint-10: a truncated tensor file; checkpoint-12: a directory with a file missing.
-    weights = trainer / "checkpoint-10" / "adapter_model.safetensors"
+    older, newest = checkpoints(tmp_path)  # keep_last 2
+    # The newest: a truncated tensor file; one above it: a directory with files missing.
+    weights = trainer / f"checkpoint-{newest}" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    (trainer / "checkpoint-12").mkdir()
-    (trainer / "checkpoint-12" / "adapter_config.json").write_text("{}")
+    (trainer / f"checkpoint-{newest + 2}").mkdir()
+    (trainer / f"checkpoint-{newest + 2}" / "adapter_config.json").write_text("{}")
     resumed = herd("train", config, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"warning: skipping {trainer / 'checkpoint-12'}: checkpoint.json is missing" in resumed.stderr
-    assert f"warning: skipping {trainer / 'checkpoint-10'}: adapter_model.safetensors has" in resumed.stderr
-    assert f"resuming from {trainer / 'checkpoint-5'} (step 5)" in resumed.stdout
+    assert f"warning: skipping {trainer / f'checkpoint-{newest + 2}'}: checkpoint.json is missing" in resumed.stderr
+    assert f"warning: skipping {trainer / f'checkpoint-{newest}'}: adapter_model.safetensors has" in resumed.stderr
+    assert f"resuming from {trainer / f'checkpoint-{older}'} (step {older})" in resumed.stdout
     assert history(tmp_path, 24) == history(uninterrupted, 24)
+
+
+def test_activation_checkpointing_changes_memory_not_numbers(model, tmp_path):
+    """trainer.gradient_checkpointing (on by default) recomputes each layer in backward, dropout draws included."""
+    on = herd("train", write_config(tmp_path / "on.yaml", model, tmp_path / "on"))
+    config = write_config(tmp_path / "off.yaml", model, tmp_path / "off")
+    config.write_text(config.read_text().replace("seed: 7}", "seed: 7, gradient_checkpointing: false}"))
+    off = herd("train", config)
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert losses(on.stdout) == losses(off.stdout)
+    a, b = (tmp_path / r / "models" / "t_adapter" / "adapter_model.safetensors" for r in ("on", "off"))
+    from safetensors.numpy import load_file
+    ta, tb = load_file(str(a)), load_file(str(b))
+    assert ta.keys() == tb.keys()
+    assert max(float(abs(ta[k] - tb[k]).max()) for k in ta) < 1e-6

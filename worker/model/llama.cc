@@ -7,6 +7,7 @@
 
 #include "common/safetensors.h"
 #include "kernels/nf4.h"
+#include "worker/model/rng.h"
 #include "worker/model/tensor_view.h"
 
 namespace herd::model {
@@ -212,6 +213,52 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
   return layer.linear.at("o_proj")->forward(out, training_);
 }
 
+torch::Tensor Llama::decoder_layer(const DecoderLayer& layer, const torch::Tensor& hidden, const torch::Tensor& cos,
+                                   const torch::Tensor& sin, const torch::Tensor& mask) const {
+  auto h = hidden + attention(layer, rms_norm(hidden, layer.input_layernorm, config_.rms_norm_eps), cos, sin, mask);
+  auto x = rms_norm(h, layer.post_attention_layernorm, config_.rms_norm_eps);
+  auto gate = layer.linear.at("gate_proj")->forward(x, training_);
+  auto up = layer.linear.at("up_proj")->forward(x, training_);
+  return h + layer.linear.at("down_proj")->forward(torch::silu(gate) * up, training_);
+}
+
+// Activation checkpointing: forward keeps only the layer's input; backward runs the
+// layer again (with the same dropout draws) and back-propagates through it, as
+// torch.utils.checkpoint's reentrant variant does. LoRA gradients accumulate into
+// the parameters from the inner backward.
+torch::Tensor Llama::CheckpointedLayer::forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
+                                                const Llama* model, const DecoderLayer* layer,
+                                                const torch::Tensor& cos, const torch::Tensor& sin,
+                                                const torch::Tensor& mask) {
+  ctx->saved_data["model"] = reinterpret_cast<int64_t>(model);  // both outlive the graph
+  ctx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
+  ctx->saved_data["rng"] = cpu_rng_state();
+  ctx->saved_data["cos"] = cos;
+  ctx->saved_data["sin"] = sin;
+  ctx->saved_data["mask"] = mask;
+  ctx->save_for_backward({hidden});
+  torch::NoGradGuard no_grad;
+  return model->decoder_layer(*layer, hidden, cos, sin, mask);
+}
+
+torch::autograd::variable_list Llama::CheckpointedLayer::backward(torch::autograd::AutogradContext* ctx,
+                                                                  torch::autograd::variable_list grad) {
+  const auto* model = reinterpret_cast<const Llama*>(ctx->saved_data["model"].toInt());
+  const auto* layer = reinterpret_cast<const DecoderLayer*>(ctx->saved_data["layer"].toInt());
+  auto hidden = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+  const auto after = cpu_rng_state();
+  set_cpu_rng_state(ctx->saved_data["rng"].toTensor());
+  torch::Tensor out;
+  {
+    torch::AutoGradMode enable(true);
+    out = model->decoder_layer(*layer, hidden, ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor(),
+                               ctx->saved_data["mask"].toTensor());
+  }
+  set_cpu_rng_state(after);
+  torch::autograd::backward({out}, {grad[0]});
+  return {hidden.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+}
+
 torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                              const torch::Tensor& segment_ids) const {
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens]");
@@ -273,14 +320,12 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
     auto keys = attention_mask.to(device).to(torch::kBool).view({B, 1, 1, T});
     mask = causal.view({1, 1, T, T}) & keys;
   }
+  const bool recompute = training_ && activation_checkpointing_ && torch::GradMode::is_enabled();
+  // A checkpointed layer joins the graph only when its input requires grad (the
+  // embeddings are frozen): as transformers' enable_input_require_grads does.
+  if (recompute) h = h.detach().requires_grad_(true);
   for (const auto& layer : layers_) {
-    auto residual = h;
-    h = residual + attention(layer, rms_norm(h, layer.input_layernorm, config_.rms_norm_eps), cos, sin, mask);
-    residual = h;
-    auto x = rms_norm(h, layer.post_attention_layernorm, config_.rms_norm_eps);
-    auto gate = layer.linear.at("gate_proj")->forward(x, training_);
-    auto up = layer.linear.at("up_proj")->forward(x, training_);
-    h = residual + layer.linear.at("down_proj")->forward(torch::silu(gate) * up, training_);
+    h = recompute ? CheckpointedLayer::apply(h, this, &layer, cos, sin, mask) : decoder_layer(layer, h, cos, sin, mask);
   }
   h = rms_norm(h, norm_, config_.rms_norm_eps);
   return torch::matmul(h, lm_head_.t());

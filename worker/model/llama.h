@@ -74,6 +74,9 @@ class Llama {
   std::vector<DecoderLayer>& layers() { return layers_; }
   const std::vector<DecoderLayer>& layers() const { return layers_; }
   void set_training(bool training) { training_ = training; }
+  // In training, keep only each decoder layer's input and recompute the layer in
+  // backward (trainer.gradient_checkpointing): activation memory of one layer.
+  void set_activation_checkpointing(bool on) { activation_checkpointing_ = on; }
 
   // The adapter's tensors under peft's names
   // (base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight, ...).
@@ -89,6 +92,15 @@ class Llama {
                  const PrequantizedLookup& prequantized, torch::Generator* rng);
   torch::Tensor attention(const DecoderLayer& layer, const torch::Tensor& x, const torch::Tensor& cos,
                           const torch::Tensor& sin, const torch::Tensor& mask) const;
+  torch::Tensor decoder_layer(const DecoderLayer& layer, const torch::Tensor& hidden, const torch::Tensor& cos,
+                              const torch::Tensor& sin, const torch::Tensor& mask) const;
+  struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
+    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
+                                 const Llama* model, const DecoderLayer* layer, const torch::Tensor& cos,
+                                 const torch::Tensor& sin, const torch::Tensor& mask);
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                   torch::autograd::variable_list grad);
+  };
 
   LlamaConfig config_;
   LoadOptions options_;
@@ -98,6 +110,7 @@ class Llama {
   torch::Tensor lm_head_;  // float32 [vocab, hidden] (the embedding when tied)
   torch::Tensor inv_freq_;
   bool training_ = false;
+  bool activation_checkpointing_ = false;
 };
 
 // "model.layers.{i}.self_attn.q_proj" / "model.layers.{i}.mlp.gate_proj"

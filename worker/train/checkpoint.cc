@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <fstream>
-#include <mutex>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -12,6 +11,7 @@
 
 #include "common/token_cache.h"
 #include "worker/model/peft_adapter.h"
+#include "worker/model/rng.h"
 
 namespace herd::train {
 
@@ -72,11 +72,7 @@ fs::path write_checkpoint(const fs::path& output_dir, uint64_t step, model::Llam
   fs::create_directories(tmp);
   model::save_adapter(model, tmp, meta.base_model, meta.task_type, meta.bias);
   torch::save(optimizer, (tmp / "optimizer.pt").string());
-  {
-    at::Generator cpu = torch::globalContext().defaultGenerator(torch::kCPU);
-    std::lock_guard lock(cpu.mutex());
-    torch::save(cpu.get_state(), (tmp / "rng_state.pt").string());
-  }
+  torch::save(model::cpu_rng_state(), (tmp / "rng_state.pt").string());
   json log = json::array();
   for (const auto& s : history) {
     log.push_back({{"step", s.step},
@@ -121,9 +117,7 @@ std::vector<StepLog> load_checkpoint(const fs::path& dir, model::Llama& model, t
   torch::load(optimizer, (dir / "optimizer.pt").string());
   torch::Tensor rng;
   torch::load(rng, (dir / "rng_state.pt").string());
-  at::Generator cpu = torch::globalContext().defaultGenerator(torch::kCPU);  // a handle on the default
-  std::lock_guard lock(cpu.mutex());
-  cpu.set_state(rng);
+  model::set_cpu_rng_state(rng);
   std::ifstream in(dir / "trainer_state.json");
   const json state = json::parse(in);
   std::vector<StepLog> history;

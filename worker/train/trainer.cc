@@ -119,6 +119,7 @@ TrainResult train(const Config& config, const TrainHooks& hooks, bool resume) {
   load.lora = lora;
   auto model = model::Llama::load(base, load);
   model.set_training(true);
+  model.set_activation_checkpointing(config.trainer.gradient_checkpointing);
   auto params = model.trainable_parameters();
   for (auto& p : params) p.set_requires_grad(true);
   torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(config.trainer.learning_rate)
