@@ -83,8 +83,10 @@ std::unique_ptr<Job> load_job(const Config& config, const std::filesystem::path&
   auto loaded = load_tokenized_dataset(data.data_file, data.tokenizer_model, data.settings, data.cache_dir);
   auto samples = std::make_shared<CachedSamples>(std::move(loaded.cache));
   auto split = split_eval(samples->size(), config.data.eval_fraction, static_cast<uint64_t>(config.trainer.seed));
-  return std::make_unique<Job>(JobSettings::from_config(config), std::move(samples), std::move(split.train),
-                               journal_file);
+  auto job = std::make_unique<Job>(JobSettings::from_config(config), std::move(samples), std::move(split.train),
+                                   journal_file);
+  job->eval_ = std::move(split.eval);
+  return job;
 }
 
 Job::Clock Job::steady_clock() {

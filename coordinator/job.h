@@ -72,6 +72,8 @@ class Job;
 std::unique_ptr<Job> load_job(const Config& config, const std::filesystem::path& journal_file);
 
 class Job {
+  friend std::unique_ptr<Job> load_job(const Config&, const std::filesystem::path&);
+
  public:
   using Clock = std::function<double()>;  // monotonic seconds
   static Clock steady_clock();
@@ -82,6 +84,11 @@ class Job {
   Job(JobSettings settings, std::shared_ptr<const SampleSource> samples, std::vector<size_t> train,
       const std::filesystem::path& journal_file, Clock clock = steady_clock());
   ~Job();
+
+  // The held-out split (data.eval_fraction; empty without one) and its samples,
+  // for a local run's eval loss.
+  const std::vector<size_t>& eval_samples() const { return eval_; }
+  const SampleSource& samples() const { return *samples_; }
 
   uint64_t total_steps() const { return total_steps_; }
   uint64_t steps_per_epoch() const { return steps_per_epoch_; }
@@ -179,6 +186,7 @@ class Job {
   const JobSettings settings_;
   const std::shared_ptr<const SampleSource> samples_;
   const std::vector<size_t> train_;
+  std::vector<size_t> eval_;
   std::vector<uint32_t> lengths_;      // per sample id
   std::vector<uint32_t> loss_tokens_;  // per sample id: mask[1:] set
   uint64_t steps_per_epoch_ = 0, total_steps_ = 0;

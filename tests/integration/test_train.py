@@ -193,3 +193,14 @@ def test_activation_checkpointing_changes_memory_not_numbers(model, tmp_path):
     ta, tb = load_file(str(a)), load_file(str(b))
     assert ta.keys() == tb.keys()
     assert max(float(abs(ta[k] - tb[k]).max()) for k in ta) < 1e-6
+
+
+def test_eval_loss_on_the_held_out_split(model, tmp_path):
+    config = write_config(tmp_path / "c.yaml", model, tmp_path)
+    text = config.read_text().replace("sample-vicuna.json}", "sample-vicuna.json, eval_fraction: 0.1}")
+    config.write_text(text.replace("seed: 7}", "seed: 7, eval_steps: 8}"))
+    out = herd("train", config)
+    assert out.returncode == 0, out.stderr
+    evals = re.findall(r"^eval  step (\d+)/24  eval_loss ([\d.]+)  \(24 held-out samples\)$", out.stdout, re.M)
+    assert [int(s) for s, _ in evals] == [8, 16, 24]
+    assert float(evals[-1][1]) < float(evals[0][1])

@@ -67,6 +67,39 @@ torch::Tensor micro_batch_loss(const model::Llama& model, const v1::MicroBatch& 
   return (per_token * mask.slice(1, 1).reshape({-1})).sum();
 }
 
+// Mean next-token loss over the held-out samples (masked tokens only), without
+// dropout or gradients, batch_size rows at a time.
+double eval_loss(model::Llama& model, const coordinator::Job& job, size_t batch_size) {
+  torch::NoGradGuard no_grad;
+  model.set_training(false);
+  const auto& ids = job.eval_samples();
+  double sum = 0, count = 0;
+  for (size_t first = 0; first < ids.size(); first += batch_size) {
+    v1::MicroBatch batch;
+    uint32_t width = 0;
+    for (size_t i = first; i < std::min(ids.size(), first + batch_size); ++i) {
+      width = std::max(width, job.samples().length(ids[i]));
+    }
+    std::string mask;
+    for (size_t i = first; i < std::min(ids.size(), first + batch_size); ++i) {
+      const uint32_t n = job.samples().length(ids[i]);
+      std::vector<int32_t> row(width, 0);
+      std::string row_mask(width, '\0');
+      job.samples().read(ids[i], row.data(), reinterpret_cast<uint8_t*>(row_mask.data()));
+      batch.add_sample_ids(ids[i]);
+      batch.add_lengths(n);
+      batch.mutable_token_ids()->Add(row.begin(), row.end());
+      mask += row_mask;
+      count += static_cast<double>(std::count(row_mask.begin() + 1, row_mask.begin() + n, '\1'));
+    }
+    batch.set_loss_mask(mask);
+    uint64_t tokens = 0;
+    sum += micro_batch_loss(model, batch, &tokens).item<double>();
+  }
+  model.set_training(true);
+  return count > 0 ? sum / count : 0.0;
+}
+
 }  // namespace
 
 TrainResult train(const Config& config, const TrainHooks& hooks, bool resume) {
@@ -220,6 +253,14 @@ TrainResult train(const Config& config, const TrainHooks& hooks, bool resume) {
                         clock_time(elapsed / static_cast<double>(step) * static_cast<double>(total - step))));
       window_loss = 0;
       window_steps = 0;
+    }
+    const bool eval_due = config.trainer.eval_steps > 0 ? step % static_cast<uint64_t>(config.trainer.eval_steps) == 0
+                                                        : step == total;
+    if (!job->eval_samples().empty() && (eval_due || step == total)) {
+      const double loss = eval_loss(model, *job, static_cast<size_t>(config.trainer.batch_size));
+      result.evals.emplace_back(step, loss);
+      print(fmt::format("eval  step {}/{}  eval_loss {:.4f}  ({} held-out samples)", step, total, loss,
+                        job->eval_samples().size()));
     }
     if (step == total || step % static_cast<uint64_t>(config.checkpoint.every_steps) == 0) checkpoint(step);
   }

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace herd {
@@ -31,6 +32,7 @@ struct TrainResult {
   std::vector<StepLog> steps;  // the whole run's, those before a resumed checkpoint included
   uint64_t resumed_from = 0;   // the checkpoint's step, 0 for a fresh run
   bool interrupted = false;    // stopped by a signal, at a checkpoint
+  std::vector<std::pair<uint64_t, double>> evals;  // (step, loss on the held-out split)
   double seconds = 0;
   uint64_t tokens = 0;
   uint64_t peak_memory_bytes = 0;  // this process's peak resident memory
