@@ -552,18 +552,20 @@ Job::PlannedStep Job::step_plan_locked(uint64_t step) {
   return {it->second.plan.steps().at(index), it->second.loss_tokens.at(index)};
 }
 
-void Job::fill_micro_batch(const std::vector<size_t>& rows, herd::v1::MicroBatch* out) const {
+herd::v1::MicroBatch Job::micro_batch(const std::vector<size_t>& rows) const {
+  herd::v1::MicroBatch batch;
   uint32_t width = 0;
   for (size_t s : rows) width = std::max(width, lengths_[s]);
-  out->mutable_token_ids()->Resize(static_cast<int>(rows.size() * width), 0);
+  batch.mutable_token_ids()->Resize(static_cast<int>(rows.size() * width), 0);
   std::string mask(rows.size() * width, '\0');
   for (size_t r = 0; r < rows.size(); ++r) {
-    out->add_sample_ids(rows[r]);
-    out->add_lengths(lengths_[rows[r]]);
-    samples_->read(rows[r], out->mutable_token_ids()->mutable_data() + r * width,
+    batch.add_sample_ids(rows[r]);
+    batch.add_lengths(lengths_[rows[r]]);
+    samples_->read(rows[r], batch.mutable_token_ids()->mutable_data() + r * width,
                    reinterpret_cast<uint8_t*>(mask.data()) + r * width);
   }
-  out->set_loss_mask(std::move(mask));
+  batch.set_loss_mask(std::move(mask));
+  return batch;
 }
 
 Status Job::OpenStream(const herd::v1::StreamBatchesRequest& request) {
@@ -603,12 +605,11 @@ Job::StreamStep Job::NextStep(const herd::v1::StreamBatchesRequest& request, uin
     micro.resize(shape_.gradient_accumulation_steps);  // a rank that ran out gets empty micro-batches
   }
   for (uint32_t m = 0; m < micro.size(); ++m) {
-    herd::v1::MicroBatch& batch = out.batches.emplace_back();
+    herd::v1::MicroBatch& batch = out.batches.emplace_back(micro_batch(micro[m]));
     batch.set_step(step);
     batch.set_micro_step(m);
     batch.set_epoch((step - 1) / steps_per_epoch_);
     batch.set_step_loss_tokens(loss_tokens);
-    fill_micro_batch(micro[m], &batch);
   }
   return out;
 }

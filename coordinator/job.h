@@ -88,7 +88,8 @@ class Job {
   // The held-out split (data.eval_fraction; empty without one) and its samples,
   // for a local run's eval loss.
   const std::vector<size_t>& eval_samples() const { return eval_; }
-  const SampleSource& samples() const { return *samples_; }
+  // Samples as one right-padded micro-batch (what the stream sends).
+  herd::v1::MicroBatch micro_batch(const std::vector<size_t>& rows) const;
 
   uint64_t total_steps() const { return total_steps_; }
   uint64_t steps_per_epoch() const { return steps_per_epoch_; }
@@ -179,7 +180,6 @@ class Job {
     uint64_t loss_tokens;
   };
   PlannedStep step_plan_locked(uint64_t step);
-  void fill_micro_batch(const std::vector<size_t>& rows, herd::v1::MicroBatch* out) const;
   void journal_locked(RecordType type, const std::string& payload);
   void replay(const std::vector<JournalRecord>& records);
 

@@ -11,10 +11,10 @@
 
 #include "common/config.h"
 #include "common/hf_cache.h"
+#include "common/token_cache.h"
 #include "coordinator/job.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
-#include "common/token_cache.h"
 #include "worker/train/checkpoint.h"
 #include "worker/train/lr_schedule.h"
 
@@ -46,25 +46,29 @@ void check(const grpc::Status& s, const char* what) {
   if (!s.ok()) throw std::runtime_error(fmt::format("{}: {}", what, s.error_message()));
 }
 
-// Sum of next-token cross-entropy over the positions the mask counts, for one
-// micro-batch; tokens: the rows' real tokens.
-torch::Tensor micro_batch_loss(const model::Llama& model, const v1::MicroBatch& batch, uint64_t* tokens) {
+// Next-token cross-entropy of one micro-batch, summed over the positions its mask
+// counts; `tokens` gains the rows' real tokens, `predicted` the positions counted.
+torch::Tensor micro_batch_loss(const model::Llama& model, const v1::MicroBatch& batch, uint64_t* tokens,
+                               uint64_t* predicted = nullptr) {
   const int64_t rows = batch.sample_ids_size();
   const int64_t width = batch.token_ids_size() / rows;
   auto ids = torch::from_blob(const_cast<int32_t*>(batch.token_ids().data()), {rows, width}, torch::kInt32)
                  .to(torch::kInt64);
   auto mask = torch::from_blob(const_cast<char*>(batch.loss_mask().data()), {rows, width}, torch::kUInt8)
-                  .to(torch::kFloat32);
+                  .to(torch::kFloat32)
+                  .slice(1, 1)
+                  .reshape({-1});
   auto attention = torch::zeros({rows, width}, torch::kInt64);
   for (int64_t r = 0; r < rows; ++r) {
     attention[r].slice(0, 0, batch.lengths(static_cast<int>(r))).fill_(1);
     *tokens += batch.lengths(static_cast<int>(r));
   }
+  if (predicted) *predicted += static_cast<uint64_t>(mask.sum().item<double>());
   auto logits = model.forward(ids, attention);
   auto per_token = torch::nn::functional::cross_entropy(
       logits.slice(1, 0, width - 1).reshape({-1, logits.size(2)}), ids.slice(1, 1).reshape({-1}),
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-  return (per_token * mask.slice(1, 1).reshape({-1})).sum();
+  return (per_token * mask).sum();
 }
 
 // Mean next-token loss over the held-out samples (masked tokens only), without
@@ -73,31 +77,15 @@ double eval_loss(model::Llama& model, const coordinator::Job& job, size_t batch_
   torch::NoGradGuard no_grad;
   model.set_training(false);
   const auto& ids = job.eval_samples();
-  double sum = 0, count = 0;
+  double sum = 0;
+  uint64_t tokens = 0, predicted = 0;
   for (size_t first = 0; first < ids.size(); first += batch_size) {
-    v1::MicroBatch batch;
-    uint32_t width = 0;
-    for (size_t i = first; i < std::min(ids.size(), first + batch_size); ++i) {
-      width = std::max(width, job.samples().length(ids[i]));
-    }
-    std::string mask;
-    for (size_t i = first; i < std::min(ids.size(), first + batch_size); ++i) {
-      const uint32_t n = job.samples().length(ids[i]);
-      std::vector<int32_t> row(width, 0);
-      std::string row_mask(width, '\0');
-      job.samples().read(ids[i], row.data(), reinterpret_cast<uint8_t*>(row_mask.data()));
-      batch.add_sample_ids(ids[i]);
-      batch.add_lengths(n);
-      batch.mutable_token_ids()->Add(row.begin(), row.end());
-      mask += row_mask;
-      count += static_cast<double>(std::count(row_mask.begin() + 1, row_mask.begin() + n, '\1'));
-    }
-    batch.set_loss_mask(mask);
-    uint64_t tokens = 0;
-    sum += micro_batch_loss(model, batch, &tokens).item<double>();
+    const std::vector<size_t> rows(ids.begin() + static_cast<std::ptrdiff_t>(first),
+                                   ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), first + batch_size)));
+    sum += micro_batch_loss(model, job.micro_batch(rows), &tokens, &predicted).item<double>();
   }
   model.set_training(true);
-  return count > 0 ? sum / count : 0.0;
+  return predicted > 0 ? sum / static_cast<double>(predicted) : 0.0;
 }
 
 }  // namespace
