@@ -18,7 +18,6 @@
 #include "cli/model_commands.h"
 #include "cli/status_command.h"
 #include "common/config.h"
-#include "common/hf_cache.h"
 #include "common/launch.h"
 #include "common/version.h"
 #include "worker/runtime.h"
