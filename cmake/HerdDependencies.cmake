@@ -140,3 +140,18 @@ if(CAFFE2_USE_CUDA)
     endif()
   endif()
 endif()
+
+# NCCL for the CUDA build's collectives: the wheel's (nvidia-nccl), which is the
+# copy libtorch_cuda loads, else the CUDA toolkit's.
+if(HERD_CUDA)
+  find_path(HERD_NCCL_INCLUDE_DIR nccl.h HINTS "${_torch_root}/../nvidia/nccl/include" /usr/local/cuda/include)
+  find_library(HERD_NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR HINTS "${_torch_root}/../nvidia/nccl/lib" /usr/local/cuda/lib
+               /usr/local/cuda/lib64)
+  if(NOT HERD_NCCL_INCLUDE_DIR OR NOT HERD_NCCL_LIBRARY)
+    message(FATAL_ERROR "herd's CUDA build needs NCCL: the nvidia-nccl wheel (with torch) or the CUDA toolkit's")
+  endif()
+  find_package(CUDAToolkit REQUIRED)
+  add_library(herd_nccl INTERFACE)
+  target_include_directories(herd_nccl SYSTEM INTERFACE "${HERD_NCCL_INCLUDE_DIR}" ${CUDAToolkit_INCLUDE_DIRS})
+  target_link_libraries(herd_nccl INTERFACE "${HERD_NCCL_LIBRARY}")
+endif()

@@ -1,0 +1,248 @@
+#include "worker/comm/collective.h"
+
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "worker/comm/gloo_api.h"
+
+namespace herd::comm {
+
+namespace {
+
+void check_cpu(const torch::Tensor& t, const char* op) {
+  if (!t.defined() || !t.is_contiguous() || !t.device().is_cpu()) {
+    throw std::invalid_argument(fmt::format("{}: the Gloo backend takes contiguous CPU tensors", op));
+  }
+}
+
+gloo_api::DType reduce_dtype(const torch::Tensor& t, const char* op) {
+  switch (t.scalar_type()) {
+    case torch::kFloat32: return gloo_api::DType::kFloat32;
+    case torch::kFloat64: return gloo_api::DType::kFloat64;
+    case torch::kInt64: return gloo_api::DType::kInt64;
+    default: throw std::invalid_argument(fmt::format("{}: sums float32, float64 or int64 tensors", op));
+  }
+}
+
+// One rank: every operation is a copy or nothing.
+class LocalCollective : public Collective {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string backend() const override { return "local"; }
+  Work all_gather(torch::Tensor out, torch::Tensor in) override {
+    if (out.data_ptr() != in.data_ptr()) out.view(in.sizes()).copy_(in);
+    return {};
+  }
+  Work reduce_scatter(torch::Tensor out, torch::Tensor in) override {
+    if (out.data_ptr() != in.data_ptr()) out.copy_(in.view(out.sizes()));
+    return {};
+  }
+  Work all_reduce(torch::Tensor) override { return {}; }
+  Work broadcast(torch::Tensor, int) override { return {}; }
+  void barrier() override {}
+};
+
+// Finds and opens libherd_gloo.so once: $HERD_GLOO_MODULE, else next to the
+// executable's lib/ (build/bin/herd -> build/lib), else the executable's directory.
+gloo_api::ConnectFn gloo_module() {
+  static gloo_api::ConnectFn connect = [] {
+    std::vector<std::filesystem::path> candidates;
+    if (const char* env = std::getenv("HERD_GLOO_MODULE")) candidates.emplace_back(env);
+    std::error_code ec;
+    const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (!ec) {
+      candidates.push_back(exe.parent_path().parent_path() / "lib" / "libherd_gloo.so");
+      candidates.push_back(exe.parent_path() / "libherd_gloo.so");
+    }
+    std::vector<std::string> tried;
+    for (const auto& path : candidates) {
+      if (!std::filesystem::exists(path)) {
+        tried.push_back(path.string());
+        continue;
+      }
+      void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      if (!handle) throw CommError(fmt::format("loading {}: {}", path.string(), ::dlerror()));
+      auto* fn = reinterpret_cast<gloo_api::ConnectFn>(::dlsym(handle, gloo_api::kConnectSymbol));
+      if (!fn) throw CommError(fmt::format("{} has no {}", path.string(), gloo_api::kConnectSymbol));
+      return fn;
+    }
+    throw CommError(fmt::format("the Gloo backend's module libherd_gloo.so was not found (tried {}); set "
+                                "HERD_GLOO_MODULE to its path",
+                                fmt::join(tried, ", ")));
+  }();
+  return connect;
+}
+
+class StoreKeyValue : public gloo_api::KeyValue {
+ public:
+  explicit StoreKeyValue(Store& store) : store_(store) {}
+  void set(const std::string& key, const std::vector<char>& value) override {
+    store_.set("gloo/" + key, std::string(value.begin(), value.end()));
+  }
+  std::vector<char> get(const std::string& key, std::chrono::milliseconds timeout) override {
+    const auto v = store_.get("gloo/" + key, timeout);
+    return {v.begin(), v.end()};
+  }
+
+ private:
+  Store& store_;
+};
+
+// Runs operations one at a time, in the order they were issued, on its own thread.
+class GlooCollective : public Collective {
+ public:
+  GlooCollective(std::unique_ptr<gloo_api::Group> group, const CollectiveOptions& options)
+      : group_(std::move(group)), options_(options), thread_([this] { run(); }) {}
+  ~GlooCollective() override {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    ready_.notify_all();
+    thread_.join();
+  }
+
+  int rank() const override { return options_.rank; }
+  int size() const override { return options_.size; }
+  std::string backend() const override { return "gloo"; }
+
+  Work all_gather(torch::Tensor out, torch::Tensor in) override {
+    check_cpu(out, "all_gather");
+    check_cpu(in, "all_gather");
+    if (out.numel() != in.numel() * size() || out.scalar_type() != in.scalar_type()) {
+      throw std::invalid_argument(fmt::format("all_gather: output of {} elements for {} ranks of {}", out.numel(),
+                                              size(), in.numel()));
+    }
+    return enqueue("all_gather", [this, out, in] { group_->all_gather(in.data_ptr(), out.data_ptr(), in.nbytes()); });
+  }
+  Work reduce_scatter(torch::Tensor out, torch::Tensor in) override {
+    check_cpu(out, "reduce_scatter");
+    check_cpu(in, "reduce_scatter");
+    const auto dtype = reduce_dtype(in, "reduce_scatter");
+    if (in.numel() != out.numel() * size() || out.scalar_type() != in.scalar_type()) {
+      throw std::invalid_argument("reduce_scatter: input must hold size() chunks of the output's shape and dtype");
+    }
+    return enqueue("reduce_scatter", [this, out, in, dtype] {
+      group_->reduce_scatter_sum(in.data_ptr(), out.data_ptr(), static_cast<size_t>(out.numel()), dtype);
+    });
+  }
+  Work all_reduce(torch::Tensor t) override {
+    check_cpu(t, "all_reduce");
+    const auto dtype = reduce_dtype(t, "all_reduce");
+    return enqueue("all_reduce",
+                   [this, t, dtype] { group_->all_reduce_sum(t.data_ptr(), static_cast<size_t>(t.numel()), dtype); });
+  }
+  Work broadcast(torch::Tensor t, int root) override {
+    check_cpu(t, "broadcast");
+    return enqueue("broadcast", [this, t, root] { group_->broadcast(t.data_ptr(), t.nbytes(), root); });
+  }
+  void barrier() override { enqueue("barrier", [this] { group_->barrier(); }).wait(); }
+
+ private:
+  struct Task {
+    std::string what;
+    std::function<void()> run;
+    std::shared_ptr<std::promise<void>> done;
+  };
+
+  Work enqueue(const char* op, std::function<void()> fn) {
+    Task task{fmt::format("{} on rank {} of {} (attempt {})", op, rank(), size(), options_.attempt), std::move(fn),
+              std::make_shared<std::promise<void>>()};
+    // Waiting allows for the operations queued ahead of this one.
+    Work work([done = task.done->get_future().share(), what = task.what, timeout = options_.timeout * 2] {
+      if (done.wait_for(timeout) != std::future_status::ready) {
+        throw CommError(fmt::format("{} did not finish within {} s", what, timeout.count() / 1000.0));
+      }
+      done.get();
+    });
+    {
+      std::lock_guard lock(mutex_);
+      queue_.push_back(std::move(task));
+    }
+    ready_.notify_one();
+    return work;
+  }
+
+  void run() {
+    for (;;) {
+      Task task;
+      {
+        std::unique_lock lock(mutex_);
+        ready_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      if (!broken_.empty()) {
+        task.done->set_exception(std::make_exception_ptr(
+            CommError(fmt::format("{} failed: the group broke earlier: {}", task.what, broken_))));
+        continue;
+      }
+      try {
+        task.run();
+        task.done->set_value();
+      } catch (const std::exception& e) {
+        broken_ = fmt::format("{} failed: {}", task.what, e.what());
+        task.done->set_exception(std::make_exception_ptr(CommError(broken_)));
+      }
+    }
+  }
+
+  std::unique_ptr<gloo_api::Group> group_;
+  const CollectiveOptions options_;
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<Task> queue_;
+  bool stop_ = false;
+  std::string broken_;  // the comm thread's alone
+  std::thread thread_;
+};
+
+}  // namespace
+
+#ifndef HERD_CUDA
+bool nccl_available() { return false; }
+std::unique_ptr<Collective> connect_nccl(Store&, const CollectiveOptions&) {
+  throw CommError("the NCCL backend needs a CUDA build of herd (HERD_CUDA)");
+}
+#else
+std::unique_ptr<Collective> connect_nccl(Store& store, const CollectiveOptions& options);  // nccl.cc
+#endif
+
+std::unique_ptr<Collective> connect(const std::string& backend, Store& store, const CollectiveOptions& options) {
+  if (options.size < 1 || options.rank < 0 || options.rank >= options.size) {
+    throw std::invalid_argument(fmt::format("rank {} of {}", options.rank, options.size));
+  }
+  if (options.size == 1) return std::make_unique<LocalCollective>();
+  if (backend == "nccl") return connect_nccl(store, options);
+  if (backend != "gloo") throw std::invalid_argument("collective backend '" + backend + "': gloo or nccl");
+  StoreKeyValue kv(store);
+  gloo_api::GroupOptions group;
+  group.rank = options.rank;
+  group.size = options.size;
+  group.hostname = options.hostname;
+  group.iface = options.iface;
+  group.timeout = options.timeout;
+  try {
+    std::unique_ptr<gloo_api::Group> connected(gloo_module()(kv, group));
+    return std::make_unique<GlooCollective>(std::move(connected), options);
+  } catch (const CommError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw CommError(fmt::format("rank {} of {} (attempt {}): {}", options.rank, options.size, options.attempt,
+                                e.what()));
+  }
+}
+
+}  // namespace herd::comm
