@@ -17,6 +17,7 @@
 #include "cli/data_commands.h"
 #include "cli/model_commands.h"
 #include "cli/status_command.h"
+#include "cli/worker_command.h"
 #include "common/config.h"
 #include "common/launch.h"
 #include "common/version.h"
@@ -116,28 +117,6 @@ int status(const std::string& address, const std::string& token_file, const std:
   return kOk;
 }
 
-int worker(const std::string& coordinator, const std::string& token_file, const std::string& config_path) {
-  herd::Launch launch;
-  try {
-    launch = herd::detect_launch(coordinator, herd::process_env());
-  } catch (const herd::LaunchError& e) {
-    std::cerr << "herd worker: " << e.what() << "\n";
-    return kUserError;
-  }
-  std::cout << fmt::format("herd worker: launched by {}; rank {}; local rank {}; coordinator {}\n", launch.source,
-                           launch.rank ? fmt::format("{} of {}", *launch.rank, *launch.world_size)
-                                       : std::string("assigned by the coordinator"),
-                           launch.local_rank, launch.coordinator.empty() ? "hosted by rank 0" : launch.coordinator);
-  if (!launch.coordinator.empty()) {
-    auto options = herd::cli::client_options(launch.coordinator, token_file, "", config_path, "herd worker");
-    if (!options) return kUserError;
-    auto reply = herd::cli::fetch_status(*options, "herd worker");
-    if (!reply) return kUserError;
-    std::cout << herd::cli::format_status(*reply);
-  }
-  std::cerr << "herd worker: the training loop is not built yet\n";
-  return kNotBuiltYet;
-}
 
 }  // namespace
 
@@ -152,20 +131,25 @@ int main(int argc, char** argv) {
   auto* train_cmd = app.add_subcommand("train", "Train LoRA adapters as CONFIG says (local run)");
   train_cmd->add_option("config", config_path, "The job's YAML config")->required();
   bool resume = false;
+  int workers = 0;
+  train_cmd->add_option("--workers", workers,
+                        "Train on N local worker processes behind an in-process coordinator (N >= 1)")
+      ->check(CLI::Range(1, 1024));
   train_cmd->add_flag("--dry-run", dry_run, "Check the config and paths, print the plan, do not train");
   train_cmd->add_flag("--resume", resume,
                       "Continue from the newest complete checkpoint in trainer_output_dir (checkpoint.resume: auto)");
-  train_cmd->callback([&] { rc = train(config_path, dry_run, resume); });
+  train_cmd->callback([&] {
+    rc = workers > 0 && !dry_run ? herd::cli::local_workers_command(config_path, workers, "/proc/self/exe")
+                                 : train(config_path, dry_run, resume);
+  });
 
   std::string coordinator;
   std::string token_file;
-  auto* worker_cmd = app.add_subcommand("worker", "Join a job as one worker");
-  worker_cmd->add_option("config", config_path, "The job's YAML config (with mpirun or a local launch)");
+  auto* worker_cmd = app.add_subcommand("worker", "Join a job as one worker (a coordinator's, mpirun's or torchrun's)");
+  worker_cmd->add_option("config", config_path, "The job's YAML config")->required();
   worker_cmd->add_option("--coordinator", coordinator, "The coordinator, HOST:PORT");
   worker_cmd->add_option("--token-file", token_file, "File holding the job token")->check(CLI::ExistingFile);
-  worker_cmd->callback([&] {
-    rc = config_path.empty() || load(config_path) ? worker(coordinator, token_file, config_path) : kUserError;
-  });
+  worker_cmd->callback([&] { rc = herd::cli::worker_command({config_path, coordinator, token_file}); });
 
   auto* config_cmd = app.add_subcommand("config", "Inspect configs");
   config_cmd->require_subcommand(1);

@@ -423,7 +423,7 @@ Status Job::WaitForGang(const herd::v1::WaitForGangRequest& request, herd::v1::W
       return error(StatusCode::FAILED_PRECONDITION,
                    fmt::format("the job is {}{}", state_name(state_), message_.empty() ? "" : ": " + message_));
     }
-    if (training_locked() && w->attempt == attempt_) {
+    if (training_locked() && w->attempt == attempt_ && attempt_ > request.after_attempt()) {
       response->set_rank(w->rank);
       response->set_world_size(shape_.world_size);
       response->set_attempt(attempt_);
@@ -433,6 +433,7 @@ Status Job::WaitForGang(const herd::v1::WaitForGangRequest& request, herd::v1::W
       response->set_gradient_accumulation_steps(static_cast<uint32_t>(shape_.gradient_accumulation_steps));
       response->set_total_steps(total_steps_);
       response->set_batch_size(settings_.batch_size);
+      response->set_steps_per_epoch(steps_per_epoch_);
       return Status::OK;
     }
     if (cancelled()) return error(StatusCode::CANCELLED, "the client went away");

@@ -131,9 +131,11 @@ Llama Llama::from_tensors(const LlamaConfig& config, const std::map<std::string,
   };
   torch::Generator rng = at::detail::createCPUGenerator(options.lora ? options.lora->seed : 0);
   m.embed_tokens_ = get("model.embed_tokens.weight").to(torch::kFloat32);
+  m.layers_.reserve(static_cast<size_t>(config.num_hidden_layers));
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     m.add_layer(
         i, get, [](const std::string&, std::pair<int64_t, int64_t>) { return std::nullopt; }, &rng);
+    if (options.on_layer) options.on_layer(i, m.layers_.back());
   }
   m.norm_ = get("model.norm.weight").to(torch::kFloat32);
   m.lm_head_ = config.tie_word_embeddings ? m.embed_tokens_ : get("lm_head.weight").to(torch::kFloat32);
@@ -152,7 +154,11 @@ Llama Llama::load(const fs::path& dir, const LoadOptions& options) {
   torch::Generator rng = at::detail::createCPUGenerator(options.lora ? options.lora->seed : 0);
   // As prepare_model_for_kbit_training does: everything not quantized in float32.
   m.embed_tokens_ = get("model.embed_tokens.weight").to(torch::kFloat32);
-  for (int64_t i = 0; i < m.config_.num_hidden_layers; ++i) m.add_layer(i, get, prequantized, &rng);
+  m.layers_.reserve(static_cast<size_t>(m.config_.num_hidden_layers));  // on_layer keeps pointers into them
+  for (int64_t i = 0; i < m.config_.num_hidden_layers; ++i) {
+    m.add_layer(i, get, prequantized, &rng);
+    if (options.on_layer) options.on_layer(i, m.layers_.back());
+  }
   m.norm_ = get("model.norm.weight").to(torch::kFloat32);
   m.lm_head_ = m.config_.tie_word_embeddings ? m.embed_tokens_ : get("lm_head.weight").to(torch::kFloat32);
   const auto [vocab, hidden] = std::pair{m.embed_tokens_.size(0), m.embed_tokens_.size(1)};
@@ -227,35 +233,39 @@ torch::Tensor Llama::decoder_layer(const DecoderLayer& layer, const torch::Tenso
 // torch.utils.checkpoint's reentrant variant does. LoRA gradients accumulate into
 // the parameters from the inner backward.
 torch::Tensor Llama::CheckpointedLayer::forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
-                                                const Llama* model, const DecoderLayer* layer,
-                                                const torch::Tensor& cos, const torch::Tensor& sin,
-                                                const torch::Tensor& mask) {
-  ctx->saved_data["model"] = reinterpret_cast<int64_t>(model);  // both outlive the graph
-  ctx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
+                                                const Llama* model, int64_t layer, const torch::Tensor& cos,
+                                                const torch::Tensor& sin, const torch::Tensor& mask) {
+  ctx->saved_data["model"] = reinterpret_cast<int64_t>(model);  // outlives the graph
+  ctx->saved_data["layer"] = layer;
   ctx->saved_data["rng"] = cpu_rng_state();
   ctx->saved_data["cos"] = cos;
   ctx->saved_data["sin"] = sin;
   ctx->saved_data["mask"] = mask;
   ctx->save_for_backward({hidden});
   torch::NoGradGuard no_grad;
-  return model->decoder_layer(*layer, hidden, cos, sin, mask);
+  return model->decoder_layer(model->layers_[static_cast<size_t>(layer)], hidden, cos, sin, mask);
 }
 
 torch::autograd::variable_list Llama::CheckpointedLayer::backward(torch::autograd::AutogradContext* ctx,
                                                                   torch::autograd::variable_list grad) {
   const auto* model = reinterpret_cast<const Llama*>(ctx->saved_data["model"].toInt());
-  const auto* layer = reinterpret_cast<const DecoderLayer*>(ctx->saved_data["layer"].toInt());
+  const int64_t layer = ctx->saved_data["layer"].toInt();
+  if (model->source_) model->source_->acquire(layer, /*backward=*/true);
   auto hidden = ctx->get_saved_variables()[0].detach().requires_grad_(true);
   const auto after = cpu_rng_state();
   set_cpu_rng_state(ctx->saved_data["rng"].toTensor());
   torch::Tensor out;
   {
     torch::AutoGradMode enable(true);
-    out = model->decoder_layer(*layer, hidden, ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor(),
-                               ctx->saved_data["mask"].toTensor());
+    out = model->decoder_layer(model->layers_[static_cast<size_t>(layer)], hidden, ctx->saved_data["cos"].toTensor(),
+                               ctx->saved_data["sin"].toTensor(), ctx->saved_data["mask"].toTensor());
   }
   set_cpu_rng_state(after);
   torch::autograd::backward({out}, {grad[0]});
+  if (model->source_) {
+    model->source_->release(layer);
+    model->source_->backward_done(layer);
+  }
   return {hidden.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
 }
 
@@ -270,6 +280,7 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
           fmt::format("token id {} is outside the vocabulary (0..{})", lo < 0 ? lo : hi, config_.vocab_size - 1));
     }
   }
+  if (source_) source_->acquire_head();
   const auto device = embed_tokens_.device();
   auto h = embed_tokens_.index_select(0, input_ids.reshape({-1}).to(device)).view({B, T, -1});
 
@@ -324,11 +335,20 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
   // A checkpointed layer joins the graph only when its input requires grad (the
   // embeddings are frozen): as transformers' enable_input_require_grads does.
   if (recompute) h = h.detach().requires_grad_(true);
-  for (const auto& layer : layers_) {
-    h = recompute ? CheckpointedLayer::apply(h, this, &layer, cos, sin, mask) : decoder_layer(layer, h, cos, sin, mask);
+  // Without recomputation, backward needs every layer's weights: a source keeps
+  // them until the step is over.
+  const bool release = recompute || !torch::GradMode::is_enabled();
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const auto index = static_cast<int64_t>(i);
+    if (source_) source_->acquire(index, /*backward=*/false);
+    h = recompute ? CheckpointedLayer::apply(h, this, index, cos, sin, mask)
+                  : decoder_layer(layers_[i], h, cos, sin, mask);
+    if (source_ && release) source_->release(index);
   }
   h = rms_norm(h, norm_, config_.rms_norm_eps);
-  return torch::matmul(h, lm_head_.t());
+  auto logits = torch::matmul(h, lm_head_.t());  // the graph keeps lm_head for backward
+  if (source_) source_->release_head();
+  return logits;
 }
 
 std::pair<double, int64_t> Llama::sequence_loss(const std::vector<int32_t>& ids) const {

@@ -37,11 +37,34 @@ struct LoraOptions {
   double scaling() const;
 };
 
+struct DecoderLayer;
+
+// Where the frozen weights live between uses. Without one every tensor is resident;
+// worker/train/sharding.h keeps 1/N of each layer per rank and gathers a layer just
+// before it computes (FSDP-style). Calls come in the same order on every rank.
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  // Make decoder layer i's frozen tensors resident (forward, or its recomputation
+  // in backward: `backward` says which way the next layer is).
+  virtual void acquire(int64_t layer, bool backward) = 0;
+  // Layer i's frozen tensors may go.
+  virtual void release(int64_t layer) = 0;
+  // Layer i's backward is done: its LoRA gradients of this micro-batch are final.
+  virtual void backward_done(int64_t layer) = 0;
+  // The embedding, final norm and lm_head: resident for a forward, then released.
+  virtual void acquire_head() = 0;
+  virtual void release_head() = 0;
+};
+
 struct LoadOptions {
   bool quantize = true;  // NF4 base weights (else dense in compute_dtype)
   bool double_quant = true;
   torch::ScalarType compute_dtype = torch::kFloat32;
   std::optional<LoraOptions> lora;
+  // Called as each decoder layer is loaded (a sharder keeps its part and frees the
+  // rest, so a rank never holds the whole model).
+  std::function<void(int64_t, DecoderLayer&)> on_layer;
 };
 
 struct DecoderLayer {
@@ -77,6 +100,12 @@ class Llama {
   // In training, keep only each decoder layer's input and recompute the layer in
   // backward (trainer.gradient_checkpointing): activation memory of one layer.
   void set_activation_checkpointing(bool on) { activation_checkpointing_ = on; }
+  bool activation_checkpointing() const { return activation_checkpointing_; }
+  void set_weight_source(WeightSource* source) { source_ = source; }
+  // The frozen tensors outside the decoder layers (a WeightSource swaps them).
+  torch::Tensor& embed_tokens() { return embed_tokens_; }
+  torch::Tensor& final_norm() { return norm_; }
+  torch::Tensor& lm_head() { return lm_head_; }
 
   // The adapter's tensors under peft's names
   // (base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight, ...).
@@ -96,7 +125,7 @@ class Llama {
                               const torch::Tensor& sin, const torch::Tensor& mask) const;
   struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
     static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
-                                 const Llama* model, const DecoderLayer* layer, const torch::Tensor& cos,
+                                 const Llama* model, int64_t layer, const torch::Tensor& cos,
                                  const torch::Tensor& sin, const torch::Tensor& mask);
     static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                    torch::autograd::variable_list grad);
@@ -111,6 +140,7 @@ class Llama {
   torch::Tensor inv_freq_;
   bool training_ = false;
   bool activation_checkpointing_ = false;
+  WeightSource* source_ = nullptr;
 };
 
 // "model.layers.{i}.self_attn.q_proj" / "model.layers.{i}.mlp.gate_proj"

@@ -64,6 +64,7 @@ class LoraLinear {
   torch::Tensor forward(const torch::Tensor& x, bool training) const;
 
   const FrozenWeight& weight() const { return weight_; }
+  FrozenWeight& mutable_weight() { return weight_; }  // a WeightSource swaps its tensors
   bool has_lora() const { return lora_.has_value(); }
   torch::Tensor& lora_A() { return lora_A_; }  // [r, in], float32
   torch::Tensor& lora_B() { return lora_B_; }  // [out, r], float32

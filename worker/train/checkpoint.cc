@@ -63,10 +63,14 @@ std::string check(const fs::path& dir) {
 
 }  // namespace
 
+fs::path checkpoint_dir(const fs::path& output_dir, uint64_t step) {
+  return output_dir / fmt::format("{}{}", kPrefix, step);
+}
+
 fs::path write_checkpoint(const fs::path& output_dir, uint64_t step, model::Llama& model,
                           torch::optim::Optimizer& optimizer, const std::vector<StepLog>& history,
                           const CheckpointMeta& meta, int64_t keep_last) {
-  const fs::path final_dir = output_dir / fmt::format("{}{}", kPrefix, step);
+  const fs::path final_dir = checkpoint_dir(output_dir, step);
   const fs::path tmp = output_dir / fmt::format(".{}{}.tmp-{}", kPrefix, step, ::getpid());
   fs::remove_all(tmp);
   fs::create_directories(tmp);

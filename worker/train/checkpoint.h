@@ -25,6 +25,9 @@ struct CheckpointMeta {
   uint64_t steps_per_epoch = 1, total_steps = 0;
 };
 
+// {output_dir}/checkpoint-STEP
+std::filesystem::path checkpoint_dir(const std::filesystem::path& output_dir, uint64_t step);
+
 // Writes checkpoint-STEP and keeps the newest `keep_last` checkpoints. Returns its path.
 std::filesystem::path write_checkpoint(const std::filesystem::path& output_dir, uint64_t step, model::Llama& model,
                                        torch::optim::Optimizer& optimizer, const std::vector<StepLog>& history,

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -13,10 +14,13 @@
 #include "common/hf_cache.h"
 #include "common/token_cache.h"
 #include "coordinator/job.h"
+#include "worker/comm/collective.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
 #include "worker/train/checkpoint.h"
+#include "worker/train/link.h"
 #include "worker/train/lr_schedule.h"
+#include "worker/train/sharding.h"
 
 namespace herd::train {
 
@@ -42,15 +46,19 @@ std::string clock_time(double seconds) {
                    : fmt::format("{}:{:02}", s / 60, s % 60);
 }
 
-void check(const grpc::Status& s, const char* what) {
-  if (!s.ok()) throw std::runtime_error(fmt::format("{}: {}", what, s.error_message()));
-}
-
 // Next-token cross-entropy of one micro-batch, summed over the positions its mask
 // counts; `tokens` gains the rows' real tokens, `predicted` the positions counted.
+// A micro-batch without rows (this rank ran out in an epoch's short last step)
+// becomes one row whose loss counts nothing, so the rank still takes part in every
+// collective of the forward and backward.
 torch::Tensor micro_batch_loss(const model::Llama& model, const v1::MicroBatch& batch, uint64_t* tokens,
                                uint64_t* predicted = nullptr) {
   const int64_t rows = batch.sample_ids_size();
+  if (rows == 0) {
+    auto ids = torch::zeros({1, 2}, torch::kInt64);
+    auto logits = model.forward(ids);
+    return logits.sum() * 0.0;
+  }
   const int64_t width = batch.token_ids_size() / rows;
   auto ids = torch::from_blob(const_cast<int32_t*>(batch.token_ids().data()), {rows, width}, torch::kInt32)
                  .to(torch::kInt64);
@@ -88,42 +96,33 @@ double eval_loss(model::Llama& model, const coordinator::Job& job, size_t batch_
   return predicted > 0 ? sum / static_cast<double>(predicted) : 0.0;
 }
 
-}  // namespace
+std::string collective_backend(const Config& config) {
+  const auto& b = config.distributed.backend;
+  if (b == "auto") return "gloo";  // the model runs on the CPU
+  return b;
+}
 
-TrainResult train(const Config& config, const TrainHooks& hooks, bool resume) {
-  auto print = [&](const std::string& line) {
-    if (hooks.print) hooks.print(line);
-  };
-  if (config.distributed.world_size != 1) {
-    throw std::runtime_error(fmt::format("herd train runs one local worker; distributed.world_size is {} "
-                                         "(start herd-coordinator and herd worker processes instead)",
-                                         config.distributed.world_size));
-  }
-  const auto start = std::chrono::steady_clock::now();
-  auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+// What one gang attempt trains with. Members are declared in the order they must
+// be built; they are destroyed in reverse (the weights let go of the model first).
+struct Replica {
+  std::unique_ptr<comm::Collective> comm;
+  std::optional<model::Llama> model;
+  std::unique_ptr<ShardedWeights> weights;
+  std::vector<torch::Tensor> params;
+  std::unique_ptr<torch::optim::AdamW> optimizer;
+};
 
-  const auto base = resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");
-  // The in-process coordinator: the plan and stream a remote one would serve.
-  auto job = coordinator::load_job(config, {});
-  std::optional<FoundCheckpoint> from;
-  if (resume || config.checkpoint.resume == "auto") {
-    std::vector<std::string> warnings;
-    from = newest_checkpoint(config.trainer_output_dir, &warnings);
-    for (const auto& w : warnings) {
-      if (hooks.warn) hooks.warn(w);
-    }
-    if (from) job->resume_from(from->step, from->dir.string());
-  }
-  v1::RegisterRequest reg;
-  reg.set_job_id(config.model_name);
-  reg.set_host("local");
-  v1::RegisterResponse me;
-  check(job->Register(reg, &me), "register");
-  v1::WaitForGangRequest wait;
-  wait.set_worker_id(me.worker_id());
-  v1::WaitForGangResponse gang;
-  check(job->WaitForGang(wait, &gang, [] { return false; }), "gang");
-  const uint64_t total = gang.total_steps();
+void build_replica(Replica& r, const Config& config, const std::filesystem::path& base, CoordinatorLink& link,
+                   const Gang& gang, const WorkerOptions& options) {
+  comm::CollectiveOptions co;
+  co.rank = static_cast<int>(gang.rank);
+  co.size = static_cast<int>(gang.world_size);
+  co.attempt = gang.attempt;
+  co.timeout = std::chrono::milliseconds(static_cast<int64_t>(config.distributed.collective_timeout_s * 1000));
+  co.hostname = options.gloo_hostname;
+  if (const char* iface = std::getenv("GLOO_SOCKET_IFNAME")) co.iface = iface;
+  r.comm = comm::connect(collective_backend(config), link.store(), co);
+  r.weights = std::make_unique<ShardedWeights>(*r.comm, parse_sharding(config.distributed.sharding));
 
   torch::manual_seed(static_cast<uint64_t>(config.trainer.seed));  // LoRA dropout
   model::LoadOptions load;
@@ -138,130 +137,195 @@ TrainResult train(const Config& config, const TrainHooks& hooks, bool resume) {
   lora.target_modules = config.lora.target_modules;
   lora.seed = static_cast<uint64_t>(config.trainer.seed);
   load.lora = lora;
-  auto model = model::Llama::load(base, load);
-  model.set_training(true);
-  model.set_activation_checkpointing(config.trainer.gradient_checkpointing);
-  auto params = model.trainable_parameters();
-  for (auto& p : params) p.set_requires_grad(true);
-  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(config.trainer.learning_rate)
-                                            .betas({config.trainer.adam_beta1, config.trainer.adam_beta2})
-                                            .eps(config.trainer.adam_epsilon)
-                                            .weight_decay(config.trainer.weight_decay));
-  int64_t trainable = 0;
-  for (auto& p : params) trainable += p.numel();
-  print(fmt::format("training {}: {} steps ({} per epoch), {} trainable parameters, {} base weights", config.model_name,
-                    total, job->steps_per_epoch(), trainable, config.quantization.enabled ? "NF4" : "dense"));
+  load.on_layer = [w = r.weights.get()](int64_t i, model::DecoderLayer& layer) { w->adopt_layer(i, layer); };
+  r.model.emplace(model::Llama::load(base, load));
+  r.weights->attach(*r.model);
+  r.model->set_training(true);
+  r.model->set_activation_checkpointing(config.trainer.gradient_checkpointing);
+  r.params = r.model->trainable_parameters();
+  for (auto& p : r.params) p.set_requires_grad(true);
+  r.optimizer = std::make_unique<torch::optim::AdamW>(
+      r.params, torch::optim::AdamWOptions(config.trainer.learning_rate)
+                    .betas({config.trainer.adam_beta1, config.trainer.adam_beta2})
+                    .eps(config.trainer.adam_epsilon)
+                    .weight_decay(config.trainer.weight_decay));
+}
+
+}  // namespace
+
+TrainResult run_worker(const Config& config, CoordinatorLink& link, const TrainHooks& hooks,
+                       const WorkerOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  const auto base = resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");
+  link.join(options.host, "cpu");
 
   TrainResult result;
-  if (from) {
-    result.steps = load_checkpoint(from->dir, model, optimizer);
-    result.resumed_from = from->step;
-    print(fmt::format("resuming from {} (step {})", from->dir.string(), from->step));
+  uint64_t after = 0;  // the attempt this worker last trained in
+  for (;;) {
+    const Gang gang = link.wait_for_gang(after);
+    link.close_stream();  // the previous attempt's, now that a new gang formed
+    after = gang.attempt;
+    const bool lead = gang.rank == 0;
+    auto print = [&](const std::string& line) {
+      if (hooks.print && lead) hooks.print(line);
+    };
+    const uint64_t total = gang.total_steps;
+    Replica r;
+    try {
+      build_replica(r, config, base, link, gang, options);
+    } catch (const comm::CommError& e) {
+      print(fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()));
+      continue;
+    }
+    if (options.on_gang) options.on_gang(gang, r.weights->shard_bytes(), r.weights->model_bytes());
+    int64_t trainable = 0;
+    for (auto& p : r.params) trainable += p.numel();
+    print(fmt::format("training {}: {} steps ({} per epoch), {} trainable parameters, {} base weights{}",
+                      config.model_name, total, gang.steps_per_epoch, trainable,
+                      config.quantization.enabled ? "NF4" : "dense",
+                      gang.world_size > 1 ? fmt::format(", {} ranks ({}, {}, attempt {})", gang.world_size,
+                                                        r.comm->backend(), config.distributed.sharding, gang.attempt)
+                                          : std::string()));
+    result.steps.clear();
+    if (gang.resume_step > 0) {
+      result.steps = load_checkpoint(gang.resume_checkpoint, *r.model, *r.optimizer);
+      result.resumed_from = gang.resume_step;
+      print(fmt::format("resuming from {} (step {})", gang.resume_checkpoint, gang.resume_step));
+    }
+    const CheckpointMeta meta{config.base_model, config.lora.task_type, config.lora.bias, gang.steps_per_epoch, total};
+    uint64_t last_checkpoint = gang.resume_step;
+    auto checkpoint = [&](uint64_t step) {
+      last_checkpoint = step;
+      auto dir = checkpoint_dir(config.trainer_output_dir, step);
+      if (lead) {
+        dir = write_checkpoint(config.trainer_output_dir, step, *r.model, *r.optimizer, result.steps, meta,
+                               config.checkpoint.keep_last);
+      }
+      r.comm->barrier();  // rank 0's files are complete (a shared file system)
+      link.commit_checkpoint(step, dir.string(), fmt::format("{:064x}", hash_file(dir / "checkpoint.json")));
+    };
+
+    try {
+      link.open_stream(gang.resume_step + 1);
+      double window_loss = 0;
+      int64_t window_steps = 0;
+      for (uint64_t step = gang.resume_step + 1; step <= total; ++step) {
+        if (hooks.stop && *hooks.stop && gang.world_size == 1) {
+          if (step - 1 > last_checkpoint) checkpoint(step - 1);
+          print(last_checkpoint == 0 ? std::string("interrupted before the first step: nothing to resume from")
+                                     : fmt::format("interrupted after step {}: `herd train CONFIG --resume` continues "
+                                                   "from checkpoint-{}",
+                                                   step - 1, last_checkpoint));
+          result.interrupted = true;
+          result.seconds = seconds();
+          link.close_stream();
+          return result;
+        }
+        const auto step_start = std::chrono::steady_clock::now();
+        auto batches = link.next_step(step);
+        const double lr = config.trainer.learning_rate *
+                          lr_factor(config.trainer.lr_scheduler, static_cast<int64_t>(step) - 1,
+                                    config.trainer.warmup_steps, static_cast<int64_t>(total));
+        for (auto& group : r.optimizer->param_groups()) {
+          static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+        }
+        r.optimizer->zero_grad();
+        const double normaliser = static_cast<double>(std::max<uint64_t>(1, batches.front().step_loss_tokens()));
+        double loss_sum = 0;
+        uint64_t tokens = 0;
+        for (size_t m = 0; m < batches.size(); ++m) {
+          if (batches[m].sample_ids_size() == 0 && gang.world_size == 1) continue;
+          r.weights->set_sync_gradients(m + 1 == batches.size());
+          auto loss = micro_batch_loss(*r.model, batches[m], &tokens);
+          (loss / normaliser).backward();
+          loss_sum += loss.item<double>();
+        }
+        r.weights->finish_gradients();
+        if (!r.model->activation_checkpointing()) r.weights->release_all();
+        // The step's loss and tokens over every rank.
+        auto totals = torch::tensor({loss_sum, static_cast<double>(tokens)}, torch::kFloat64);
+        r.comm->all_reduce(totals).wait();
+        const double grad_norm =
+            config.trainer.max_grad_norm > 0
+                ? torch::nn::utils::clip_grad_norm_(r.params, config.trainer.max_grad_norm)
+                : torch::nn::utils::clip_grad_norm_(r.params, std::numeric_limits<double>::infinity());
+        r.optimizer->step();
+
+        const auto all_tokens = static_cast<uint64_t>(totals[1].item<double>());
+        StepLog log{step, static_cast<double>(step) / static_cast<double>(gang.steps_per_epoch),
+                    totals[0].item<double>() / normaliser, lr, grad_norm, all_tokens};
+        link.report_step(step, log.loss, tokens,
+                         std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count());
+        result.steps.push_back(log);
+        result.tokens += all_tokens;
+        if (hooks.on_step && lead) hooks.on_step(log, total);
+        window_loss += log.loss;
+        ++window_steps;
+        if (static_cast<int64_t>(step) % config.trainer.logging_steps == 0 || step == total) {
+          const double elapsed = seconds();
+          print(fmt::format("step {}/{}  epoch {:.2f}  loss {:.4f}  lr {:.3g}  grad_norm {:.4f}  tokens/s {:.0f}  "
+                            "elapsed {}  eta {}",
+                            step, total, log.epoch, window_loss / static_cast<double>(window_steps), lr, grad_norm,
+                            static_cast<double>(result.tokens) / elapsed, clock_time(elapsed),
+                            clock_time(elapsed / static_cast<double>(step - gang.resume_step) *
+                                       static_cast<double>(total - step))));
+          window_loss = 0;
+          window_steps = 0;
+        }
+        const bool eval_due = config.trainer.eval_steps > 0
+                                  ? step % static_cast<uint64_t>(config.trainer.eval_steps) == 0
+                                  : step == total;
+        auto* job = link.local_job();
+        if (job && !job->eval_samples().empty() && (eval_due || step == total)) {
+          const double loss = eval_loss(*r.model, *job, static_cast<size_t>(config.trainer.batch_size));
+          result.evals.emplace_back(step, loss);
+          print(fmt::format("eval  step {}/{}  eval_loss {:.4f}  ({} held-out samples)", step, total, loss,
+                            job->eval_samples().size()));
+        }
+        if (step == total || step % static_cast<uint64_t>(config.checkpoint.every_steps) == 0) checkpoint(step);
+      }
+    } catch (const AttemptOver& e) {
+      print(fmt::format("attempt {} is over ({}); waiting for the next gang", gang.attempt, e.what()));
+      continue;
+    } catch (const comm::CommError& e) {
+      print(fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()));
+      continue;
+    }
+    link.close_stream();
+    result.adapter_dir = config.adapter_dir();
+    if (lead) {
+      model::save_adapter(*r.model, result.adapter_dir, config.base_model, config.lora.task_type, config.lora.bias);
+    }
+    result.seconds = seconds();
+    result.peak_memory_bytes = peak_rss_bytes();
+    print(fmt::format("done: {} steps in {}, {} tokens, {:.0f} tokens/s, peak memory {:.0f} MiB", result.steps.size(),
+                      clock_time(result.seconds), result.tokens, static_cast<double>(result.tokens) / result.seconds,
+                      static_cast<double>(result.peak_memory_bytes) / (1 << 20)));
+    print("adapter: " + result.adapter_dir.string());
+    return result;
   }
-  const CheckpointMeta meta{config.base_model, config.lora.task_type, config.lora.bias, job->steps_per_epoch(), total};
-  uint64_t last_checkpoint = gang.resume_step();
-  auto checkpoint = [&](uint64_t step) {
-    last_checkpoint = step;
-    const auto dir = write_checkpoint(config.trainer_output_dir, step, model, optimizer, result.steps, meta,
-                                      config.checkpoint.keep_last);
-    v1::CommitCheckpointRequest commit;
-    commit.set_worker_id(me.worker_id());
-    commit.set_attempt(gang.attempt());
-    commit.set_step(step);
-    commit.set_path(dir.string());
-    commit.set_digest(fmt::format("{:064x}", hash_file(dir / "checkpoint.json")));
-    v1::CommitCheckpointResponse committed;
-    check(job->CommitCheckpoint(commit, &committed), "checkpoint");
-    return dir;
-  };
+}
 
-  v1::StreamBatchesRequest stream;
-  stream.set_worker_id(me.worker_id());
-  stream.set_attempt(gang.attempt());
-  stream.set_from_step(gang.resume_step() + 1);
-  check(job->OpenStream(stream), "stream");
-
-  double window_loss = 0;
-  int64_t window_steps = 0;
-  for (uint64_t step = gang.resume_step() + 1; step <= total; ++step) {
-    if (hooks.stop && *hooks.stop) {
-      if (step - 1 > last_checkpoint) checkpoint(step - 1);
-      print(last_checkpoint == 0 ? std::string("interrupted before the first step: nothing to resume from")
-                                 : fmt::format("interrupted after step {}: `herd train CONFIG --resume` continues "
-                                               "from checkpoint-{}",
-                                               step - 1, last_checkpoint));
-      result.interrupted = true;
-      result.seconds = seconds();
-      return result;
-    }
-    auto next = job->NextStep(stream, step);
-    if (next.end) check(*next.end, "stream");
-    if (next.batches.empty()) throw std::runtime_error(fmt::format("step {}: no batches", step));
-    const double lr = config.trainer.learning_rate *
-                      lr_factor(config.trainer.lr_scheduler, static_cast<int64_t>(step) - 1,
-                                config.trainer.warmup_steps, static_cast<int64_t>(total));
-    for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-    optimizer.zero_grad();
-    const double normaliser = static_cast<double>(std::max<uint64_t>(1, next.batches.front().step_loss_tokens()));
-    double loss_sum = 0;
-    uint64_t tokens = 0;
-    for (const auto& batch : next.batches) {
-      if (batch.sample_ids_size() == 0) continue;  // this rank ran out in the epoch's last step
-      auto loss = micro_batch_loss(model, batch, &tokens);
-      (loss / normaliser).backward();
-      loss_sum += loss.item<double>();
-    }
-    const double grad_norm =
-        config.trainer.max_grad_norm > 0
-            ? torch::nn::utils::clip_grad_norm_(params, config.trainer.max_grad_norm)
-            : torch::nn::utils::clip_grad_norm_(params, std::numeric_limits<double>::infinity());
-    optimizer.step();
-
-    StepLog log{step, static_cast<double>(step) / static_cast<double>(job->steps_per_epoch()),
-                loss_sum / normaliser, lr, grad_norm, tokens};
-    v1::ReportStepRequest report;
-    report.set_worker_id(me.worker_id());
-    report.set_attempt(gang.attempt());
-    report.set_step(step);
-    report.set_loss(log.loss);
-    report.set_tokens(tokens);
-    v1::ReportStepResponse reported;
-    check(job->ReportStep(report, &reported), "report");
-    result.steps.push_back(log);
-    result.tokens += tokens;
-    if (hooks.on_step) hooks.on_step(log, total);
-    window_loss += log.loss;
-    ++window_steps;
-    if (static_cast<int64_t>(step) % config.trainer.logging_steps == 0 || step == total) {
-      const double elapsed = seconds();
-      print(fmt::format("step {}/{}  epoch {:.2f}  loss {:.4f}  lr {:.3g}  grad_norm {:.4f}  tokens/s {:.0f}  "
-                        "elapsed {}  eta {}",
-                        step, total, log.epoch, window_loss / static_cast<double>(window_steps), lr, grad_norm,
-                        static_cast<double>(result.tokens) / elapsed, clock_time(elapsed),
-                        clock_time(elapsed / static_cast<double>(step) * static_cast<double>(total - step))));
-      window_loss = 0;
-      window_steps = 0;
-    }
-    const bool eval_due = config.trainer.eval_steps > 0 ? step % static_cast<uint64_t>(config.trainer.eval_steps) == 0
-                                                        : step == total;
-    if (!job->eval_samples().empty() && (eval_due || step == total)) {
-      const double loss = eval_loss(model, *job, static_cast<size_t>(config.trainer.batch_size));
-      result.evals.emplace_back(step, loss);
-      print(fmt::format("eval  step {}/{}  eval_loss {:.4f}  ({} held-out samples)", step, total, loss,
-                        job->eval_samples().size()));
-    }
-    if (step == total || step % static_cast<uint64_t>(config.checkpoint.every_steps) == 0) checkpoint(step);
+TrainResult train(const Config& config, const TrainHooks& hooks, bool resume) {
+  if (config.distributed.world_size != 1) {
+    throw std::runtime_error(fmt::format("herd train runs one local worker; distributed.world_size is {} "
+                                         "(use --workers N, or start herd-coordinator and herd worker processes)",
+                                         config.distributed.world_size));
   }
-
-  result.adapter_dir = config.adapter_dir();
-  model::save_adapter(model, result.adapter_dir, config.base_model, config.lora.task_type, config.lora.bias);
-  result.seconds = seconds();
-  result.peak_memory_bytes = peak_rss_bytes();
-  print(fmt::format("done: {} steps in {}, {} tokens, {:.0f} tokens/s, peak memory {:.0f} MiB", result.steps.size(),
-                    clock_time(result.seconds), result.tokens, static_cast<double>(result.tokens) / result.seconds,
-                    static_cast<double>(result.peak_memory_bytes) / (1 << 20)));
-  print("adapter: " + result.adapter_dir.string());
-  return result;
+  resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");  // before the data: a clear first error
+  // The in-process coordinator: the plan and stream a remote one would serve.
+  auto job = coordinator::load_job(config, {});
+  if (resume || config.checkpoint.resume == "auto") {
+    std::vector<std::string> warnings;
+    auto from = newest_checkpoint(config.trainer_output_dir, &warnings);
+    for (const auto& w : warnings) {
+      if (hooks.warn) hooks.warn(w);
+    }
+    if (from) job->resume_from(from->step, from->dir.string());
+  }
+  auto link = local_link(*job, config.model_name);
+  return run_worker(config, *link, hooks);
 }
 
 }  // namespace herd::train

@@ -1,8 +1,18 @@
-// One local training run, as `herd train CONFIG` does it: an in-process
-// coordinator (the same Job, plan and batch stream a remote coordinator serves)
-// feeds one worker that trains LoRA adapters on the config's base model with AdamW,
-// the config's learning-rate schedule, gradient accumulation and clipping, and
-// writes the PEFT adapter to {model_output_dir}/{model_name}_adapter.
+// The training loop of one worker, and the local run built on it.
+//
+// run_worker: joins the job through a CoordinatorLink, and for each gang it is
+// given connects the gang's collective (Gloo or NCCL), loads its share of the
+// base model (sharding.h), resumes from the gang's checkpoint and trains LoRA
+// adapters on the micro-batches the coordinator streams it, with AdamW, the
+// config's learning-rate schedule, gradient accumulation and clipping. Gradients
+// and the step's loss are summed over the ranks, so every rank takes the same
+// optimizer step. Rank 0 writes checkpoints and the PEFT adapter to
+// {model_output_dir}/{model_name}_adapter. When its attempt ends (a member died,
+// the coordinator restarted) a worker leaves the step, waits for the next gang
+// and resumes from the last committed checkpoint.
+//
+// train: `herd train CONFIG`: an in-process coordinator (the same Job, plan and
+// batch stream a remote coordinator serves) and one worker.
 #pragma once
 
 #include <csignal>
@@ -39,6 +49,9 @@ struct TrainResult {
   std::filesystem::path adapter_dir;
 };
 
+class CoordinatorLink;
+struct Gang;
+
 struct TrainHooks {
   // Called after every step (tests and the progress display).
   std::function<void(const StepLog&, uint64_t total_steps)> on_step;
@@ -54,5 +67,20 @@ struct TrainHooks {
 // checkpoint in trainer_output_dir. Throws std::runtime_error (and the loaders'
 // errors) with what went wrong.
 TrainResult train(const Config& config, const TrainHooks& hooks = {}, bool resume = false);
+
+struct WorkerOptions {
+  std::string host = "local";
+  // Gloo: the address other ranks reach this one at ("" : the host name's).
+  std::string gloo_hostname;
+  // Called with each gang joined: the bytes of frozen base weights this rank holds
+  // between uses, and the whole model's.
+  std::function<void(const Gang&, int64_t held_bytes, int64_t model_bytes)> on_gang;
+};
+
+// The training loop against any coordinator. Returns when the job's last step is
+// done (or, with one rank, when hooks.stop asks); throws JobOver when the job
+// ended without this worker (it failed, was cancelled or drained).
+TrainResult run_worker(const Config& config, CoordinatorLink& link, const TrainHooks& hooks,
+                       const WorkerOptions& options = {});
 
 }  // namespace herd::train

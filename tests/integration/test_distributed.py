@@ -1,0 +1,189 @@
+"""Several workers train one job: the same answer at 1, 2 and 4 ranks (same global batch), under
+`herd train --workers N`, `mpirun -np 2` and herd-coordinator + separate `herd worker` processes,
+and a worker killed with SIGKILL and replaced mid-run."""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+BIN = Path(os.environ["HERD_BIN"])
+SRC = Path(os.environ["HERD_SOURCE_DIR"])
+STEP = re.compile(r"^step (\d+)/(\d+)  epoch [\d.]+  loss ([\d.]+)  ", re.M)
+HELD = re.compile(r"^rank (\d+) of (\d+) \(attempt (\d+)\): base weights held (\d+) of (\d+) bytes$", re.M)
+TOKEN = "distributed-test-token"
+# Sums over ranks happen in another order than one rank's accumulation: fp32 rounding.
+LOSS_RTOL, ADAPTER_ATOL = 1e-5, 2e-5
+
+
+def herd(*args, timeout=300, env=None):
+    return subprocess.run([str(BIN / "herd"), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model") / "tiny"
+    out = herd("tools", "make-tiny-model", d, "--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
+               "--intermediate", "128", "--seed", "0")
+    assert out.returncode == 0, out.stderr
+    return d
+
+
+def config(path, model, out, accumulation, steps=12, extra=""):
+    """Global batch 2 x accumulation x ranks; dropout 0 so that ranks draw nothing."""
+    path.write_text(f"""model_name: t
+base_model: {model}
+model_context_window: 128
+data: {{type: vicuna, dataset: {SRC / 'data' / 'sample-vicuna.json'}}}
+lora: {{r: 8, lora_alpha: 16, target_modules: all-linear, lora_dropout: 0.0, bias: none, task_type: CAUSAL_LM}}
+trainer: {{batch_size: 2, gradient_accumulation_steps: {accumulation}, warmup_steps: 3, num_train_epochs: 1,
+          max_steps: {steps}, learning_rate: 0.01, logging_steps: 1, seed: 7}}
+trainer_output_dir: {out}/trainer
+model_output_dir: {out}/models
+quantization: {{enabled: true, compute_dtype: float32}}
+metrics: {{enabled: false}}
+""" + extra)
+    return path
+
+
+def losses(text):
+    return {int(m.group(1)): float(m.group(3)) for m in STEP.finditer(text)}
+
+
+def adapter(out):
+    return load_file(str(out / "models" / "t_adapter" / "adapter_model.safetensors"))
+
+
+def assert_same(run, reference):
+    (loss, weights), (ref_loss, ref_weights) = run, reference
+    assert sorted(loss) == sorted(ref_loss)
+    for step in ref_loss:
+        assert loss[step] == pytest.approx(ref_loss[step], rel=LOSS_RTOL), step
+    assert weights.keys() == ref_weights.keys()
+    for k in ref_weights:
+        assert (weights[k] - ref_weights[k]).abs().max().item() <= ADAPTER_ATOL, k
+
+
+@pytest.fixture(scope="module")
+def one_rank(model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("one")
+    out = herd("train", config(d / "c.yaml", model, d, accumulation=4))
+    assert out.returncode == 0, out.stderr
+    return losses(out.stdout), adapter(d)
+
+
+@pytest.mark.parametrize("workers,sharding", [(2, "full_shard"), (4, "full_shard"), (2, "no_shard")])
+def test_local_workers_equal_one_rank(model, tmp_path, one_rank, workers, sharding):
+    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=4 // workers,
+               extra=f"distributed: {{sharding: {sharding}}}\n")
+    out = herd("train", c, "--workers", workers)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert_same((losses(out.stdout), adapter(tmp_path)), one_rank)
+    held = {int(m.group(1)): (int(m.group(4)), int(m.group(5))) for m in HELD.finditer(out.stdout)}
+    assert sorted(held) == list(range(workers))
+    for mine, whole in held.values():
+        if sharding == "full_shard":  # 1/N of the frozen bytes, and the tensors' 64-byte alignment
+            assert whole <= mine * workers <= whole * 1.01, (mine, whole)
+        else:
+            assert mine == whole
+
+
+def test_mpirun_two_ranks_equal_one_rank(model, tmp_path, one_rank):
+    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2)
+    out = subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "OMP_NUM_THREADS=1",
+                          str(BIN / "herd"), "worker", str(c)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "launched by openmpi (rank 0 of 2)" in out.stdout and "(hosted here)" in out.stdout
+    assert_same((losses(out.stdout), adapter(tmp_path)), one_rank)
+
+
+class Coordinator:
+    """herd-coordinator for a config on a free loopback port, as a cluster would run it."""
+
+    def __init__(self, config, state):
+        self.config, self.state = config, state
+        (state.parent / "token").write_text(TOKEN + "\n")
+        port_file = state.parent / "port"
+        self.proc = subprocess.Popen([str(BIN / "herd-coordinator"), "--config", str(config), "--listen",
+                                      "127.0.0.1:0", "--port-file", str(port_file), "--state-dir", str(state),
+                                      "--token-file", str(state.parent / "token")],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 60
+        while not port_file.exists():
+            assert self.proc.poll() is None and time.time() < deadline, self.proc.stdout.read()
+            time.sleep(0.05)
+        self.address = f"127.0.0.1:{int(port_file.read_text())}"
+
+    def worker(self, log):
+        return subprocess.Popen([str(BIN / "herd"), "worker", str(self.config), "--coordinator", self.address,
+                                 "--token-file", str(self.state.parent / "token")],
+                                stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    def status(self):
+        out = herd("status", "--coordinator", self.address, "--json", env=dict(os.environ, HERD_JOB_TOKEN=TOKEN))
+        return json.loads(out.stdout) if out.returncode == 0 else {}
+
+    def samples(self):
+        out = subprocess.run([str(BIN / "herd-coordinator"), "--config", str(self.config), "--state-dir",
+                              str(self.state), "--sample-log"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return {int(l.split()[0]): [int(x) for x in l.split()[1:]] for l in out.stdout.splitlines()}
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.communicate(timeout=30)
+
+
+def test_coordinator_launched_workers_equal_one_rank(model, tmp_path, one_rank):
+    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, extra="distributed: {world_size: 2}\n")
+    coord = Coordinator(c, tmp_path / "state")
+    try:
+        workers = [coord.worker(tmp_path / f"w{i}.log") for i in range(2)]
+        for w in workers:
+            assert w.wait(timeout=300) == 0
+        logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(2))
+        assert coord.status()["state"] == "DONE"
+    finally:
+        coord.stop()
+    assert_same((losses(logs), adapter(tmp_path)), one_rank)
+
+
+def test_a_worker_killed_and_replaced_loses_and_repeats_no_sample(model, tmp_path):
+    steps = 16
+    extra = ("distributed: {world_size: 2, heartbeat_timeout_s: 5}\n"
+             "checkpoint: {every_steps: 4}\n")
+    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, steps=steps, extra=extra)
+    reference = herd("train", config(tmp_path / "r.yaml", model, tmp_path / "ref", accumulation=4, steps=steps))
+    assert reference.returncode == 0, reference.stderr
+    coord = Coordinator(c, tmp_path / "state")
+    try:
+        a, b = coord.worker(tmp_path / "a.log"), coord.worker(tmp_path / "b.log")
+        deadline = time.time() + 120
+        while int(coord.status().get("committed_step", 0)) < 6:
+            assert time.time() < deadline and a.poll() is None and b.poll() is None
+            time.sleep(0.05)
+        b.send_signal(signal.SIGKILL)
+        b.wait()
+        replacement = coord.worker(tmp_path / "c.log")
+        assert a.wait(timeout=300) == 0, (tmp_path / "a.log").read_text()
+        assert replacement.wait(timeout=300) == 0, (tmp_path / "c.log").read_text()
+        status = coord.status()
+        assert status["state"] == "DONE" and int(status["attempt"]) >= 2
+    finally:
+        coord.stop()
+    logs = (tmp_path / "a.log").read_text() + (tmp_path / "c.log").read_text()
+    assert "resuming from" in logs
+    lineage = coord.samples()
+    assert sorted(lineage) == list(range(1, steps + 1))
+    trained = [s for ids in lineage.values() for s in ids]
+    assert len(trained) == steps * 8 and len(set(trained)) == len(trained)  # less than an epoch: each once
+    final = max(losses(logs).items())
+    assert final[0] == steps
+    assert final[1] == pytest.approx(losses(reference.stdout)[steps], rel=1e-3)
