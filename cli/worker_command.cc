@@ -59,6 +59,15 @@ std::string host_name() {
   return name;
 }
 
+// This process's resident memory now (VmRSS), in MiB.
+int64_t resident_mib() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) / 1024;
+  }
+  return 0;
+}
+
 std::string random_token() {
   std::random_device rd;
   return fmt::format("{:016x}{:016x}", (uint64_t{rd()} << 32) | rd(), (uint64_t{rd()} << 32) | rd());
@@ -71,10 +80,14 @@ struct Embedded {
   std::unique_ptr<co::CoordinatorServer> server;
 };
 
-Embedded host_coordinator(Config config, int world_size, const std::string& listen, const std::string& token) {
+// `journal`: keep the job's journal in {trainer_output_dir}/coordinator, so that a
+// restarted launch resumes the job (else a run starts afresh, as `herd train` does).
+Embedded host_coordinator(Config config, int world_size, const std::string& listen, const std::string& token,
+                          bool journal) {
   config.distributed.world_size = world_size;
   Embedded e;
-  e.job = co::load_job(config, std::filesystem::path(config.trainer_output_dir) / "coordinator" / "journal.log");
+  e.job = co::load_job(config, journal ? std::filesystem::path(config.trainer_output_dir) / "coordinator" / "journal.log"
+                                       : std::filesystem::path());
   co::ServerOptions options;
   options.listen = listen;
   options.token = token;
@@ -91,8 +104,8 @@ int train_as_worker(const Config& config, const co::ClientOptions& client) {
   const auto host = client.address.substr(0, client.address.rfind(':'));
   options.gloo_hostname = local_address_towards(host);
   options.on_gang = [](const herd::train::Gang& gang, int64_t held, int64_t whole) {
-    std::cout << fmt::format("rank {} of {} (attempt {}): base weights held {} of {} bytes", gang.rank,
-                             gang.world_size, gang.attempt, held, whole)
+    std::cout << fmt::format("rank {} of {} (attempt {}): base weights held {} of {} bytes; resident {} MiB",
+                             gang.rank, gang.world_size, gang.attempt, held, whole, resident_mib())
               << std::endl;
   };
   try {
@@ -130,7 +143,7 @@ int worker_command(const WorkerArgs& args) {
       char text[512] = {};
       if (*launch.rank == 0) {
         const std::string t = token.value_or(random_token());
-        embedded = host_coordinator(*config, *launch.world_size, "0.0.0.0:0", t);
+        embedded = host_coordinator(*config, *launch.world_size, "0.0.0.0:0", t, true);
         const auto shared = fmt::format("{}:{}\n{}", host_name(), embedded->server->port(), t);
         std::snprintf(text, sizeof text, "%s", shared.c_str());
       }
@@ -141,7 +154,7 @@ int worker_command(const WorkerArgs& args) {
     } else if (launch.source == "torchrun" && *launch.rank == 0 && args.coordinator.empty()) {
       if (!token) throw co::AuthError("under torchrun the job token must come from HERD_JOB_TOKEN or the config");
       const auto port = launch.coordinator.substr(launch.coordinator.rfind(':') + 1);
-      embedded = host_coordinator(*config, *launch.world_size, "0.0.0.0:" + port, *token);
+      embedded = host_coordinator(*config, *launch.world_size, "0.0.0.0:" + port, *token, true);
     }
     if (!token) {
       std::cerr << "herd worker: no job token: pass --token-file, set HERD_JOB_TOKEN, or set security.token_file\n";
@@ -180,7 +193,7 @@ int local_workers_command(const std::string& config_path, int workers, const std
   }
   try {
     const std::string token = random_token();
-    auto embedded = host_coordinator(*config, workers, "127.0.0.1:0", token);
+    auto embedded = host_coordinator(*config, workers, "127.0.0.1:0", token, false);
     const std::string address = fmt::format("127.0.0.1:{}", embedded.server->port());
     std::cout << fmt::format("herd train: coordinator on {}, {} worker processes", address, workers) << std::endl;
     std::vector<pid_t> children;

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 BIN = Path(os.environ["HERD_BIN"])
 SRC = Path(os.environ["HERD_SOURCE_DIR"])
 STEP = re.compile(r"^step (\d+)/(\d+)  epoch [\d.]+  loss ([\d.]+)  ", re.M)
-HELD = re.compile(r"^rank (\d+) of (\d+) \(attempt (\d+)\): base weights held (\d+) of (\d+) bytes$", re.M)
+HELD = re.compile(r"^rank (\d+) of (\d+) \(attempt (\d+)\): base weights held (\d+) of (\d+) bytes; resident \d+ MiB$", re.M)
 TOKEN = "distributed-test-token"
 # Sums over ranks happen in another order than one rank's accumulation: fp32 rounding.
 LOSS_RTOL, ADAPTER_ATOL = 1e-5, 2e-5

@@ -1,5 +1,6 @@
 #include "worker/train/trainer.h"
 
+#include <malloc.h>
 #include <sys/resource.h>
 
 #include <chrono>
@@ -140,6 +141,7 @@ void build_replica(Replica& r, const Config& config, const std::filesystem::path
   load.on_layer = [w = r.weights.get()](int64_t i, model::DecoderLayer& layer) { w->adopt_layer(i, layer); };
   r.model.emplace(model::Llama::load(base, load));
   r.weights->attach(*r.model);
+  ::malloc_trim(0);  // hand the freed parts of every layer back to the system
   r.model->set_training(true);
   r.model->set_activation_checkpointing(config.trainer.gradient_checkpointing);
   r.params = r.model->trainable_parameters();
