@@ -16,6 +16,7 @@
 #include "cli/config_report.h"
 #include "cli/data_commands.h"
 #include "cli/model_commands.h"
+#include "cli/plan_command.h"
 #include "cli/status_command.h"
 #include "cli/worker_command.h"
 #include "common/config.h"
@@ -186,13 +187,13 @@ int main(int argc, char** argv) {
   }
 
   herd::cli::add_model_commands(app, rc);
+  herd::cli::add_plan_command(app, rc);
   herd::cli::add_data_commands(app, rc);
 
   // Planned subcommands: each exists so that --help lists the whole tool.
   const std::pair<const char*, const char*> planned[] = {
       {"merge", "Merge an adapter into the base model's weights"},
       {"chat", "Talk to a model with an adapter"},
-      {"plan", "Per-rank memory estimate for a config"},
   };
   for (const auto& [name, help] : planned) {
     auto* cmd = app.add_subcommand(name, std::string(help) + " (not built yet)");

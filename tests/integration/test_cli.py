@@ -1,6 +1,7 @@
 """The built binaries, run as a user runs them."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -233,11 +234,27 @@ def test_every_subcommand_has_help(sub):
     assert "Usage" in out.stdout or "usage" in out.stdout.lower()
 
 
-@pytest.mark.parametrize("sub", ["merge", "chat", "plan"])
+@pytest.mark.parametrize("sub", ["merge", "chat"])
 def test_planned_subcommands_fail_clearly(sub):
     out = herd(sub, "x")
     assert out.returncode == 2
     assert f"herd {sub}: not built yet" in out.stderr
+
+
+def test_plan_for_the_seed_on_one_and_many_gpus():
+    # The seed's base model is not here: its published shape is used, and said so.
+    out = herd("plan", SEED, "--gpu-mem", "80GiB")
+    assert out.returncode == 0, out.stderr
+    assert "shape: Llama-2-70B (base_model is not on this machine" in out.stdout
+    assert re.search(r"LoRA: 22282240 parameters.* 0\.33 GiB", out.stdout)
+    total = float(re.search(r"per rank +([\d.]+) GiB", out.stdout).group(1))
+    assert 45 < total < 55 and "fits in 80.0 GiB per GPU" in out.stdout
+    eight = herd("plan", SEED, "--workers", "8", "--gpu-mem", "80GiB")
+    assert float(re.search(r"per rank +([\d.]+) GiB", eight.stdout).group(1)) < total / 2
+    two = herd("plan", SEED, "--workers", "2", "--gpu-mem", "24GB")
+    assert "does not fit in 22.4 GiB per GPU" in two.stdout
+    bad = herd("plan", SEED, "--gpu-mem", "lots")
+    assert bad.returncode == 1 and "--gpu-mem 'lots' is not a size" in bad.stderr
 
 
 def test_coordinator_help_and_bad_config(tmp_path):

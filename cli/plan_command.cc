@@ -1,0 +1,87 @@
+#include "cli/plan_command.h"
+
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "common/config.h"
+#include "common/hf_cache.h"
+#include "worker/train/memory_plan.h"
+
+namespace herd::cli {
+
+namespace {
+
+int plan(const std::string& path, int64_t workers, const std::string& gpu_mem, int64_t tokens) {
+  try {
+    const Config config = load_config(path);
+    train::PlanInput in;
+    std::string shape_from;
+    try {
+      const auto dir = resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");
+      in.shape = model::LlamaConfig::from_file(dir / "config.json");
+      shape_from = (dir / "config.json").string();
+    } catch (const std::exception& e) {
+      auto known = train::known_shape(config.base_model);
+      if (!known) throw;
+      in.shape = known->second;
+      shape_from = known->first + " (base_model is not on this machine: its published shape)";
+    }
+    in.workers = workers > 0 ? workers : config.distributed.world_size;
+    in.full_shard = config.distributed.sharding == "full_shard";
+    in.quantized = config.quantization.enabled;
+    in.double_quant = config.quantization.double_quant;
+    in.compute_bytes = config.quantization.compute_dtype == "float32" ? 4 : 2;
+    in.batch_size = config.trainer.batch_size;
+    in.tokens = tokens > 0 ? tokens : config.model_context_window;
+    in.checkpointing = config.trainer.gradient_checkpointing;
+    in.lora_parameters = in.shape.lora_parameters(config.lora.r, config.lora.target_modules);
+    std::optional<double> capacity;
+    if (!gpu_mem.empty()) {
+      capacity = train::parse_bytes(gpu_mem);
+      if (!capacity) {
+        std::cerr << "herd plan: --gpu-mem '" << gpu_mem << "' is not a size such as 80GiB or 24GB\n";
+        return 1;
+      }
+    }
+    in.gpu = capacity.has_value() || config.distributed.backend == "nccl";
+    const auto items = train::memory_plan(in);
+    const double gib = 1024.0 * 1024 * 1024;
+    std::cout << fmt::format("{}: {} on {} worker{} ({}), batch {} x {} tokens\nshape: {}\n\n", path,
+                             config.model_name, in.workers, in.workers == 1 ? "" : "s", config.distributed.sharding,
+                             in.batch_size, in.tokens, shape_from);
+    double total = 0;
+    for (const auto& item : items) {
+      std::cout << fmt::format("  {:<72} {:>8.2f} GiB\n", item.what, item.bytes / gib);
+      total += item.bytes;
+    }
+    std::cout << fmt::format("  {:<72} {:>8.2f} GiB ({:.1f} GB)\n", "per rank", total / gib, total / 1e9);
+    if (capacity) {
+      std::cout << fmt::format("{} in {:.1f} GiB per GPU ({:.0f}% used)\n",
+                               total <= *capacity ? "fits" : "does not fit", *capacity / gib,
+                               100 * total / *capacity);
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "herd plan: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace
+
+void add_plan_command(CLI::App& app, int& rc) {
+  auto* cmd = app.add_subcommand("plan", "Per-rank memory estimate for a config");
+  auto path = std::make_shared<std::string>();
+  auto workers = std::make_shared<int64_t>(0);
+  auto tokens = std::make_shared<int64_t>(0);
+  auto gpu_mem = std::make_shared<std::string>();
+  cmd->add_option("config", *path, "The job's YAML config")->required();
+  cmd->add_option("--workers", *workers, "Ranks (default: distributed.world_size)")->check(CLI::Range(1, 65536));
+  cmd->add_option("--gpu-mem", *gpu_mem, "Memory of one GPU, e.g. 80GiB or 24GB: says whether a rank fits");
+  cmd->add_option("--tokens", *tokens, "Tokens per row (default: model_context_window, the longest)")
+      ->check(CLI::Range(1, 1 << 24));
+  cmd->callback([=, &rc] { rc = plan(*path, *workers, *gpu_mem, *tokens); });
+}
+
+}  // namespace herd::cli

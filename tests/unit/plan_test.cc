@@ -1,0 +1,64 @@
+// `herd plan`'s arithmetic against figures worked out here by hand for Llama-2-70B.
+#include <gtest/gtest.h>
+
+#include "worker/train/memory_plan.h"
+
+namespace herd::train {
+namespace {
+
+double item(const std::vector<PlanItem>& items, const std::string& prefix) {
+  for (const auto& i : items) {
+    if (i.what.rfind(prefix, 0) == 0) return i.bytes;
+  }
+  ADD_FAILURE() << "no item " << prefix;
+  return 0;
+}
+
+PlanInput seed(int64_t workers) {
+  PlanInput in;
+  in.shape = known_shape("TheBloke/Llama-2-70B-fp16")->second;
+  in.workers = workers;
+  in.lora_parameters = in.shape.lora_parameters(8, {"q_proj", "k_proj", "v_proj"});
+  return in;
+}
+
+TEST(MemoryPlan, Llama2_70BOnOneRank) {
+  const auto in = seed(1);
+  EXPECT_EQ(in.lora_parameters, 22'282'240);  // peft's count for r 8 on q/k/v
+  const auto items = memory_plan(in);
+  // Per layer: q 8192x8192, k and v 1024x8192, o 8192x8192, three 28672x8192.
+  const double weights = 80.0 * (2 * 8192.0 * 8192 + 2 * 1024.0 * 8192 + 3 * 28672.0 * 8192);
+  EXPECT_EQ(weights, 68'451'041'280.0);
+  const double nf4 = weights / 2 + weights / 64 + weights / 64 / 256 * 4 + 80 * 2 * 8192 * 4;
+  EXPECT_DOUBLE_EQ(item(items, "base weights"), nf4);
+  EXPECT_DOUBLE_EQ(item(items, "embedding"), 2.0 * 32000 * 8192 * 4 + 8192 * 4);
+  EXPECT_DOUBLE_EQ(item(items, "gathered"), 0);
+  EXPECT_DOUBLE_EQ(item(items, "LoRA"), 22'282'240.0 * 16);
+  EXPECT_DOUBLE_EQ(item(items, "activations"), 80.0 * 4096 * 8192 * 4);
+  EXPECT_DOUBLE_EQ(item(items, "logits"), 3.0 * 4096 * 32000 * 4);
+}
+
+TEST(MemoryPlan, FullShardHoldsOneNthAndTwoLayersInFlight) {
+  const auto one = memory_plan(seed(1)), eight = memory_plan(seed(8));
+  EXPECT_DOUBLE_EQ(item(eight, "base weights") * 8, item(one, "base weights"));
+  EXPECT_DOUBLE_EQ(item(eight, "embedding") * 8, item(one, "embedding"));
+  EXPECT_DOUBLE_EQ(item(eight, "gathered"), item(one, "base weights") / 80 * 2 + item(one, "embedding"));
+  EXPECT_DOUBLE_EQ(item(eight, "LoRA"), item(one, "LoRA"));  // replicated
+  auto no_shard = seed(8);
+  no_shard.full_shard = false;
+  EXPECT_DOUBLE_EQ(item(memory_plan(no_shard), "base weights"), item(one, "base weights"));
+}
+
+TEST(MemoryPlan, SizesAndNames) {
+  EXPECT_DOUBLE_EQ(*parse_bytes("80GiB"), 80.0 * (1 << 30));
+  EXPECT_DOUBLE_EQ(*parse_bytes("24GB"), 24e9);
+  EXPECT_DOUBLE_EQ(*parse_bytes("512MiB"), 512.0 * (1 << 20));
+  EXPECT_FALSE(parse_bytes("lots"));
+  EXPECT_FALSE(parse_bytes("-3GiB"));
+  EXPECT_EQ(known_shape("meta-llama/Llama-2-7b-hf")->first, "Llama-2-7B");
+  EXPECT_EQ(known_shape("meta-llama/Meta-Llama-3-8B")->first, "Llama-3-8B");
+  EXPECT_FALSE(known_shape("mistralai/Mistral-7B"));
+}
+
+}  // namespace
+}  // namespace herd::train

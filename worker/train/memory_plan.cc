@@ -1,0 +1,106 @@
+#include "worker/train/memory_plan.h"
+
+#include <algorithm>
+#include <cctype>
+
+#include <fmt/format.h>
+
+namespace herd::train {
+
+std::vector<PlanItem> memory_plan(const PlanInput& in) {
+  const auto& s = in.shape;
+  const double L = static_cast<double>(s.num_hidden_layers), H = static_cast<double>(s.hidden_size),
+               I = static_cast<double>(s.intermediate_size), V = static_cast<double>(s.vocab_size);
+  const double kv = static_cast<double>(s.num_key_value_heads * (s.head_dim ? s.head_dim : s.hidden_size /
+                                                                                            s.num_attention_heads));
+  const double q = static_cast<double>(s.num_attention_heads * (s.head_dim ? s.head_dim : s.hidden_size /
+                                                                                           s.num_attention_heads));
+  const double per_layer_weights = H * q + 2 * H * kv + q * H + 3 * H * I;
+  const double per_weight = !in.quantized ? static_cast<double>(in.compute_bytes)
+                            : in.double_quant ? 0.5 + 1.0 / 64 + 4.0 / (64 * 256)
+                                              : 0.5 + 4.0 / 64;
+  const double layer_bytes = per_layer_weights * per_weight + 2 * H * 4;
+  const double head_bytes = V * H * 4 * (s.tie_word_embeddings ? 1 : 2) + H * 4;
+  const double n = static_cast<double>(in.workers);
+  const bool sharded = in.full_shard && in.workers > 1;
+  const double share = in.full_shard ? 1.0 / n : 1.0;
+  const double B = static_cast<double>(in.batch_size), T = static_cast<double>(in.tokens);
+  const double c = static_cast<double>(in.compute_bytes);
+
+  std::vector<PlanItem> out;
+  auto add = [&out](std::string what, double bytes) {
+    out.emplace_back();
+    out.back().what = std::move(what);
+    out.back().bytes = bytes;
+  };
+  add(in.quantized ? (in.double_quant ? "base weights: NF4 codes and double-quantized absmax"
+                                                 : "base weights: NF4 codes and float32 absmax")
+                              : "base weights: dense, in the compute dtype",
+                 L * layer_bytes * share);
+  add(s.tie_word_embeddings ? "embedding (tied lm_head) and final norm, float32"
+                                       : "embedding, lm_head and final norm, float32",
+                 head_bytes * share);
+  add("gathered: 2 layers in flight and the embedding/lm_head buffer",
+                 sharded ? 2 * layer_bytes + head_bytes : 0.0);
+  add(fmt::format("LoRA: {} parameters, gradients and AdamW moments (float32)", in.lora_parameters),
+                 static_cast<double>(in.lora_parameters) * 16);
+  // One layer's forward and backward: q/k/v/o, the MLP's three projections and
+  // their gradients, in the compute dtype; the largest weight dequantized.
+  const double layer_work = B * T * (4 * H + 2 * kv + 3 * I) * c * 2 + H * I * c;
+  if (in.checkpointing) {
+    add("activations: each layer's input (float32, checkpointing)", L * B * T * H * 4);
+    add("one layer recomputed and back-propagated", layer_work);
+  } else {
+    add("activations: every layer's (no checkpointing)", L * layer_work);
+  }
+  add("logits, their softmax and gradient (float32)", 3 * B * T * V * 4);
+  if (in.gpu) add("CUDA context and allocator reserve", 1024.0 * 1024 * 1024);
+  return out;
+}
+
+std::optional<std::pair<std::string, model::LlamaConfig>> known_shape(const std::string& base_model) {
+  std::string name = base_model;
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  auto shape = [](int64_t vocab, int64_t hidden, int64_t inter, int64_t layers, int64_t heads, int64_t kv) {
+    model::LlamaConfig c;
+    c.vocab_size = vocab;
+    c.hidden_size = hidden;
+    c.intermediate_size = inter;
+    c.num_hidden_layers = layers;
+    c.num_attention_heads = heads;
+    c.num_key_value_heads = kv;
+    c.head_dim = hidden / heads;
+    return c;
+  };
+  const bool llama3 = name.find("llama-3") != std::string::npos || name.find("llama3") != std::string::npos;
+  const bool llama2 = name.find("llama-2") != std::string::npos || name.find("llama2") != std::string::npos;
+  auto has = [&](const char* size) { return name.find(size) != std::string::npos; };
+  if (llama2 && has("70b")) return std::pair{std::string("Llama-2-70B"), shape(32000, 8192, 28672, 80, 64, 8)};
+  if (llama2 && has("13b")) return std::pair{std::string("Llama-2-13B"), shape(32000, 5120, 13824, 40, 40, 40)};
+  if (llama2 && has("7b")) return std::pair{std::string("Llama-2-7B"), shape(32000, 4096, 11008, 32, 32, 32)};
+  if (llama3 && has("70b")) return std::pair{std::string("Llama-3-70B"), shape(128256, 8192, 28672, 80, 64, 8)};
+  if (llama3 && has("8b")) return std::pair{std::string("Llama-3-8B"), shape(128256, 4096, 14336, 32, 32, 8)};
+  return std::nullopt;
+}
+
+std::optional<double> parse_bytes(const std::string& text) {
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  std::string unit = text.substr(used);
+  std::transform(unit.begin(), unit.end(), unit.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  const double gib = 1024.0 * 1024 * 1024;
+  double scale = 0;
+  if (unit == "gib" || unit == "g" || unit == "") scale = gib;
+  if (unit == "gb") scale = 1e9;
+  if (unit == "mib" || unit == "m") scale = 1024.0 * 1024;
+  if (unit == "tib" || unit == "t") scale = gib * 1024;
+  if (scale == 0 || value <= 0) return std::nullopt;
+  return value * scale;
+}
+
+}  // namespace herd::train
