@@ -140,14 +140,15 @@ int main(int argc, char** argv) {
   train_cmd->add_flag("--resume", resume,
                       "Continue from the newest complete checkpoint in trainer_output_dir (checkpoint.resume: auto)");
   train_cmd->callback([&] {
-    rc = workers > 0 && !dry_run ? herd::cli::local_workers_command(config_path, workers, "/proc/self/exe")
+    rc = workers > 0 && !dry_run ? herd::cli::local_workers_command(config_path, workers, resume, "/proc/self/exe")
                                  : train(config_path, dry_run, resume);
   });
 
   std::string coordinator;
   std::string token_file;
   auto* worker_cmd = app.add_subcommand("worker", "Join a job as one worker (a coordinator's, mpirun's or torchrun's)");
-  worker_cmd->add_option("config", config_path, "The job's YAML config")->required();
+  worker_cmd->add_option("config", config_path,
+                         "The job's YAML config (default: the coordinator's, fetched from it)");
   worker_cmd->add_option("--coordinator", coordinator, "The coordinator, HOST:PORT");
   worker_cmd->add_option("--token-file", token_file, "File holding the job token")->check(CLI::ExistingFile);
   worker_cmd->callback([&] { rc = herd::cli::worker_command({config_path, coordinator, token_file}); });

@@ -21,6 +21,8 @@
 #include "coordinator/auth.h"
 #include "coordinator/job.h"
 #include "coordinator/service.h"
+#include "herd/proto/herd.grpc.pb.h"
+#include "worker/train/checkpoint.h"
 #include "worker/train/link.h"
 #include "worker/train/trainer.h"
 
@@ -82,8 +84,8 @@ struct Embedded {
 
 // `journal`: keep the job's journal in {trainer_output_dir}/coordinator, so that a
 // restarted launch resumes the job (else a run starts afresh, as `herd train` does).
-Embedded host_coordinator(Config config, int world_size, const std::string& listen, const std::string& token,
-                          bool journal) {
+Embedded host_coordinator(Config config, const std::string& config_path, int world_size, const std::string& listen,
+                          const std::string& token, bool journal) {
   config.distributed.world_size = world_size;
   Embedded e;
   e.job = co::load_job(config, journal ? std::filesystem::path(config.trainer_output_dir) / "coordinator" / "journal.log"
@@ -91,8 +93,35 @@ Embedded host_coordinator(Config config, int world_size, const std::string& list
   co::ServerOptions options;
   options.listen = listen;
   options.token = token;
+  options.config_yaml = std::string(std::istreambuf_iterator<char>(std::ifstream(config_path).rdbuf()), {});
+  options.config_source = std::filesystem::absolute(config_path).string();
   e.server = std::make_unique<co::CoordinatorServer>(*e.job, options);
   return e;
+}
+
+// The job's config as the coordinator serves it (a worker started with only its
+// address, as a Kubernetes pod is). The token comes from the flag or the environment.
+Config config_from_coordinator(const std::string& address, const std::string& token_file) {
+  co::ClientOptions client;
+  client.address = address;
+  auto token = co::resolve_token(token_file, nullptr, process_env());
+  if (!token) throw co::AuthError("no job token: pass --token-file or set HERD_JOB_TOKEN");
+  client.token = *token;
+  auto stub = herd::v1::Coordinator::NewStub(co::make_channel(client));
+  herd::v1::JobConfig reply;
+  grpc::Status status;
+  for (int attempt = 0; attempt < 60; ++attempt) {  // the coordinator may be starting
+    grpc::ClientContext context;
+    co::prepare(context, client.token, std::chrono::seconds(10));
+    status = stub->GetJobConfig(&context, herd::v1::GetJobConfigRequest(), &reply);
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  if (!status.ok()) {
+    throw std::runtime_error(fmt::format("the coordinator at {} did not give its config: {}", address,
+                                         status.error_message()));
+  }
+  return parse_config(reply.yaml(), fmt::format("{} (from the coordinator at {})", reply.source(), address));
 }
 
 int train_as_worker(const Config& config, const co::ClientOptions& client) {
@@ -125,7 +154,13 @@ int worker_command(const WorkerArgs& args) {
   std::optional<Config> config;
   try {
     launch = detect_launch(args.coordinator, process_env());
-    config = load_config(args.config_path);
+    if (!args.config_path.empty()) {
+      config = load_config(args.config_path);
+    } else if (launch.coordinator.empty()) {
+      throw std::runtime_error("without --coordinator, CONFIG is needed (this rank hosts the coordinator)");
+    } else {
+      config = config_from_coordinator(launch.coordinator, args.token_file);
+    }
   } catch (const std::exception& e) {
     std::cerr << "herd worker: " << e.what() << "\n";
     return 1;
@@ -143,7 +178,7 @@ int worker_command(const WorkerArgs& args) {
       char text[512] = {};
       if (*launch.rank == 0) {
         const std::string t = token.value_or(random_token());
-        embedded = host_coordinator(*config, *launch.world_size, "0.0.0.0:0", t, true);
+        embedded = host_coordinator(*config, args.config_path, *launch.world_size, "0.0.0.0:0", t, true);
         const auto shared = fmt::format("{}:{}\n{}", host_name(), embedded->server->port(), t);
         std::snprintf(text, sizeof text, "%s", shared.c_str());
       }
@@ -154,7 +189,7 @@ int worker_command(const WorkerArgs& args) {
     } else if (launch.source == "torchrun" && *launch.rank == 0 && args.coordinator.empty()) {
       if (!token) throw co::AuthError("under torchrun the job token must come from HERD_JOB_TOKEN or the config");
       const auto port = launch.coordinator.substr(launch.coordinator.rfind(':') + 1);
-      embedded = host_coordinator(*config, *launch.world_size, "0.0.0.0:" + port, *token, true);
+      embedded = host_coordinator(*config, args.config_path, *launch.world_size, "0.0.0.0:" + port, *token, true);
     }
     if (!token) {
       std::cerr << "herd worker: no job token: pass --token-file, set HERD_JOB_TOKEN, or set security.token_file\n";
@@ -183,7 +218,7 @@ int worker_command(const WorkerArgs& args) {
   }
 }
 
-int local_workers_command(const std::string& config_path, int workers, const std::string& self) {
+int local_workers_command(const std::string& config_path, int workers, bool resume, const std::string& self) {
   std::optional<Config> config;
   try {
     config = load_config(config_path);
@@ -193,7 +228,13 @@ int local_workers_command(const std::string& config_path, int workers, const std
   }
   try {
     const std::string token = random_token();
-    auto embedded = host_coordinator(*config, workers, "127.0.0.1:0", token, false);
+    auto embedded = host_coordinator(*config, config_path, workers, "127.0.0.1:0", token, false);
+    if (resume || config->checkpoint.resume == "auto") {
+      std::vector<std::string> warnings;
+      auto from = herd::train::newest_checkpoint(config->trainer_output_dir, &warnings);
+      for (const auto& w : warnings) std::cerr << "herd train: warning: " << w << "\n";
+      if (from) embedded.job->resume_from(from->step, from->dir.string());
+    }
     const std::string address = fmt::format("127.0.0.1:{}", embedded.server->port());
     std::cout << fmt::format("herd train: coordinator on {}, {} worker processes", address, workers) << std::endl;
     std::vector<pid_t> children;

@@ -15,7 +15,8 @@ struct WorkerArgs {
 // Exit status: 0 done, 1 user error or failed job.
 int worker_command(const WorkerArgs& args);
 
-// Runs the job on `workers` local processes (`self` is this herd binary).
-int local_workers_command(const std::string& config_path, int workers, const std::string& self);
+// Runs the job on `workers` local processes (`self` is this herd binary); `resume`
+// (or checkpoint.resume: auto): from the newest complete checkpoint.
+int local_workers_command(const std::string& config_path, int workers, bool resume, const std::string& self);
 
 }  // namespace herd::cli

@@ -84,8 +84,8 @@ class Metrics {
   std::map<std::string, Method> methods_;
 };
 
-CoordinatorService::CoordinatorService(Job& job, std::string token, Metrics& metrics)
-    : job_(job), token_(std::move(token)), metrics_(metrics) {}
+CoordinatorService::CoordinatorService(Job& job, std::string token, Metrics& metrics, v1::JobConfig config)
+    : job_(job), token_(std::move(token)), metrics_(metrics), config_(std::move(config)) {}
 
 template <class F>
 Status CoordinatorService::call(const char* method, grpc::ServerContextBase* context, F&& handler) {
@@ -157,6 +157,13 @@ CoordinatorService::Unary* CoordinatorService::Cancel(Context* c, const v1::Canc
 Status CoordinatorService::WaitForGang(ServerContext* c, const v1::WaitForGangRequest* q,
                                        v1::WaitForGangResponse* r) {
   return call("WaitForGang", c, [&] { return job_.WaitForGang(*q, r, [c] { return c->IsCancelled(); }); });
+}
+Status CoordinatorService::GetJobConfig(ServerContext* c, const v1::GetJobConfigRequest*, v1::JobConfig* r) {
+  return call("GetJobConfig", c, [&] {
+    if (config_.yaml().empty()) return Status(grpc::StatusCode::NOT_FOUND, "this coordinator was given no config");
+    *r = config_;
+    return Status::OK;
+  });
 }
 Status CoordinatorService::KvWait(ServerContext* c, const v1::KvWaitRequest* q, v1::KvWaitResponse*) {
   return call("KvWait", c, [&] { return job_.KvWait(*q, [c] { return c->IsCancelled(); }); });
@@ -282,7 +289,10 @@ void CoordinatorService::pump(const std::atomic<bool>& stop) {
 CoordinatorServer::CoordinatorServer(Job& job, const ServerOptions& options)
     : job_(job), metrics_(std::make_unique<Metrics>()) {
   if (options.token.empty()) throw std::invalid_argument("coordinator: a job token is required");
-  service_ = std::make_unique<CoordinatorService>(job, options.token, *metrics_);
+  v1::JobConfig config;
+  config.set_yaml(options.config_yaml);
+  config.set_source(options.config_source);
+  service_ = std::make_unique<CoordinatorService>(job, options.token, *metrics_, std::move(config));
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (options.tls_cert_pem.empty()) {
     credentials = grpc::InsecureServerCredentials();

@@ -26,6 +26,7 @@ struct ServerOptions {
   std::string token;                      // required
   std::string tls_cert_pem, tls_key_pem;  // TLS when set
   std::string metrics_listen;             // HOST:PORT of the Prometheus endpoint; empty: none
+  std::string config_yaml, config_source; // served by GetJobConfig
   size_t max_message_bytes = 1 << 20;     // larger requests are refused (RESOURCE_EXHAUSTED)
 };
 
@@ -48,7 +49,7 @@ class BatchStream;
 
 class CoordinatorService final : public ServiceBase {
  public:
-  CoordinatorService(Job& job, std::string token, Metrics& metrics);
+  CoordinatorService(Job& job, std::string token, Metrics& metrics, herd::v1::JobConfig config);
 
   using Unary = grpc::ServerUnaryReactor;
   using Context = grpc::CallbackServerContext;
@@ -67,6 +68,8 @@ class CoordinatorService final : public ServiceBase {
   grpc::Status WaitForGang(grpc::ServerContext*, const herd::v1::WaitForGangRequest*,
                            herd::v1::WaitForGangResponse*) override;
   grpc::Status KvWait(grpc::ServerContext*, const herd::v1::KvWaitRequest*, herd::v1::KvWaitResponse*) override;
+  grpc::Status GetJobConfig(grpc::ServerContext*, const herd::v1::GetJobConfigRequest*,
+                            herd::v1::JobConfig*) override;
   grpc::ServerWriteReactor<herd::v1::MicroBatch>* StreamBatches(Context*,
                                                                 const herd::v1::StreamBatchesRequest*) override;
 
@@ -83,6 +86,7 @@ class CoordinatorService final : public ServiceBase {
   Job& job_;
   std::string token_;
   Metrics& metrics_;
+  const herd::v1::JobConfig config_;
   std::mutex streams_mutex_;
   std::map<BatchStream*, std::weak_ptr<BatchStream>> streams_;
 };

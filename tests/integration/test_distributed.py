@@ -4,7 +4,9 @@ and a worker killed with SIGKILL and replaced mid-run."""
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -103,6 +105,22 @@ def test_mpirun_two_ranks_equal_one_rank(model, tmp_path, one_rank):
     assert_same((losses(out.stdout), adapter(tmp_path)), one_rank)
 
 
+def test_torchrun_environment_two_ranks_equal_one_rank(model, tmp_path, one_rank):
+    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([str(BIN / "herd"), "worker", str(c)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=dict(os.environ, RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r),
+                                                  MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                                                  HERD_JOB_TOKEN=TOKEN, OMP_NUM_THREADS="1"))
+             for r in (1, 0)]  # rank 1 first: it waits for rank 0's coordinator
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert f"launched by torchrun (rank 0 of 2); coordinator 127.0.0.1:{port} (hosted here)" in logs[1]
+    assert_same((losses("".join(logs)), adapter(tmp_path)), one_rank)
+
+
 class Coordinator:
     """herd-coordinator for a config on a free loopback port, as a cluster would run it."""
 
@@ -120,8 +138,10 @@ class Coordinator:
             time.sleep(0.05)
         self.address = f"127.0.0.1:{int(port_file.read_text())}"
 
-    def worker(self, log):
-        return subprocess.Popen([str(BIN / "herd"), "worker", str(self.config), "--coordinator", self.address,
+    def worker(self, log, with_config=True):
+        """A worker process; without the config it fetches the coordinator's, as a pod does."""
+        config = [str(self.config)] if with_config else []
+        return subprocess.Popen([str(BIN / "herd"), "worker", *config, "--coordinator", self.address,
                                  "--token-file", str(self.state.parent / "token")],
                                 stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -145,7 +165,7 @@ def test_coordinator_launched_workers_equal_one_rank(model, tmp_path, one_rank):
     c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, extra="distributed: {world_size: 2}\n")
     coord = Coordinator(c, tmp_path / "state")
     try:
-        workers = [coord.worker(tmp_path / f"w{i}.log") for i in range(2)]
+        workers = [coord.worker(tmp_path / f"w{i}.log", with_config=i == 0) for i in range(2)]
         for w in workers:
             assert w.wait(timeout=300) == 0
         logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(2))
@@ -187,3 +207,18 @@ def test_a_worker_killed_and_replaced_loses_and_repeats_no_sample(model, tmp_pat
     final = max(losses(logs).items())
     assert final[0] == steps
     assert final[1] == pytest.approx(losses(reference.stdout)[steps], rel=1e-3)
+
+
+def test_local_workers_resume_from_a_checkpoint(model, tmp_path, one_rank):
+    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, extra="checkpoint: {every_steps: 4}\n")
+    first = herd("train", c, "--workers", 2)
+    assert first.returncode == 0, first.stderr
+    shutil.rmtree(tmp_path / "trainer" / "checkpoint-12")
+    again = herd("train", c, "--workers", 2, "--resume")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming from" in again.stdout and "checkpoint-8 (step 8)" in again.stdout
+    assert sorted(losses(again.stdout)) == [9, 10, 11, 12]
+    assert_same((losses(first.stdout), adapter(tmp_path)), one_rank)
+    resumed = losses(again.stdout)
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(one_rank[0][step], rel=LOSS_RTOL)
