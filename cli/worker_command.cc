@@ -124,7 +124,7 @@ Config config_from_coordinator(const std::string& address, const std::string& to
   return parse_config(reply.yaml(), fmt::format("{} (from the coordinator at {})", reply.source(), address));
 }
 
-int train_as_worker(const Config& config, const co::ClientOptions& client) {
+int train_as_worker(const Config& config, const co::ClientOptions& client, int local_rank) {
   auto link = herd::train::grpc_link(client, config.model_name);
   herd::train::TrainHooks hooks;
   hooks.print = [](const std::string& line) { std::cout << line << std::endl; };
@@ -132,6 +132,7 @@ int train_as_worker(const Config& config, const co::ClientOptions& client) {
   options.host = host_name();
   const auto host = client.address.substr(0, client.address.rfind(':'));
   options.gloo_hostname = local_address_towards(host);
+  options.local_rank = local_rank;
   options.on_gang = [](const herd::train::Gang& gang, int64_t held, int64_t whole) {
     std::cout << fmt::format("rank {} of {} (attempt {}): base weights held {} of {} bytes; resident {} MiB",
                              gang.rank, gang.world_size, gang.attempt, held, whole, resident_mib())
@@ -200,7 +201,7 @@ int worker_command(const WorkerArgs& args) {
                              launch.rank ? fmt::format(" (rank {} of {})", *launch.rank, *launch.world_size) : "",
                              client.address, embedded ? " (hosted here)" : "")
               << std::endl;
-    const int rc = train_as_worker(*config, client);
+    const int rc = train_as_worker(*config, client, launch.local_rank);
     if (launch.source == "openmpi" && args.coordinator.empty()) {
       MPI_Barrier(MPI_COMM_WORLD);  // rank 0's coordinator serves until every rank is done
       embedded.reset();

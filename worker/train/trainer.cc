@@ -97,10 +97,15 @@ double eval_loss(model::Llama& model, const coordinator::Job& job, size_t batch_
   return predicted > 0 ? sum / static_cast<double>(predicted) : 0.0;
 }
 
+// The model runs on the CPU: Gloo. NCCL takes CUDA tensors.
 std::string collective_backend(const Config& config) {
   const auto& b = config.distributed.backend;
-  if (b == "auto") return "gloo";  // the model runs on the CPU
-  return b;
+  if (b == "nccl") {
+    throw std::runtime_error(
+        "distributed.backend: nccl needs the model on a GPU, and this build of herd trains on the CPU; "
+        "use gloo or auto");
+  }
+  return "gloo";
 }
 
 // What one gang attempt trains with. Members are declared in the order they must
@@ -121,8 +126,9 @@ void build_replica(Replica& r, const Config& config, const std::filesystem::path
   co.attempt = gang.attempt;
   co.timeout = std::chrono::milliseconds(static_cast<int64_t>(config.distributed.collective_timeout_s * 1000));
   co.hostname = options.gloo_hostname;
+  co.device = options.local_rank;
   if (const char* iface = std::getenv("GLOO_SOCKET_IFNAME")) co.iface = iface;
-  r.comm = comm::connect(collective_backend(config), link.store(), co);
+  r.comm = comm::connect(co.size > 1 ? collective_backend(config) : "local", link.store(), co);
   r.weights = std::make_unique<ShardedWeights>(*r.comm, parse_sharding(config.distributed.sharding));
 
   torch::manual_seed(static_cast<uint64_t>(config.trainer.seed));  // LoRA dropout

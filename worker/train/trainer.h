@@ -72,6 +72,7 @@ struct WorkerOptions {
   std::string host = "local";
   // Gloo: the address other ranks reach this one at ("" : the host name's).
   std::string gloo_hostname;
+  int local_rank = 0;  // the GPU of the NCCL backend
   // Called with each gang joined: the bytes of frozen base weights this rank holds
   // between uses, and the whole model's.
   std::function<void(const Gang&, int64_t held_bytes, int64_t model_bytes)> on_gang;
