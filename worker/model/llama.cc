@@ -335,6 +335,8 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
   // A checkpointed layer joins the graph only when its input requires grad (the
   // embeddings are frozen): as transformers' enable_input_require_grads does.
   if (recompute) h = h.detach().requires_grad_(true);
+  // A checkpointed layer takes tensors only: no mask means the causal one.
+  if (recompute && !mask.defined()) mask = causal.view({1, 1, T, T});
   // Without recomputation, backward needs every layer's weights: a source keeps
   // them until the step is over.
   const bool release = recompute || !torch::GradMode::is_enabled();
