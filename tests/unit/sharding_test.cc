@@ -29,11 +29,12 @@ model::LoadOptions nf4_with_lora() {
 }
 
 // B starts at zero (peft): give it values so that A's gradients are not zero too.
+// A generator of its own: ranks are threads, and the global one is shared.
 void set_lora_b(Llama& m) {
   torch::NoGradGuard no_grad;
-  torch::manual_seed(11);
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(11);
   for (auto& [name, t] : m.lora_tensors()) {
-    if (name.find("lora_B") != std::string::npos) t.copy_(torch::randn(t.sizes()) * 0.1);
+    if (name.find("lora_B") != std::string::npos) t.copy_(torch::randn(t.sizes(), g) * 0.1);
   }
 }
 
