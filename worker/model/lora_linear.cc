@@ -3,6 +3,12 @@
 #include <cmath>
 
 #include "kernels/nf4.h"
+#ifdef HERD_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "kernels/nf4_cuda.h"
+#endif
 
 namespace herd::model {
 
@@ -29,9 +35,52 @@ torch::Tensor FrozenWeight::block_absmax() const {
   return out.to(packed.device());
 }
 
+#ifdef HERD_CUDA
+namespace {
+// herd's kernel (kernels/nf4_cuda.h) on the weight's GPU, on the current stream.
+torch::Tensor materialize_cuda(const FrozenWeight& w) {
+  const c10::cuda::CUDAGuard guard(w.packed.device());
+  const auto device = w.packed.device();
+  auto f32 = [&](const torch::Tensor& t) { return t.to(device, torch::kFloat32).contiguous(); };
+  auto packed = w.packed.contiguous();
+  auto table = f32(w.code_table);
+  torch::Tensor absmax, codes, nested, map;
+  k::Nf4Source s;
+  s.packed = packed.data_ptr<uint8_t>();
+  s.n = static_cast<size_t>(w.out_features * w.in_features);
+  s.code_table = table.data_ptr<float>();
+  if (w.absmax.defined()) {
+    absmax = f32(w.absmax);
+    s.absmax = absmax.data_ptr<float>();
+  } else {
+    codes = w.absmax_codes.to(device).contiguous();
+    nested = f32(w.nested_absmax);
+    map = f32(w.nested_map);
+    s.absmax_codes = codes.data_ptr<uint8_t>();
+    s.nested_absmax = nested.data_ptr<float>();
+    s.offset = static_cast<float>(w.offset);
+    s.nested_map = map.data_ptr<float>();
+  }
+  auto out = torch::empty({w.out_features, w.in_features}, torch::TensorOptions().dtype(w.dtype).device(device));
+  const auto type = w.dtype == torch::kBFloat16 ? k::Nf4Out::kBFloat16
+                    : w.dtype == torch::kFloat16 ? k::Nf4Out::kFloat16
+                                                 : k::Nf4Out::kFloat32;
+  const int rc = k::nf4_dequantize_cuda(s, out.data_ptr(), type, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(rc == 0, "NF4 dequantize kernel: CUDA error ", rc);
+  return out;
+}
+}  // namespace
+#endif
+
 torch::Tensor FrozenWeight::materialize(torch::ScalarType out_dtype) const {
   if (!quantized()) return dense.to(out_dtype);
   if (out_dtype != dtype) return materialize(dtype).to(out_dtype);
+#ifdef HERD_CUDA
+  if (packed.is_cuda() &&
+      (dtype == torch::kFloat32 || dtype == torch::kBFloat16 || dtype == torch::kFloat16)) {
+    return materialize_cuda(*this);
+  }
+#endif
   const int64_t n = out_features * in_features;
   auto scale = block_absmax();
   if (packed.device().is_cpu() && (dtype == torch::kFloat32 || dtype == torch::kBFloat16)) {

@@ -1,0 +1,34 @@
+// NF4 dequantization on the GPU (HERD_CUDA builds), bit-identical to the CPU
+// reference in nf4.h: every product is rounded to float32 on its own (no fused
+// multiply-add), double-quantized absmax is decoded in the same kernel as
+// fl(fl(map[code] * nested_absmax[block / 256]) + offset), and bfloat16/float16
+// round to nearest even. 16-byte loads of the packed codes (32 weights, half a
+// block of 64) and 16-byte stores when both buffers are 16-byte aligned; a
+// scalar kernel otherwise and for the last n % 32 weights.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace herd::kernels {
+
+enum class Nf4Out { kFloat32, kBFloat16, kFloat16 };
+
+// Device pointers. Plain absmax: `absmax` (float32 per 64 weights), the rest null.
+// Double quantization: `absmax` null, `absmax_codes` (uint8 per 64),
+// `nested_absmax` (float32 per 256 blocks), `offset`, `nested_map` (float32 [256]).
+// `code_table`: float32 [16]. `stream`: a cudaStream_t (null: the default stream).
+// Returns cudaSuccess (0) or the launch's cudaError_t.
+struct Nf4Source {
+  const uint8_t* packed = nullptr;
+  size_t n = 0;
+  const float* absmax = nullptr;
+  const uint8_t* absmax_codes = nullptr;
+  const float* nested_absmax = nullptr;
+  float offset = 0;
+  const float* nested_map = nullptr;
+  const float* code_table = nullptr;
+};
+int nf4_dequantize_cuda(const Nf4Source& source, void* out, Nf4Out type, void* stream);
+
+}  // namespace herd::kernels
