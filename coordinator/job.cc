@@ -569,6 +569,28 @@ herd::v1::MicroBatch Job::micro_batch(const std::vector<size_t>& rows) const {
   return batch;
 }
 
+Status Job::EvalBatches(const herd::v1::EvalBatchesRequest& request, std::vector<herd::v1::MicroBatch>* out) {
+  uint32_t rank = 0, world = 1;
+  {
+    std::lock_guard lock(mutex_);
+    Worker* w = nullptr;
+    if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
+    rank = w->rank;
+    world = shape_.world_size;
+  }
+  const size_t rows = settings_.batch_size;
+  const size_t per_rank = (eval_.size() + world - 1) / world;
+  std::vector<size_t> mine;
+  for (size_t i = rank; i < eval_.size(); i += world) mine.push_back(eval_[i]);
+  out->clear();
+  for (size_t first = 0; first < per_rank; first += rows) {
+    std::vector<size_t> batch;
+    for (size_t i = first; i < std::min(first + rows, mine.size()); ++i) batch.push_back(mine[i]);
+    out->push_back(batch.empty() ? herd::v1::MicroBatch() : micro_batch(batch));
+  }
+  return Status::OK;
+}
+
 Status Job::OpenStream(const herd::v1::StreamBatchesRequest& request) {
   std::lock_guard lock(mutex_);
   Worker* w = nullptr;

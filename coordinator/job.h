@@ -85,9 +85,6 @@ class Job {
       const std::filesystem::path& journal_file, Clock clock = steady_clock());
   ~Job();
 
-  // The held-out split (data.eval_fraction; empty without one) and its samples,
-  // for a local run's eval loss.
-  const std::vector<size_t>& eval_samples() const { return eval_; }
   // Samples as one right-padded micro-batch (what the stream sends).
   herd::v1::MicroBatch micro_batch(const std::vector<size_t>& rows) const;
 
@@ -129,6 +126,8 @@ class Job {
   // `timeout`.
   uint64_t WaitForChange(uint64_t seen, std::chrono::milliseconds timeout) const;
   grpc::Status ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::ReportStepResponse* response);
+  // The caller's share of the held-out split (proto/herd.proto, EvalBatchesRequest).
+  grpc::Status EvalBatches(const herd::v1::EvalBatchesRequest& request, std::vector<herd::v1::MicroBatch>* out);
   grpc::Status CommitCheckpoint(const herd::v1::CommitCheckpointRequest& request,
                                 herd::v1::CommitCheckpointResponse* response);
   // `ranks`: also one RankStatus per gang member (the main loop and metrics skip them).

@@ -165,6 +165,17 @@ Status CoordinatorService::GetJobConfig(ServerContext* c, const v1::GetJobConfig
     return Status::OK;
   });
 }
+Status CoordinatorService::EvalBatches(ServerContext* c, const v1::EvalBatchesRequest* q,
+                                       grpc::ServerWriter<v1::MicroBatch>* writer) {
+  return call("EvalBatches", c, [&] {
+    std::vector<v1::MicroBatch> batches;
+    if (auto s = job_.EvalBatches(*q, &batches); !s.ok()) return s;
+    for (const auto& b : batches) {
+      if (!writer->Write(b)) return Status(grpc::StatusCode::CANCELLED, "the client went away");
+    }
+    return Status::OK;
+  });
+}
 Status CoordinatorService::KvWait(ServerContext* c, const v1::KvWaitRequest* q, v1::KvWaitResponse*) {
   return call("KvWait", c, [&] { return job_.KvWait(*q, [c] { return c->IsCancelled(); }); });
 }

@@ -70,6 +70,8 @@ class CoordinatorService final : public ServiceBase {
   grpc::Status KvWait(grpc::ServerContext*, const herd::v1::KvWaitRequest*, herd::v1::KvWaitResponse*) override;
   grpc::Status GetJobConfig(grpc::ServerContext*, const herd::v1::GetJobConfigRequest*,
                             herd::v1::JobConfig*) override;
+  grpc::Status EvalBatches(grpc::ServerContext*, const herd::v1::EvalBatchesRequest*,
+                           grpc::ServerWriter<herd::v1::MicroBatch>*) override;
   grpc::ServerWriteReactor<herd::v1::MicroBatch>* StreamBatches(Context*,
                                                                 const herd::v1::StreamBatchesRequest*) override;
 

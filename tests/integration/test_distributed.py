@@ -96,6 +96,24 @@ def test_local_workers_equal_one_rank(model, tmp_path, one_rank, workers, shardi
             assert mine == whole
 
 
+def test_eval_loss_over_ranks_equals_one_rank(model, tmp_path):
+    """The held-out split is shared out over the ranks and its loss summed: the same figure."""
+    evals = {}
+    for workers in (1, 2):
+        c = config(tmp_path / f"e{workers}.yaml", model, tmp_path / f"e{workers}", accumulation=4 // workers)
+        c.write_text(c.read_text().replace("sample-vicuna.json}", "sample-vicuna.json, eval_fraction: 0.1}")
+                     .replace("logging_steps: 1,", "logging_steps: 1, eval_steps: 4,"))
+        out = herd("train", c, *(["--workers", workers] if workers > 1 else []))
+        assert out.returncode == 0, out.stdout + out.stderr
+        evals[workers] = {int(m.group(1)): float(m.group(2)) for m in
+                          re.finditer(r"^eval  step (\d+)/\d+  eval_loss ([\d.]+)  \(24 held-out samples\)$",
+                                      out.stdout, re.M)}
+    assert sorted(evals[1]) == [4, 8, 12]
+    assert evals[2].keys() == evals[1].keys()
+    for step, loss in evals[1].items():
+        assert evals[2][step] == pytest.approx(loss, rel=LOSS_RTOL)
+
+
 def test_mpirun_two_ranks_equal_one_rank(model, tmp_path, one_rank):
     c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2)
     out = subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "OMP_NUM_THREADS=1",
@@ -127,10 +145,14 @@ class Coordinator:
     def __init__(self, config, state):
         self.config, self.state = config, state
         (state.parent / "token").write_text(TOKEN + "\n")
-        port_file = state.parent / "port"
-        self.proc = subprocess.Popen([str(BIN / "herd-coordinator"), "--config", str(config), "--listen",
-                                      "127.0.0.1:0", "--port-file", str(port_file), "--state-dir", str(state),
-                                      "--token-file", str(state.parent / "token")],
+        self.start("127.0.0.1:0")
+
+    def start(self, listen):
+        port_file = self.state.parent / "port"
+        port_file.unlink(missing_ok=True)
+        self.proc = subprocess.Popen([str(BIN / "herd-coordinator"), "--config", str(self.config), "--listen", listen,
+                                      "--port-file", str(port_file), "--state-dir", str(self.state),
+                                      "--token-file", str(self.state.parent / "token")],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + 60
         while not port_file.exists():
@@ -208,6 +230,34 @@ def test_a_worker_killed_and_replaced_loses_and_repeats_no_sample(model, tmp_pat
     final = max(losses(logs).items())
     assert final[0] == steps
     assert final[1] == pytest.approx(losses(reference.stdout)[steps], rel=1e-3)
+
+
+def test_a_coordinator_killed_and_restarted_is_rejoined(model, tmp_path):
+    """herd-coordinator dies (SIGKILL) mid-run and comes back on the same port: the workers
+    register again and the job resumes from its journal's last checkpoint."""
+    steps = 30
+    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, steps=steps,
+               extra="distributed: {world_size: 2}\ncheckpoint: {every_steps: 4}\n")
+    reference = herd("train", config(tmp_path / "r.yaml", model, tmp_path / "ref", accumulation=4, steps=steps))
+    coord = Coordinator(c, tmp_path / "state")
+    try:
+        a, b = coord.worker(tmp_path / "a.log"), coord.worker(tmp_path / "b.log")
+        deadline = time.time() + 120
+        while not any(max(losses(f.read_text()), default=0) >= 10 for f in (tmp_path / "a.log", tmp_path / "b.log")):
+            assert time.time() < deadline and a.poll() is None and b.poll() is None
+            time.sleep(0.01)
+        coord.proc.send_signal(signal.SIGKILL)
+        coord.proc.wait()
+        coord.start(coord.address)
+        assert a.wait(timeout=300) == 0 and b.wait(timeout=300) == 0
+        status = coord.status()
+        assert status["state"] == "DONE" and int(status["attempt"]) >= 2, status
+    finally:
+        coord.stop()
+    logs = (tmp_path / "a.log").read_text() + (tmp_path / "b.log").read_text()
+    assert "resuming from" in logs
+    assert sorted(s for ids in coord.samples().values() for s in ids) == list(range(240))
+    assert losses(logs)[steps] == pytest.approx(losses(reference.stdout)[steps], rel=1e-3)
 
 
 def test_local_workers_resume_from_a_checkpoint(model, tmp_path, one_rank):

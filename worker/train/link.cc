@@ -131,7 +131,14 @@ class LocalLink : public CoordinatorLink, public comm::Store {
     check(job_.CommitCheckpoint(request, &response), "checkpoint");
   }
   void close_stream() override {}
-  coordinator::Job* local_job() override { return &job_; }
+  std::vector<v1::MicroBatch> eval_batches() override {
+    v1::EvalBatchesRequest request;
+    request.set_worker_id(id_);
+    request.set_attempt(gang_.attempt);
+    std::vector<v1::MicroBatch> out;
+    check(job_.EvalBatches(request, &out), "eval batches");
+    return out;
+  }
 
  private:
   static void check(const grpc::Status& s, const char* what) {
@@ -292,6 +299,19 @@ class GrpcLink : public CoordinatorLink, public comm::Store {
     grpc::ClientContext context;
     coordinator::prepare(context, client_.token, kCallTimeout);
     finish_call(stub_->CommitCheckpoint(&context, request, &response), "CommitCheckpoint");
+  }
+
+  std::vector<v1::MicroBatch> eval_batches() override {
+    v1::EvalBatchesRequest request;
+    request.set_worker_id(worker_id());
+    request.set_attempt(attempt());
+    grpc::ClientContext context;
+    coordinator::prepare(context, client_.token, std::chrono::minutes(10));
+    auto reader = stub_->EvalBatches(&context, request);
+    std::vector<v1::MicroBatch> out;
+    for (v1::MicroBatch b; reader->Read(&b);) out.push_back(std::move(b));
+    finish_call(reader->Finish(), "EvalBatches");
+    return out;
   }
 
   // Unread micro-batches would hold Finish back: cancel first.

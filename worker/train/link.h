@@ -52,8 +52,8 @@ class CoordinatorLink {
   virtual void commit_checkpoint(uint64_t step, const std::string& path, const std::string& digest) = 0;
   // Leaves the attempt's stream (once a new gang formed, or at the end).
   virtual void close_stream() = 0;
-  // The in-process job (its held-out split for eval), or null.
-  virtual coordinator::Job* local_job() { return nullptr; }
+  // This rank's share of the held-out split (empty: no eval).
+  virtual std::vector<herd::v1::MicroBatch> eval_batches() = 0;
 };
 
 std::unique_ptr<CoordinatorLink> local_link(coordinator::Job& job, const std::string& job_id);

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <numeric>
 #include <optional>
 #include <stdexcept>
 
@@ -80,21 +81,19 @@ torch::Tensor micro_batch_loss(const model::Llama& model, const v1::MicroBatch& 
   return (per_token * mask).sum();
 }
 
-// Mean next-token loss over the held-out samples (masked tokens only), without
-// dropout or gradients, batch_size rows at a time.
-double eval_loss(model::Llama& model, const coordinator::Job& job, size_t batch_size) {
+// Mean next-token loss over the held-out split (masked tokens only), without
+// dropout or gradients: each rank's share, summed over the ranks.
+double eval_loss(model::Llama& model, comm::Collective& comm, const std::vector<v1::MicroBatch>& batches) {
   torch::NoGradGuard no_grad;
   model.set_training(false);
-  const auto& ids = job.eval_samples();
   double sum = 0;
   uint64_t tokens = 0, predicted = 0;
-  for (size_t first = 0; first < ids.size(); first += batch_size) {
-    const std::vector<size_t> rows(ids.begin() + static_cast<std::ptrdiff_t>(first),
-                                   ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), first + batch_size)));
-    sum += micro_batch_loss(model, job.micro_batch(rows), &tokens, &predicted).item<double>();
-  }
+  for (const auto& batch : batches) sum += micro_batch_loss(model, batch, &tokens, &predicted).item<double>();
   model.set_training(true);
-  return predicted > 0 ? sum / static_cast<double>(predicted) : 0.0;
+  auto totals = torch::tensor({sum, static_cast<double>(predicted)}, torch::kFloat64);
+  comm.all_reduce(totals).wait();
+  const double all_predicted = totals[1].item<double>();
+  return all_predicted > 0 ? totals[0].item<double>() / all_predicted : 0.0;
 }
 
 // The model runs on the CPU: Gloo. NCCL takes CUDA tensors.
@@ -215,6 +214,15 @@ TrainResult run_worker(const Config& config, CoordinatorLink& link, const TrainH
     };
 
     try {
+      const auto held_out = link.eval_batches();
+      const size_t held_out_samples = [&] {
+        auto n = torch::tensor({static_cast<double>(std::accumulate(
+                                   held_out.begin(), held_out.end(), size_t{0},
+                                   [](size_t a, const v1::MicroBatch& b) { return a + b.sample_ids_size(); }))},
+                               torch::kFloat64);
+        r.comm->all_reduce(n).wait();
+        return static_cast<size_t>(n.item<double>());
+      }();
       link.open_stream(gang.resume_step + 1);
       double window_loss = 0;
       int64_t window_steps = 0;
@@ -284,12 +292,11 @@ TrainResult run_worker(const Config& config, CoordinatorLink& link, const TrainH
         const bool eval_due = config.trainer.eval_steps > 0
                                   ? step % static_cast<uint64_t>(config.trainer.eval_steps) == 0
                                   : step == total;
-        auto* job = link.local_job();
-        if (job && !job->eval_samples().empty() && (eval_due || step == total)) {
-          const double loss = eval_loss(*r.model, *job, static_cast<size_t>(config.trainer.batch_size));
+        if (held_out_samples > 0 && (eval_due || step == total)) {
+          const double loss = eval_loss(*r.model, *r.comm, held_out);
           result.evals.emplace_back(step, loss);
           print(fmt::format("eval  step {}/{}  eval_loss {:.4f}  ({} held-out samples)", step, total, loss,
-                            job->eval_samples().size()));
+                            held_out_samples));
         }
         if (step == total || step % static_cast<uint64_t>(config.checkpoint.every_steps) == 0) checkpoint(step);
       }
