@@ -28,15 +28,6 @@ def herd(*args, timeout=300, env=None):
                           env=env)
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model") / "tiny"
-    out = herd("tools", "make-tiny-model", d, "--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
-               "--intermediate", "128", "--seed", "0")
-    assert out.returncode == 0, out.stderr
-    return d
-
-
 def config(path, model, out, accumulation, steps=12, extra=""):
     """Global batch 2 x accumulation x ranks; dropout 0 so that ranks draw nothing."""
     path.write_text(f"""model_name: t
@@ -197,6 +188,14 @@ def test_coordinator_launched_workers_equal_one_rank(model, tmp_path, one_rank):
     assert_same((losses(logs), adapter(tmp_path)), one_rank)
 
 
+def wait_for_logged_step(step, logs, procs):
+    """Until one of the logs (rank 0 logs every step) shows `step`; the processes must live."""
+    deadline = time.time() + 120
+    while not any(max(losses(f.read_text()), default=0) >= step for f in logs):
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.01)
+
+
 def test_a_worker_killed_and_replaced_loses_and_repeats_no_sample(model, tmp_path):
     steps = 30  # one epoch of the 240 sample conversations, 8 a step: every sample exactly once
     extra = ("distributed: {world_size: 2, heartbeat_timeout_s: 5}\n"
@@ -207,11 +206,7 @@ def test_a_worker_killed_and_replaced_loses_and_repeats_no_sample(model, tmp_pat
     coord = Coordinator(c, tmp_path / "state")
     try:
         a, b = coord.worker(tmp_path / "a.log"), coord.worker(tmp_path / "b.log")
-        # Rank 0 logs every step: kill the other worker as soon as step 6 is logged.
-        deadline = time.time() + 120
-        while not any(max(losses(f.read_text()), default=0) >= 6 for f in (tmp_path / "a.log", tmp_path / "b.log")):
-            assert time.time() < deadline and a.poll() is None and b.poll() is None
-            time.sleep(0.01)
+        wait_for_logged_step(6, [tmp_path / "a.log", tmp_path / "b.log"], [a, b])
         b.send_signal(signal.SIGKILL)
         b.wait()
         replacement = coord.worker(tmp_path / "c.log")
@@ -242,10 +237,7 @@ def test_a_coordinator_killed_and_restarted_is_rejoined(model, tmp_path):
     coord = Coordinator(c, tmp_path / "state")
     try:
         a, b = coord.worker(tmp_path / "a.log"), coord.worker(tmp_path / "b.log")
-        deadline = time.time() + 120
-        while not any(max(losses(f.read_text()), default=0) >= 10 for f in (tmp_path / "a.log", tmp_path / "b.log")):
-            assert time.time() < deadline and a.poll() is None and b.poll() is None
-            time.sleep(0.01)
+        wait_for_logged_step(10, [tmp_path / "a.log", tmp_path / "b.log"], [a, b])
         coord.proc.send_signal(signal.SIGKILL)
         coord.proc.wait()
         coord.start(coord.address)

@@ -18,15 +18,6 @@ def herd(*args):
     return subprocess.run([str(BIN / "herd"), *map(str, args)], capture_output=True, text=True, timeout=240)
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model") / "tiny"
-    out = herd("tools", "make-tiny-model", d, "--layers", "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
-               "--intermediate", "128", "--seed", "0")
-    assert out.returncode == 0, out.stderr
-    return d
-
-
 def write_config(path, model, out, quantize=True, world_size=1, extra=""):
     path.write_text(f"""model_name: t
 base_model: {model}
