@@ -35,6 +35,9 @@ constexpr uint32_t kMaxGangWaitS = 3600;
 constexpr uint32_t kMaxKvWaitMs = 600000;
 constexpr size_t kMaxPath = 4096;
 constexpr size_t kMaxReason = 1024;
+// After a member reports a failed collective, how long the coordinator waits before
+// forming the next gang (so that a member that died is noticed and left out).
+constexpr double kFailureGraceS = 1.0;
 constexpr auto kPoll = std::chrono::milliseconds(200);  // how often a blocked call checks its client
 
 Status error(StatusCode code, std::string message) { return {code, std::move(message)}; }
@@ -339,6 +342,7 @@ Status Job::Heartbeat(const herd::v1::HeartbeatRequest& request, herd::v1::Heart
 
 void Job::try_form_gang_locked(double now) {
   if (state_ != herd::v1::REGISTERING && state_ != herd::v1::RECOVERING) return;
+  if (failure_reported_ && now - recovering_since_ < kFailureGraceS) return;
   std::vector<Worker*> alive;
   for (auto& [id, w] : workers_) {
     if (w.alive) alive.push_back(&w);
@@ -386,6 +390,7 @@ void Job::form_gang_locked(uint32_t size, const std::vector<Worker*>& alive) {
                              {"resume_step", checkpoint_step_},
                              {"workers", ids}}
                             .dump());
+  failure_reported_ = false;
   set_state_locked(herd::v1::RUNNING, "");
 }
 
@@ -567,6 +572,29 @@ herd::v1::MicroBatch Job::micro_batch(const std::vector<size_t>& rows) const {
   }
   batch.set_loss_mask(std::move(mask));
   return batch;
+}
+
+Status Job::ReportFailure(const herd::v1::ReportFailureRequest& request) {
+  if (request.reason().size() > kMaxReason) {
+    return error(StatusCode::INVALID_ARGUMENT, fmt::format("reason is longer than {} bytes", kMaxReason));
+  }
+  std::lock_guard lock(mutex_);
+  Worker* w = nullptr;
+  if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
+  if (!training_locked()) return Status::OK;  // a recovery is under way
+  const std::string why = fmt::format("rank {} (worker {}, host {}) reported: {}", w->rank, w->id, w->host,
+                                      request.reason());
+  if (drain_requested_) {
+    set_state_locked(herd::v1::STOPPED, fmt::format("drained at checkpoint {} after {}", checkpoint_step_, why));
+  } else {
+    // The next gang forms at a tick after a grace period: a member whose process
+    // died (the likely cause) is noticed by then and left out.
+    recovering_since_ = clock_();
+    failure_reported_ = true;
+    set_state_locked(herd::v1::RECOVERING, why);
+  }
+  changed_locked();
+  return Status::OK;
 }
 
 Status Job::EvalBatches(const herd::v1::EvalBatchesRequest& request, std::vector<herd::v1::MicroBatch>* out) {

@@ -126,6 +126,8 @@ class Job {
   // `timeout`.
   uint64_t WaitForChange(uint64_t seen, std::chrono::milliseconds timeout) const;
   grpc::Status ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::ReportStepResponse* response);
+  // A member's collective failed: a new gang of the live workers (proto: ReportFailureRequest).
+  grpc::Status ReportFailure(const herd::v1::ReportFailureRequest& request);
   // The caller's share of the held-out split (proto/herd.proto, EvalBatchesRequest).
   grpc::Status EvalBatches(const herd::v1::EvalBatchesRequest& request, std::vector<herd::v1::MicroBatch>* out);
   grpc::Status CommitCheckpoint(const herd::v1::CommitCheckpointRequest& request,
@@ -214,6 +216,7 @@ class Job {
   };
   std::map<uint64_t, Planned> plans_;  // by epoch, for shape_
   double recovering_since_ = 0;
+  bool failure_reported_ = false;  // RECOVERING because a member's collective failed
   uint64_t committed_step_ = 0;
   uint64_t checkpoint_step_ = 0;
   std::string checkpoint_path_;

@@ -165,6 +165,10 @@ Status CoordinatorService::GetJobConfig(ServerContext* c, const v1::GetJobConfig
     return Status::OK;
   });
 }
+Status CoordinatorService::ReportFailure(ServerContext* c, const v1::ReportFailureRequest* q,
+                                         v1::ReportFailureResponse*) {
+  return call("ReportFailure", c, [&] { return job_.ReportFailure(*q); });
+}
 Status CoordinatorService::EvalBatches(ServerContext* c, const v1::EvalBatchesRequest* q,
                                        grpc::ServerWriter<v1::MicroBatch>* writer) {
   return call("EvalBatches", c, [&] {

@@ -72,6 +72,8 @@ class CoordinatorService final : public ServiceBase {
                             herd::v1::JobConfig*) override;
   grpc::Status EvalBatches(grpc::ServerContext*, const herd::v1::EvalBatchesRequest*,
                            grpc::ServerWriter<herd::v1::MicroBatch>*) override;
+  grpc::Status ReportFailure(grpc::ServerContext*, const herd::v1::ReportFailureRequest*,
+                             herd::v1::ReportFailureResponse*) override;
   grpc::ServerWriteReactor<herd::v1::MicroBatch>* StreamBatches(Context*,
                                                                 const herd::v1::StreamBatchesRequest*) override;
 

@@ -227,6 +227,33 @@ def test_a_worker_killed_and_replaced_loses_and_repeats_no_sample(model, tmp_pat
     assert final[1] == pytest.approx(losses(reference.stdout)[steps], rel=1e-3)
 
 
+def test_a_stopped_worker_is_a_timeout_and_a_new_attempt_not_a_hang(model, tmp_path):
+    """A worker frozen (SIGSTOP) past the collective timeout, while its heartbeat deadline is far
+    off: its peer's collective times out, it reports the failure, the coordinator starts a new
+    attempt, and once the worker continues (SIGCONT) both rejoin and finish."""
+    steps = 30
+    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, steps=steps,
+               extra="distributed: {world_size: 2, collective_timeout_s: 2, heartbeat_timeout_s: 60}\n"
+                     "checkpoint: {every_steps: 4}\n")
+    reference = herd("train", config(tmp_path / "r.yaml", model, tmp_path / "ref", accumulation=4, steps=steps))
+    coord = Coordinator(c, tmp_path / "state")
+    try:
+        a, b = coord.worker(tmp_path / "a.log"), coord.worker(tmp_path / "b.log")
+        wait_for_logged_step(6, [tmp_path / "a.log", tmp_path / "b.log"], [a, b])
+        b.send_signal(signal.SIGSTOP)
+        time.sleep(5)
+        b.send_signal(signal.SIGCONT)
+        assert a.wait(timeout=300) == 0 and b.wait(timeout=300) == 0
+        status = coord.status()
+        assert status["state"] == "DONE" and int(status["attempt"]) >= 2, status
+    finally:
+        coord.stop()
+    logs = (tmp_path / "a.log").read_text() + (tmp_path / "b.log").read_text()
+    assert re.search(r"attempt 1: \w+ on rank \d of 2 \(attempt 1\) failed: .*; waiting for the next gang", logs), logs
+    assert sorted(s for ids in coord.samples().values() for s in ids) == list(range(240))
+    assert losses(logs)[steps] == pytest.approx(losses(reference.stdout)[steps], rel=1e-3)
+
+
 def test_a_coordinator_killed_and_restarted_is_rejoined(model, tmp_path):
     """herd-coordinator dies (SIGKILL) mid-run and comes back on the same port: the workers
     register again and the job resumes from its journal's last checkpoint."""

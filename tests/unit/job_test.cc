@@ -207,6 +207,46 @@ TEST(Job, HeartbeatDeathRecoversFromTheLastCheckpointAndRefusesStaleAttempts) {
   EXPECT_TRUE(f.report(a, 2, 3).ok());
 }
 
+TEST(Job, AReportedCollectiveFailureStartsANewAttemptOfTheLiveWorkers) {
+  Fixture f(2);
+  const auto a = f.add(), b = f.add();
+  const uint64_t one = f.gang(a).attempt();
+  for (uint64_t s = 1; s <= 3; ++s) {
+    ASSERT_TRUE(f.report(a, one, s).ok());
+    ASSERT_TRUE(f.report(b, one, s).ok());
+  }
+  ASSERT_TRUE(f.checkpoint(a, one, 2).ok());
+  ASSERT_TRUE(f.checkpoint(b, one, 2).ok());
+  v1::ReportFailureRequest q;
+  q.set_worker_id(b);
+  q.set_attempt(one);
+  q.set_reason("all_gather on rank 1 of 2 (attempt 1) did not finish within 300 s");
+  ASSERT_TRUE(f.job->ReportFailure(q).ok());
+  EXPECT_EQ(f.status().state(), v1::RECOVERING);
+  EXPECT_NE(f.status().message().find("rank 1"), std::string::npos) << f.status().message();
+  EXPECT_NE(f.status().message().find("did not finish within 300 s"), std::string::npos);
+  q.set_worker_id(a);  // the other rank's report: the attempt is over already
+  EXPECT_EQ(f.job->ReportFailure(q).error_code(), StatusCode::ABORTED);
+  f.now += 0.5;
+  f.job->tick();
+  EXPECT_EQ(f.status().state(), v1::RECOVERING);  // the grace period: a dead member would be noticed
+  f.now += 0.6;
+  f.job->tick();
+  EXPECT_EQ(f.status().state(), v1::RUNNING);
+  v1::WaitForGangRequest later;
+  later.set_worker_id(a);
+  later.set_timeout_seconds(1);
+  later.set_after_attempt(one);
+  v1::WaitForGangResponse g;
+  ASSERT_TRUE(f.job->WaitForGang(later, &g, [] { return false; }).ok());
+  EXPECT_EQ(g.attempt(), 2u);
+  EXPECT_EQ(g.resume_step(), 2u);
+  EXPECT_EQ(f.status().committed_step(), 2u);
+  EXPECT_EQ(f.job->ReportFailure(q).error_code(), StatusCode::FAILED_PRECONDITION);  // attempt 1 is stale
+  q.set_reason(std::string(2000, 'x'));
+  EXPECT_EQ(f.job->ReportFailure(q).error_code(), StatusCode::INVALID_ARGUMENT);
+}
+
 TEST(Job, FewerWorkersKeepTheGlobalBatchByRaisingAccumulation) {
   Fixture f(4);
   f.settings.min_workers = 2;

@@ -131,6 +131,13 @@ class LocalLink : public CoordinatorLink, public comm::Store {
     check(job_.CommitCheckpoint(request, &response), "checkpoint");
   }
   void close_stream() override {}
+  void report_failure(const std::string& reason) override {
+    v1::ReportFailureRequest request;
+    request.set_worker_id(id_);
+    request.set_attempt(gang_.attempt);
+    request.set_reason(reason.substr(0, 1024));
+    (void)job_.ReportFailure(request);
+  }
   std::vector<v1::MicroBatch> eval_batches() override {
     v1::EvalBatchesRequest request;
     request.set_worker_id(id_);
@@ -299,6 +306,17 @@ class GrpcLink : public CoordinatorLink, public comm::Store {
     grpc::ClientContext context;
     coordinator::prepare(context, client_.token, kCallTimeout);
     finish_call(stub_->CommitCheckpoint(&context, request, &response), "CommitCheckpoint");
+  }
+
+  void report_failure(const std::string& reason) override {
+    v1::ReportFailureRequest request;
+    request.set_worker_id(worker_id());
+    request.set_attempt(attempt());
+    request.set_reason(reason.substr(0, 1024));
+    v1::ReportFailureResponse response;
+    grpc::ClientContext context;
+    coordinator::prepare(context, client_.token, kCallTimeout);
+    (void)stub_->ReportFailure(&context, request, &response);
   }
 
   std::vector<v1::MicroBatch> eval_batches() override {

@@ -52,6 +52,9 @@ class CoordinatorLink {
   virtual void commit_checkpoint(uint64_t step, const std::string& path, const std::string& digest) = 0;
   // Leaves the attempt's stream (once a new gang formed, or at the end).
   virtual void close_stream() = 0;
+  // This rank's collective failed: the coordinator starts a new attempt (best effort:
+  // a refusal means one has started already).
+  virtual void report_failure(const std::string& reason) = 0;
   // This rank's share of the held-out split (empty: no eval).
   virtual std::vector<herd::v1::MicroBatch> eval_batches() = 0;
 };

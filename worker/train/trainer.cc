@@ -182,7 +182,8 @@ TrainResult run_worker(const Config& config, CoordinatorLink& link, const TrainH
     try {
       build_replica(r, config, base, link, gang, options);
     } catch (const comm::CommError& e) {
-      print(fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()));
+      if (hooks.print) hooks.print(fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()));
+      link.report_failure(e.what());
       continue;
     }
     if (options.on_gang) options.on_gang(gang, r.weights->shard_bytes(), r.weights->model_bytes());
@@ -301,10 +302,12 @@ TrainResult run_worker(const Config& config, CoordinatorLink& link, const TrainH
         if (step == total || step % static_cast<uint64_t>(config.checkpoint.every_steps) == 0) checkpoint(step);
       }
     } catch (const AttemptOver& e) {
-      print(fmt::format("attempt {} is over ({}); waiting for the next gang", gang.attempt, e.what()));
+      if (hooks.print) hooks.print(fmt::format("attempt {} is over ({}); waiting for the next gang", gang.attempt, e.what()));
       continue;
     } catch (const comm::CommError& e) {
-      print(fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()));
+      // Every member may still look alive to the coordinator: say the attempt failed.
+      if (hooks.print) hooks.print(fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()));
+      link.report_failure(e.what());
       continue;
     }
     link.close_stream();
