@@ -1,6 +1,7 @@
 #include "worker/comm/collective.h"
 
 #include <dlfcn.h>
+#include <csignal>
 #include <unistd.h>
 
 #include <condition_variable>
@@ -227,6 +228,10 @@ std::unique_ptr<Collective> connect(const std::string& backend, Store& store, co
   if (options.size == 1) return std::make_unique<LocalCollective>();
   if (backend == "nccl") return connect_nccl(store, options);
   if (backend != "gloo") throw std::invalid_argument("collective backend '" + backend + "': gloo or nccl");
+  // Gloo writes to sockets a peer may have closed: SIGPIPE would end this process
+  // before the error could be reported and the gang re-formed.
+  static std::once_flag no_sigpipe;
+  std::call_once(no_sigpipe, [] { std::signal(SIGPIPE, SIG_IGN); });
   StoreKeyValue kv(store);
   gloo_api::GroupOptions group;
   group.rank = options.rank;
