@@ -213,7 +213,6 @@ class GlooCollective : public Collective {
 }  // namespace
 
 #ifndef HERD_CUDA
-bool nccl_available() { return false; }
 std::unique_ptr<Collective> connect_nccl(Store&, const CollectiveOptions&) {
   throw CommError("the NCCL backend needs a CUDA build of herd (HERD_CUDA)");
 }

@@ -69,7 +69,4 @@ class Collective {
 // CommError when they do not meet within the timeout.
 std::unique_ptr<Collective> connect(const std::string& backend, Store& store, const CollectiveOptions& options);
 
-// The NCCL backend was compiled in (HERD_CUDA builds).
-bool nccl_available();
-
 }  // namespace herd::comm

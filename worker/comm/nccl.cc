@@ -135,8 +135,6 @@ class NcclCollective : public Collective {
 
 }  // namespace
 
-bool nccl_available() { return true; }
-
 std::unique_ptr<Collective> connect_nccl(Store& store, const CollectiveOptions& options) {
   return std::make_unique<NcclCollective>(store, options);
 }

@@ -28,11 +28,8 @@ Sharding parse_sharding(const std::string& name) {
 
 ShardedWeights::ShardedWeights(comm::Collective& comm, Sharding mode) : comm_(comm), mode_(mode) {}
 
-ShardedWeights::~ShardedWeights() { detach(); }
-
-void ShardedWeights::detach() {
+ShardedWeights::~ShardedWeights() {
   if (model_) model_->set_weight_source(nullptr);
-  model_ = nullptr;
 }
 
 ShardedWeights::Flat ShardedWeights::make_flat(const std::vector<torch::Tensor*>& tensors) {

@@ -35,9 +35,9 @@ class ShardedWeights : public model::WeightSource {
 
   // For LoadOptions::on_layer: takes layer i's frozen tensors (this rank keeps its part).
   void adopt_layer(int64_t index, model::DecoderLayer& layer);
-  // After loading: the embedding, final norm and lm_head; becomes the model's source.
+  // After loading: the embedding, final norm and lm_head; becomes the model's source
+  // (until this object goes).
   void attach(model::Llama& model);
-  void detach();
 
   // Sum each layer's LoRA gradients over the ranks as its backward ends (set it for
   // a step's last micro-batch); finish_gradients waits for every bucket (and sums
