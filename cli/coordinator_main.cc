@@ -72,8 +72,8 @@ int main(int argc, char** argv) {
     if (sample_log) return print_sample_log(journal_file);
     co::ServerOptions options;
     options.listen = listen;
-    options.config_yaml = std::string(std::istreambuf_iterator<char>(std::ifstream(config_path).rdbuf()), {});
-    options.config_source = std::filesystem::absolute(config_path).string();
+    options.config_yaml = config.text;
+    options.config_source = std::filesystem::absolute(config.source).string();
     auto token = co::resolve_token(token_file, &config.security, herd::process_env());
     if (!token) {
       std::cerr << "herd-coordinator: no job token: pass --token-file, set HERD_JOB_TOKEN, or set "

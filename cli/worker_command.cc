@@ -84,8 +84,8 @@ struct Embedded {
 
 // `journal`: keep the job's journal in {trainer_output_dir}/coordinator, so that a
 // restarted launch resumes the job (else a run starts afresh, as `herd train` does).
-Embedded host_coordinator(Config config, const std::string& config_path, int world_size, const std::string& listen,
-                          const std::string& token, bool journal) {
+Embedded host_coordinator(Config config, int world_size, const std::string& listen, const std::string& token,
+                          bool journal) {
   config.distributed.world_size = world_size;
   Embedded e;
   e.job = co::load_job(config, journal ? std::filesystem::path(config.trainer_output_dir) / "coordinator" / "journal.log"
@@ -93,8 +93,8 @@ Embedded host_coordinator(Config config, const std::string& config_path, int wor
   co::ServerOptions options;
   options.listen = listen;
   options.token = token;
-  options.config_yaml = std::string(std::istreambuf_iterator<char>(std::ifstream(config_path).rdbuf()), {});
-  options.config_source = std::filesystem::absolute(config_path).string();
+  options.config_yaml = config.text;
+  options.config_source = std::filesystem::absolute(config.source).string();
   e.server = std::make_unique<co::CoordinatorServer>(*e.job, options);
   return e;
 }
@@ -179,7 +179,7 @@ int worker_command(const WorkerArgs& args) {
       char text[512] = {};
       if (*launch.rank == 0) {
         const std::string t = token.value_or(random_token());
-        embedded = host_coordinator(*config, args.config_path, *launch.world_size, "0.0.0.0:0", t, true);
+        embedded = host_coordinator(*config, *launch.world_size, "0.0.0.0:0", t, true);
         const auto shared = fmt::format("{}:{}\n{}", host_name(), embedded->server->port(), t);
         std::snprintf(text, sizeof text, "%s", shared.c_str());
       }
@@ -190,7 +190,7 @@ int worker_command(const WorkerArgs& args) {
     } else if (launch.source == "torchrun" && *launch.rank == 0 && args.coordinator.empty()) {
       if (!token) throw co::AuthError("under torchrun the job token must come from HERD_JOB_TOKEN or the config");
       const auto port = launch.coordinator.substr(launch.coordinator.rfind(':') + 1);
-      embedded = host_coordinator(*config, args.config_path, *launch.world_size, "0.0.0.0:" + port, *token, true);
+      embedded = host_coordinator(*config, *launch.world_size, "0.0.0.0:" + port, *token, true);
     }
     if (!token) {
       std::cerr << "herd worker: no job token: pass --token-file, set HERD_JOB_TOKEN, or set security.token_file\n";
@@ -229,7 +229,7 @@ int local_workers_command(const std::string& config_path, int workers, bool resu
   }
   try {
     const std::string token = random_token();
-    auto embedded = host_coordinator(*config, config_path, workers, "127.0.0.1:0", token, false);
+    auto embedded = host_coordinator(*config, workers, "127.0.0.1:0", token, false);
     if (resume || config->checkpoint.resume == "auto") {
       std::vector<std::string> warnings;
       auto from = herd::train::newest_checkpoint(config->trainer_output_dir, &warnings);

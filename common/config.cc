@@ -471,6 +471,7 @@ Config parse_config(const std::string& yaml_text, const std::string& name) {
   }
   Config c;
   c.source = name;
+  c.text = yaml_text;
   Section& top = r.open_root(root);
   read_all(r, top, c);
   r.check_keys();

@@ -102,6 +102,7 @@ struct ResolvedValue {
 
 struct Config {
   std::filesystem::path source;  // the YAML file it was loaded from
+  std::string text;              // the YAML it was parsed from (a coordinator serves it)
   std::string model_name;
   std::string base_model;
   std::string model_family;          // "llama" or empty (Auto* classes in the seed)
