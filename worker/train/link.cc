@@ -44,7 +44,7 @@ Gang to_gang(const v1::WaitForGangResponse& g) {
 
 // ---- In process ---------------------------------------------------------------
 
-class LocalLink : public CoordinatorLink, public comm::Store {
+class LocalLink : public CoordinatorLink {
  public:
   LocalLink(coordinator::Job& job, std::string job_id) : job_(job), job_id_(std::move(job_id)) {}
 
@@ -68,30 +68,8 @@ class LocalLink : public CoordinatorLink, public comm::Store {
     gang_ = to_gang(response);
     return gang_;
   }
-  comm::Store& store() override { return *this; }
-  void set(const std::string& key, const std::string& value) override {
-    v1::KvSetRequest request;
-    request.set_worker_id(id_);
-    request.set_attempt(gang_.attempt);
-    request.set_key(key);
-    request.set_value(value);
-    check(job_.KvSet(request), "store");
-  }
-  std::string get(const std::string& key, std::chrono::milliseconds timeout) override {
-    v1::KvWaitRequest wait;
-    wait.set_worker_id(id_);
-    wait.set_attempt(gang_.attempt);
-    wait.add_keys(key);
-    wait.set_timeout_ms(static_cast<uint32_t>(timeout.count()));
-    if (auto s = job_.KvWait(wait, [] { return false; }); !s.ok()) throw comm::CommError("store: " + s.error_message());
-    v1::KvGetRequest request;
-    request.set_worker_id(id_);
-    request.set_attempt(gang_.attempt);
-    request.set_key(key);
-    v1::KvGetResponse response;
-    check(job_.KvGet(request, &response), "store");
-    return response.value();
-  }
+  // One rank: its group is local and never rendezvouses.
+  comm::Store& store() override { return store_; }
   void open_stream(uint64_t from_step) override {
     stream_.set_worker_id(id_);
     stream_.set_attempt(gang_.attempt);
@@ -156,6 +134,7 @@ class LocalLink : public CoordinatorLink, public comm::Store {
   std::string job_id_, id_;
   Gang gang_;
   v1::StreamBatchesRequest stream_;
+  comm::InMemoryStore store_;
 };
 
 // ---- Over gRPC ----------------------------------------------------------------

@@ -5,7 +5,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <numeric>
 #include <optional>
 #include <stdexcept>
 
@@ -82,18 +81,24 @@ torch::Tensor micro_batch_loss(const model::Llama& model, const v1::MicroBatch& 
 }
 
 // Mean next-token loss over the held-out split (masked tokens only), without
-// dropout or gradients: each rank's share, summed over the ranks.
-double eval_loss(model::Llama& model, comm::Collective& comm, const std::vector<v1::MicroBatch>& batches) {
+// dropout or gradients: each rank's share, summed over the ranks. Also answers how
+// many samples the split has.
+std::pair<double, uint64_t> eval_loss(model::Llama& model, comm::Collective& comm,
+                                      const std::vector<v1::MicroBatch>& batches) {
   torch::NoGradGuard no_grad;
   model.set_training(false);
   double sum = 0;
-  uint64_t tokens = 0, predicted = 0;
-  for (const auto& batch : batches) sum += micro_batch_loss(model, batch, &tokens, &predicted).item<double>();
+  uint64_t tokens = 0, predicted = 0, samples = 0;
+  for (const auto& batch : batches) {
+    sum += micro_batch_loss(model, batch, &tokens, &predicted).item<double>();
+    samples += static_cast<uint64_t>(batch.sample_ids_size());
+  }
   model.set_training(true);
-  auto totals = torch::tensor({sum, static_cast<double>(predicted)}, torch::kFloat64);
+  auto totals = torch::tensor({sum, static_cast<double>(predicted), static_cast<double>(samples)}, torch::kFloat64);
   comm.all_reduce(totals).wait();
   const double all_predicted = totals[1].item<double>();
-  return all_predicted > 0 ? totals[0].item<double>() / all_predicted : 0.0;
+  return {all_predicted > 0 ? totals[0].item<double>() / all_predicted : 0.0,
+          static_cast<uint64_t>(totals[2].item<double>())};
 }
 
 // The model runs on the CPU: Gloo. NCCL takes CUDA tensors.
@@ -216,14 +221,6 @@ TrainResult run_worker(const Config& config, CoordinatorLink& link, const TrainH
 
     try {
       const auto held_out = link.eval_batches();
-      const size_t held_out_samples = [&] {
-        auto n = torch::tensor({static_cast<double>(std::accumulate(
-                                   held_out.begin(), held_out.end(), size_t{0},
-                                   [](size_t a, const v1::MicroBatch& b) { return a + b.sample_ids_size(); }))},
-                               torch::kFloat64);
-        r.comm->all_reduce(n).wait();
-        return static_cast<size_t>(n.item<double>());
-      }();
       link.open_stream(gang.resume_step + 1);
       double window_loss = 0;
       int64_t window_steps = 0;
@@ -293,11 +290,11 @@ TrainResult run_worker(const Config& config, CoordinatorLink& link, const TrainH
         const bool eval_due = config.trainer.eval_steps > 0
                                   ? step % static_cast<uint64_t>(config.trainer.eval_steps) == 0
                                   : step == total;
-        if (held_out_samples > 0 && (eval_due || step == total)) {
-          const double loss = eval_loss(*r.model, *r.comm, held_out);
+        // Every rank gets as many eval micro-batches: none on one means none on all.
+        if (!held_out.empty() && (eval_due || step == total)) {
+          const auto [loss, samples] = eval_loss(*r.model, *r.comm, held_out);
           result.evals.emplace_back(step, loss);
-          print(fmt::format("eval  step {}/{}  eval_loss {:.4f}  ({} held-out samples)", step, total, loss,
-                            held_out_samples));
+          print(fmt::format("eval  step {}/{}  eval_loss {:.4f}  ({} held-out samples)", step, total, loss, samples));
         }
         if (step == total || step % static_cast<uint64_t>(config.checkpoint.every_steps) == 0) checkpoint(step);
       }
