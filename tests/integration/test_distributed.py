@@ -174,6 +174,11 @@ class Coordinator:
         self.proc.communicate(timeout=30)
 
 
+def logs(tmp_path, *names):
+    """The named workers' logs (tmp_path/NAME.log), one after the other."""
+    return "".join((tmp_path / f"{n}.log").read_text() for n in names)
+
+
 def test_coordinator_launched_workers_equal_one_rank(model, tmp_path, one_rank):
     c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, extra="distributed: {world_size: 2}\n")
     coord = Coordinator(c, tmp_path / "state")
@@ -181,11 +186,10 @@ def test_coordinator_launched_workers_equal_one_rank(model, tmp_path, one_rank):
         workers = [coord.worker(tmp_path / f"w{i}.log", with_config=i == 0) for i in range(2)]
         for w in workers:
             assert w.wait(timeout=300) == 0
-        logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(2))
         assert coord.status()["state"] == "DONE"
     finally:
         coord.stop()
-    assert_same((losses(logs), adapter(tmp_path)), one_rank)
+    assert_same((losses(logs(tmp_path, "w0", "w1")), adapter(tmp_path)), one_rank)
 
 
 def wait_for_logged_step(step, logs, procs):
@@ -196,87 +200,87 @@ def wait_for_logged_step(step, logs, procs):
         time.sleep(0.01)
 
 
-def test_a_worker_killed_and_replaced_loses_and_repeats_no_sample(model, tmp_path):
-    steps = 30  # one epoch of the 240 sample conversations, 8 a step: every sample exactly once
-    extra = ("distributed: {world_size: 2, heartbeat_timeout_s: 5}\n"
-             "checkpoint: {every_steps: 4}\n")
-    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, steps=steps, extra=extra)
-    reference = herd("train", config(tmp_path / "r.yaml", model, tmp_path / "ref", accumulation=4, steps=steps))
-    assert reference.returncode == 0, reference.stderr
+EPOCH = 30  # steps: one epoch of the 240 sample conversations, 8 a step: every sample exactly once
+
+
+@pytest.fixture(scope="module")
+def epoch_reference(model, tmp_path_factory):
+    """One rank's loss at the end of that epoch, uninterrupted."""
+    d = tmp_path_factory.mktemp("epoch")
+    out = herd("train", config(d / "r.yaml", model, d, accumulation=4, steps=EPOCH))
+    assert out.returncode == 0, out.stderr
+    return losses(out.stdout)[EPOCH]
+
+
+def disrupted_run(model, tmp_path, distributed, at_step, disrupt):
+    """Two workers of a herd-coordinator train the epoch; when step `at_step` is logged,
+    disrupt(coordinator, a, b) does its harm and answers the workers to wait for. The job must
+    end DONE after at least one recovery. Answers the coordinator."""
+    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, steps=EPOCH,
+               extra=f"distributed: {{world_size: 2, {distributed}}}\ncheckpoint: {{every_steps: 4}}\n")
     coord = Coordinator(c, tmp_path / "state")
     try:
         a, b = coord.worker(tmp_path / "a.log"), coord.worker(tmp_path / "b.log")
-        wait_for_logged_step(6, [tmp_path / "a.log", tmp_path / "b.log"], [a, b])
-        b.send_signal(signal.SIGKILL)
-        b.wait()
-        replacement = coord.worker(tmp_path / "c.log")
-        assert a.wait(timeout=300) == 0, (tmp_path / "a.log").read_text()
-        assert replacement.wait(timeout=300) == 0, (tmp_path / "c.log").read_text()
+        wait_for_logged_step(at_step, [tmp_path / "a.log", tmp_path / "b.log"], [a, b])
+        for w in disrupt(coord, a, b):
+            assert w.wait(timeout=300) == 0, "".join(f.read_text() for f in tmp_path.glob("*.log"))
         status = coord.status()
         assert status["state"] == "DONE" and int(status["attempt"]) >= 2, status
     finally:
         coord.stop()
-    logs = (tmp_path / "a.log").read_text() + (tmp_path / "c.log").read_text()
-    assert "resuming from" in logs
+    return coord
+
+
+
+def test_a_worker_killed_and_replaced_loses_and_repeats_no_sample(model, tmp_path, epoch_reference):
+    def kill_and_replace(coord, a, b):
+        b.send_signal(signal.SIGKILL)
+        b.wait()
+        return [a, coord.worker(tmp_path / "c.log")]
+
+    coord = disrupted_run(model, tmp_path, "heartbeat_timeout_s: 5", 6, kill_and_replace)
+    text = logs(tmp_path, "a", "c")
+    assert "resuming from" in text
     lineage = coord.samples()
-    assert sorted(lineage) == list(range(1, steps + 1))
+    assert sorted(lineage) == list(range(1, EPOCH + 1))
     trained = sorted(s for ids in lineage.values() for s in ids)
     assert trained == list(range(240))
-    final = max(losses(logs).items())
-    assert final[0] == steps
-    assert final[1] == pytest.approx(losses(reference.stdout)[steps], rel=1e-3)
+    final = max(losses(text).items())
+    assert final[0] == EPOCH
+    assert final[1] == pytest.approx(epoch_reference, rel=1e-3)
 
 
-def test_a_stopped_worker_is_a_timeout_and_a_new_attempt_not_a_hang(model, tmp_path):
+def test_a_stopped_worker_is_a_timeout_and_a_new_attempt_not_a_hang(model, tmp_path, epoch_reference):
     """A worker frozen (SIGSTOP) past the collective timeout, while its heartbeat deadline is far
     off: its peer's collective times out, it reports the failure, the coordinator starts a new
     attempt, and once the worker continues (SIGCONT) both rejoin and finish."""
-    steps = 30
-    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, steps=steps,
-               extra="distributed: {world_size: 2, collective_timeout_s: 2, heartbeat_timeout_s: 60}\n"
-                     "checkpoint: {every_steps: 4}\n")
-    reference = herd("train", config(tmp_path / "r.yaml", model, tmp_path / "ref", accumulation=4, steps=steps))
-    coord = Coordinator(c, tmp_path / "state")
-    try:
-        a, b = coord.worker(tmp_path / "a.log"), coord.worker(tmp_path / "b.log")
-        wait_for_logged_step(6, [tmp_path / "a.log", tmp_path / "b.log"], [a, b])
+    def freeze(coord, a, b):
         b.send_signal(signal.SIGSTOP)
         time.sleep(5)
         b.send_signal(signal.SIGCONT)
-        assert a.wait(timeout=300) == 0 and b.wait(timeout=300) == 0
-        status = coord.status()
-        assert status["state"] == "DONE" and int(status["attempt"]) >= 2, status
-    finally:
-        coord.stop()
-    logs = (tmp_path / "a.log").read_text() + (tmp_path / "b.log").read_text()
-    assert re.search(r"attempt 1: \w+ on rank \d of 2 \(attempt 1\) failed: .*; waiting for the next gang", logs), logs
+        return [a, b]
+
+    coord = disrupted_run(model, tmp_path, "collective_timeout_s: 2, heartbeat_timeout_s: 60", 6, freeze)
+    text = logs(tmp_path, "a", "b")
+    assert re.search(r"attempt 1: \w+ on rank \d of 2 \(attempt 1\) failed: .*; waiting for the next gang", text), text
     assert sorted(s for ids in coord.samples().values() for s in ids) == list(range(240))
-    assert losses(logs)[steps] == pytest.approx(losses(reference.stdout)[steps], rel=1e-3)
+    assert losses(text)[EPOCH] == pytest.approx(epoch_reference, rel=1e-3)
 
 
-def test_a_coordinator_killed_and_restarted_is_rejoined(model, tmp_path):
+def test_a_coordinator_killed_and_restarted_is_rejoined(model, tmp_path, epoch_reference):
     """herd-coordinator dies (SIGKILL) mid-run and comes back on the same port: the workers
     register again and the job resumes from its journal's last checkpoint."""
-    steps = 30
-    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, steps=steps,
-               extra="distributed: {world_size: 2}\ncheckpoint: {every_steps: 4}\n")
-    reference = herd("train", config(tmp_path / "r.yaml", model, tmp_path / "ref", accumulation=4, steps=steps))
-    coord = Coordinator(c, tmp_path / "state")
-    try:
-        a, b = coord.worker(tmp_path / "a.log"), coord.worker(tmp_path / "b.log")
-        wait_for_logged_step(10, [tmp_path / "a.log", tmp_path / "b.log"], [a, b])
+    def restart(coord, a, b):
         coord.proc.send_signal(signal.SIGKILL)
         coord.proc.wait()
         coord.start(coord.address)
-        assert a.wait(timeout=300) == 0 and b.wait(timeout=300) == 0
-        status = coord.status()
-        assert status["state"] == "DONE" and int(status["attempt"]) >= 2, status
-    finally:
-        coord.stop()
-    logs = (tmp_path / "a.log").read_text() + (tmp_path / "b.log").read_text()
-    assert "resuming from" in logs
+        return [a, b]
+
+    coord = disrupted_run(model, tmp_path, "heartbeat_timeout_s: 30", 10, restart)
+    text = logs(tmp_path, "a", "b")
+    assert "resuming from" in text
     assert sorted(s for ids in coord.samples().values() for s in ids) == list(range(240))
-    assert losses(logs)[steps] == pytest.approx(losses(reference.stdout)[steps], rel=1e-3)
+    assert losses(text)[EPOCH] == pytest.approx(epoch_reference, rel=1e-3)
 
 
 def test_local_workers_resume_from_a_checkpoint(model, tmp_path, one_rank):

@@ -8,6 +8,7 @@
 #include <numeric>
 #include <set>
 #include <thread>
+#include <tuple>
 
 namespace herd::coordinator {
 namespace {
@@ -68,6 +69,18 @@ struct Fixture {
     auto s = job->ReportStep(q, &r);
     if (committed) *committed = r.committed();
     return s;
+  }
+  // Two workers in attempt 1 that reported steps 1..3 and committed a checkpoint of step 2.
+  std::tuple<std::string, std::string, uint64_t> two_ranks_past_checkpoint_2() {
+    const auto a = add(), b = add();
+    const uint64_t one = gang(a).attempt();
+    for (uint64_t s = 1; s <= 3; ++s) {
+      EXPECT_TRUE(report(a, one, s).ok());
+      EXPECT_TRUE(report(b, one, s).ok());
+    }
+    EXPECT_TRUE(checkpoint(a, one, 2).ok());
+    EXPECT_TRUE(checkpoint(b, one, 2).ok());
+    return {a, b, one};
   }
   grpc::Status checkpoint(const std::string& id, uint64_t attempt, uint64_t step) {
     v1::CommitCheckpointRequest q;
@@ -170,14 +183,7 @@ TEST(Job, StreamMatchesThePlanAndRunsAtMostTwoStepsAhead) {
 
 TEST(Job, HeartbeatDeathRecoversFromTheLastCheckpointAndRefusesStaleAttempts) {
   Fixture f(2);
-  const auto a = f.add(), b = f.add();
-  const uint64_t one = f.gang(a).attempt();
-  for (uint64_t s = 1; s <= 3; ++s) {
-    ASSERT_TRUE(f.report(a, one, s).ok());
-    ASSERT_TRUE(f.report(b, one, s).ok());
-  }
-  ASSERT_TRUE(f.checkpoint(a, one, 2).ok());
-  ASSERT_TRUE(f.checkpoint(b, one, 2).ok());
+  const auto [a, b, one] = f.two_ranks_past_checkpoint_2();
   v1::HeartbeatRequest hb;
   hb.set_worker_id(a);
   v1::HeartbeatResponse hr;
@@ -209,14 +215,7 @@ TEST(Job, HeartbeatDeathRecoversFromTheLastCheckpointAndRefusesStaleAttempts) {
 
 TEST(Job, AReportedCollectiveFailureStartsANewAttemptOfTheLiveWorkers) {
   Fixture f(2);
-  const auto a = f.add(), b = f.add();
-  const uint64_t one = f.gang(a).attempt();
-  for (uint64_t s = 1; s <= 3; ++s) {
-    ASSERT_TRUE(f.report(a, one, s).ok());
-    ASSERT_TRUE(f.report(b, one, s).ok());
-  }
-  ASSERT_TRUE(f.checkpoint(a, one, 2).ok());
-  ASSERT_TRUE(f.checkpoint(b, one, 2).ok());
+  const auto [a, b, one] = f.two_ranks_past_checkpoint_2();
   v1::ReportFailureRequest q;
   q.set_worker_id(b);
   q.set_attempt(one);
