@@ -36,7 +36,7 @@ model_context_window: 256
 data: {{type: vicuna, dataset: {ROOT / 'data' / 'sample-vicuna.json'}}}
 lora: {{r: 8, lora_alpha: 32, target_modules: [q_proj, k_proj, v_proj], lora_dropout: 0.0, bias: none,
        task_type: CAUSAL_LM}}
-trainer: {{batch_size: 2, gradient_accumulation_steps: {accumulation}, warmup_steps: 1, num_train_epochs: 1, max_steps: {steps},
+trainer: {{device: cpu, batch_size: 2, gradient_accumulation_steps: {accumulation}, warmup_steps: 1, num_train_epochs: 1, max_steps: {steps},
           learning_rate: 0.0001, logging_steps: 1}}
 trainer_output_dir: {out}/trainer
 model_output_dir: {out}/models

@@ -84,7 +84,7 @@ model_context_window: {CONTEXT}
 data: {{type: vicuna, dataset: {data}}}
 lora: {{r: 8, lora_alpha: 32, target_modules: [q_proj, k_proj, v_proj], lora_dropout: 0.05, bias: none,
        task_type: CAUSAL_LM}}
-trainer: {{batch_size: {BATCH}, gradient_accumulation_steps: 1, warmup_steps: 0, num_train_epochs: 1,
+trainer: {{device: cpu, batch_size: {BATCH}, gradient_accumulation_steps: 1, warmup_steps: 0, num_train_epochs: 1,
           max_steps: {max_steps}, learning_rate: 0.0001, logging_steps: 1}}
 trainer_output_dir: {work}/trainer-{max_steps}
 model_output_dir: {work}/models-{max_steps}

@@ -68,20 +68,24 @@ std::pair<torch::Tensor, torch::Tensor> parse_rows(const std::string& text) {
 
 // The flags that pick a model as eval and logits use it, and the loading they ask for.
 struct ModelFlags {
-  std::string dir, adapter, dtype = "float32";
-  bool plain = false;
+  std::string dir, adapter, dtype = "float32", device = "cpu";
+  bool plain = false, bf16 = false;
 
   void add_to(CLI::App* cmd) {
     cmd->add_option("model", dir, "Model directory (config.json, safetensors, tokenizer.model)")->required();
     cmd->add_option("--adapter", adapter, "A peft LoRA adapter directory")->check(CLI::ExistingDirectory);
     cmd->add_flag("--no-quantize", plain, "Use the plain weights instead of NF4 (as training would use them)");
     cmd->add_option("--compute-dtype", dtype)->check(CLI::IsMember({"float32", "bfloat16"}))->capture_default_str();
+    cmd->add_option("--device", device, "cpu, cuda or cuda:N")->capture_default_str();
+    cmd->add_flag("--bf16", bf16, "The hidden stream in bfloat16 (trainer.bf16)");
   }
 
   herd::model::Llama load() const {
     herd::model::LoadOptions options;
     options.quantize = !plain;
     options.compute_dtype = dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
+    options.activation_dtype = bf16 ? torch::kBFloat16 : torch::kFloat32;
+    options.device = torch::Device(device);
     if (!adapter.empty()) options.lora = herd::model::read_adapter_config(adapter);
     auto model = herd::model::Llama::load(dir, options);
     if (!adapter.empty()) herd::model::load_adapter_weights(model, adapter);
@@ -211,12 +215,59 @@ void add_model_commands(CLI::App& app, int& rc) {
       auto model = l_model->load();
       auto [ids, mask] = parse_rows(*l_ids);
       torch::NoGradGuard no_grad;
-      auto out = model.forward(ids, mask).contiguous();
+      auto out = model.forward(ids, mask).cpu().contiguous();
       SafetensorsWriter w;
       w.add("logits", DType::F32, out.sizes().vec(), out.data_ptr(), out.nbytes());
       w.add("input_ids", DType::I64, ids.sizes().vec(), ids.data_ptr(), ids.nbytes());
       w.add("attention_mask", DType::I64, mask.sizes().vec(), mask.data_ptr(), mask.nbytes());
       w.write(*l_out);
+    });
+  });
+
+  // herd tools grads MODEL --adapter A --ids ROWS --out F: one training forward and
+  // backward (activation recompute on, dropout as the adapter says) of the mean
+  // next-token loss over full rows; writes the loss, every LoRA tensor and its
+  // gradient (NAME.grad), and each linear layer's base weight as herd computes
+  // with it (NF4 dequantized), in float32.
+  auto g_model = std::make_shared<ModelFlags>();
+  auto g_ids = std::make_shared<std::string>(), g_out = std::make_shared<std::string>();
+  auto* grads = tools->add_subcommand("grads", "Loss and LoRA gradients of one training step, as safetensors");
+  g_model->add_to(grads);
+  grads->add_option("--ids", *g_ids, "Token ids: rows of equal length separated by ';', ids by ','")->required();
+  grads->add_option("--out", *g_out, "Output .safetensors")->required();
+  grads->callback([&rc, g_model, g_ids, g_out] {
+    rc = guarded("tools grads", [&] {
+      if (g_model->adapter.empty()) throw std::invalid_argument("--adapter is required (tools init-adapter makes one)");
+      auto model = g_model->load();
+      auto [ids, mask] = parse_rows(*g_ids);
+      if (!mask.all().item<bool>()) throw std::invalid_argument("--ids: every row must have the same length");
+      model.set_training(true);
+      model.set_activation_checkpointing(true);
+      for (auto& p : model.trainable_parameters()) p.set_requires_grad(true);
+      ids = ids.to(model.device());
+      auto logits = model.forward(ids);
+      auto loss = torch::nn::functional::cross_entropy(logits.slice(1, 0, -1).reshape({-1, logits.size(2)}),
+                                                       ids.slice(1, 1).reshape({-1}));
+      loss.backward();
+      std::vector<std::pair<std::string, torch::Tensor>> tensors = {{"loss", loss.detach().reshape({1})}};
+      for (auto& [name, t] : model.lora_tensors()) {
+        tensors.emplace_back(name, t.detach());
+        tensors.emplace_back(name + ".grad", t.grad());
+      }
+      for (size_t i = 0; i < model.layers().size(); ++i) {
+        for (const auto& m : herd::model::linear_modules()) {
+          const auto& w = model.layers()[i].linear.at(m)->weight();
+          tensors.emplace_back(herd::model::module_path(static_cast<int64_t>(i), m) + ".weight",
+                               w.materialize(torch::kFloat32));
+        }
+      }
+      SafetensorsWriter w;
+      std::vector<torch::Tensor> keep;
+      for (auto& [name, t] : tensors) {
+        keep.push_back(t.to(torch::kCPU, torch::kFloat32).contiguous());
+        w.add(name, DType::F32, keep.back().sizes().vec(), keep.back().data_ptr(), keep.back().nbytes());
+      }
+      w.write(*g_out);
     });
   });
 

@@ -391,6 +391,8 @@ void read_all(Reader& r, Section& root, Config& c) {
   r.get(t, "adam_epsilon", c.trainer.adam_epsilon, Need::Optional, above(0.0));
   r.get(t, "eval_steps", c.trainer.eval_steps, Need::Optional, at_least<int64_t>(0));
   r.get(t, "gradient_checkpointing", c.trainer.gradient_checkpointing, Need::Optional);
+  r.get(t, "device", c.trainer.device, Need::Optional, one_of({"auto", "cpu", "cuda"}));
+  r.get(t, "bf16", c.trainer.bf16, Need::Optional);
 
   r.get(root, "trainer_output_dir", c.trainer_output_dir, Need::Required, not_empty());
   r.get(root, "model_output_dir", c.model_output_dir, Need::Required, not_empty());

@@ -52,6 +52,11 @@ struct TrainerConfig {
   double adam_epsilon = 1e-8;
   int64_t eval_steps = 0;  // 0: evaluate only at the end (needs data.eval_fraction)
   bool gradient_checkpointing = true;
+  // auto: the GPU named by LOCAL_RANK when this build has CUDA and sees one, else the CPU.
+  std::string device = "auto";  // auto | cpu | cuda
+  // The hidden stream in bfloat16 (transformers' bf16 mixed precision); off, it is
+  // float32, as the seed's run had it.
+  bool bf16 = false;
 };
 
 struct QuantizationConfig {

@@ -112,7 +112,7 @@ base_model: {d / 'model'}
 model_context_window: 128
 data: {{type: vicuna, dataset: {SRC / 'data' / 'sample-vicuna.json'}, eval_fraction: 0.1}}
 lora: {{r: 4, lora_alpha: 8, target_modules: [q_proj], lora_dropout: 0, bias: none, task_type: CAUSAL_LM}}
-trainer: {{batch_size: 2, gradient_accumulation_steps: 3, warmup_steps: 0, num_train_epochs: 2,
+trainer: {{device: cpu, batch_size: 2, gradient_accumulation_steps: 3, warmup_steps: 0, num_train_epochs: 2,
           learning_rate: 0.001, logging_steps: 1}}
 trainer_output_dir: {d / 'out'}
 model_output_dir: {d / 'models'}

@@ -24,7 +24,7 @@ base_model: {model}
 model_context_window: 128
 data: {{type: vicuna, dataset: {SRC / 'data' / 'sample-vicuna.json'}}}
 lora: {{r: 8, lora_alpha: 16, target_modules: all-linear, lora_dropout: 0.05, bias: none, task_type: CAUSAL_LM}}
-trainer: {{batch_size: 2, gradient_accumulation_steps: 2, warmup_steps: 3, num_train_epochs: 1, max_steps: 24,
+trainer: {{device: cpu, batch_size: 2, gradient_accumulation_steps: 2, warmup_steps: 3, num_train_epochs: 1, max_steps: 24,
           learning_rate: 0.01, logging_steps: 1, seed: 7}}
 trainer_output_dir: {out}/trainer
 model_output_dir: {out}/models

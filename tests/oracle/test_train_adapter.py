@@ -23,7 +23,7 @@ model_context_window: 128
 data: {{type: vicuna, dataset: {SRC / 'data' / 'sample-vicuna.json'}}}
 lora: {{r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj, down_proj], lora_dropout: 0.05, bias: none,
        task_type: CAUSAL_LM}}
-trainer: {{batch_size: 2, gradient_accumulation_steps: 2, warmup_steps: 2, num_train_epochs: 1, max_steps: 12,
+trainer: {{device: cpu, batch_size: 2, gradient_accumulation_steps: 2, warmup_steps: 2, num_train_epochs: 1, max_steps: 12,
           learning_rate: 0.01, logging_steps: 4}}
 trainer_output_dir: {tmp_path}/trainer
 model_output_dir: {tmp_path}/models

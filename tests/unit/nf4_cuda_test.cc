@@ -10,12 +10,9 @@
 namespace herd::model {
 namespace {
 
-FrozenWeight to(const FrozenWeight& w, const torch::Device& device) {
-  FrozenWeight out = w;
-  for (auto* t : {&out.packed, &out.absmax, &out.absmax_codes, &out.nested_absmax, &out.code_table, &out.nested_map}) {
-    if (t->defined()) *t = t->to(device);
-  }
-  return out;
+FrozenWeight to(FrozenWeight w, const torch::Device& device) {
+  w.to(device);
+  return w;
 }
 
 TEST(Nf4Cuda, BitIdenticalToTheCpuReference) {

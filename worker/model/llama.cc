@@ -105,11 +105,12 @@ std::optional<FrozenWeight> read_prequantized(const SafetensorsCheckpoint& ckpt,
   return f;
 }
 
-// HF's LlamaRMSNorm: normalize in float32, then scale.
+// HF's LlamaRMSNorm: normalize in float32, then scale (float32 weights, as
+// prepare_model_for_kbit_training keeps them), in the input's dtype.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   auto h = x.to(torch::kFloat32);
   h = h * torch::rsqrt(h.pow(2).mean(-1, true) + eps);
-  return weight * h.to(x.scalar_type());
+  return (weight * h.to(x.scalar_type())).to(x.scalar_type());
 }
 
 torch::Tensor rotate_half(const torch::Tensor& x) {
@@ -137,8 +138,7 @@ Llama Llama::from_tensors(const LlamaConfig& config, const std::map<std::string,
         i, get, [](const std::string&, std::pair<int64_t, int64_t>) { return std::nullopt; }, &rng);
     if (options.on_layer) options.on_layer(i, m.layers_.back());
   }
-  m.norm_ = get("model.norm.weight").to(torch::kFloat32);
-  m.lm_head_ = config.tie_word_embeddings ? m.embed_tokens_ : get("lm_head.weight").to(torch::kFloat32);
+  m.place_head(get);
   return m;
 }
 
@@ -159,8 +159,7 @@ Llama Llama::load(const fs::path& dir, const LoadOptions& options) {
     m.add_layer(i, get, prequantized, &rng);
     if (options.on_layer) options.on_layer(i, m.layers_.back());
   }
-  m.norm_ = get("model.norm.weight").to(torch::kFloat32);
-  m.lm_head_ = m.config_.tie_word_embeddings ? m.embed_tokens_ : get("lm_head.weight").to(torch::kFloat32);
+  m.place_head(get);
   const auto [vocab, hidden] = std::pair{m.embed_tokens_.size(0), m.embed_tokens_.size(1)};
   if (vocab != m.config_.vocab_size || hidden != m.config_.hidden_size) {
     throw ModelConfigError(fmt::format("{}: model.embed_tokens.weight is [{}, {}] but config.json says [{}, {}]",
@@ -169,12 +168,19 @@ Llama Llama::load(const fs::path& dir, const LoadOptions& options) {
   return m;
 }
 
+void Llama::place_head(const std::function<torch::Tensor(const std::string&)>& get) {
+  const auto device = options_.device;
+  embed_tokens_ = embed_tokens_.to(device);
+  norm_ = get("model.norm.weight").to(device, torch::kFloat32);
+  lm_head_ = config_.tie_word_embeddings ? embed_tokens_ : get("lm_head.weight").to(device, torch::kFloat32);
+}
+
 void Llama::add_layer(int64_t index, const std::function<torch::Tensor(const std::string&)>& get,
                       const PrequantizedLookup& prequantized, torch::Generator* rng) {
   DecoderLayer layer;
   const std::string prefix = fmt::format("model.layers.{}.", index);
-  layer.input_layernorm = get(prefix + "input_layernorm.weight").to(torch::kFloat32);
-  layer.post_attention_layernorm = get(prefix + "post_attention_layernorm.weight").to(torch::kFloat32);
+  layer.input_layernorm = get(prefix + "input_layernorm.weight").to(options_.device, torch::kFloat32);
+  layer.post_attention_layernorm = get(prefix + "post_attention_layernorm.weight").to(options_.device, torch::kFloat32);
   for (const auto& module : linear_modules()) {
     const std::string name = module_path(index, module) + ".weight";
     const auto shape = config_.linear_shape(module);
@@ -195,7 +201,9 @@ void Llama::add_layer(int64_t index, const std::function<torch::Tensor(const std
     if (std::find(targets.begin(), targets.end(), module) != targets.end()) {
       spec = LoraSpec{options_.lora->r, options_.lora->scaling(), options_.lora->dropout};
     }
-    layer.linear[module] = std::make_unique<LoraLinear>(std::move(*weight), options_.compute_dtype, spec, rng);
+    auto linear = std::make_unique<LoraLinear>(std::move(*weight), options_.compute_dtype, spec, rng);
+    linear->to(options_.device);  // initialized on the CPU: the same adapter on any device
+    layer.linear[module] = std::move(linear);
   }
   layers_.push_back(std::move(layer));
 }
@@ -228,6 +236,12 @@ torch::Tensor Llama::decoder_layer(const DecoderLayer& layer, const torch::Tenso
   return h + layer.linear.at("down_proj")->forward(torch::silu(gate) * up, training_);
 }
 
+namespace {
+// A checkpointed layer takes defined tensors only: an empty mask stands for none
+// (plain causal attention).
+torch::Tensor causal_if_empty(const torch::Tensor& mask) { return mask.numel() > 0 ? mask : torch::Tensor(); }
+}  // namespace
+
 // Activation checkpointing: forward keeps only the layer's input; backward runs the
 // layer again (with the same dropout draws) and back-propagates through it, as
 // torch.utils.checkpoint's reentrant variant does. LoRA gradients accumulate into
@@ -237,13 +251,13 @@ torch::Tensor Llama::CheckpointedLayer::forward(torch::autograd::AutogradContext
                                                 const torch::Tensor& sin, const torch::Tensor& mask) {
   ctx->saved_data["model"] = reinterpret_cast<int64_t>(model);  // outlives the graph
   ctx->saved_data["layer"] = layer;
-  ctx->saved_data["rng"] = cpu_rng_state();
+  ctx->saved_data["rng"] = rng_state(model->device());
   ctx->saved_data["cos"] = cos;
   ctx->saved_data["sin"] = sin;
   ctx->saved_data["mask"] = mask;
   ctx->save_for_backward({hidden});
   torch::NoGradGuard no_grad;
-  return model->decoder_layer(model->layers_[static_cast<size_t>(layer)], hidden, cos, sin, mask);
+  return model->decoder_layer(model->layers_[static_cast<size_t>(layer)], hidden, cos, sin, causal_if_empty(mask));
 }
 
 torch::autograd::variable_list Llama::CheckpointedLayer::backward(torch::autograd::AutogradContext* ctx,
@@ -252,15 +266,17 @@ torch::autograd::variable_list Llama::CheckpointedLayer::backward(torch::autogra
   const int64_t layer = ctx->saved_data["layer"].toInt();
   if (model->source_) model->source_->acquire(layer, /*backward=*/true);
   auto hidden = ctx->get_saved_variables()[0].detach().requires_grad_(true);
-  const auto after = cpu_rng_state();
-  set_cpu_rng_state(ctx->saved_data["rng"].toTensor());
+  const auto device = model->device();
+  const auto after = rng_state(device);
+  set_rng_state(ctx->saved_data["rng"].toTensor(), device);
+  const torch::Tensor mask = causal_if_empty(ctx->saved_data["mask"].toTensor());
   torch::Tensor out;
   {
     torch::AutoGradMode enable(true);
     out = model->decoder_layer(model->layers_[static_cast<size_t>(layer)], hidden, ctx->saved_data["cos"].toTensor(),
-                               ctx->saved_data["sin"].toTensor(), ctx->saved_data["mask"].toTensor());
+                               ctx->saved_data["sin"].toTensor(), mask);
   }
-  set_cpu_rng_state(after);
+  set_rng_state(after, device);
   torch::autograd::backward({out}, {grad[0]});
   if (model->source_) {
     model->source_->release(layer);
@@ -281,8 +297,9 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
     }
   }
   if (source_) source_->acquire_head();
-  const auto device = embed_tokens_.device();
-  auto h = embed_tokens_.index_select(0, input_ids.reshape({-1}).to(device)).view({B, T, -1});
+  const auto device = options_.device;
+  const auto act = options_.activation_dtype;
+  auto h = embed_tokens_.index_select(0, input_ids.reshape({-1}).to(device)).view({B, T, -1}).to(act);
 
   // Rotary embeddings in float32, as HF computes them (positions 0..T-1: with right
   // padding, real tokens keep their positions).
@@ -305,7 +322,7 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
   auto positions = torch::arange(T, torch::kInt64).to(torch::kFloat32);
   auto freqs = torch::outer(positions, inv_freq);
   auto emb = torch::cat({freqs, freqs}, -1).to(device);
-  auto cos = emb.cos(), sin = emb.sin();  // [T, D]: row t is position t
+  auto cos = emb.cos().to(act), sin = emb.sin().to(act);  // [T, D]: row t is position t
 
   torch::Tensor mask;  // [B, 1, T, T], true = may attend
   auto causal = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
@@ -335,27 +352,26 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
   // A checkpointed layer joins the graph only when its input requires grad (the
   // embeddings are frozen): as transformers' enable_input_require_grads does.
   if (recompute) h = h.detach().requires_grad_(true);
-  // A checkpointed layer takes tensors only: no mask means the causal one.
-  if (recompute && !mask.defined()) mask = causal.view({1, 1, T, T});
   // Without recomputation, backward needs every layer's weights: a source keeps
   // them until the step is over.
   const bool release = recompute || !torch::GradMode::is_enabled();
   for (size_t i = 0; i < layers_.size(); ++i) {
     const auto index = static_cast<int64_t>(i);
     if (source_) source_->acquire(index, /*backward=*/false);
-    h = recompute ? CheckpointedLayer::apply(h, this, index, cos, sin, mask)
+    h = recompute ? CheckpointedLayer::apply(h, this, index, cos, sin, mask.defined() ? mask : torch::empty({0}))
                   : decoder_layer(layers_[i], h, cos, sin, mask);
     if (source_ && release) source_->release(index);
   }
   h = rms_norm(h, norm_, config_.rms_norm_eps);
-  auto logits = torch::matmul(h, lm_head_.t());  // the graph keeps lm_head for backward
+  // The graph keeps lm_head for backward.
+  auto logits = torch::matmul(h, lm_head_.to(act).t()).to(torch::kFloat32);
   if (source_) source_->release_head();
   return logits;
 }
 
 std::pair<double, int64_t> Llama::sequence_loss(const std::vector<int32_t>& ids) const {
   if (ids.size() < 2) return {0.0, 0};
-  auto input = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64).view({1, -1});
+  auto input = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64).view({1, -1}).to(device());
   auto logits = forward(input).squeeze(0);
   auto targets = input.squeeze(0).slice(0, 1);
   auto loss =

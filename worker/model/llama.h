@@ -61,6 +61,13 @@ struct LoadOptions {
   bool quantize = true;  // NF4 base weights (else dense in compute_dtype)
   bool double_quant = true;
   torch::ScalarType compute_dtype = torch::kFloat32;
+  // The hidden stream between the linear layers (norms, rotary, attention, residual
+  // adds). float32 as prepare_model_for_kbit_training leaves it; bfloat16 is
+  // transformers' bf16 mixed precision (norms still normalize in float32).
+  torch::ScalarType activation_dtype = torch::kFloat32;
+  // Where every tensor lives: the CPU, or a GPU (cuda:LOCAL_RANK). Weights are read
+  // and quantized on the CPU, one tensor at a time, then moved.
+  torch::Device device = torch::kCPU;
   std::optional<LoraOptions> lora;
   // Called as each decoder layer is loaded (a sharder keeps its part and frees the
   // rest, so a rank never holds the whole model).
@@ -82,7 +89,7 @@ class Llama {
   static Llama from_tensors(const LlamaConfig& config, const std::map<std::string, torch::Tensor>& tensors,
                             const LoadOptions& options);
 
-  // logits [B, T, vocab] in float32. attention_mask [B, T] (1 = token, 0 = right
+  // logits [B, T, vocab] in float32, on the model's device (inputs may be anywhere). attention_mask [B, T] (1 = token, 0 = right
   // padding) is optional. segment_ids [B, T] (packing: 1, 2, ... per conversation,
   // 0 = padding) keeps attention inside each conversation and restarts its
   // positions, so each packed conversation gets the logits it would get alone.
@@ -94,6 +101,7 @@ class Llama {
 
   const LlamaConfig& config() const { return config_; }
   const LoadOptions& options() const { return options_; }
+  torch::Device device() const { return options_.device; }
   std::vector<DecoderLayer>& layers() { return layers_; }
   const std::vector<DecoderLayer>& layers() const { return layers_; }
   void set_training(bool training) { training_ = training; }
@@ -117,6 +125,8 @@ class Llama {
   // A pre-quantized weight of this name and [out, in] shape, if the checkpoint has one.
   using PrequantizedLookup =
       std::function<std::optional<FrozenWeight>(const std::string&, std::pair<int64_t, int64_t>)>;
+  // The embedding (already read), the final norm and lm_head, on the device.
+  void place_head(const std::function<torch::Tensor(const std::string&)>& get);
   void add_layer(int64_t index, const std::function<torch::Tensor(const std::string&)>& get,
                  const PrequantizedLookup& prequantized, torch::Generator* rng);
   torch::Tensor attention(const DecoderLayer& layer, const torch::Tensor& x, const torch::Tensor& cos,
@@ -137,7 +147,6 @@ class Llama {
   std::vector<DecoderLayer> layers_;
   torch::Tensor norm_;     // float32 [hidden]
   torch::Tensor lm_head_;  // float32 [vocab, hidden] (the embedding when tied)
-  torch::Tensor inv_freq_;
   bool training_ = false;
   bool activation_checkpointing_ = false;
   WeightSource* source_ = nullptr;

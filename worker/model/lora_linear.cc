@@ -107,6 +107,12 @@ size_t FrozenWeight::bytes() const {
   return total;
 }
 
+void FrozenWeight::to(torch::Device device) {
+  for (auto* t : {&packed, &absmax, &absmax_codes, &nested_absmax, &code_table, &nested_map, &dense}) {
+    if (t->defined()) *t = t->to(device);
+  }
+}
+
 FrozenWeight FrozenWeight::quantize(const torch::Tensor& weight, bool double_quant) {
   TORCH_CHECK(weight.dim() == 2, "quantize: expected a 2-D weight");
   auto w = weight.to(torch::kFloat32).contiguous().cpu();
@@ -176,6 +182,14 @@ LoraLinear::LoraLinear(FrozenWeight weight, torch::ScalarType compute_dtype, std
   }
   lora_A_.set_requires_grad(true);
   lora_B_ = torch::zeros({weight_.out_features, lora_->r}, options).set_requires_grad(true);
+}
+
+void LoraLinear::to(torch::Device device) {
+  weight_.to(device);
+  if (!lora_) return;
+  torch::NoGradGuard no_grad;
+  lora_A_ = lora_A_.to(device).set_requires_grad(true);
+  lora_B_ = lora_B_.to(device).set_requires_grad(true);
 }
 
 torch::Tensor LoraLinear::forward(const torch::Tensor& x, bool training) const {

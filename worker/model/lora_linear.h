@@ -39,6 +39,7 @@ struct FrozenWeight {
   // W as a [out, in] tensor of `dtype` (bit-identical to bitsandbytes' dequantize).
   torch::Tensor materialize(torch::ScalarType dtype) const;
   size_t bytes() const;  // memory held
+  void to(torch::Device device);  // moves every tensor
 
   // Quantizes a [out, in] weight (float32, float16 or bfloat16) to NF4.
   static FrozenWeight quantize(const torch::Tensor& weight, bool double_quant);
@@ -65,6 +66,7 @@ class LoraLinear {
 
   const FrozenWeight& weight() const { return weight_; }
   FrozenWeight& mutable_weight() { return weight_; }  // a WeightSource swaps its tensors
+  void to(torch::Device device);  // the weight and the adapter (its tensors stay leaves)
   bool has_lora() const { return lora_.has_value(); }
   torch::Tensor& lora_A() { return lora_A_; }  // [r, in], float32
   torch::Tensor& lora_B() { return lora_B_; }  // [out, r], float32

@@ -1,4 +1,5 @@
-// The CPU generator's state: LoRA dropout draws from it, activation checkpointing
+// The default generators' states: LoRA dropout draws from the generator of the
+// device its tensors live on (the CPU's, or a GPU's), activation checkpointing
 // replays it, checkpoints save it.
 #pragma once
 
@@ -8,16 +9,19 @@
 
 namespace herd::model {
 
-inline torch::Tensor cpu_rng_state() {
-  at::Generator cpu = torch::globalContext().defaultGenerator(torch::kCPU);  // a handle on the default
-  std::lock_guard lock(cpu.mutex());
-  return cpu.get_state();
+inline torch::Tensor rng_state(torch::Device device = torch::kCPU) {
+  at::Generator g = torch::globalContext().defaultGenerator(device);  // a handle on the default
+  std::lock_guard lock(g.mutex());
+  return g.get_state();
 }
 
-inline void set_cpu_rng_state(const torch::Tensor& state) {
-  at::Generator cpu = torch::globalContext().defaultGenerator(torch::kCPU);
-  std::lock_guard lock(cpu.mutex());
-  cpu.set_state(state);
+inline void set_rng_state(const torch::Tensor& state, torch::Device device = torch::kCPU) {
+  at::Generator g = torch::globalContext().defaultGenerator(device);
+  std::lock_guard lock(g.mutex());
+  g.set_state(state);
 }
+
+inline torch::Tensor cpu_rng_state() { return rng_state(torch::kCPU); }
+inline void set_cpu_rng_state(const torch::Tensor& state) { set_rng_state(state, torch::kCPU); }
 
 }  // namespace herd::model

@@ -56,24 +56,24 @@ torch::Tensor micro_batch_loss(const model::Llama& model, const v1::MicroBatch& 
                                uint64_t* predicted = nullptr) {
   const int64_t rows = batch.sample_ids_size();
   if (rows == 0) {
-    auto ids = torch::zeros({1, 2}, torch::kInt64);
+    auto ids = torch::zeros({1, 2}, torch::TensorOptions().dtype(torch::kInt64).device(model.device()));
     auto logits = model.forward(ids);
     return logits.sum() * 0.0;
   }
   const int64_t width = batch.token_ids_size() / rows;
+  const auto device = model.device();
   auto ids = torch::from_blob(const_cast<int32_t*>(batch.token_ids().data()), {rows, width}, torch::kInt32)
-                 .to(torch::kInt64);
+                 .to(device, torch::kInt64);
   auto mask = torch::from_blob(const_cast<char*>(batch.loss_mask().data()), {rows, width}, torch::kUInt8)
-                  .to(torch::kFloat32)
+                  .to(device, torch::kFloat32)
                   .slice(1, 1)
                   .reshape({-1});
-  auto attention = torch::zeros({rows, width}, torch::kInt64);
-  for (int64_t r = 0; r < rows; ++r) {
-    attention[r].slice(0, 0, batch.lengths(static_cast<int>(r))).fill_(1);
-    *tokens += batch.lengths(static_cast<int>(r));
-  }
+  for (int64_t r = 0; r < rows; ++r) *tokens += batch.lengths(static_cast<int>(r));
   if (predicted) *predicted += static_cast<uint64_t>(mask.sum().item<double>());
-  auto logits = model.forward(ids, attention);
+  // Rows are right-padded: under the causal mask no real token sees the padding, so
+  // the plain causal attention gives every counted position the logits that an
+  // attention mask would (and runs the fused kernels).
+  auto logits = model.forward(ids);
   auto per_token = torch::nn::functional::cross_entropy(
       logits.slice(1, 0, width - 1).reshape({-1, logits.size(2)}), ids.slice(1, 1).reshape({-1}),
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
@@ -101,15 +101,31 @@ std::pair<double, uint64_t> eval_loss(model::Llama& model, comm::Collective& com
           static_cast<uint64_t>(totals[2].item<double>())};
 }
 
-// The model runs on the CPU: Gloo. NCCL takes CUDA tensors.
-std::string collective_backend(const Config& config) {
-  const auto& b = config.distributed.backend;
-  if (b == "nccl") {
-    throw std::runtime_error(
-        "distributed.backend: nccl needs the model on a GPU, and this build of herd trains on the CPU; "
-        "use gloo or auto");
+// Where this worker trains: trainer.device, with auto meaning the GPU named by
+// LOCAL_RANK when one is visible.
+torch::Device training_device(const Config& config, int local_rank) {
+  const auto& d = config.trainer.device;
+  if (d == "cpu" || (d == "auto" && !torch::cuda::is_available())) return torch::kCPU;
+  const int64_t gpus = static_cast<int64_t>(torch::cuda::device_count());
+  if (local_rank >= gpus) {
+    throw std::runtime_error(fmt::format("trainer.device: {} wants GPU {} (LOCAL_RANK) but {} visible", d,
+                                         local_rank, gpus == 0 ? "no GPU is" : fmt::format("only {} are", gpus)));
   }
-  return "gloo";
+  return {torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank)};
+}
+
+// Gloo moves CPU tensors, NCCL CUDA tensors.
+std::string collective_backend(const Config& config, torch::Device device) {
+  const auto& b = config.distributed.backend;
+  if (b == "nccl" && device.is_cpu()) {
+    throw std::runtime_error("distributed.backend: nccl needs the model on a GPU, and this worker trains on the "
+                             "CPU (trainer.device); use gloo or auto");
+  }
+  if (b == "gloo" && device.is_cuda()) {
+    throw std::runtime_error("distributed.backend: gloo moves CPU tensors, and this worker trains on " +
+                             device.str() + "; use nccl or auto, or trainer.device: cpu");
+  }
+  return device.is_cuda() ? "nccl" : "gloo";
 }
 
 // What one gang attempt trains with. Members are declared in the order they must
@@ -132,7 +148,8 @@ void build_replica(Replica& r, const Config& config, const std::filesystem::path
   co.hostname = options.gloo_hostname;
   co.device = options.local_rank;
   if (const char* iface = std::getenv("GLOO_SOCKET_IFNAME")) co.iface = iface;
-  r.comm = comm::connect(co.size > 1 ? collective_backend(config) : "local", link.store(), co);
+  const torch::Device device = training_device(config, options.local_rank);
+  r.comm = comm::connect(co.size > 1 ? collective_backend(config, device) : "local", link.store(), co);
   r.weights = std::make_unique<ShardedWeights>(*r.comm, parse_sharding(config.distributed.sharding));
 
   torch::manual_seed(static_cast<uint64_t>(config.trainer.seed));  // LoRA dropout
@@ -140,6 +157,8 @@ void build_replica(Replica& r, const Config& config, const std::filesystem::path
   load.quantize = config.quantization.enabled;
   load.double_quant = config.quantization.double_quant;
   load.compute_dtype = compute_dtype(config.quantization.compute_dtype);
+  load.activation_dtype = config.trainer.bf16 ? torch::kBFloat16 : torch::kFloat32;
+  load.device = device;
   model::LoraOptions lora;
   lora.r = config.lora.r;
   lora.lora_alpha = config.lora.lora_alpha;
@@ -170,7 +189,7 @@ TrainResult run_worker(const Config& config, CoordinatorLink& link, const TrainH
   const auto start = std::chrono::steady_clock::now();
   auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
   const auto base = resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");
-  link.join(options.host, "cpu");
+  link.join(options.host, training_device(config, options.local_rank).str());
 
   TrainResult result;
   uint64_t after = 0;  // the attempt this worker last trained in
