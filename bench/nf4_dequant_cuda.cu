@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
   s.code_table = d_table;
 
   std::printf("%s: NF4 dequantize of a %zu x %zu weight (double-quantized absmax)\n", prop.name, rows, cols);
-  std::printf("%10s  %12s  %14s  %14s  %8s\n", "out", "ms", "dequant GB/s", "copy GB/s", "ratio");
+  std::printf("%10s  %10s  %12s  %14s  %14s  %8s\n", "out", "kernel", "ms", "dequant GB/s", "copy GB/s", "ratio");
   struct Case {
     const char* name;
     Nf4Out type;
@@ -107,11 +107,16 @@ int main(int argc, char** argv) {
     const auto type = c.type;
     const size_t bytes = c.bytes;
     const char* name = c.name;
-    const float dq = median_ms([&] { check(static_cast<cudaError_t>(nf4_dequantize_cuda(s, d_out, type, nullptr)), "kernel"); });
     const float copy = median_ms([&] { cudaMemcpyAsync(d_copy, d_out, n * bytes, cudaMemcpyDeviceToDevice); });
     const double moved = static_cast<double>(packed.size() + codes.size() + nested.size() * 4 + n * bytes);
-    const double dq_gbs = moved / (dq * 1e-3) / 1e9, copy_gbs = 2.0 * n * bytes / (copy * 1e-3) / 1e9;
-    std::printf("%10s  %12.3f  %14.1f  %14.1f  %8.3f\n", name, dq, dq_gbs, copy_gbs, dq_gbs / copy_gbs);
+    const double copy_gbs = 2.0 * n * bytes / (copy * 1e-3) / 1e9;
+    for (const auto& k : {std::pair{"herd", &nf4_dequantize_cuda}, std::pair{"wide", &nf4_dequantize_cuda_wide}}) {
+      const char* kernel = k.first;
+      const auto fn = k.second;
+      const float dq = median_ms([&] { check(static_cast<cudaError_t>(fn(s, d_out, type, nullptr)), kernel); });
+      const double dq_gbs = moved / (dq * 1e-3) / 1e9;
+      std::printf("%10s  %10s  %12.3f  %14.1f  %14.1f  %8.3f\n", name, kernel, dq, dq_gbs, copy_gbs, dq_gbs / copy_gbs);
+    }
   }
   check(cudaDeviceSynchronize(), "sync");
   return 0;

@@ -208,7 +208,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
-    const torch::Device device(device_name);
+    torch::Device device(device_name);
+    if (device.is_cuda() && !device.has_index()) device = torch::Device(torch::kCUDA, 0);
     const Shape shape = named_shape(shape_name);
     per_layer = per_layer || shape_name == "70b-layer";
     const double t_build = now();

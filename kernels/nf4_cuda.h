@@ -2,9 +2,10 @@
 // reference in nf4.h: every product is rounded to float32 on its own (no fused
 // multiply-add), double-quantized absmax is decoded in the same kernel as
 // fl(fl(map[code] * nested_absmax[block / 256]) + offset), and bfloat16/float16
-// round to nearest even. 16-byte loads of the packed codes (32 weights, half a
-// block of 64) and 16-byte stores when both buffers are 16-byte aligned; a
-// scalar kernel otherwise and for the last n % 32 weights.
+// round to nearest even. Each thread of a warp takes 8 consecutive weights (4
+// bytes of codes, 16 of bf16 out) next to its neighbour's, so loads and stores are
+// coalesced, with 16-byte stores when the codes are 4-byte and the output 16-byte
+// aligned; a scalar kernel otherwise and for the last n % 8 weights.
 #pragma once
 
 #include <cstddef>
@@ -30,5 +31,9 @@ struct Nf4Source {
   const float* code_table = nullptr;
 };
 int nf4_dequantize_cuda(const Nf4Source& source, void* out, Nf4Out type, void* stream);
+// The first layout, for the bench's comparison: one thread per 16 bytes of codes
+// (16-byte loads; a warp's stores 64 bytes apart). Needs both buffers 16-byte
+// aligned and n % 32 == 0 (else cudaErrorInvalidValue).
+int nf4_dequantize_cuda_wide(const Nf4Source& source, void* out, Nf4Out type, void* stream);
 
 }  // namespace herd::kernels

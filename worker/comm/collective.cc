@@ -224,9 +224,12 @@ std::unique_ptr<Collective> connect(const std::string& backend, Store& store, co
   if (options.size < 1 || options.rank < 0 || options.rank >= options.size) {
     throw std::invalid_argument(fmt::format("rank {} of {}", options.rank, options.size));
   }
-  if (options.size == 1) return std::make_unique<LocalCollective>();
+  if (backend == "local") {
+    if (options.size != 1) throw std::invalid_argument(fmt::format("the local backend has 1 rank, not {}", options.size));
+    return std::make_unique<LocalCollective>();
+  }
   if (backend == "nccl") return connect_nccl(store, options);
-  if (backend != "gloo") throw std::invalid_argument("collective backend '" + backend + "': gloo or nccl");
+  if (backend != "gloo") throw std::invalid_argument("collective backend '" + backend + "': local, gloo or nccl");
   // Gloo writes to sockets a peer may have closed: SIGPIPE would end this process
   // before the error could be reported and the gang re-formed.
   static std::once_flag no_sigpipe;

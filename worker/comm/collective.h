@@ -64,7 +64,7 @@ class Collective {
   virtual void barrier() = 0;
 };
 
-// backend: "gloo" or "nccl" (one rank: a local group whatever the backend).
+// backend: "gloo", "nccl", or "local" (one rank, no communication).
 // Connects the ranks through `store` (keys under the caller's prefix) and throws
 // CommError when they do not meet within the timeout.
 std::unique_ptr<Collective> connect(const std::string& backend, Store& store, const CollectiveOptions& options);
