@@ -1,6 +1,8 @@
 // QLoRA training-step throughput of herd's Llama on one device, on a random model
 // of a given shape: NF4 base weights, LoRA on q/k/v, AdamW, activation recompute,
-// micro-batches of --batch rows of --tokens random ids.
+// micro-batches of --batch rows of --tokens random ids. --dense, --no-recompute and
+// --fp32-activations each change one thing, to see what it costs (the FLOPs are
+// counted as for the default, so tokens/s and MFU compare directly).
 //
 //   herd_bench_train_step --shape 1b --tokens 2048 --batch 8        (tokens/s, MFU)
 //   herd_bench_train_step --shape 70b-layer --tokens 1024 4096       (one 70B decoder
@@ -52,7 +54,11 @@ void sync(torch::Device d) {
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-Llama make_model(const Shape& s, torch::Device device, bool bf16) {
+struct Variant {
+  bool bf16 = true, quantize = true, recompute = true;
+};
+
+Llama make_model(const Shape& s, torch::Device device, const Variant& v) {
   LlamaConfig c;
   c.vocab_size = s.vocab;
   c.hidden_size = s.hidden;
@@ -79,10 +85,10 @@ Llama make_model(const Shape& s, torch::Device device, bool bf16) {
     t[fmt::format("model.layers.{}.post_attention_layernorm.weight", i)] = torch::ones({s.hidden});
   }
   herd::model::LoadOptions o;
-  o.quantize = true;
+  o.quantize = v.quantize;
   o.double_quant = true;
   o.compute_dtype = torch::kBFloat16;
-  o.activation_dtype = bf16 ? torch::kBFloat16 : torch::kFloat32;
+  o.activation_dtype = v.bf16 ? torch::kBFloat16 : torch::kFloat32;
   o.device = device;
   herd::model::LoraOptions lora;
   lora.r = 8;
@@ -92,7 +98,7 @@ Llama make_model(const Shape& s, torch::Device device, bool bf16) {
   o.lora = lora;
   Llama model = Llama::from_tensors(c, t, o);
   model.set_training(true);
-  model.set_activation_checkpointing(true);
+  model.set_activation_checkpointing(v.recompute);
   return model;
 }
 
@@ -193,7 +199,7 @@ int main(int argc, char** argv) {
   int64_t batch = 1;
   int warmup = 2, steps = 5, projected_layers = 80;
   double peak = 989.4;
-  bool fp32_activations = false, per_layer = false;
+  bool fp32_activations = false, per_layer = false, dense = false, no_recompute = false;
   app.add_option("--shape", shape_name, "1b | 70b-layer | tiny")->capture_default_str();
   app.add_option("--tokens", token_counts, "Tokens per row (one run each)")->capture_default_str();
   app.add_option("--batch", batch, "Rows per micro-batch")->capture_default_str();
@@ -205,6 +211,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--per-layer", per_layer, "Time one decoder layer (on by default for 70b-layer)");
   app.add_flag("--fp32-activations", fp32_activations, "Keep the hidden stream in float32 (trainer.bf16: false)");
+  app.add_flag("--dense", dense, "bf16 base weights instead of NF4 (what dequantizing costs)");
+  app.add_flag("--no-recompute", no_recompute, "Keep every layer's activations (what recompute costs)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -213,12 +221,14 @@ int main(int argc, char** argv) {
     const Shape shape = named_shape(shape_name);
     per_layer = per_layer || shape_name == "70b-layer";
     const double t_build = now();
-    Llama model = make_model(shape, device, !fp32_activations);
+    const Variant variant{!fp32_activations, !dense, !no_recompute};
+    Llama model = make_model(shape, device, variant);
     sync(device);
-    std::printf("model: %s, %lld layers, hidden %lld, %.3fB GEMM parameters, built in %.1f s on %s%s\n",
+    std::printf("model: %s, %lld layers, hidden %lld, %.3fB GEMM parameters, built in %.1f s on %s (%s base, %s "
+                "activations%s)\n",
                 shape_name.c_str(), static_cast<long long>(shape.layers), static_cast<long long>(shape.hidden),
                 static_cast<double>(gemm_params(model)) / 1e9, now() - t_build, device.str().c_str(),
-                fp32_activations ? " (float32 activations)" : " (bf16 activations)");
+                dense ? "bf16" : "NF4", fp32_activations ? "float32" : "bf16", no_recompute ? ", no recompute" : "");
     const double ceiling = gemm_tflops(device);
     std::printf("GEMM ceiling measured here: %.4g TFLOP/s\n", ceiling);
 
