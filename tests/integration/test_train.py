@@ -81,6 +81,16 @@ def test_more_than_one_worker_is_refused_clearly(model, tmp_path):
     assert "herd train runs one local worker; distributed.world_size is 2" in out.stderr
 
 
+def test_a_gpu_asked_for_where_none_is_visible_is_refused_clearly(model, tmp_path):
+    if "GPUs visible: 0" not in herd("--version").stdout:
+        pytest.skip("a GPU is visible here")
+    config = write_config(tmp_path / "g.yaml", model, tmp_path / "g")
+    config.write_text(config.read_text().replace("device: cpu", "device: cuda"))
+    out = herd("train", config)
+    assert out.returncode == 1
+    assert "trainer.device: cuda wants GPU 0 (LOCAL_RANK) but no GPU is visible" in out.stderr
+
+
 def test_the_demo_config_learns(tmp_path):
     """configs/tiny-demo.yaml on the model scripts/demo makes: the last logged loss is at least 30% below the first."""
     model = tmp_path / "tiny-llama"

@@ -83,6 +83,8 @@ TEST(Config, DefaultsAreWhatTheSeedsStackDid) {
   EXPECT_DOUBLE_EQ(c.trainer.adam_beta2, 0.999);
   EXPECT_DOUBLE_EQ(c.trainer.adam_epsilon, 1e-8);
   EXPECT_TRUE(c.trainer.gradient_checkpointing);
+  EXPECT_EQ(c.trainer.device, "auto");
+  EXPECT_FALSE(c.trainer.bf16);
   EXPECT_EQ(c.distributed.world_size, 1);
   EXPECT_EQ(c.distributed.min_workers, 1);
 }
@@ -194,6 +196,8 @@ INSTANTIATE_TEST_SUITE_P(
                    "quantization.compute_dtype", "must be one of bfloat16, float16, float32"},
         BrokenCase{"section_not_a_mapping", seed_text() + "metrics: 5\n", 27, "metrics", "expected a mapping"},
         BrokenCase{"port_out_of_range", seed_text() + "metrics:\n  port: 70000\n", 28, "metrics.port", "1..65535"},
+        BrokenCase{"device", seed_with("  logging_steps: 20\n", "  logging_steps: 20\n  device: tpu\n"), 25,
+                   "trainer.device", "must be one of auto, cpu, cuda"},
         BrokenCase{"eval_steps_without_split",
                    seed_with("  logging_steps: 20\n", "  logging_steps: 20\n  eval_steps: 10\n"), 25,
                    "trainer.eval_steps", "needs data.eval_fraction"}),

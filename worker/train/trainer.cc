@@ -109,7 +109,7 @@ torch::Device training_device(const Config& config, int local_rank) {
   const int64_t gpus = static_cast<int64_t>(torch::cuda::device_count());
   if (local_rank >= gpus) {
     throw std::runtime_error(fmt::format("trainer.device: {} wants GPU {} (LOCAL_RANK) but {} visible", d,
-                                         local_rank, gpus == 0 ? "no GPU is" : fmt::format("only {} are", gpus)));
+                                         local_rank, gpus == 0 ? "no GPU is" : gpus == 1 ? "only 1 is" : fmt::format("only {} are", gpus)));
   }
   return {torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank)};
 }
