@@ -21,10 +21,10 @@
 #include <string>
 #include <vector>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
+#include <CLI/CLI.hpp>
 
 #include "worker/model/llama.h"
 
@@ -42,7 +42,7 @@ struct Shape {
 };
 
 Shape named_shape(const std::string& name) {
-  if (name == "1b") return {2048, 8192, 16, 32, 8, 32000};          // Llama-3.2-1B's body, Llama-2's vocabulary
+  if (name == "1b") return {2048, 8192, 16, 32, 8, 32000};         // Llama-3.2-1B's body, Llama-2's vocabulary
   if (name == "70b-layer") return {8192, 28672, 2, 64, 8, 32000};  // Llama-2-70B's layer
   if (name == "tiny") return {128, 352, 2, 4, 2, 512};
   throw std::invalid_argument("--shape: 1b, 70b-layer or tiny");
@@ -224,11 +224,12 @@ int main(int argc, char** argv) {
     const Variant variant{!fp32_activations, !dense, !no_recompute};
     Llama model = make_model(shape, device, variant);
     sync(device);
-    std::printf("model: %s, %lld layers, hidden %lld, %.3fB GEMM parameters, built in %.1f s on %s (%s base, %s "
-                "activations%s)\n",
-                shape_name.c_str(), static_cast<long long>(shape.layers), static_cast<long long>(shape.hidden),
-                static_cast<double>(gemm_params(model)) / 1e9, now() - t_build, device.str().c_str(),
-                dense ? "bf16" : "NF4", fp32_activations ? "float32" : "bf16", no_recompute ? ", no recompute" : "");
+    std::printf(
+        "model: %s, %lld layers, hidden %lld, %.3fB GEMM parameters, built in %.1f s on %s (%s base, %s "
+        "activations%s)\n",
+        shape_name.c_str(), static_cast<long long>(shape.layers), static_cast<long long>(shape.hidden),
+        static_cast<double>(gemm_params(model)) / 1e9, now() - t_build, device.str().c_str(), dense ? "bf16" : "NF4",
+        fp32_activations ? "float32" : "bf16", no_recompute ? ", no recompute" : "");
     const double ceiling = gemm_tflops(device);
     std::printf("GEMM ceiling measured here: %.4g TFLOP/s\n", ceiling);
 
@@ -261,8 +262,7 @@ int main(int argc, char** argv) {
           "%s  batch %lld x %lld tokens: one decoder layer fwd+recompute+bwd %.1f ms, embedding+head %.1f ms; "
           "%d-layer step %.2f s = %.0f tokens/s\n",
           shape_name.c_str(), static_cast<long long>(batch), static_cast<long long>(tokens), layer * 1e3, head * 1e3,
-          projected_layers,
-          projected, tok / projected);
+          projected_layers, projected, tok / projected);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "herd_bench_train_step: %s\n", e.what());

@@ -245,8 +245,8 @@ void add_model_commands(CLI::App& app, int& rc) {
       model.set_activation_checkpointing(true);
       for (auto& p : model.trainable_parameters()) p.set_requires_grad(true);
       ids = ids.to(model.device());
-      auto logits = model.forward(ids);
-      auto loss = torch::nn::functional::cross_entropy(logits.slice(1, 0, -1).reshape({-1, logits.size(2)}),
+      auto scores = model.forward(ids);
+      auto loss = torch::nn::functional::cross_entropy(scores.slice(1, 0, -1).reshape({-1, scores.size(2)}),
                                                        ids.slice(1, 1).reshape({-1}));
       loss.backward();
       std::vector<std::pair<std::string, torch::Tensor>> tensors = {{"loss", loss.detach().reshape({1})}};

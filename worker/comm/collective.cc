@@ -225,7 +225,9 @@ std::unique_ptr<Collective> connect(const std::string& backend, Store& store, co
     throw std::invalid_argument(fmt::format("rank {} of {}", options.rank, options.size));
   }
   if (backend == "local") {
-    if (options.size != 1) throw std::invalid_argument(fmt::format("the local backend has 1 rank, not {}", options.size));
+    if (options.size != 1) {
+      throw std::invalid_argument(fmt::format("the local backend has 1 rank, not {}", options.size));
+    }
     return std::make_unique<LocalCollective>();
   }
   if (backend == "nccl") return connect_nccl(store, options);

@@ -301,8 +301,8 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
   const auto act = options_.activation_dtype;
   auto h = embed_tokens_.index_select(0, input_ids.reshape({-1}).to(device)).view({B, T, -1}).to(act);
 
-  // Rotary embeddings in float32, as HF computes them (positions 0..T-1: with right
-  // padding, real tokens keep their positions).
+  // Rotary embeddings computed in float32, then in the hidden stream's dtype, as HF
+  // does (positions 0..T-1: with right padding, real tokens keep their positions).
   const int64_t D = config_.head_dim;
   auto inv_freq = 1.0 / torch::pow(config_.rope_theta,
                                    torch::arange(0, D, 2, torch::kInt64).to(torch::kFloat32) / static_cast<double>(D));

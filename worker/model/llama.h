@@ -89,10 +89,11 @@ class Llama {
   static Llama from_tensors(const LlamaConfig& config, const std::map<std::string, torch::Tensor>& tensors,
                             const LoadOptions& options);
 
-  // logits [B, T, vocab] in float32, on the model's device (inputs may be anywhere). attention_mask [B, T] (1 = token, 0 = right
-  // padding) is optional. segment_ids [B, T] (packing: 1, 2, ... per conversation,
-  // 0 = padding) keeps attention inside each conversation and restarts its
-  // positions, so each packed conversation gets the logits it would get alone.
+  // logits [B, T, vocab] in float32, on the model's device (the inputs may be on
+  // any). attention_mask [B, T] (1 = token, 0 = right padding) is optional.
+  // segment_ids [B, T] (packing: 1, 2, ... per conversation, 0 = padding) keeps
+  // attention inside each conversation and restarts its positions, so each packed
+  // conversation gets the logits it would get alone.
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
                         const torch::Tensor& segment_ids = {}) const;
 

@@ -21,7 +21,4 @@ inline void set_rng_state(const torch::Tensor& state, torch::Device device = tor
   g.set_state(state);
 }
 
-inline torch::Tensor cpu_rng_state() { return rng_state(torch::kCPU); }
-inline void set_cpu_rng_state(const torch::Tensor& state) { set_rng_state(state, torch::kCPU); }
-
 }  // namespace herd::model

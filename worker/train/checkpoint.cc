@@ -76,7 +76,7 @@ fs::path write_checkpoint(const fs::path& output_dir, uint64_t step, model::Llam
   fs::create_directories(tmp);
   model::save_adapter(model, tmp, meta.base_model, meta.task_type, meta.bias);
   torch::save(optimizer, (tmp / "optimizer.pt").string());
-  torch::save(model::cpu_rng_state(), (tmp / "rng_state.pt").string());
+  torch::save(model::rng_state(), (tmp / "rng_state.pt").string());
   // On a GPU, LoRA dropout draws from that GPU's generator.
   if (model.device().is_cuda()) torch::save(model::rng_state(model.device()), (tmp / "rng_state_cuda.pt").string());
   json log = json::array();
@@ -123,7 +123,7 @@ std::vector<StepLog> load_checkpoint(const fs::path& dir, model::Llama& model, t
   torch::load(optimizer, (dir / "optimizer.pt").string(), model.device());  // its state beside the adapter
   torch::Tensor rng;
   torch::load(rng, (dir / "rng_state.pt").string());
-  model::set_cpu_rng_state(rng);
+  model::set_rng_state(rng);
   if (model.device().is_cuda() && fs::exists(dir / "rng_state_cuda.pt")) {
     torch::load(rng, (dir / "rng_state_cuda.pt").string());
     model::set_rng_state(rng, model.device());

@@ -108,8 +108,9 @@ torch::Device training_device(const Config& config, int local_rank) {
   if (d == "cpu" || (d == "auto" && !torch::cuda::is_available())) return torch::kCPU;
   const int64_t gpus = static_cast<int64_t>(torch::cuda::device_count());
   if (local_rank >= gpus) {
-    throw std::runtime_error(fmt::format("trainer.device: {} wants GPU {} (LOCAL_RANK) but {} visible", d,
-                                         local_rank, gpus == 0 ? "no GPU is" : gpus == 1 ? "only 1 is" : fmt::format("only {} are", gpus)));
+    const std::string visible = gpus == 0 ? "no GPU is" : gpus == 1 ? "only 1 is" : fmt::format("only {} are", gpus);
+    throw std::runtime_error(
+        fmt::format("trainer.device: {} wants GPU {} (LOCAL_RANK) but {} visible", d, local_rank, visible));
   }
   return {torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank)};
 }
