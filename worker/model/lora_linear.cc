@@ -198,11 +198,17 @@ torch::Tensor LoraLinear::forward(const torch::Tensor& x, bool training) const {
       weight_.quantized() ? FrozenLinear::apply(xc, &weight_) : torch::matmul(xc, weight_.dense.to(compute_dtype_).t());
   y = y.to(x.scalar_type());
   if (!lora_) return y;
-  // peft casts the input to the adapter's dtype (float32) and the result back.
+  // peft casts the input to the adapter's dtype (float32). The second thin GEMM
+  // adds the base output in its epilogue (addmm, beta 1, alpha scaling): no separate
+  // passes to scale and add. With a bfloat16 hidden stream the sum is rounded once,
+  // where peft rounds the adapter's output and then the sum.
   auto h = x.to(torch::kFloat32);
   if (training && lora_->dropout > 0) h = torch::dropout(h, lora_->dropout, true);
-  auto delta = torch::matmul(torch::matmul(h, lora_A_.t()), lora_B_.t()) * lora_->scaling;
-  return y + delta.to(y.scalar_type());
+  const auto out_shape = y.sizes().vec();
+  auto low = torch::matmul(h, lora_A_.t()).reshape({-1, lora_->r});
+  auto sum = torch::addmm(y.reshape({-1, weight_.out_features}).to(torch::kFloat32), low, lora_B_.t(), 1.0,
+                          lora_->scaling);
+  return sum.view(out_shape).to(y.scalar_type());
 }
 
 }  // namespace herd::model
