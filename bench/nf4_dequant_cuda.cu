@@ -118,6 +118,21 @@ int main(int argc, char** argv) {
       std::printf("%10s  %10s  %12.3f  %14.1f  %14.1f  %8.3f\n", name, kernel, dq, dq_gbs, copy_gbs, dq_gbs / copy_gbs);
     }
   }
+  // Batch-1 decoding: y = x W^T straight from the codes, against dequantizing W alone
+  // (the unfused path then still reads the dequantized W once more for its GEMV).
+  void *d_x, *d_y;
+  check(cudaMalloc(&d_x, cols * 2), "cudaMalloc");
+  check(cudaMalloc(&d_y, rows * 2), "cudaMalloc");
+  check(cudaMemset(d_x, 0x3c, cols * 2), "cudaMemset");  // bf16 0x3c3c, about 0.0115
+  const float gemv_ms = median_ms([&] {
+    check(static_cast<cudaError_t>(nf4_gemv_cuda(s, rows, cols, d_x, d_y, Nf4Out::kBFloat16, nullptr)), "gemv");
+  });
+  const float dequant_ms = median_ms([&] {
+    check(static_cast<cudaError_t>(nf4_dequantize_cuda(s, d_out, Nf4Out::kBFloat16, nullptr)), "dequantize");
+  });
+  const double code_bytes = static_cast<double>(packed.size() + codes.size() + nested.size() * 4);
+  std::printf("gemv (bf16, one row): %.3f ms, %.1f GB/s of codes; dequantize to bf16 alone: %.3f ms (%.2fx the gemv)\n",
+              gemv_ms, code_bytes / (gemv_ms * 1e-3) / 1e9, dequant_ms, dequant_ms / gemv_ms);
   check(cudaDeviceSynchronize(), "sync");
   return 0;
 }

@@ -31,6 +31,13 @@ struct Nf4Source {
   const float* code_table = nullptr;
 };
 int nf4_dequantize_cuda(const Nf4Source& source, void* out, Nf4Out type, void* stream);
+// y = x W^T for one row x [in_features] (batch-1 decoding), W [out_features,
+// in_features] the NF4 weight of `source` (n = out * in), without materializing W:
+// each weight is decoded as the dequantize kernel decodes it (float32) and
+// multiplied and summed in float32; x and y [out_features] are of `type`. Needs
+// in_features % 8 == 0 and the codes 4-byte aligned (else cudaErrorInvalidValue).
+int nf4_gemv_cuda(const Nf4Source& source, size_t out_features, size_t in_features, const void* x, void* y,
+                  Nf4Out type, void* stream);
 // The first layout, for the bench's comparison: one thread per 16 bytes of codes
 // (16-byte loads; a warp's stores 64 bytes apart). Needs both buffers 16-byte
 // aligned and n % 32 == 0 (else cudaErrorInvalidValue).

@@ -126,6 +126,51 @@ __global__ void dequantize_scalar(Nf4Source s, size_t first, Out* out) {
   }
 }
 
+// y = x W^T for one row x, straight from the codes: one warp per output row, each
+// lane taking 8 weights (4 bytes of codes) at a time, coalesced across the warp;
+// float32 products and sums, one shuffle reduction a row.
+template <class T>
+__device__ __forceinline__ float to_float(T v);
+template <>
+__device__ __forceinline__ float to_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) {
+  return __half2float(v);
+}
+
+template <class T>
+__global__ void gemv(Nf4Source s, size_t rows, size_t cols, const T* __restrict__ x, T* __restrict__ y) {
+  __shared__ float table[16];
+  __shared__ float map[256];
+  load_tables(s, table, map);
+  const unsigned lane = threadIdx.x % 32;
+  const size_t row = blockIdx.x * static_cast<size_t>(blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const size_t items = cols / 8, first = row * items;  // items of this row: first .. first + items
+  const auto* __restrict__ packed = reinterpret_cast<const uint32_t*>(s.packed);
+  float acc = 0;
+  for (size_t it = lane; it < items; it += 32) {
+    const uint32_t codes = __ldg(packed + first + it);
+    const float scale = block_scale(s, map, (first + it) / 8);
+    const T* xs = x + it * 8;
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      const unsigned byte = (codes >> (8 * b)) & 0xffu;
+      acc += __fmul_rn(table[byte >> 4], scale) * to_float(xs[2 * b]);
+      acc += __fmul_rn(table[byte & 15], scale) * to_float(xs[2 * b + 1]);
+    }
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+  if (lane == 0) y[row] = convert<T>(acc);
+}
+
 unsigned grid_for(size_t items, unsigned threads) {
   const size_t blocks = (items + threads - 1) / threads;
   return static_cast<unsigned>(blocks < 8192 ? (blocks > 0 ? blocks : 1) : 8192);
@@ -155,7 +200,35 @@ int launch_wide(const Nf4Source& s, Out* out, cudaStream_t stream) {
   return static_cast<int>(cudaGetLastError());
 }
 
+template <class T>
+int launch_gemv(const Nf4Source& s, size_t rows, size_t cols, const T* x, T* y, cudaStream_t stream) {
+  if (rows == 0) return 0;
+  if (cols % 8 != 0 || s.n != rows * cols || reinterpret_cast<uintptr_t>(s.packed) % 4 != 0) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  constexpr unsigned kThreads = 256, kRowsPerBlock = kThreads / 32;
+  const auto blocks = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+  gemv<T><<<blocks, kThreads, 0, stream>>>(s, rows, cols, x, y);
+  return static_cast<int>(cudaGetLastError());
+}
+
 }  // namespace
+
+int nf4_gemv_cuda(const Nf4Source& source, size_t out_features, size_t in_features, const void* x, void* y,
+                  Nf4Out type, void* stream) {
+  auto* st = static_cast<cudaStream_t>(stream);
+  switch (type) {
+    case Nf4Out::kFloat32:
+      return launch_gemv(source, out_features, in_features, static_cast<const float*>(x), static_cast<float*>(y), st);
+    case Nf4Out::kBFloat16:
+      return launch_gemv(source, out_features, in_features, static_cast<const __nv_bfloat16*>(x),
+                         static_cast<__nv_bfloat16*>(y), st);
+    case Nf4Out::kFloat16:
+      return launch_gemv(source, out_features, in_features, static_cast<const __half*>(x), static_cast<__half*>(y),
+                         st);
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
 
 int nf4_dequantize_cuda_wide(const Nf4Source& source, void* out, Nf4Out type, void* stream) {
   auto* s = static_cast<cudaStream_t>(stream);

@@ -1,6 +1,7 @@
 // The model and the NCCL backend on a GPU (skipped where there is none; they run in
 // scripts/gpu-check): the same logits and LoRA gradients as on the CPU, activation
-// recompute replaying the GPU's dropout draws, and NCCL's operations with one rank.
+// recompute replaying the GPU's dropout draws, the batch-1 NF4 gemv against the
+// dequantized product, and NCCL's operations with one rank.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -76,6 +77,28 @@ TEST(GpuModel, RecomputeReplaysTheGpusDropoutDraws) {
     differs = differs || !torch::allclose(other[i], plain[i], 1e-3, 1e-4);
   }
   EXPECT_TRUE(differs) << "other dropout draws should give other gradients";
+}
+
+TEST(Nf4Gemv, OneRowWithoutGradientsMatchesTheDequantizedProduct) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU here";
+  torch::NoGradGuard no_grad;
+  for (const auto [rows, cols] : {std::pair<int64_t, int64_t>{37, 72}, {64, 4096}, {300, 136}}) {
+    for (const bool double_quant : {false, true}) {
+      for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+        SCOPED_TRACE(testing::Message() << rows << "x" << cols << " double_quant " << double_quant << " " << dtype);
+        auto w = FrozenWeight::quantize(torch::randn({rows, cols}) * 0.05, double_quant);
+        const auto dense = w.materialize(torch::kFloat32).to(torch::kFloat64);
+        LoraLinear layer(std::move(w), dtype, std::nullopt, nullptr);
+        layer.to(kGpu);
+        auto x = torch::randn({1, 1, cols}).to(dtype);
+        auto y = layer.forward(x.to(kGpu), false).cpu();
+        ASSERT_EQ(y.sizes(), (std::vector<int64_t>{1, 1, rows}));
+        auto expected = torch::matmul(x.to(torch::kFloat64), dense.t());
+        const double err = ((y.to(torch::kFloat64) - expected).abs().max() / expected.abs().max()).item<double>();
+        EXPECT_LT(err, dtype == torch::kFloat32 ? 1e-5 : 1e-2);
+      }
+    }
+  }
 }
 
 TEST(Nccl, EveryOperationWithOneRank) {

@@ -37,37 +37,73 @@ torch::Tensor FrozenWeight::block_absmax() const {
 
 #ifdef HERD_CUDA
 namespace {
+// The kernels' view of a weight whose tensors live on a GPU (the tensors it points
+// into are kept alive beside it).
+struct CudaSource {
+  k::Nf4Source s;
+  std::vector<torch::Tensor> keep;
+};
+
+CudaSource cuda_source(const FrozenWeight& w) {
+  const auto device = w.packed.device();
+  auto f32 = [&](const torch::Tensor& t) { return t.to(device, torch::kFloat32).contiguous(); };
+  CudaSource c;
+  auto packed = w.packed.contiguous(), table = f32(w.code_table);
+  c.s.packed = packed.data_ptr<uint8_t>();
+  c.s.n = static_cast<size_t>(w.out_features * w.in_features);
+  c.s.code_table = table.data_ptr<float>();
+  c.keep = {packed, table};
+  if (w.absmax.defined()) {
+    auto absmax = f32(w.absmax);
+    c.s.absmax = absmax.data_ptr<float>();
+    c.keep.push_back(absmax);
+  } else {
+    auto codes = w.absmax_codes.to(device).contiguous(), nested = f32(w.nested_absmax), map = f32(w.nested_map);
+    c.s.absmax_codes = codes.data_ptr<uint8_t>();
+    c.s.nested_absmax = nested.data_ptr<float>();
+    c.s.offset = static_cast<float>(w.offset);
+    c.s.nested_map = map.data_ptr<float>();
+    c.keep.insert(c.keep.end(), {codes, nested, map});
+  }
+  return c;
+}
+
+k::Nf4Out kernel_type(torch::ScalarType t) {
+  return t == torch::kBFloat16 ? k::Nf4Out::kBFloat16 : t == torch::kFloat16 ? k::Nf4Out::kFloat16 : k::Nf4Out::kFloat32;
+}
+
 // herd's kernel (kernels/nf4_cuda.h) on the weight's GPU, on the current stream.
 torch::Tensor materialize_cuda(const FrozenWeight& w) {
   const c10::cuda::CUDAGuard guard(w.packed.device());
-  const auto device = w.packed.device();
-  auto f32 = [&](const torch::Tensor& t) { return t.to(device, torch::kFloat32).contiguous(); };
-  auto packed = w.packed.contiguous();
-  auto table = f32(w.code_table);
-  torch::Tensor absmax, codes, nested, map;
-  k::Nf4Source s;
-  s.packed = packed.data_ptr<uint8_t>();
-  s.n = static_cast<size_t>(w.out_features * w.in_features);
-  s.code_table = table.data_ptr<float>();
-  if (w.absmax.defined()) {
-    absmax = f32(w.absmax);
-    s.absmax = absmax.data_ptr<float>();
-  } else {
-    codes = w.absmax_codes.to(device).contiguous();
-    nested = f32(w.nested_absmax);
-    map = f32(w.nested_map);
-    s.absmax_codes = codes.data_ptr<uint8_t>();
-    s.nested_absmax = nested.data_ptr<float>();
-    s.offset = static_cast<float>(w.offset);
-    s.nested_map = map.data_ptr<float>();
-  }
-  auto out = torch::empty({w.out_features, w.in_features}, torch::TensorOptions().dtype(w.dtype).device(device));
-  const auto type = w.dtype == torch::kBFloat16 ? k::Nf4Out::kBFloat16
-                    : w.dtype == torch::kFloat16 ? k::Nf4Out::kFloat16
-                                                 : k::Nf4Out::kFloat32;
-  const int rc = k::nf4_dequantize_cuda(s, out.data_ptr(), type, c10::cuda::getCurrentCUDAStream().stream());
+  const CudaSource c = cuda_source(w);
+  auto out =
+      torch::empty({w.out_features, w.in_features}, torch::TensorOptions().dtype(w.dtype).device(w.packed.device()));
+  const int rc =
+      k::nf4_dequantize_cuda(c.s, out.data_ptr(), kernel_type(w.dtype), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(rc == 0, "NF4 dequantize kernel: CUDA error ", rc);
   return out;
+}
+
+// One row x [.., in] (batch-1 decoding, no gradient) times an NF4 weight on the GPU,
+// without materializing it; an undefined tensor where the kernel does not apply.
+torch::Tensor gemv_cuda(const FrozenWeight& w, const torch::Tensor& x) {
+  const auto t = x.scalar_type();
+  if (torch::GradMode::is_enabled() || !w.quantized() || !w.packed.is_cuda() || x.device() != w.packed.device() ||
+      x.numel() != w.in_features || w.in_features % 8 != 0 ||
+      (t != torch::kFloat32 && t != torch::kBFloat16 && t != torch::kFloat16)) {
+    return {};
+  }
+  const c10::cuda::CUDAGuard guard(w.packed.device());
+  const CudaSource c = cuda_source(w);
+  if (reinterpret_cast<uintptr_t>(c.s.packed) % 4 != 0) return {};
+  auto xs = x.contiguous();
+  auto sizes = x.sizes().vec();
+  sizes.back() = w.out_features;
+  auto y = torch::empty(sizes, x.options());
+  const int rc = k::nf4_gemv_cuda(c.s, static_cast<size_t>(w.out_features), static_cast<size_t>(w.in_features),
+                                  xs.data_ptr(), y.data_ptr(), kernel_type(t), c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(rc == 0, "NF4 gemv kernel: CUDA error ", rc);
+  return y;
 }
 }  // namespace
 #endif
@@ -194,8 +230,14 @@ void LoraLinear::to(torch::Device device) {
 
 torch::Tensor LoraLinear::forward(const torch::Tensor& x, bool training) const {
   auto xc = x.to(compute_dtype_);
-  torch::Tensor y =
-      weight_.quantized() ? FrozenLinear::apply(xc, &weight_) : torch::matmul(xc, weight_.dense.to(compute_dtype_).t());
+  torch::Tensor y;
+#ifdef HERD_CUDA
+  y = gemv_cuda(weight_, xc);  // one row without gradients: straight from the codes
+#endif
+  if (!y.defined()) {
+    y = weight_.quantized() ? FrozenLinear::apply(xc, &weight_)
+                            : torch::matmul(xc, weight_.dense.to(compute_dtype_).t());
+  }
   y = y.to(x.scalar_type());
   if (!lora_) return y;
   // peft casts the input to the adapter's dtype (float32). The second thin GEMM
