@@ -99,11 +99,11 @@ int main(int argc, char** argv) {
   std::printf("%10s  %10s  %12s  %14s  %14s  %8s\n", "out", "kernel", "ms", "dequant GB/s", "copy GB/s", "ratio");
   struct Case {
     const char* name;
-    Nf4Out type;
+    FloatType type;
     size_t bytes;
   };
-  for (const Case c : {Case{"bfloat16", Nf4Out::kBFloat16, 2}, Case{"float16", Nf4Out::kFloat16, 2},
-                       Case{"float32", Nf4Out::kFloat32, 4}}) {
+  for (const Case c : {Case{"bfloat16", FloatType::kBFloat16, 2}, Case{"float16", FloatType::kFloat16, 2},
+                       Case{"float32", FloatType::kFloat32, 4}}) {
     const auto type = c.type;
     const size_t bytes = c.bytes;
     const char* name = c.name;
@@ -125,10 +125,10 @@ int main(int argc, char** argv) {
   check(cudaMalloc(&d_y, rows * 2), "cudaMalloc");
   check(cudaMemset(d_x, 0x3c, cols * 2), "cudaMemset");  // bf16 0x3c3c, about 0.0115
   const float gemv_ms = median_ms([&] {
-    check(static_cast<cudaError_t>(nf4_gemv_cuda(s, rows, cols, d_x, d_y, Nf4Out::kBFloat16, nullptr)), "gemv");
+    check(static_cast<cudaError_t>(nf4_gemv_cuda(s, rows, cols, d_x, d_y, FloatType::kBFloat16, nullptr)), "gemv");
   });
   const float dequant_ms = median_ms([&] {
-    check(static_cast<cudaError_t>(nf4_dequantize_cuda(s, d_out, Nf4Out::kBFloat16, nullptr)), "dequantize");
+    check(static_cast<cudaError_t>(nf4_dequantize_cuda(s, d_out, FloatType::kBFloat16, nullptr)), "dequantize");
   });
   const double code_bytes = static_cast<double>(packed.size() + codes.size() + nested.size() * 4);
   std::printf("gemv (bf16, one row): %.3f ms, %.1f GB/s of codes; dequantize to bf16 alone: %.3f ms (%.2fx the gemv)\n",

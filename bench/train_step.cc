@@ -1,8 +1,10 @@
 // QLoRA training-step throughput of herd's Llama on one device, on a random model
-// of a given shape: NF4 base weights, LoRA on q/k/v, AdamW, activation recompute,
-// micro-batches of --batch rows of --tokens random ids. --dense, --no-recompute and
-// --fp32-activations each change one thing, to see what it costs (the FLOPs are
-// counted as for the default, so tokens/s and MFU compare directly).
+// of a given shape: NF4 base weights, LoRA on q/k/v, the trainer's AdamW, activation
+// recompute, micro-batches of --batch rows of --tokens random ids. --dense, --no-recompute,
+// --eager and --fp32-activations each change one thing, to see what it costs (the
+// FLOPs are counted as for the default, so tokens/s and MFU compare directly).
+// --profile FILE records one more step with the profiler (a Chrome trace;
+// bench/kernel_time.py sums its GPU kernels).
 //
 //   herd_bench_train_step --shape 1b --tokens 2048 --batch 8        (tokens/s, MFU)
 //   herd_bench_train_step --shape 70b-layer --tokens 1024 4096       (one 70B decoder
@@ -23,10 +25,12 @@
 
 #include <fmt/format.h>
 #include <torch/cuda.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
 
 #include "worker/model/llama.h"
+#include "worker/train/fused_adamw.h"
 
 #ifdef HERD_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -55,7 +59,7 @@ void sync(torch::Device d) {
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 struct Variant {
-  bool bf16 = true, quantize = true, recompute = true;
+  bool bf16 = true, quantize = true, recompute = true, fused = true;
 };
 
 Llama make_model(const Shape& s, torch::Device device, const Variant& v) {
@@ -90,6 +94,7 @@ Llama make_model(const Shape& s, torch::Device device, const Variant& v) {
   o.compute_dtype = torch::kBFloat16;
   o.activation_dtype = v.bf16 ? torch::kBFloat16 : torch::kFloat32;
   o.device = device;
+  o.fused_kernels = v.fused;
   herd::model::LoraOptions lora;
   lora.r = 8;
   lora.lora_alpha = 32;
@@ -112,6 +117,37 @@ int64_t gemm_params(const Llama& m) {
   return n;
 }
 
+// One optimizer step on the micro-batch `ids`, as the trainer takes it.
+void train_step(Llama& model, torch::optim::Optimizer& opt, const torch::Tensor& ids) {
+  opt.zero_grad();
+  model.next_token_loss(ids).mean().backward();
+  opt.step();
+}
+
+torch::Tensor random_ids(const Llama& model, int64_t batch, int64_t tokens) {
+  return torch::randint(0, model.config().vocab_size, {batch, tokens},
+                        torch::TensorOptions().dtype(torch::kInt64).device(model.device()));
+}
+
+// One step (after a warm-up step) recorded by the profiler, saved as a Chrome trace.
+void profile_step(Llama& model, int64_t batch, int64_t tokens, const std::string& path) {
+  namespace prof = torch::profiler::impl;
+  auto params = model.trainable_parameters();
+  herd::train::FusedAdamW opt(params, torch::optim::AdamWOptions(1e-4));
+  auto ids = random_ids(model, batch, tokens);
+  train_step(model, opt, ids);
+  sync(model.device());
+  const prof::ProfilerConfig config(prof::ProfilerState::KINETO);
+  std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
+  if (model.device().is_cuda()) activities.insert(prof::ActivityType::CUDA);
+  torch::autograd::profiler::prepareProfiler(config, activities);
+  torch::autograd::profiler::enableProfiler(config, activities);
+  train_step(model, opt, ids);
+  sync(model.device());
+  torch::autograd::profiler::disableProfiler()->save(path);
+  std::printf("profile of one step: %s\n", path.c_str());
+}
+
 struct StepTimes {
   double step, forward, backward, optimizer;  // seconds, medians
 };
@@ -121,9 +157,8 @@ struct StepTimes {
 StepTimes time_steps(Llama& model, int64_t batch, int64_t tokens, int warmup, int steps) {
   const auto device = model.device();
   auto params = model.trainable_parameters();
-  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(1e-4));
-  auto ids = torch::randint(0, model.config().vocab_size, {batch, tokens},
-                            torch::TensorOptions().dtype(torch::kInt64).device(device));
+  herd::train::FusedAdamW opt(params, torch::optim::AdamWOptions(1e-4));
+  auto ids = random_ids(model, batch, tokens);
   std::vector<double> whole, fwd, bwd, upd;
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -134,9 +169,7 @@ StepTimes time_steps(Llama& model, int64_t batch, int64_t tokens, int warmup, in
       sync(device);
       const double t0 = now();
       opt.zero_grad();
-      auto logits = model.forward(ids);
-      auto loss = torch::nn::functional::cross_entropy(logits.slice(1, 0, tokens - 1).reshape({-1, logits.size(2)}),
-                                                       ids.slice(1, 1).reshape({-1}));
+      auto loss = model.next_token_loss(ids).mean();
       if (parts) sync(device);
       const double t1 = now();
       loss.backward();
@@ -199,7 +232,8 @@ int main(int argc, char** argv) {
   int64_t batch = 1;
   int warmup = 2, steps = 5, projected_layers = 80;
   double peak = 989.4;
-  bool fp32_activations = false, per_layer = false, dense = false, no_recompute = false;
+  bool fp32_activations = false, per_layer = false, dense = false, no_recompute = false, eager = false;
+  std::string profile;
   app.add_option("--shape", shape_name, "1b | 70b-layer | tiny")->capture_default_str();
   app.add_option("--tokens", token_counts, "Tokens per row (one run each)")->capture_default_str();
   app.add_option("--batch", batch, "Rows per micro-batch")->capture_default_str();
@@ -213,6 +247,8 @@ int main(int argc, char** argv) {
   app.add_flag("--fp32-activations", fp32_activations, "Keep the hidden stream in float32 (trainer.bf16: false)");
   app.add_flag("--dense", dense, "bf16 base weights instead of NF4 (what dequantizing costs)");
   app.add_flag("--no-recompute", no_recompute, "Keep every layer's activations (what recompute costs)");
+  app.add_flag("--eager", eager, "Eager ops instead of the fused GPU kernels (what fusing saves)");
+  app.add_option("--profile", profile, "Record one more step with the profiler into this Chrome trace");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -221,15 +257,15 @@ int main(int argc, char** argv) {
     const Shape shape = named_shape(shape_name);
     per_layer = per_layer || shape_name == "70b-layer";
     const double t_build = now();
-    const Variant variant{!fp32_activations, !dense, !no_recompute};
+    const Variant variant{!fp32_activations, !dense, !no_recompute, !eager};
     Llama model = make_model(shape, device, variant);
     sync(device);
     std::printf(
         "model: %s, %lld layers, hidden %lld, %.3fB GEMM parameters, built in %.1f s on %s (%s base, %s "
-        "activations%s)\n",
+        "activations%s%s)\n",
         shape_name.c_str(), static_cast<long long>(shape.layers), static_cast<long long>(shape.hidden),
         static_cast<double>(gemm_params(model)) / 1e9, now() - t_build, device.str().c_str(), dense ? "bf16" : "NF4",
-        fp32_activations ? "float32" : "bf16", no_recompute ? ", no recompute" : "");
+        fp32_activations ? "float32" : "bf16", no_recompute ? ", no recompute" : "", eager ? ", eager ops" : "");
     const double ceiling = gemm_tflops(device);
     std::printf("GEMM ceiling measured here: %.4g TFLOP/s\n", ceiling);
 
@@ -247,6 +283,7 @@ int main(int argc, char** argv) {
             tflops, 100 * tflops / peak, peak, 100 * tflops / ceiling, peak_gib(device));
         std::printf("  parts: forward %.1f ms, backward (recompute + input gradients) %.1f ms, AdamW %.1f ms\n",
                     t.forward * 1e3, t.backward * 1e3, t.optimizer * 1e3);
+        if (!profile.empty()) profile_step(model, batch, tokens, profile);
         continue;
       }
       // Two layers, then one: the difference is one layer; the rest is the head.

@@ -11,9 +11,9 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace herd::kernels {
+#include "kernels/float_type.h"
 
-enum class Nf4Out { kFloat32, kBFloat16, kFloat16 };
+namespace herd::kernels {
 
 // Device pointers. Plain absmax: `absmax` (float32 per 64 weights), the rest null.
 // Double quantization: `absmax` null, `absmax_codes` (uint8 per 64),
@@ -30,17 +30,17 @@ struct Nf4Source {
   const float* nested_map = nullptr;
   const float* code_table = nullptr;
 };
-int nf4_dequantize_cuda(const Nf4Source& source, void* out, Nf4Out type, void* stream);
+int nf4_dequantize_cuda(const Nf4Source& source, void* out, FloatType type, void* stream);
 // y = x W^T for one row x [in_features] (batch-1 decoding), W [out_features,
 // in_features] the NF4 weight of `source` (n = out * in), without materializing W:
 // each weight is decoded as the dequantize kernel decodes it (float32) and
 // multiplied and summed in float32; x and y [out_features] are of `type`. Needs
 // in_features % 8 == 0 and the codes 4-byte aligned (else cudaErrorInvalidValue).
 int nf4_gemv_cuda(const Nf4Source& source, size_t out_features, size_t in_features, const void* x, void* y,
-                  Nf4Out type, void* stream);
+                  FloatType type, void* stream);
 // The first layout, for the bench's comparison: one thread per 16 bytes of codes
 // (16-byte loads; a warp's stores 64 bytes apart). Needs both buffers 16-byte
 // aligned and n % 32 == 0 (else cudaErrorInvalidValue).
-int nf4_dequantize_cuda_wide(const Nf4Source& source, void* out, Nf4Out type, void* stream);
+int nf4_dequantize_cuda_wide(const Nf4Source& source, void* out, FloatType type, void* stream);
 
 }  // namespace herd::kernels

@@ -1,27 +1,11 @@
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+#include <type_traits>
 
+#include "kernels/cuda/float_convert.cuh"
 #include "kernels/nf4.h"
 #include "kernels/nf4_cuda.h"
 
 namespace herd::kernels {
 namespace {
-
-template <class Out>
-__device__ __forceinline__ Out convert(float x);
-template <>
-__device__ __forceinline__ float convert<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 convert<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half convert<__half>(float x) {
-  return __float2half_rn(x);
-}
 
 // The absmax of block b, decoded from the double quantization when there is one.
 __device__ __forceinline__ float block_scale(const Nf4Source& s, const float* nested_map, size_t b) {
@@ -41,7 +25,7 @@ __device__ __forceinline__ void load_tables(const Nf4Source& s, float* table, fl
 // Stores 8 weights (16 bytes of bfloat16/float16, 32 of float32) at a 16-byte
 // aligned address.
 template <class Out>
-__device__ __forceinline__ void store8(Out* dst, const Out (&values)[8]) {
+__device__ __forceinline__ void store_values8(Out* dst, const Out (&values)[8]) {
   const auto* src = reinterpret_cast<const uint4*>(values);
   auto* d = reinterpret_cast<uint4*>(dst);
 #pragma unroll
@@ -81,7 +65,7 @@ __global__ void dequantize_vectorized(Nf4Source s, size_t items, Out* __restrict
         values[2 * b] = convert<Out>(__fmul_rn(table[byte >> 4], scale));  // high nibble first
         values[2 * b + 1] = convert<Out>(__fmul_rn(table[byte & 15], scale));
       }
-      store8(out + i * 8, values);
+      store_values8(out + i * 8, values);
     }
   }
 }
@@ -127,43 +111,52 @@ __global__ void dequantize_scalar(Nf4Source s, size_t first, Out* out) {
 }
 
 // y = x W^T for one row x, straight from the codes: one warp per output row, each
-// lane taking 8 weights (4 bytes of codes) at a time, coalesced across the warp;
-// float32 products and sums, one shuffle reduction a row.
-template <class T>
-__device__ __forceinline__ float to_float(T v);
-template <>
-__device__ __forceinline__ float to_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) {
-  return __half2float(v);
-}
-
-template <class T>
+// lane taking items of 8 * kWords weights (kWords 4-byte words of codes: 16-byte
+// loads of codes and of x when kWords is 4), two items in flight, coalesced across
+// the warp; float32 products and sums, one shuffle reduction a row.
+template <class T, int kWords>
 __global__ void gemv(Nf4Source s, size_t rows, size_t cols, const T* __restrict__ x, T* __restrict__ y) {
+  using Word = std::conditional_t<kWords == 4, uint4, uint32_t>;
+  constexpr int kWeights = 8 * kWords, kInFlight = 2;
   __shared__ float table[16];
   __shared__ float map[256];
   load_tables(s, table, map);
   const unsigned lane = threadIdx.x % 32;
   const size_t row = blockIdx.x * static_cast<size_t>(blockDim.x / 32) + threadIdx.x / 32;
   if (row >= rows) return;
-  const size_t items = cols / 8, first = row * items;  // items of this row: first .. first + items
-  const auto* __restrict__ packed = reinterpret_cast<const uint32_t*>(s.packed);
+  const size_t items = cols / kWeights, first = row * items;  // items of this row: first .. first + items
+  const auto* __restrict__ packed = reinterpret_cast<const Word*>(s.packed);
   float acc = 0;
-  for (size_t it = lane; it < items; it += 32) {
-    const uint32_t codes = __ldg(packed + first + it);
-    const float scale = block_scale(s, map, (first + it) / 8);
-    const T* xs = x + it * 8;
+  for (size_t base = lane; base < items; base += 32 * kInFlight) {
+    Word codes[kInFlight];
 #pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      const unsigned byte = (codes >> (8 * b)) & 0xffu;
-      acc += __fmul_rn(table[byte >> 4], scale) * to_float(xs[2 * b]);
-      acc += __fmul_rn(table[byte & 15], scale) * to_float(xs[2 * b + 1]);
+    for (int u = 0; u < kInFlight; ++u) {
+      const size_t i = base + 32 * u;
+      codes[u] = i < items ? __ldg(packed + first + i) : Word{};
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const size_t i = base + 32 * u;
+      if (i >= items) break;
+      const float scale = block_scale(s, map, (first + i) * kWeights / kNf4BlockSize);
+      const auto* words = reinterpret_cast<const uint32_t*>(&codes[u]);
+      const T* xs = x + i * kWeights;
+#pragma unroll
+      for (int w = 0; w < kWords; ++w) {
+        float xv[8];
+        if constexpr (kWords == 4) {
+          load8(xs + 8 * w, xv);  // one 16-byte load (x is 16-byte aligned on this path)
+        } else {
+#pragma unroll
+          for (int k = 0; k < 8; ++k) xv[k] = to_float(xs[8 * w + k]);
+        }
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {  // byte b of the little-endian word, high nibble first
+          const unsigned byte = (words[w] >> (8 * b)) & 0xffu;
+          acc += __fmul_rn(table[byte >> 4], scale) * xv[2 * b];
+          acc += __fmul_rn(table[byte & 15], scale) * xv[2 * b + 1];
+        }
+      }
     }
   }
 #pragma unroll
@@ -208,47 +201,36 @@ int launch_gemv(const Nf4Source& s, size_t rows, size_t cols, const T* x, T* y, 
   }
   constexpr unsigned kThreads = 256, kRowsPerBlock = kThreads / 32;
   const auto blocks = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-  gemv<T><<<blocks, kThreads, 0, stream>>>(s, rows, cols, x, y);
+  if (cols % 32 == 0 && reinterpret_cast<uintptr_t>(s.packed) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    gemv<T, 4><<<blocks, kThreads, 0, stream>>>(s, rows, cols, x, y);
+  } else {
+    gemv<T, 1><<<blocks, kThreads, 0, stream>>>(s, rows, cols, x, y);
+  }
   return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace
 
 int nf4_gemv_cuda(const Nf4Source& source, size_t out_features, size_t in_features, const void* x, void* y,
-                  Nf4Out type, void* stream) {
-  auto* st = static_cast<cudaStream_t>(stream);
-  switch (type) {
-    case Nf4Out::kFloat32:
-      return launch_gemv(source, out_features, in_features, static_cast<const float*>(x), static_cast<float*>(y), st);
-    case Nf4Out::kBFloat16:
-      return launch_gemv(source, out_features, in_features, static_cast<const __nv_bfloat16*>(x),
-                         static_cast<__nv_bfloat16*>(y), st);
-    case Nf4Out::kFloat16:
-      return launch_gemv(source, out_features, in_features, static_cast<const __half*>(x), static_cast<__half*>(y),
-                         st);
-  }
-  return static_cast<int>(cudaErrorInvalidValue);
+                  FloatType type, void* stream) {
+  return dispatch_float(type, [&](auto zero) {
+    using T = decltype(zero);
+    return launch_gemv(source, out_features, in_features, static_cast<const T*>(x), static_cast<T*>(y),
+                       static_cast<cudaStream_t>(stream));
+  });
 }
 
-int nf4_dequantize_cuda_wide(const Nf4Source& source, void* out, Nf4Out type, void* stream) {
-  auto* s = static_cast<cudaStream_t>(stream);
-  switch (type) {
-    case Nf4Out::kFloat32: return launch_wide(source, static_cast<float*>(out), s);
-    case Nf4Out::kBFloat16: return launch_wide(source, static_cast<__nv_bfloat16*>(out), s);
-    case Nf4Out::kFloat16: return launch_wide(source, static_cast<__half*>(out), s);
-  }
-  return static_cast<int>(cudaErrorInvalidValue);
+int nf4_dequantize_cuda_wide(const Nf4Source& source, void* out, FloatType type, void* stream) {
+  return dispatch_float(type, [&](auto zero) {
+    return launch_wide(source, static_cast<decltype(zero)*>(out), static_cast<cudaStream_t>(stream));
+  });
 }
 
-int nf4_dequantize_cuda(const Nf4Source& source, void* out, Nf4Out type, void* stream) {
+int nf4_dequantize_cuda(const Nf4Source& source, void* out, FloatType type, void* stream) {
   if (source.n == 0) return 0;
-  auto* s = static_cast<cudaStream_t>(stream);
-  switch (type) {
-    case Nf4Out::kFloat32: return launch(source, static_cast<float*>(out), s);
-    case Nf4Out::kBFloat16: return launch(source, static_cast<__nv_bfloat16*>(out), s);
-    case Nf4Out::kFloat16: return launch(source, static_cast<__half*>(out), s);
-  }
-  return static_cast<int>(cudaErrorInvalidValue);
+  return dispatch_float(type, [&](auto zero) {
+    return launch(source, static_cast<decltype(zero)*>(out), static_cast<cudaStream_t>(stream));
+  });
 }
 
 }  // namespace herd::kernels

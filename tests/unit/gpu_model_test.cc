@@ -1,11 +1,14 @@
 // The model and the NCCL backend on a GPU (skipped where there is none; they run in
 // scripts/gpu-check): the same logits and LoRA gradients as on the CPU, activation
-// recompute replaying the GPU's dropout draws, the batch-1 NF4 gemv against the
-// dequantized product, and NCCL's operations with one rank.
+// recompute replaying the GPU's dropout draws, the fused element-wise kernels
+// against the formulas they replace (alone and in a model), the batch-1 NF4 gemv
+// against the dequantized product, and NCCL's operations with one rank.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "tests/unit/tiny_llama.h"
+#include "worker/model/fused.h"
+#include "worker/train/fused_adamw.h"
 #include "worker/comm/collective.h"
 #include "worker/comm/store.h"
 
@@ -38,10 +41,7 @@ std::vector<torch::Tensor> lora_grads(Llama& m, const torch::Tensor& ids, bool r
   m.set_activation_checkpointing(recompute);
   for (auto& p : m.trainable_parameters()) p.mutable_grad() = torch::Tensor();
   auto x = ids.to(m.device());
-  auto logits = m.forward(x);
-  torch::nn::functional::cross_entropy(logits.slice(1, 0, -1).reshape({-1, logits.size(2)}),
-                                       x.slice(1, 1).reshape({-1}))
-      .backward();
+  m.next_token_loss(x).mean().backward();
   std::vector<torch::Tensor> out;
   for (auto& p : m.trainable_parameters()) out.push_back(p.grad().cpu());
   return out;
@@ -77,6 +77,166 @@ TEST(GpuModel, RecomputeReplaysTheGpusDropoutDraws) {
     differs = differs || !torch::allclose(other[i], plain[i], 1e-3, 1e-4);
   }
   EXPECT_TRUE(differs) << "other dropout draws should give other gradients";
+}
+
+// max |a - b| / max |b|, in float64 on the CPU.
+double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
+  auto x = a.cpu().to(torch::kFloat64), y = b.cpu().to(torch::kFloat64);
+  return ((x - y).abs().max() / y.abs().max()).item<double>();
+}
+
+torch::Tensor rotate_half(const torch::Tensor& x) {
+  auto h = x.chunk(2, -1);
+  return torch::cat({-h[1], h[0]}, -1);
+}
+
+// Each fused kernel and its backward against the eager formula in float64.
+TEST(Fused, KernelsMatchTheEagerFormulasWithGradients) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU here";
+  torch::manual_seed(7);
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    SCOPED_TRACE(testing::Message() << dtype);
+    const double tol = dtype == torch::kFloat32 ? 1e-5 : 2e-2;
+    auto on_gpu = [&](const torch::Tensor& t) { return t.to(kGpu, dtype).detach().requires_grad_(true); };
+    auto f64 = [](const torch::Tensor& t) { return t.detach().cpu().to(torch::kFloat64).requires_grad_(true); };
+    {  // RMSNorm over 96 columns
+      auto x = on_gpu(torch::randn({3, 5, 96}) * 2);
+      auto w = (1 + 0.1 * torch::randn({96})).to(kGpu);
+      auto g = torch::randn({3, 5, 96});
+      auto y = fused_rms_norm(x, w, 1e-5);
+      ASSERT_TRUE(y.defined());
+      y.backward(g.to(kGpu, dtype));
+      auto xr = f64(x);
+      auto yr = w.cpu().to(torch::kFloat64) * xr * torch::rsqrt(xr.pow(2).mean(-1, true) + 1e-5);
+      yr.backward(g.to(torch::kFloat64));
+      EXPECT_LT(rel_err(y, yr), tol);
+      EXPECT_LT(rel_err(x.grad(), xr.grad()), 2 * tol);
+    }
+    for (const bool per_batch : {false, true}) {  // rotary, head_dim 32
+      SCOPED_TRACE(per_batch ? "cos per batch" : "cos per token");
+      const int64_t B = 2, T = 5, NH = 3, D = 32;
+      auto x = on_gpu(torch::randn({B, T, NH, D}));
+      auto angles = torch::rand({per_batch ? B : 1, T, D / 2}) * 6;
+      auto emb = torch::cat({angles, angles}, -1);
+      auto cos = emb.cos(), sin = emb.sin();
+      if (per_batch) {
+        cos = cos.view({B, 1, T, D});
+        sin = sin.view({B, 1, T, D});
+      } else {
+        cos = cos.view({T, D});
+        sin = sin.view({T, D});
+      }
+      auto g = torch::randn({B, NH, T, D});
+      auto y = fused_rotary(x, cos.to(kGpu, dtype), sin.to(kGpu, dtype));
+      ASSERT_TRUE(y.defined());
+      ASSERT_EQ(y.sizes(), (std::vector<int64_t>{B, T, NH, D}));
+      y.transpose(1, 2).backward(g.to(kGpu, dtype));
+      auto xr = f64(x);
+      auto c = cos.to(dtype).to(torch::kFloat64), s = sin.to(dtype).to(torch::kFloat64);
+      auto t = xr.transpose(1, 2);
+      auto yr = t * c + rotate_half(t) * s;  // [B, NH, T, D]
+      yr.backward(g.to(torch::kFloat64));
+      EXPECT_LT(rel_err(y.transpose(1, 2), yr), tol);
+      EXPECT_LT(rel_err(x.grad(), xr.grad()), tol);
+    }
+    {  // silu(gate) * up
+      auto gate = on_gpu(torch::randn({4, 40}) * 3), up = on_gpu(torch::randn({4, 40}));
+      auto g = torch::randn({4, 40});
+      auto y = fused_silu_mul(gate, up);
+      ASSERT_TRUE(y.defined());
+      y.backward(g.to(kGpu, dtype));
+      auto gr = f64(gate), ur = f64(up);
+      auto yr = torch::silu(gr) * ur;
+      yr.backward(g.to(torch::kFloat64));
+      EXPECT_LT(rel_err(y, yr), tol);
+      EXPECT_LT(rel_err(gate.grad(), gr.grad()), 2 * tol);
+      EXPECT_LT(rel_err(up.grad(), ur.grad()), tol);
+    }
+  }
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {  // cross-entropy over 40 classes
+    SCOPED_TRACE(testing::Message() << "cross-entropy " << dtype);
+    auto logits = (torch::randn({6, 40}) * 4).to(kGpu, dtype).requires_grad_(true);
+    auto targets = torch::tensor({0, 39, 7, 7, 20, 1}, torch::kInt64);
+    auto g = torch::rand({6});
+    auto loss = fused_cross_entropy(logits, targets.to(kGpu));
+    ASSERT_TRUE(loss.defined());
+    ASSERT_EQ(loss.scalar_type(), torch::kFloat32);
+    loss.backward(g.to(kGpu));
+    auto ref = logits.detach().cpu().to(torch::kFloat64).requires_grad_(true);
+    auto ref_loss = torch::nn::functional::cross_entropy(
+        ref, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    ref_loss.backward(g.to(torch::kFloat64));
+    EXPECT_LT(rel_err(loss, ref_loss), 1e-5);  // from the same stored logits: float32 rounding only
+    EXPECT_LT(rel_err(logits.grad(), ref.grad()), dtype == torch::kFloat32 ? 1e-5 : 1e-2);
+  }
+  // What the kernels do not take is left to the eager ops.
+  EXPECT_FALSE(fused_rms_norm(torch::randn({2, 12}), torch::ones({12}), 1e-5).defined());  // on the CPU
+  EXPECT_FALSE(fused_rms_norm(torch::randn({2, 12}).to(kGpu), torch::ones({12}).to(kGpu), 1e-5).defined());
+  EXPECT_FALSE(fused_rotary(torch::randn({1, 2, 2, 8}).to(kGpu), torch::ones({2, 8}).to(kGpu),
+                            torch::ones({2, 8}).to(kGpu))
+                   .defined());
+}
+
+// A model with head_dim 16, so that every fused kernel and SDPA's own grouped-query
+// attention run.
+Llama fusable(torch::Device device, bool fused, torch::ScalarType activations) {
+  auto c = tiny_config();
+  c.hidden_size = 64;
+  c.head_dim = 16;
+  c.intermediate_size = 176;
+  LoadOptions o;
+  o.device = device;
+  o.fused_kernels = fused;
+  o.compute_dtype = activations;
+  o.activation_dtype = activations;
+  LoraOptions lora;
+  lora.r = 4;
+  lora.target_modules = {"q_proj", "k_proj", "v_proj", "down_proj"};
+  o.lora = lora;
+  auto m = Llama::from_tensors(c, random_tensors(c, 13), o);
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(3);
+  for (auto& [name, t] : m.lora_tensors()) {
+    if (name.find("lora_B") != std::string::npos) t.copy_(torch::randn(t.sizes()) * 0.1);
+  }
+  return m;
+}
+
+// The fused GPU path against the eager one: equal to float32 rounding in float32,
+// and in bfloat16 no further from the float32 reference than twice the eager
+// bfloat16 path's error.
+TEST(GpuModel, FusedKernelsMatchTheEagerOps) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU here";
+  auto ids = torch::randint(0, 96, {2, 24}, torch::kInt64);
+  auto reference = fusable(kGpu, false, torch::kFloat32), fused32 = fusable(kGpu, true, torch::kFloat32);
+  auto expected = lora_grads(reference, ids, true), got = lora_grads(fused32, ids, true);
+  for (size_t i = 0; i < expected.size(); ++i) EXPECT_LT(rel_err(got[i], expected[i]), 1e-4) << i;
+  auto eager16 = fusable(kGpu, false, torch::kBFloat16), fused16 = fusable(kGpu, true, torch::kBFloat16);
+  auto e16 = lora_grads(eager16, ids, true), f16 = lora_grads(fused16, ids, true);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const double eager_err = rel_err(e16[i], expected[i]), fused_err = rel_err(f16[i], expected[i]);
+    EXPECT_LT(fused_err, 2 * eager_err + 5e-3) << i << ": eager bf16 " << eager_err;
+  }
+}
+
+// The fused AdamW step against torch::optim::AdamW's, from the same state.
+TEST(FusedAdamW, StepsLikeTorchsAdamWOnTheGpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU here";
+  torch::manual_seed(4);
+  auto start = torch::randn({3, 50}).to(kGpu);
+  auto a = start.clone().requires_grad_(true), b = start.clone().requires_grad_(true);
+  auto options = torch::optim::AdamWOptions(1e-2).weight_decay(0.1);
+  torch::optim::AdamW reference({a}, options);
+  train::FusedAdamW fused({b}, options);
+  for (int step = 0; step < 4; ++step) {
+    auto grad = torch::randn({3, 50}).to(kGpu);
+    a.mutable_grad() = grad.clone();
+    b.mutable_grad() = grad.clone();
+    reference.step();
+    fused.step();
+  }
+  EXPECT_LT(rel_err(b.detach(), a.detach()), 1e-6);
+  EXPECT_GT(rel_err(b.detach(), start), 1e-3);  // it moved
 }
 
 TEST(Nf4Gemv, OneRowWithoutGradientsMatchesTheDequantizedProduct) {

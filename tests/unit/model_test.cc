@@ -8,6 +8,7 @@
 #include "kernels/nf4.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
+#include "worker/train/fused_adamw.h"
 #include "tests/unit/tiny_llama.h"
 
 namespace herd::model {
@@ -30,6 +31,24 @@ TEST(Llama, ChangingATokenLeavesEarlierLogitsUnchanged) {
   auto b = model.forward(changed);
   EXPECT_TRUE(torch::equal(a.slice(1, 0, 4), b.slice(1, 0, 4)));
   EXPECT_GT((a.slice(1, 4) - b.slice(1, 4)).abs().max().item<float>(), 1e-3);  // and later ones do change
+}
+
+// Position t's loss is -log softmax(logits[t])[ids[t + 1]], by hand in float64.
+TEST(Llama, NextTokenLossIsTheShiftedCrossEntropy) {
+  auto config = tiny_config();
+  auto model = Llama::from_tensors(config, random_tensors(config, 1), plain());
+  auto ids = torch::tensor({{1, 5, 9, 33, 70}, {2, 8, 8, 0, 95}}, torch::kInt64);
+  torch::NoGradGuard g;
+  auto loss = model.next_token_loss(ids);
+  ASSERT_EQ(loss.sizes(), (std::vector<int64_t>{2, 4}));
+  auto logits = model.forward(ids).to(torch::kFloat64);
+  for (int64_t b = 0; b < 2; ++b) {
+    for (int64_t t = 0; t < 4; ++t) {
+      auto row = logits[b][t];
+      const double expected = (row.exp().sum().log() - row[ids[b][t + 1].item<int64_t>()]).item<double>();
+      EXPECT_NEAR(loss[b][t].item<double>(), expected, 1e-5) << b << "," << t;
+    }
+  }
 }
 
 TEST(Llama, GroupedQueryAttentionEqualsMultiHeadWithSharedKeys) {
@@ -177,6 +196,44 @@ TEST(PeftAdapter, SaveThenLoadGivesTheSameOutputs) {
   auto base = Llama::from_tensors(config, tensors, plain());
   EXPECT_GT((with_adapter - base.forward(ids)).abs().max().item<float>(), 1e-3);
   std::filesystem::remove_all(dir);
+}
+
+// On the CPU the trainer's AdamW is torch::optim::AdamW, to the bit, and its state
+// saves and loads as torch's does.
+TEST(FusedAdamW, OnTheCpuIsTorchsAdamW) {
+  torch::manual_seed(4);
+  auto start = torch::randn({3, 50});
+  auto a = start.clone().requires_grad_(true), b = start.clone().requires_grad_(true);
+  auto options = torch::optim::AdamWOptions(1e-2).weight_decay(0.1);
+  torch::optim::AdamW reference({a}, options);
+  train::FusedAdamW fused({b}, options);
+  for (int step = 0; step < 3; ++step) {
+    auto grad = torch::randn({3, 50});
+    a.mutable_grad() = grad.clone();
+    b.mutable_grad() = grad.clone();
+    reference.step();
+    fused.step();
+  }
+  EXPECT_TRUE(torch::equal(a, b));
+  std::stringstream saved;
+  {
+    torch::serialize::OutputArchive archive;
+    fused.save(archive);
+    archive.save_to(saved);
+  }
+  // A fresh torch AdamW that reads the fused one's state takes the same next step
+  // (without the moments and step count it would not).
+  auto c = b.detach().clone().requires_grad_(true);
+  torch::optim::AdamW resumed({c}, options);
+  torch::serialize::InputArchive archive;
+  archive.load_from(saved);
+  resumed.load(archive);
+  auto grad = torch::randn({3, 50});
+  b.mutable_grad() = grad.clone();
+  c.mutable_grad() = grad.clone();
+  fused.step();
+  resumed.step();
+  EXPECT_TRUE(torch::equal(b, c));
 }
 
 TEST(LlamaConfig, ReadsTheShapesOfPublishedModels) {

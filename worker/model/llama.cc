@@ -7,6 +7,7 @@
 
 #include "common/safetensors.h"
 #include "kernels/nf4.h"
+#include "worker/model/fused.h"
 #include "worker/model/rng.h"
 #include "worker/model/tensor_view.h"
 
@@ -107,7 +108,10 @@ std::optional<FrozenWeight> read_prequantized(const SafetensorsCheckpoint& ckpt,
 
 // HF's LlamaRMSNorm: normalize in float32, then scale (float32 weights, as
 // prepare_model_for_kbit_training keeps them), in the input's dtype.
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps, bool fused) {
+  if (fused) {
+    if (auto y = fused_rms_norm(x, weight, eps); y.defined()) return y;
+  }
   auto h = x.to(torch::kFloat32);
   h = h * torch::rsqrt(h.pow(2).mean(-1, true) + eps);
   return (weight * h.to(x.scalar_type())).to(x.scalar_type());
@@ -116,6 +120,15 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
 torch::Tensor rotate_half(const torch::Tensor& x) {
   auto halves = x.chunk(2, -1);
   return torch::cat({-halves[1], halves[0]}, -1);
+}
+
+// x [B, T, heads, D] rotated by position, returned as [B, heads, T, D].
+torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, bool fused) {
+  if (fused) {
+    if (auto y = fused_rotary(x, cos, sin); y.defined()) return y.transpose(1, 2);
+  }
+  auto t = x.transpose(1, 2);
+  return t * cos + rotate_half(t) * sin;
 }
 
 }  // namespace
@@ -199,7 +212,7 @@ void Llama::add_layer(int64_t index, const std::function<torch::Tensor(const std
     std::optional<LoraSpec> spec;
     const auto& targets = options_.lora ? options_.lora->target_modules : std::vector<std::string>{};
     if (std::find(targets.begin(), targets.end(), module) != targets.end()) {
-      spec = LoraSpec{options_.lora->r, options_.lora->scaling(), options_.lora->dropout};
+      spec = LoraSpec{options_.lora->r, options_.lora->scaling(), options_.lora->dropout, options_.fused_kernels};
     }
     auto linear = std::make_unique<LoraLinear>(std::move(*weight), options_.compute_dtype, spec, rng);
     linear->to(options_.device);  // initialized on the CPU: the same adapter on any device
@@ -212,28 +225,37 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
                                const torch::Tensor& sin, const torch::Tensor& mask) const {
   const int64_t B = x.size(0), T = x.size(1), H = config_.num_attention_heads, KV = config_.num_key_value_heads,
                 D = config_.head_dim;
-  auto q = layer.linear.at("q_proj")->forward(x, training_).view({B, T, H, D}).transpose(1, 2);
-  auto k = layer.linear.at("k_proj")->forward(x, training_).view({B, T, KV, D}).transpose(1, 2);
+  const bool fused = options_.fused_kernels;
+  auto q = rotary(layer.linear.at("q_proj")->forward(x, training_).view({B, T, H, D}), cos, sin, fused);
+  auto k = rotary(layer.linear.at("k_proj")->forward(x, training_).view({B, T, KV, D}), cos, sin, fused);
   auto v = layer.linear.at("v_proj")->forward(x, training_).view({B, T, KV, D}).transpose(1, 2);
-  q = q * cos + rotate_half(q) * sin;
-  k = k * cos + rotate_half(k) * sin;
-  if (KV != H) {  // grouped-query attention: each KV head serves H / KV query heads
+  // Grouped-query attention: each KV head serves H / KV query heads. On a GPU with
+  // plain causal attention SDPA does that itself (its flash kernel reads the shared
+  // heads); otherwise the heads are copied.
+  const bool sdpa_gqa = fused && x.is_cuda() && !mask.defined();
+  if (KV != H && !sdpa_gqa) {
     k = k.repeat_interleave(H / KV, 1);
     v = v.repeat_interleave(H / KV, 1);
   }
-  auto out = mask.defined() ? at::scaled_dot_product_attention(q, k, v, mask)
-                            : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  auto out = mask.defined()
+                 ? at::scaled_dot_product_attention(q, k, v, mask)
+                 : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt,
+                                                    /*enable_gqa=*/sdpa_gqa && KV != H);
   out = out.transpose(1, 2).reshape({B, T, H * D});
   return layer.linear.at("o_proj")->forward(out, training_);
 }
 
 torch::Tensor Llama::decoder_layer(const DecoderLayer& layer, const torch::Tensor& hidden, const torch::Tensor& cos,
                                    const torch::Tensor& sin, const torch::Tensor& mask) const {
-  auto h = hidden + attention(layer, rms_norm(hidden, layer.input_layernorm, config_.rms_norm_eps), cos, sin, mask);
-  auto x = rms_norm(h, layer.post_attention_layernorm, config_.rms_norm_eps);
+  const bool fused = options_.fused_kernels;
+  const double eps = config_.rms_norm_eps;
+  auto h = hidden + attention(layer, rms_norm(hidden, layer.input_layernorm, eps, fused), cos, sin, mask);
+  auto x = rms_norm(h, layer.post_attention_layernorm, eps, fused);
   auto gate = layer.linear.at("gate_proj")->forward(x, training_);
   auto up = layer.linear.at("up_proj")->forward(x, training_);
-  return h + layer.linear.at("down_proj")->forward(torch::silu(gate) * up, training_);
+  auto act = fused ? fused_silu_mul(gate, up) : torch::Tensor();
+  if (!act.defined()) act = torch::silu(gate) * up;
+  return h + layer.linear.at("down_proj")->forward(act, training_);
 }
 
 namespace {
@@ -287,6 +309,29 @@ torch::autograd::variable_list Llama::CheckpointedLayer::backward(torch::autogra
 
 torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                              const torch::Tensor& segment_ids) const {
+  return stream_logits(input_ids, attention_mask, segment_ids).to(torch::kFloat32);
+}
+
+torch::Tensor Llama::next_token_loss(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                     const torch::Tensor& segment_ids) const {
+  auto logits = stream_logits(input_ids, attention_mask, segment_ids);
+  const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
+  auto ids = input_ids.to(logits.device(), torch::kInt64);
+  if (options_.fused_kernels && T > 1) {
+    // Every position at once; the last one's target is a placeholder, dropped.
+    auto targets = torch::cat({ids.slice(1, 1), torch::zeros({B, 1}, ids.options())}, 1).reshape({-1});
+    if (auto loss = fused_cross_entropy(logits.view({B * T, V}), targets); loss.defined()) {
+      return loss.view({B, T}).slice(1, 0, T - 1);
+    }
+  }
+  return torch::nn::functional::cross_entropy(
+             logits.to(torch::kFloat32).slice(1, 0, T - 1).reshape({-1, V}), ids.slice(1, 1).reshape({-1}),
+             torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone))
+      .view({B, T - 1});
+}
+
+torch::Tensor Llama::stream_logits(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                   const torch::Tensor& segment_ids) const {
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens]");
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   if (input_ids.numel() > 0) {
@@ -324,8 +369,8 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
   auto emb = torch::cat({freqs, freqs}, -1).to(device);
   auto cos = emb.cos().to(act), sin = emb.sin().to(act);  // [T, D]: row t is position t
 
-  torch::Tensor mask;  // [B, 1, T, T], true = may attend
-  auto causal = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
+  torch::Tensor mask;  // [B, 1, T, T], true = may attend; none: plain causal attention
+  auto causal = [&] { return torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril(); };
   if (segment_ids.defined()) {
     TORCH_CHECK(segment_ids.sizes() == input_ids.sizes(), "segment_ids must have the shape of input_ids");
     auto seg = segment_ids.to(torch::kInt64).cpu().contiguous();
@@ -343,10 +388,10 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
     sin = sin.index_select(0, pos.view({-1})).view({B, 1, T, -1});
     auto sg = seg.to(device);
     auto same = sg.view({B, 1, T, 1}) == sg.view({B, 1, 1, T});
-    mask = causal.view({1, 1, T, T}) & same & (sg.view({B, 1, 1, T}) > 0);
+    mask = causal().view({1, 1, T, T}) & same & (sg.view({B, 1, 1, T}) > 0);
   } else if (attention_mask.defined()) {
     auto keys = attention_mask.to(device).to(torch::kBool).view({B, 1, 1, T});
-    mask = causal.view({1, 1, T, T}) & keys;
+    mask = causal().view({1, 1, T, T}) & keys;
   }
   const bool recompute = training_ && activation_checkpointing_ && torch::GradMode::is_enabled();
   // A checkpointed layer joins the graph only when its input requires grad (the
@@ -362,9 +407,9 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
                   : decoder_layer(layers_[i], h, cos, sin, mask);
     if (source_ && release) source_->release(index);
   }
-  h = rms_norm(h, norm_, config_.rms_norm_eps);
+  h = rms_norm(h, norm_, config_.rms_norm_eps, options_.fused_kernels);
   // The graph keeps lm_head for backward.
-  auto logits = torch::matmul(h, lm_head_.to(act).t()).to(torch::kFloat32);
+  auto logits = torch::matmul(h, lm_head_.to(act).t());
   if (source_) source_->release_head();
   return logits;
 }

@@ -68,6 +68,11 @@ struct LoadOptions {
   // Where every tensor lives: the CPU, or a GPU (cuda:LOCAL_RANK). Weights are read
   // and quantized on the CPU, one tensor at a time, then moved.
   torch::Device device = torch::kCPU;
+  // On a GPU: fused kernels for RMSNorm, rotary and SwiGLU (worker/model/fused.h),
+  // grouped-query attention inside SDPA instead of copied K and V heads, and the
+  // adapters' GEMMs in the hidden stream's dtype, as under autocast. Off: the eager
+  // ops, the reference the fused ones are tested against. No effect on the CPU.
+  bool fused_kernels = true;
   std::optional<LoraOptions> lora;
   // Called as each decoder layer is loaded (a sharder keeps its part and frees the
   // rest, so a rank never holds the whole model).
@@ -96,6 +101,13 @@ class Llama {
   // conversation gets the logits it would get alone.
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
                         const torch::Tensor& segment_ids = {}) const;
+
+  // Next-token cross-entropy at each position, float32 [B, T - 1] (position t
+  // predicts ids[t + 1]); the arguments are forward's. On a GPU with the fused
+  // kernels the logits stay in the hidden stream's dtype and the loss and its
+  // gradient are one kernel each (no float32 copy of the logits).
+  torch::Tensor next_token_loss(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
+                                const torch::Tensor& segment_ids = {}) const;
 
   // Next-token cross-entropy over one sequence of ids [T]: {sum of the T-1 losses, T-1}.
   std::pair<double, int64_t> sequence_loss(const std::vector<int32_t>& ids) const;
@@ -130,6 +142,9 @@ class Llama {
   void place_head(const std::function<torch::Tensor(const std::string&)>& get);
   void add_layer(int64_t index, const std::function<torch::Tensor(const std::string&)>& get,
                  const PrequantizedLookup& prequantized, torch::Generator* rng);
+  // forward's logits in the hidden stream's dtype.
+  torch::Tensor stream_logits(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                              const torch::Tensor& segment_ids) const;
   torch::Tensor attention(const DecoderLayer& layer, const torch::Tensor& x, const torch::Tensor& cos,
                           const torch::Tensor& sin, const torch::Tensor& mask) const;
   torch::Tensor decoder_layer(const DecoderLayer& layer, const torch::Tensor& hidden, const torch::Tensor& cos,

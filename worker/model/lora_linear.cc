@@ -68,8 +68,8 @@ CudaSource cuda_source(const FrozenWeight& w) {
   return c;
 }
 
-k::Nf4Out kernel_type(torch::ScalarType t) {
-  return t == torch::kBFloat16 ? k::Nf4Out::kBFloat16 : t == torch::kFloat16 ? k::Nf4Out::kFloat16 : k::Nf4Out::kFloat32;
+k::FloatType kernel_type(torch::ScalarType t) {
+  return t == torch::kBFloat16 ? k::FloatType::kBFloat16 : t == torch::kFloat16 ? k::FloatType::kFloat16 : k::FloatType::kFloat32;
 }
 
 // herd's kernel (kernels/nf4_cuda.h) on the weight's GPU, on the current stream.
@@ -240,15 +240,23 @@ torch::Tensor LoraLinear::forward(const torch::Tensor& x, bool training) const {
   }
   y = y.to(x.scalar_type());
   if (!lora_) return y;
-  // peft casts the input to the adapter's dtype (float32). The second thin GEMM
-  // adds the base output in its epilogue (addmm, beta 1, alpha scaling): no separate
-  // passes to scale and add. With a bfloat16 hidden stream the sum is rounded once,
-  // where peft rounds the adapter's output and then the sum.
-  auto h = x.to(torch::kFloat32);
+  // peft casts the input to the adapter's dtype (float32); with in_input_dtype a GPU
+  // input in half precision stays in it and the adapter is cast instead, as autocast
+  // does. The second thin GEMM adds the base output in its epilogue (addmm, beta 1,
+  // alpha scaling): no separate passes to scale and add. With a bfloat16 hidden
+  // stream the sum is rounded once, where peft rounds the adapter's output and then
+  // the sum.
+  const bool low_precision = lora_->in_input_dtype && x.is_cuda() && x.scalar_type() != torch::kFloat32;
+  const auto dtype = low_precision ? x.scalar_type() : torch::kFloat32;
+  auto h = x.to(dtype);
   if (training && lora_->dropout > 0) h = torch::dropout(h, lora_->dropout, true);
   const auto out_shape = y.sizes().vec();
-  auto low = torch::matmul(h, lora_A_.t()).reshape({-1, lora_->r});
-  auto sum = torch::addmm(y.reshape({-1, weight_.out_features}).to(torch::kFloat32), low, lora_B_.t(), 1.0,
+  auto low = torch::matmul(h, lora_A_.to(dtype).t()).reshape({-1, lora_->r});
+  if (low_precision) {  // into the base output itself (nothing saves it): no copy of it first
+    y.view({-1, weight_.out_features}).addmm_(low, lora_B_.to(dtype).t(), 1.0, lora_->scaling);
+    return y;
+  }
+  auto sum = torch::addmm(y.reshape({-1, weight_.out_features}).to(dtype), low, lora_B_.to(dtype).t(), 1.0,
                           lora_->scaling);
   return sum.view(out_shape).to(y.scalar_type());
 }

@@ -1,7 +1,8 @@
 // One linear layer of the base model with its LoRA adapter, as peft computes it:
 //   y = x W^T + dropout(x) A^T B^T * scaling
 // As bitsandbytes' Linear4bit does, x W^T runs in the compute dtype and its result
-// is cast back to x's dtype; the adapter runs in float32 (peft).
+// is cast back to x's dtype; the adapter runs in float32 (peft), or on a GPU in
+// x's dtype when LoraSpec::in_input_dtype says so.
 // W is frozen: NF4 as bitsandbytes stores it (quantization on) or a dense tensor
 // (quantization off). Only A and B get gradients. The backward of x W^T
 // dequantizes W again instead of keeping a dequantized copy.
@@ -55,6 +56,10 @@ struct LoraSpec {
   int64_t r = 8;
   double scaling = 4.0;  // lora_alpha / r (or / sqrt(r))
   double dropout = 0.0;
+  // For an input on a GPU in bfloat16 or float16: the adapter's GEMMs in the input's
+  // dtype (A and B cast from their float32 masters), as under autocast, instead of
+  // in float32 as peft computes them without it.
+  bool in_input_dtype = false;
 };
 
 class LoraLinear {

@@ -19,6 +19,7 @@
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
 #include "worker/train/checkpoint.h"
+#include "worker/train/fused_adamw.h"
 #include "worker/train/link.h"
 #include "worker/train/lr_schedule.h"
 #include "worker/train/sharding.h"
@@ -73,11 +74,7 @@ torch::Tensor micro_batch_loss(const model::Llama& model, const v1::MicroBatch& 
   // Rows are right-padded: under the causal mask no real token sees the padding, so
   // the plain causal attention gives every counted position the logits that an
   // attention mask would (and runs the fused kernels).
-  auto logits = model.forward(ids);
-  auto per_token = torch::nn::functional::cross_entropy(
-      logits.slice(1, 0, width - 1).reshape({-1, logits.size(2)}), ids.slice(1, 1).reshape({-1}),
-      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-  return (per_token * mask).sum();
+  return (model.next_token_loss(ids).reshape({-1}) * mask).sum();
 }
 
 // Mean next-token loss over the held-out split (masked tokens only), without
@@ -176,7 +173,7 @@ void build_replica(Replica& r, const Config& config, const std::filesystem::path
   r.model->set_activation_checkpointing(config.trainer.gradient_checkpointing);
   r.params = r.model->trainable_parameters();
   for (auto& p : r.params) p.set_requires_grad(true);
-  r.optimizer = std::make_unique<torch::optim::AdamW>(
+  r.optimizer = std::make_unique<FusedAdamW>(
       r.params, torch::optim::AdamWOptions(config.trainer.learning_rate)
                     .betas({config.trainer.adam_beta1, config.trainer.adam_beta2})
                     .eps(config.trainer.adam_epsilon)

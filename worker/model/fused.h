@@ -1,0 +1,23 @@
+// The decoder's element-wise ops as fused CUDA kernels (kernels/fused_cuda.h), with
+// their backward, for tensors on a GPU. Each returns an undefined tensor where it
+// does not apply (a CPU tensor, a build without CUDA, a shape the kernel does not
+// take); the caller then runs the eager ops, which stay the reference.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace herd::model {
+
+// transformers' LlamaRMSNorm of x [..., hidden] with a float32 weight [hidden].
+torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+// x cos + rotate_half(x) sin for x [batch, tokens, heads, head_dim]; cos and sin
+// [tokens, head_dim] or [batch, 1, tokens, head_dim], of x's dtype.
+torch::Tensor fused_rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+// silu(gate) * up.
+torch::Tensor fused_silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
+// Per-row cross-entropy (float32 [rows]) of logits [rows, vocab] against int64
+// targets [rows], computed in float32 from the logits as they are (bfloat16 logits
+// are not copied to float32 first).
+torch::Tensor fused_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets);
+
+}  // namespace herd::model
