@@ -24,8 +24,8 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <torch/cuda.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
 

@@ -42,8 +42,8 @@ int silu_mul_backward_cuda(const void* grad, const void* gate, const void* up, s
 // Cross-entropy of rows of `vocab` logits (vocab % 8 == 0) against int64 targets in
 // [0, vocab), in float32 from the logits as stored: lse = logsumexp(x), loss = lse -
 // x[target]; both float32 [rows].
-int cross_entropy_cuda(const void* logits, const int64_t* targets, size_t rows, size_t vocab, float* loss,
-                       float* lse, FloatType type, void* stream);
+int cross_entropy_cuda(const void* logits, const int64_t* targets, size_t rows, size_t vocab, float* loss, float* lse,
+                       FloatType type, void* stream);
 // d_logits = grad * (softmax(x) - onehot(target)), rounded once to `type`; grad
 // float32 [rows].
 int cross_entropy_backward_cuda(const void* logits, const int64_t* targets, const float* lse, const float* grad,

@@ -70,9 +70,12 @@ __device__ __forceinline__ void store8(T* p, const float (&f)[8]) {
 template <class F>
 int dispatch_float(FloatType type, F&& f) {
   switch (type) {
-    case FloatType::kFloat32: return f(float{});
-    case FloatType::kBFloat16: return f(__nv_bfloat16{});
-    case FloatType::kFloat16: return f(__half{});
+    case FloatType::kFloat32:
+      return f(float{});
+    case FloatType::kBFloat16:
+      return f(__nv_bfloat16{});
+    case FloatType::kFloat16:
+      return f(__half{});
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }

@@ -121,8 +121,7 @@ __global__ void rotary_kernel(const T* __restrict__ x, const T* __restrict__ cos
 __device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
 
 template <class T>
-__global__ void silu_mul_kernel(const T* __restrict__ gate, const T* __restrict__ up, size_t items,
-                                T* __restrict__ y) {
+__global__ void silu_mul_kernel(const T* __restrict__ gate, const T* __restrict__ up, size_t items, T* __restrict__ y) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < items;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     float g[8], u[8], out[8];
@@ -251,8 +250,8 @@ int rms_norm_backward_cuda(const void* grad, const void* x, const float* w, size
 
 int rotary_cuda(const void* x, const void* cos, const void* sin, size_t batch, size_t tokens, size_t heads,
                 size_t head_dim, size_t cos_batch, bool transpose, void* y, FloatType type, void* stream) {
-  if (head_dim % 16 != 0 || (cos_batch != 1 && cos_batch != batch) || !aligned(x) || !aligned(cos) ||
-      !aligned(sin) || !aligned(y)) {
+  if (head_dim % 16 != 0 || (cos_batch != 1 && cos_batch != batch) || !aligned(x) || !aligned(cos) || !aligned(sin) ||
+      !aligned(y)) {
     return kInvalid;
   }
   const size_t items = batch * tokens * heads * (head_dim / 16);
@@ -292,8 +291,8 @@ int silu_mul_backward_cuda(const void* grad, const void* gate, const void* up, s
   });
 }
 
-int cross_entropy_cuda(const void* logits, const int64_t* targets, size_t rows, size_t vocab, float* loss,
-                       float* lse, FloatType type, void* stream) {
+int cross_entropy_cuda(const void* logits, const int64_t* targets, size_t rows, size_t vocab, float* loss, float* lse,
+                       FloatType type, void* stream) {
   if (vocab % 8 != 0 || vocab == 0 || !aligned(logits)) return kInvalid;
   if (rows == 0) return 0;
   return dispatch_float(type, [&](auto zero) {

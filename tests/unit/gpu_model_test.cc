@@ -7,10 +7,10 @@
 #include <torch/torch.h>
 
 #include "tests/unit/tiny_llama.h"
-#include "worker/model/fused.h"
-#include "worker/train/fused_adamw.h"
 #include "worker/comm/collective.h"
 #include "worker/comm/store.h"
+#include "worker/model/fused.h"
+#include "worker/train/fused_adamw.h"
 
 namespace herd::model {
 namespace {
@@ -172,9 +172,9 @@ TEST(Fused, KernelsMatchTheEagerFormulasWithGradients) {
   // What the kernels do not take is left to the eager ops.
   EXPECT_FALSE(fused_rms_norm(torch::randn({2, 12}), torch::ones({12}), 1e-5).defined());  // on the CPU
   EXPECT_FALSE(fused_rms_norm(torch::randn({2, 12}).to(kGpu), torch::ones({12}).to(kGpu), 1e-5).defined());
-  EXPECT_FALSE(fused_rotary(torch::randn({1, 2, 2, 8}).to(kGpu), torch::ones({2, 8}).to(kGpu),
-                            torch::ones({2, 8}).to(kGpu))
-                   .defined());
+  EXPECT_FALSE(
+      fused_rotary(torch::randn({1, 2, 2, 8}).to(kGpu), torch::ones({2, 8}).to(kGpu), torch::ones({2, 8}).to(kGpu))
+          .defined());
 }
 
 // A model with head_dim 16, so that every fused kernel and SDPA's own grouped-query

@@ -6,10 +6,10 @@
 #include <torch/torch.h>
 
 #include "kernels/nf4.h"
+#include "tests/unit/tiny_llama.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
 #include "worker/train/fused_adamw.h"
-#include "tests/unit/tiny_llama.h"
 
 namespace herd::model {
 namespace {

@@ -9,6 +9,12 @@
 
 namespace herd::model {
 
+kernels::FloatType kernel_type(torch::ScalarType t) {
+  return t == torch::kBFloat16  ? kernels::FloatType::kBFloat16
+         : t == torch::kFloat16 ? kernels::FloatType::kFloat16
+                                : kernels::FloatType::kFloat32;
+}
+
 #ifdef HERD_CUDA
 namespace {
 
@@ -21,12 +27,7 @@ bool takes(const torch::Tensor& x) {
   return x.is_cuda() && (t == torch::kFloat32 || t == torch::kBFloat16 || t == torch::kFloat16);
 }
 
-k::FloatType float_type(const torch::Tensor& x) {
-  const auto t = x.scalar_type();
-  return t == torch::kBFloat16 ? k::FloatType::kBFloat16
-         : t == torch::kFloat16 ? k::FloatType::kFloat16
-                                : k::FloatType::kFloat32;
-}
+k::FloatType float_type(const torch::Tensor& x) { return kernel_type(x.scalar_type()); }
 
 void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
@@ -38,8 +39,7 @@ torch::Tensor plain(const torch::Tensor& grad, const torch::Tensor& like) {
 }
 
 struct RmsNorm : public torch::autograd::Function<RmsNorm> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
-                               double eps) {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight, double eps) {
     ctx->save_for_backward({x, weight});
     ctx->saved_data["eps"] = eps;
     auto y = torch::empty_like(x);
@@ -57,8 +57,8 @@ struct RmsNorm : public torch::autograd::Function<RmsNorm> {
     const int64_t cols = x.size(-1);
     check(k::rms_norm_backward_cuda(g.data_ptr(), x.data_ptr(), weight.data_ptr<float>(),
                                     static_cast<size_t>(x.numel() / cols), static_cast<size_t>(cols),
-                                    static_cast<float>(ctx->saved_data["eps"].toDouble()), dx.data_ptr(),
-                                    float_type(x), stream()),
+                                    static_cast<float>(ctx->saved_data["eps"].toDouble()), dx.data_ptr(), float_type(x),
+                                    stream()),
           "RMSNorm backward");
     return {dx, torch::Tensor(), torch::Tensor()};
   }
@@ -123,11 +123,11 @@ struct CrossEntropy : public torch::autograd::Function<CrossEntropy> {
     const auto &logits = saved[0], &targets = saved[1], &lse = saved[2];
     auto g = grad[0].to(torch::kFloat32).contiguous();
     auto d = torch::empty_like(logits);
-    check(k::cross_entropy_backward_cuda(logits.data_ptr(), targets.data_ptr<int64_t>(), lse.data_ptr<float>(),
-                                         g.data_ptr<float>(), static_cast<size_t>(logits.size(0)),
-                                         static_cast<size_t>(logits.size(1)), d.data_ptr(), float_type(logits),
-                                         stream()),
-          "cross-entropy backward");
+    check(
+        k::cross_entropy_backward_cuda(logits.data_ptr(), targets.data_ptr<int64_t>(), lse.data_ptr<float>(),
+                                       g.data_ptr<float>(), static_cast<size_t>(logits.size(0)),
+                                       static_cast<size_t>(logits.size(1)), d.data_ptr(), float_type(logits), stream()),
+        "cross-entropy backward");
     return {d, torch::Tensor()};
   }
 };

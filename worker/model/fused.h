@@ -6,7 +6,12 @@
 
 #include <torch/torch.h>
 
+#include "kernels/float_type.h"
+
 namespace herd::model {
+
+// The kernels' element type for float32, bfloat16 or float16 (float32 otherwise).
+kernels::FloatType kernel_type(torch::ScalarType t);
 
 // transformers' LlamaRMSNorm of x [..., hidden] with a float32 weight [hidden].
 torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);

@@ -230,17 +230,16 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
   auto k = rotary(layer.linear.at("k_proj")->forward(x, training_).view({B, T, KV, D}), cos, sin, fused);
   auto v = layer.linear.at("v_proj")->forward(x, training_).view({B, T, KV, D}).transpose(1, 2);
   // Grouped-query attention: each KV head serves H / KV query heads. On a GPU with
-  // plain causal attention SDPA does that itself (its flash kernel reads the shared
+  // plain causal attention SDPA does that itself (its kernels read the shared
   // heads); otherwise the heads are copied.
   const bool sdpa_gqa = fused && x.is_cuda() && !mask.defined();
   if (KV != H && !sdpa_gqa) {
     k = k.repeat_interleave(H / KV, 1);
     v = v.repeat_interleave(H / KV, 1);
   }
-  auto out = mask.defined()
-                 ? at::scaled_dot_product_attention(q, k, v, mask)
-                 : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt,
-                                                    /*enable_gqa=*/sdpa_gqa && KV != H);
+  auto out = mask.defined() ? at::scaled_dot_product_attention(q, k, v, mask)
+                            : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt,
+                                                               /*enable_gqa=*/sdpa_gqa && KV != H);
   out = out.transpose(1, 2).reshape({B, T, H * D});
   return layer.linear.at("o_proj")->forward(out, training_);
 }
@@ -324,9 +323,9 @@ torch::Tensor Llama::next_token_loss(const torch::Tensor& input_ids, const torch
       return loss.view({B, T}).slice(1, 0, T - 1);
     }
   }
-  return torch::nn::functional::cross_entropy(
-             logits.to(torch::kFloat32).slice(1, 0, T - 1).reshape({-1, V}), ids.slice(1, 1).reshape({-1}),
-             torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone))
+  return torch::nn::functional::cross_entropy(logits.to(torch::kFloat32).slice(1, 0, T - 1).reshape({-1, V}),
+                                              ids.slice(1, 1).reshape({-1}),
+                                              torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone))
       .view({B, T - 1});
 }
 

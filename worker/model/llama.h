@@ -68,10 +68,11 @@ struct LoadOptions {
   // Where every tensor lives: the CPU, or a GPU (cuda:LOCAL_RANK). Weights are read
   // and quantized on the CPU, one tensor at a time, then moved.
   torch::Device device = torch::kCPU;
-  // On a GPU: fused kernels for RMSNorm, rotary and SwiGLU (worker/model/fused.h),
-  // grouped-query attention inside SDPA instead of copied K and V heads, and the
-  // adapters' GEMMs in the hidden stream's dtype, as under autocast. Off: the eager
-  // ops, the reference the fused ones are tested against. No effect on the CPU.
+  // On a GPU: fused kernels for RMSNorm, rotary, SwiGLU and the next-token loss
+  // (worker/model/fused.h), grouped-query attention inside SDPA instead of copied K
+  // and V heads, and the adapters' GEMMs in the hidden stream's dtype, as under
+  // autocast. Off: the eager ops, the reference the fused ones are tested against.
+  // No effect on the CPU.
   bool fused_kernels = true;
   std::optional<LoraOptions> lora;
   // Called as each decoder layer is loaded (a sharder keeps its part and frees the

@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "kernels/nf4_cuda.h"
+#include "worker/model/fused.h"
 #endif
 
 namespace herd::model {
@@ -68,10 +69,6 @@ CudaSource cuda_source(const FrozenWeight& w) {
   return c;
 }
 
-k::FloatType kernel_type(torch::ScalarType t) {
-  return t == torch::kBFloat16 ? k::FloatType::kBFloat16 : t == torch::kFloat16 ? k::FloatType::kFloat16 : k::FloatType::kFloat32;
-}
-
 // herd's kernel (kernels/nf4_cuda.h) on the weight's GPU, on the current stream.
 torch::Tensor materialize_cuda(const FrozenWeight& w) {
   const c10::cuda::CUDAGuard guard(w.packed.device());
@@ -100,8 +97,9 @@ torch::Tensor gemv_cuda(const FrozenWeight& w, const torch::Tensor& x) {
   auto sizes = x.sizes().vec();
   sizes.back() = w.out_features;
   auto y = torch::empty(sizes, x.options());
-  const int rc = k::nf4_gemv_cuda(c.s, static_cast<size_t>(w.out_features), static_cast<size_t>(w.in_features),
-                                  xs.data_ptr(), y.data_ptr(), kernel_type(t), c10::cuda::getCurrentCUDAStream().stream());
+  const int rc =
+      k::nf4_gemv_cuda(c.s, static_cast<size_t>(w.out_features), static_cast<size_t>(w.in_features), xs.data_ptr(),
+                       y.data_ptr(), kernel_type(t), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(rc == 0, "NF4 gemv kernel: CUDA error ", rc);
   return y;
 }
@@ -112,8 +110,7 @@ torch::Tensor FrozenWeight::materialize(torch::ScalarType out_dtype) const {
   if (!quantized()) return dense.to(out_dtype);
   if (out_dtype != dtype) return materialize(dtype).to(out_dtype);
 #ifdef HERD_CUDA
-  if (packed.is_cuda() &&
-      (dtype == torch::kFloat32 || dtype == torch::kBFloat16 || dtype == torch::kFloat16)) {
+  if (packed.is_cuda() && (dtype == torch::kFloat32 || dtype == torch::kBFloat16 || dtype == torch::kFloat16)) {
     return materialize_cuda(*this);
   }
 #endif
@@ -250,14 +247,14 @@ torch::Tensor LoraLinear::forward(const torch::Tensor& x, bool training) const {
   const auto dtype = low_precision ? x.scalar_type() : torch::kFloat32;
   auto h = x.to(dtype);
   if (training && lora_->dropout > 0) h = torch::dropout(h, lora_->dropout, true);
-  const auto out_shape = y.sizes().vec();
   auto low = torch::matmul(h, lora_A_.to(dtype).t()).reshape({-1, lora_->r});
   if (low_precision) {  // into the base output itself (nothing saves it): no copy of it first
     y.view({-1, weight_.out_features}).addmm_(low, lora_B_.to(dtype).t(), 1.0, lora_->scaling);
     return y;
   }
-  auto sum = torch::addmm(y.reshape({-1, weight_.out_features}).to(dtype), low, lora_B_.to(dtype).t(), 1.0,
-                          lora_->scaling);
+  const auto out_shape = y.sizes().vec();
+  auto sum =
+      torch::addmm(y.reshape({-1, weight_.out_features}).to(dtype), low, lora_B_.to(dtype).t(), 1.0, lora_->scaling);
   return sum.view(out_shape).to(y.scalar_type());
 }
 

@@ -1,6 +1,7 @@
 #include "worker/train/fused_adamw.h"
 
 #include <map>
+#include <optional>
 
 namespace herd::train {
 
