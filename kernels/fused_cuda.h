@@ -22,9 +22,10 @@ namespace herd::kernels {
 int rms_norm_cuda(const void* x, const float* w, size_t rows, size_t cols, float eps, void* y, FloatType type,
                   void* stream);
 // Its input gradient (the weight is frozen): with r = rsqrt(mean(x^2) + eps),
-// g' = g * w: dx = r * (g' - x r mean(g' x r)).
-int rms_norm_backward_cuda(const void* grad, const void* x, const float* w, size_t rows, size_t cols, float eps,
-                           void* dx, FloatType type, void* stream);
+// g' = g * w: dx = r * (g' - x r mean(g' x r)) + add, `add` (null: none) x's gradient
+// from elsewhere (a residual connection), summed before the one rounding.
+int rms_norm_backward_cuda(const void* grad, const void* x, const float* w, const void* add, size_t rows, size_t cols,
+                           float eps, void* dx, FloatType type, void* stream);
 
 // Rotary position embedding of x [batch, tokens, heads, head_dim] (head_dim % 16
 // == 0) with cos and sin [cos_batch, tokens, head_dim] (cos_batch 1 or batch):
@@ -38,6 +39,23 @@ int silu_mul_cuda(const void* gate, const void* up, size_t n, void* y, FloatType
 // Its gradients from y's: d_gate = g up silu'(gate), d_up = g silu(gate).
 int silu_mul_backward_cuda(const void* grad, const void* gate, const void* up, size_t n, void* d_gate, void* d_up,
                            FloatType type, void* stream);
+
+// One adapter's part of its input's gradient, scale * mask .* (d_low @ a): d_low
+// [rows, r] and a [r, cols] of the kernel's type, mask [rows, cols] bytes of 0 or 1
+// (null: none; 8-byte aligned), r in [1, kMaxLoraRank].
+struct LoraInputGrad {
+  const void* d_low = nullptr;
+  const void* a = nullptr;
+  const uint8_t* mask = nullptr;
+  float scale = 1;
+  int r = 0;
+};
+constexpr int kMaxLoraInputGrads = 4;
+constexpr int kMaxLoraRank = 64;
+// dx [rows, cols] (cols % 8 == 0) += the sum of `count` (<= kMaxLoraInputGrads)
+// such terms, computed in float32 and rounded once.
+int lora_input_grad_cuda(const LoraInputGrad* terms, int count, size_t rows, size_t cols, void* dx, FloatType type,
+                         void* stream);
 
 // Cross-entropy of rows of `vocab` logits (vocab % 8 == 0) against int64 targets in
 // [0, vocab), in float32 from the logits as stored: lse = logsumexp(x), loss = lse -

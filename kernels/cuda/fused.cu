@@ -50,7 +50,8 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const float* __restrict
 
 template <class T>
 __global__ void rms_norm_backward_kernel(const T* __restrict__ grad, const T* __restrict__ x,
-                                         const float* __restrict__ w, size_t cols, float eps, T* __restrict__ dx) {
+                                         const float* __restrict__ w, const T* __restrict__ add, size_t cols, float eps,
+                                         T* __restrict__ dx) {
   __shared__ float partial[32];
   const size_t row = blockIdx.x * cols;
   float squares = 0, dot = 0;  // sum x^2, sum g' x
@@ -69,12 +70,13 @@ __global__ void rms_norm_backward_kernel(const T* __restrict__ grad, const T* __
   const float r = rsqrtf(block_sum(squares, partial) / n + eps);
   const float mean = block_sum(dot, partial) * r / n;  // mean(g' x r)
   for (size_t c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
-    float v[8], g[8], wv[8], out[8];
+    float v[8], g[8], wv[8], out[8], more[8] = {};
     load8(x + row + c, v);
     load8(grad + row + c, g);
     load8(w + c, wv);
+    if (add != nullptr) load8(add + row + c, more);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) out[i] = r * (g[i] * wv[i] - v[i] * r * mean);
+    for (int i = 0; i < 8; ++i) out[i] = r * (g[i] * wv[i] - v[i] * r * mean) + more[i];
     store8(dx + row + c, out);
   }
 }
@@ -217,6 +219,49 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ logits, cons
   }
 }
 
+struct LoraInputGrads {
+  LoraInputGrad term[kMaxLoraInputGrads];
+  int count;
+};
+
+// Each item is 8 consecutive columns of one row: dx's values are read once and
+// written once, each term's product is formed in registers (r products a value).
+template <class T>
+__global__ void lora_input_grad_kernel(LoraInputGrads terms, size_t items, size_t cols, T* __restrict__ dx) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < items;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const size_t e = i * 8, row = e / cols, col = e % cols;
+    float sum[8] = {};
+    for (int t = 0; t < terms.count; ++t) {
+      const LoraInputGrad& term = terms.term[t];
+      const T* d_low = static_cast<const T*>(term.d_low) + row * term.r;
+      const T* a = static_cast<const T*>(term.a) + col;
+      float part[8] = {};
+      for (int j = 0; j < term.r; ++j) {
+        const float d = to_float(d_low[j]);
+        float av[8];
+        load8(a + j * cols, av);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) part[k] += d * av[k];
+      }
+      uint2 bits = make_uint2(0x01010101u, 0x01010101u);  // no mask: keep every value
+      if (term.mask != nullptr) bits = *reinterpret_cast<const uint2*>(term.mask + e);
+      const auto* keep = reinterpret_cast<const uint8_t*>(&bits);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sum[k] += keep[k] != 0 ? term.scale * part[k] : 0.0f;
+    }
+    __align__(16) T raw[8];  // dx is written here too: a plain load, not load8's read-only one
+#pragma unroll
+    for (int k = 0; k < static_cast<int>(8 * sizeof(T) / 16); ++k) {
+      reinterpret_cast<uint4*>(raw)[k] = reinterpret_cast<const uint4*>(dx + e)[k];
+    }
+    float out[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) out[k] = to_float(raw[k]) + sum[k];
+    store8(dx + e, out);
+  }
+}
+
 bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 int done() { return static_cast<int>(cudaGetLastError()); }
@@ -236,14 +281,15 @@ int rms_norm_cuda(const void* x, const float* w, size_t rows, size_t cols, float
   });
 }
 
-int rms_norm_backward_cuda(const void* grad, const void* x, const float* w, size_t rows, size_t cols, float eps,
-                           void* dx, FloatType type, void* stream) {
-  if (cols % 8 != 0 || !aligned(grad) || !aligned(x) || !aligned(w) || !aligned(dx)) return kInvalid;
+int rms_norm_backward_cuda(const void* grad, const void* x, const float* w, const void* add, size_t rows, size_t cols,
+                           float eps, void* dx, FloatType type, void* stream) {
+  if (cols % 8 != 0 || !aligned(grad) || !aligned(x) || !aligned(w) || !aligned(add) || !aligned(dx)) return kInvalid;
   if (rows == 0) return 0;
   return dispatch_float(type, [&](auto zero) {
     using T = decltype(zero);
     rms_norm_backward_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        static_cast<const T*>(grad), static_cast<const T*>(x), w, cols, eps, static_cast<T*>(dx));
+        static_cast<const T*>(grad), static_cast<const T*>(x), w, static_cast<const T*>(add), cols, eps,
+        static_cast<T*>(dx));
     return done();
   });
 }
@@ -287,6 +333,29 @@ int silu_mul_backward_cuda(const void* grad, const void* gate, const void* up, s
     silu_mul_backward_kernel<T><<<grid_for(n / 8), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(grad), static_cast<const T*>(gate), static_cast<const T*>(up), n / 8,
         static_cast<T*>(d_gate), static_cast<T*>(d_up));
+    return done();
+  });
+}
+
+int lora_input_grad_cuda(const LoraInputGrad* terms, int count, size_t rows, size_t cols, void* dx, FloatType type,
+                         void* stream) {
+  if (count < 0 || count > kMaxLoraInputGrads || cols % 8 != 0 || !aligned(dx)) return kInvalid;
+  LoraInputGrads all{};
+  all.count = count;
+  for (int t = 0; t < count; ++t) {
+    const LoraInputGrad& term = terms[t];
+    if (term.r < 1 || term.r > kMaxLoraRank || term.d_low == nullptr || term.a == nullptr || !aligned(term.a) ||
+        reinterpret_cast<uintptr_t>(term.mask) % 8 != 0) {
+      return kInvalid;
+    }
+    all.term[t] = term;
+  }
+  const size_t items = rows * cols / 8;
+  if (items == 0 || count == 0) return 0;
+  return dispatch_float(type, [&](auto zero) {
+    using T = decltype(zero);
+    lora_input_grad_kernel<T>
+        <<<grid_for(items), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(all, items, cols, static_cast<T*>(dx));
     return done();
   });
 }

@@ -111,6 +111,16 @@ TEST(Fused, KernelsMatchTheEagerFormulasWithGradients) {
       yr.backward(g.to(torch::kFloat64));
       EXPECT_LT(rel_err(y, yr), tol);
       EXPECT_LT(rel_err(x.grad(), xr.grad()), 2 * tol);
+
+      // With the residual's gradient summed in by the backward kernel.
+      auto x2 = on_gpu(x.detach());
+      auto g_residual = torch::randn({3, 5, 96});
+      auto both = fused_rms_norm_residual(x2, w, 1e-5);
+      ASSERT_EQ(both.size(), 2u);
+      EXPECT_EQ(both[0].data_ptr(), x2.data_ptr());  // x itself, not a copy
+      EXPECT_TRUE(torch::equal(both[1], y));
+      torch::autograd::backward({both[0], both[1]}, {g_residual.to(kGpu, dtype), g.to(kGpu, dtype)});
+      EXPECT_LT(rel_err(x2.grad(), xr.grad() + g_residual.to(dtype).to(torch::kFloat64)), 2 * tol);
     }
     for (const bool per_batch : {false, true}) {  // rotary, head_dim 32
       SCOPED_TRACE(per_batch ? "cos per batch" : "cos per token");
@@ -138,6 +148,27 @@ TEST(Fused, KernelsMatchTheEagerFormulasWithGradients) {
       yr.backward(g.to(torch::kFloat64));
       EXPECT_LT(rel_err(y.transpose(1, 2), yr), tol);
       EXPECT_LT(rel_err(x.grad(), xr.grad()), tol);
+    }
+    {  // the adapters' part of their input's gradient: one term masked, one not
+      const int64_t rows = 6, cols = 40;
+      auto dx = torch::randn({rows, cols});
+      std::vector<LoraInputTerm> terms = {
+          {torch::randn({rows, 3}), torch::randn({3, cols}), torch::rand({rows, cols}) > 0.3, 1 / 0.7},
+          {torch::randn({rows, 8}), torch::randn({8, cols}), torch::Tensor(), 1.0}};
+      auto expected = dx.to(dtype).to(torch::kFloat64);
+      for (auto& t : terms) {
+        t.d_low = t.d_low.to(kGpu, dtype);
+        t.a = t.a.to(kGpu, dtype);
+        auto part = torch::mm(t.d_low.cpu().to(torch::kFloat64), t.a.cpu().to(torch::kFloat64)) * t.scale;
+        if (t.mask.defined()) {
+          part = part * t.mask.to(torch::kFloat64);
+          t.mask = t.mask.to(kGpu);
+        }
+        expected = expected + part;
+      }
+      auto got = dx.to(kGpu, dtype);
+      ASSERT_TRUE(fused_lora_input_grad(got, terms));
+      EXPECT_LT(rel_err(got, expected), tol);
     }
     {  // silu(gate) * up
       auto gate = on_gpu(torch::randn({4, 40}) * 3), up = on_gpu(torch::randn({4, 40}));
@@ -171,6 +202,8 @@ TEST(Fused, KernelsMatchTheEagerFormulasWithGradients) {
   }
   // What the kernels do not take is left to the eager ops.
   EXPECT_FALSE(fused_rms_norm(torch::randn({2, 12}), torch::ones({12}), 1e-5).defined());  // on the CPU
+  auto cpu_dx = torch::zeros({2, 8});
+  EXPECT_FALSE(fused_lora_input_grad(cpu_dx, {{torch::ones({2, 1}), torch::ones({1, 8}), {}, 1.0}}));
   EXPECT_FALSE(fused_rms_norm(torch::randn({2, 12}).to(kGpu), torch::ones({12}).to(kGpu), 1e-5).defined());
   EXPECT_FALSE(
       fused_rotary(torch::randn({1, 2, 2, 8}).to(kGpu), torch::ones({2, 8}).to(kGpu), torch::ones({2, 8}).to(kGpu))
@@ -178,8 +211,9 @@ TEST(Fused, KernelsMatchTheEagerFormulasWithGradients) {
 }
 
 // A model with head_dim 16, so that every fused kernel and SDPA's own grouped-query
-// attention run.
-Llama fusable(torch::Device device, bool fused, torch::ScalarType activations) {
+// attention run; adapters with dropout on layers that share an input (q, k, v) and
+// on both residual adds' layers (o_proj, down_proj).
+Llama fusable(torch::Device device, bool fused, torch::ScalarType activations, double dropout) {
   auto c = tiny_config();
   c.hidden_size = 64;
   c.head_dim = 16;
@@ -191,7 +225,8 @@ Llama fusable(torch::Device device, bool fused, torch::ScalarType activations) {
   o.activation_dtype = activations;
   LoraOptions lora;
   lora.r = 4;
-  lora.target_modules = {"q_proj", "k_proj", "v_proj", "down_proj"};
+  lora.dropout = dropout;
+  lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "down_proj"};
   o.lora = lora;
   auto m = Llama::from_tensors(c, random_tensors(c, 13), o);
   torch::NoGradGuard no_grad;
@@ -208,11 +243,18 @@ Llama fusable(torch::Device device, bool fused, torch::ScalarType activations) {
 TEST(GpuModel, FusedKernelsMatchTheEagerOps) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU here";
   auto ids = torch::randint(0, 96, {2, 24}, torch::kInt64);
-  auto reference = fusable(kGpu, false, torch::kFloat32), fused32 = fusable(kGpu, true, torch::kFloat32);
-  auto expected = lora_grads(reference, ids, true), got = lora_grads(fused32, ids, true);
+  // With dropout in float32: both paths draw the same masks in the same order.
+  auto grads = [&](Llama m) {
+    torch::manual_seed(17);
+    return lora_grads(m, ids, true);
+  };
+  auto expected = grads(fusable(kGpu, false, torch::kFloat32, 0.1));
+  auto got = grads(fusable(kGpu, true, torch::kFloat32, 0.1));
   for (size_t i = 0; i < expected.size(); ++i) EXPECT_LT(rel_err(got[i], expected[i]), 1e-4) << i;
-  auto eager16 = fusable(kGpu, false, torch::kBFloat16), fused16 = fusable(kGpu, true, torch::kBFloat16);
-  auto e16 = lora_grads(eager16, ids, true), f16 = lora_grads(fused16, ids, true);
+  // bfloat16 without dropout (its masks need not be float32's).
+  expected = grads(fusable(kGpu, false, torch::kFloat32, 0.0));
+  auto e16 = grads(fusable(kGpu, false, torch::kBFloat16, 0.0));
+  auto f16 = grads(fusable(kGpu, true, torch::kBFloat16, 0.0));
   for (size_t i = 0; i < expected.size(); ++i) {
     const double eager_err = rel_err(e16[i], expected[i]), fused_err = rel_err(f16[i], expected[i]);
     EXPECT_LT(fused_err, 2 * eager_err + 5e-3) << i << ": eager bf16 " << eager_err;

@@ -7,6 +7,7 @@
 
 #include "kernels/nf4.h"
 #include "tests/unit/tiny_llama.h"
+#include "worker/model/linear_group.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
 #include "worker/train/fused_adamw.h"
@@ -135,6 +136,112 @@ TEST(LoraLinear, GradientsMatchADenseFloat32Reference) {
     EXPECT_LT((layer.lora_A().grad() - A.grad()).abs().max().item<float>(), 1e-5) << quantized;
     EXPECT_LT((layer.lora_B().grad() - B.grad()).abs().max().item<float>(), 1e-5) << quantized;
     EXPECT_GT(layer.lora_A().grad().abs().max().item<float>(), 1e-3);
+  }
+}
+
+// The fused path's group of layers reading one input (worker/model/linear_group.h)
+// against each layer's own forward and autograd: the same outputs and gradients,
+// dropout's draws included (the same seed draws the same masks in the same order).
+TEST(LinearGroup, MatchesEachLayerOnItsOwn) {
+  torch::manual_seed(6);
+  for (const double dropout : {0.0, 0.3}) {
+    SCOPED_TRACE(testing::Message() << "dropout " << dropout);
+    std::vector<std::unique_ptr<LoraLinear>> layers;
+    layers.push_back(std::make_unique<LoraLinear>(FrozenWeight::quantize(torch::randn({24, 40}) * 0.1, true),
+                                                  torch::kFloat32, LoraSpec{4, 2.5, dropout}, nullptr));
+    layers.push_back(std::make_unique<LoraLinear>(FrozenWeight::dense_weight(torch::randn({8, 40}) * 0.1),
+                                                  torch::kFloat32, std::nullopt, nullptr));
+    layers.push_back(std::make_unique<LoraLinear>(FrozenWeight::quantize(torch::randn({16, 40}) * 0.1, false),
+                                                  torch::kFloat32, LoraSpec{2, 4.0, dropout}, nullptr));
+    std::vector<const LoraLinear*> group;
+    for (auto& l : layers) {
+      if (l->has_lora()) {
+        torch::NoGradGuard g;
+        l->lora_B().normal_(0, 0.3);  // B = 0 would hide errors in A's gradient
+      }
+      group.push_back(l.get());
+    }
+    auto x = torch::randn({3, 5, 40});
+    std::vector<torch::Tensor> upstream;
+    for (auto& l : layers) upstream.push_back(torch::randn({3, 5, l->weight().out_features}));
+    // The outputs, then the gradients of x and of the adapters, after running `run`.
+    auto gradients = [&](const std::function<std::vector<torch::Tensor>(const torch::Tensor&)>& run) {
+      for (auto& l : layers) {
+        if (l->has_lora()) l->lora_A().mutable_grad() = l->lora_B().mutable_grad() = torch::Tensor();
+      }
+      auto xg = x.clone().requires_grad_(true);
+      torch::manual_seed(21);
+      const auto ys = run(xg);
+      auto loss = torch::zeros({});
+      for (size_t i = 0; i < ys.size(); ++i) loss = loss + (ys[i] * upstream[i]).sum();
+      loss.backward();
+      std::vector<torch::Tensor> out = ys;
+      out.push_back(xg.grad());
+      for (auto& l : layers) {
+        if (l->has_lora()) out.insert(out.end(), {l->lora_A().grad(), l->lora_B().grad()});
+      }
+      return out;
+    };
+    const auto expected = gradients([&](const torch::Tensor& xg) {
+      std::vector<torch::Tensor> ys;
+      for (auto& l : layers) ys.push_back(l->forward(xg, true));
+      return ys;
+    });
+    const auto got = gradients([&](const torch::Tensor& xg) { return linear_group(group, xg, true); });
+    ASSERT_EQ(got.size(), 3u + 1u + 4u);
+    ASSERT_EQ(got.size(), expected.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_EQ(got[i].sizes(), expected[i].sizes()) << i;
+      EXPECT_TRUE(torch::allclose(got[i], expected[i], 1e-5, 1e-6)) << i;
+    }
+  }
+}
+
+// The fused path's torch-op parts (LoadOptions::fused_on_cpu: the linear layers
+// sharing an input as one node) in a model, with and without recompute: the eager
+// path's loss and LoRA gradients, dropout included.
+TEST(Llama, FusedLinearGroupsMatchTheEagerPath) {
+  const auto config = tiny_config();
+  auto make = [&](bool fused) {
+    LoadOptions o;
+    o.fused_kernels = o.fused_on_cpu = fused;
+    LoraOptions lora;
+    lora.r = 4;
+    lora.dropout = 0.2;
+    lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"};
+    o.lora = lora;
+    auto m = Llama::from_tensors(config, random_tensors(config, 12), o);
+    torch::NoGradGuard no_grad;
+    torch::manual_seed(3);
+    for (auto& [name, t] : m.lora_tensors()) {
+      if (name.find("lora_B") != std::string::npos) t.copy_(torch::randn(t.sizes()) * 0.1);
+    }
+    return m;
+  };
+  auto eager = make(false), fused = make(true);
+  const auto ids = torch::randint(0, config.vocab_size, {2, 9}, torch::kInt64);
+  for (const bool recompute : {false, true}) {
+    SCOPED_TRACE(recompute ? "recompute" : "no recompute");
+    auto run = [&](Llama& m) {
+      m.set_training(true);
+      m.set_activation_checkpointing(recompute);
+      for (auto& p : m.trainable_parameters()) p.mutable_grad() = torch::Tensor();
+      torch::manual_seed(9);
+      auto loss = m.next_token_loss(ids).mean();
+      loss.backward();
+      std::vector<torch::Tensor> out = {loss.detach()};
+      for (auto& p : m.trainable_parameters()) out.push_back(p.grad());
+      return out;
+    };
+    const auto expected = run(eager), got = run(fused);
+    ASSERT_EQ(got.size(), expected.size());
+    ASSERT_EQ(got.size(), 1u + 2u * 6u * static_cast<size_t>(config.num_hidden_layers));
+    for (size_t i = 0; i < got.size(); ++i) {
+      // float32 rounding apart: the gradients are summed in another order
+      const double scale = expected[i].abs().max().item<double>();
+      EXPECT_LT((got[i] - expected[i]).abs().max().item<double>(), 1e-5 * scale) << i;
+      EXPECT_GT(scale, 0) << i;
+    }
   }
 }
 

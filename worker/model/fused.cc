@@ -27,6 +27,11 @@ bool takes(const torch::Tensor& x) {
   return x.is_cuda() && (t == torch::kFloat32 || t == torch::kBFloat16 || t == torch::kFloat16);
 }
 
+bool rms_norm_takes(const torch::Tensor& x, const torch::Tensor& weight) {
+  return takes(x) && x.dim() > 0 && x.size(-1) % 8 == 0 && weight.device() == x.device() &&
+         weight.scalar_type() == torch::kFloat32 && weight.numel() == x.size(-1);
+}
+
 k::FloatType float_type(const torch::Tensor& x) { return kernel_type(x.scalar_type()); }
 
 void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
@@ -38,29 +43,56 @@ torch::Tensor plain(const torch::Tensor& grad, const torch::Tensor& like) {
   return grad.to(like.scalar_type()).contiguous();
 }
 
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  auto y = torch::empty_like(x);
+  const int64_t cols = x.size(-1);
+  check(k::rms_norm_cuda(x.data_ptr(), weight.data_ptr<float>(), static_cast<size_t>(x.numel() / cols),
+                         static_cast<size_t>(cols), static_cast<float>(eps), y.data_ptr(), float_type(x), stream()),
+        "RMSNorm");
+  return y;
+}
+
+// x's gradient from y's (and `add`, x's gradient from elsewhere, when defined).
+torch::Tensor rms_norm_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& weight,
+                                double eps, const torch::Tensor& add) {
+  auto g = plain(grad, x);
+  auto more = add.defined() ? plain(add, x) : torch::Tensor();
+  auto dx = torch::empty_like(x);
+  const int64_t cols = x.size(-1);
+  check(k::rms_norm_backward_cuda(g.data_ptr(), x.data_ptr(), weight.data_ptr<float>(),
+                                  more.defined() ? more.data_ptr() : nullptr, static_cast<size_t>(x.numel() / cols),
+                                  static_cast<size_t>(cols), static_cast<float>(eps), dx.data_ptr(), float_type(x),
+                                  stream()),
+        "RMSNorm backward");
+  return dx;
+}
+
 struct RmsNorm : public torch::autograd::Function<RmsNorm> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight, double eps) {
     ctx->save_for_backward({x, weight});
     ctx->saved_data["eps"] = eps;
-    auto y = torch::empty_like(x);
-    const int64_t cols = x.size(-1);
-    check(k::rms_norm_cuda(x.data_ptr(), weight.data_ptr<float>(), static_cast<size_t>(x.numel() / cols),
-                           static_cast<size_t>(cols), static_cast<float>(eps), y.data_ptr(), float_type(x), stream()),
-          "RMSNorm");
-    return y;
+    return rms_norm(x, weight, eps);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
     const auto saved = ctx->get_saved_variables();
-    const auto &x = saved[0], &weight = saved[1];
-    auto g = plain(grad[0], x);
-    auto dx = torch::empty_like(x);
-    const int64_t cols = x.size(-1);
-    check(k::rms_norm_backward_cuda(g.data_ptr(), x.data_ptr(), weight.data_ptr<float>(),
-                                    static_cast<size_t>(x.numel() / cols), static_cast<size_t>(cols),
-                                    static_cast<float>(ctx->saved_data["eps"].toDouble()), dx.data_ptr(), float_type(x),
-                                    stream()),
-          "RMSNorm backward");
-    return {dx, torch::Tensor(), torch::Tensor()};
+    return {rms_norm_backward(grad[0], saved[0], saved[1], ctx->saved_data["eps"].toDouble(), {}), torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+// {x, rms_norm(x)}: the first x's own (a view), for the residual add after the
+// block, so that both gradients meet here and the backward kernel sums them.
+struct RmsNormResidual : public torch::autograd::Function<RmsNormResidual> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["eps"] = eps;
+    return {x, rms_norm(x, weight, eps)};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    const auto saved = ctx->get_saved_variables();
+    const double eps = ctx->saved_data["eps"].toDouble();
+    if (!grad[1].defined()) return {grad[0], torch::Tensor(), torch::Tensor()};
+    return {rms_norm_backward(grad[1], saved[0], saved[1], eps, grad[0]), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -135,12 +167,15 @@ struct CrossEntropy : public torch::autograd::Function<CrossEntropy> {
 }  // namespace
 
 torch::Tensor fused_rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  if (!takes(x) || x.dim() == 0 || x.size(-1) % 8 != 0 || weight.device() != x.device() ||
-      weight.scalar_type() != torch::kFloat32 || weight.numel() != x.size(-1)) {
-    return {};
-  }
+  if (!rms_norm_takes(x, weight)) return {};
   const c10::cuda::CUDAGuard guard(x.device());
   return RmsNorm::apply(x.contiguous(), weight.contiguous(), eps);
+}
+
+std::vector<torch::Tensor> fused_rms_norm_residual(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  if (!rms_norm_takes(x, weight)) return {};
+  const c10::cuda::CUDAGuard guard(x.device());
+  return RmsNormResidual::apply(x.contiguous(), weight.contiguous(), eps);
 }
 
 torch::Tensor fused_rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
@@ -173,6 +208,41 @@ torch::Tensor fused_silu_mul(const torch::Tensor& gate, const torch::Tensor& up)
   return SiluMul::apply(gate.contiguous(), up.contiguous());
 }
 
+bool fused_lora_input_grad(torch::Tensor& dx, const std::vector<LoraInputTerm>& terms) {
+  if (!takes(dx) || dx.dim() != 2 || !dx.is_contiguous() || dx.size(1) % 8 != 0 || terms.empty() ||
+      terms.size() > static_cast<size_t>(k::kMaxLoraInputGrads)) {
+    return false;
+  }
+  auto fits = [&](const torch::Tensor& t) { return t.scalar_type() == dx.scalar_type() && t.device() == dx.device(); };
+  const auto at = [](const torch::Tensor& t, size_t bytes) {
+    return reinterpret_cast<uintptr_t>(t.data_ptr()) % bytes == 0;
+  };
+  std::vector<torch::Tensor> keep;
+  std::vector<k::LoraInputGrad> grads;
+  for (const auto& t : terms) {
+    const int64_t r = t.d_low.dim() == 2 ? t.d_low.size(1) : 0;
+    if (!fits(t.d_low) || !fits(t.a) || r < 1 || r > k::kMaxLoraRank || t.d_low.size(0) != dx.size(0) ||
+        t.a.sizes() != torch::IntArrayRef{r, dx.size(1)} ||
+        (t.mask.defined() &&
+         (t.mask.scalar_type() != torch::kBool || t.mask.sizes() != dx.sizes() || t.mask.device() != dx.device()))) {
+      return false;
+    }
+    auto d_low = t.d_low.contiguous(), a = t.a.contiguous();
+    auto mask = t.mask.defined() ? t.mask.contiguous() : torch::Tensor();
+    if (!at(a, 16) || (mask.defined() && !at(mask, 8))) return false;
+    keep.insert(keep.end(), {d_low, a, mask});
+    grads.push_back({d_low.data_ptr(), a.data_ptr(),
+                     mask.defined() ? reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()) : nullptr,
+                     static_cast<float>(t.scale), static_cast<int>(r)});
+  }
+  if (!at(dx, 16)) return false;
+  const c10::cuda::CUDAGuard guard(dx.device());
+  check(k::lora_input_grad_cuda(grads.data(), static_cast<int>(grads.size()), static_cast<size_t>(dx.size(0)),
+                                static_cast<size_t>(dx.size(1)), dx.data_ptr(), float_type(dx), stream()),
+        "LoRA input gradient");
+  return true;
+}
+
 torch::Tensor fused_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets) {
   if (!takes(logits) || logits.dim() != 2 || logits.size(1) % 8 != 0 || logits.size(1) == 0 ||
       targets.scalar_type() != torch::kInt64 || targets.device() != logits.device() ||
@@ -186,8 +256,10 @@ torch::Tensor fused_cross_entropy(const torch::Tensor& logits, const torch::Tens
 #else
 
 torch::Tensor fused_rms_norm(const torch::Tensor&, const torch::Tensor&, double) { return {}; }
+std::vector<torch::Tensor> fused_rms_norm_residual(const torch::Tensor&, const torch::Tensor&, double) { return {}; }
 torch::Tensor fused_rotary(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return {}; }
 torch::Tensor fused_silu_mul(const torch::Tensor&, const torch::Tensor&) { return {}; }
+bool fused_lora_input_grad(torch::Tensor&, const std::vector<LoraInputTerm>&) { return false; }
 torch::Tensor fused_cross_entropy(const torch::Tensor&, const torch::Tensor&) { return {}; }
 
 #endif

@@ -8,6 +8,7 @@
 #include "common/safetensors.h"
 #include "kernels/nf4.h"
 #include "worker/model/fused.h"
+#include "worker/model/linear_group.h"
 #include "worker/model/rng.h"
 #include "worker/model/tensor_view.h"
 
@@ -221,14 +222,27 @@ void Llama::add_layer(int64_t index, const std::function<torch::Tensor(const std
   layers_.push_back(std::move(layer));
 }
 
+std::vector<torch::Tensor> Llama::linears(const DecoderLayer& layer, const std::vector<const char*>& names,
+                                          const torch::Tensor& x) const {
+  std::vector<const LoraLinear*> group;
+  for (const char* name : names) group.push_back(layer.linear.at(name).get());
+  if (options_.fused_kernels && (x.is_cuda() || options_.fused_on_cpu)) {
+    if (auto ys = linear_group(group, x, training_); !ys.empty()) return ys;
+  }
+  std::vector<torch::Tensor> ys;
+  for (const LoraLinear* l : group) ys.push_back(l->forward(x, training_));
+  return ys;
+}
+
 torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x, const torch::Tensor& cos,
                                const torch::Tensor& sin, const torch::Tensor& mask) const {
   const int64_t B = x.size(0), T = x.size(1), H = config_.num_attention_heads, KV = config_.num_key_value_heads,
                 D = config_.head_dim;
   const bool fused = options_.fused_kernels;
-  auto q = rotary(layer.linear.at("q_proj")->forward(x, training_).view({B, T, H, D}), cos, sin, fused);
-  auto k = rotary(layer.linear.at("k_proj")->forward(x, training_).view({B, T, KV, D}), cos, sin, fused);
-  auto v = layer.linear.at("v_proj")->forward(x, training_).view({B, T, KV, D}).transpose(1, 2);
+  const auto qkv = linears(layer, {"q_proj", "k_proj", "v_proj"}, x);
+  auto q = rotary(qkv[0].view({B, T, H, D}), cos, sin, fused);
+  auto k = rotary(qkv[1].view({B, T, KV, D}), cos, sin, fused);
+  auto v = qkv[2].view({B, T, KV, D}).transpose(1, 2);
   // Grouped-query attention: each KV head serves H / KV query heads. On a GPU with
   // plain causal attention SDPA does that itself (its kernels read the shared
   // heads); otherwise the heads are copied.
@@ -241,20 +255,32 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
                             : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt,
                                                                /*enable_gqa=*/sdpa_gqa && KV != H);
   out = out.transpose(1, 2).reshape({B, T, H * D});
-  return layer.linear.at("o_proj")->forward(out, training_);
+  return linears(layer, {"o_proj"}, out)[0];
 }
+
+namespace {
+// {x to add back after the block, rms_norm(x)}: on a GPU with the fused kernels one
+// node whose backward adds the residual's gradient into the norm's; else x itself.
+std::pair<torch::Tensor, torch::Tensor> pre_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps,
+                                                 bool fused) {
+  if (fused) {
+    if (auto both = fused_rms_norm_residual(x, weight, eps); !both.empty()) return {both[0], both[1]};
+  }
+  return {x, rms_norm(x, weight, eps, fused)};
+}
+}  // namespace
 
 torch::Tensor Llama::decoder_layer(const DecoderLayer& layer, const torch::Tensor& hidden, const torch::Tensor& cos,
                                    const torch::Tensor& sin, const torch::Tensor& mask) const {
   const bool fused = options_.fused_kernels;
   const double eps = config_.rms_norm_eps;
-  auto h = hidden + attention(layer, rms_norm(hidden, layer.input_layernorm, eps, fused), cos, sin, mask);
-  auto x = rms_norm(h, layer.post_attention_layernorm, eps, fused);
-  auto gate = layer.linear.at("gate_proj")->forward(x, training_);
-  auto up = layer.linear.at("up_proj")->forward(x, training_);
-  auto act = fused ? fused_silu_mul(gate, up) : torch::Tensor();
-  if (!act.defined()) act = torch::silu(gate) * up;
-  return h + layer.linear.at("down_proj")->forward(act, training_);
+  const auto [residual, x] = pre_norm(hidden, layer.input_layernorm, eps, fused);
+  const auto h = residual + attention(layer, x, cos, sin, mask);
+  const auto [residual2, x2] = pre_norm(h, layer.post_attention_layernorm, eps, fused);
+  const auto gate_up = linears(layer, {"gate_proj", "up_proj"}, x2);
+  auto act = fused ? fused_silu_mul(gate_up[0], gate_up[1]) : torch::Tensor();
+  if (!act.defined()) act = torch::silu(gate_up[0]) * gate_up[1];
+  return residual2 + linears(layer, {"down_proj"}, act)[0];
 }
 
 namespace {

@@ -70,10 +70,15 @@ struct LoadOptions {
   torch::Device device = torch::kCPU;
   // On a GPU: fused kernels for RMSNorm, rotary, SwiGLU and the next-token loss
   // (worker/model/fused.h), grouped-query attention inside SDPA instead of copied K
-  // and V heads, and the adapters' GEMMs in the hidden stream's dtype, as under
-  // autocast. Off: the eager ops, the reference the fused ones are tested against.
-  // No effect on the CPU.
+  // and V heads, the adapters' GEMMs in the hidden stream's dtype, as under
+  // autocast, and the layers that read one input as one autograd node
+  // (worker/model/linear_group.h). Off: the eager ops, the reference the fused ones
+  // are tested against. No effect on the CPU (but see fused_on_cpu).
   bool fused_kernels = true;
+  // For tests, which compare the fused path with the eager one on the CPU: the fused
+  // path's parts written in torch ops (worker/model/linear_group.h) run on the CPU
+  // too. The CUDA kernels still need a GPU.
+  bool fused_on_cpu = false;
   std::optional<LoraOptions> lora;
   // Called as each decoder layer is loaded (a sharder keeps its part and frees the
   // rest, so a rank never holds the whole model).
@@ -146,6 +151,10 @@ class Llama {
   // forward's logits in the hidden stream's dtype.
   torch::Tensor stream_logits(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                               const torch::Tensor& segment_ids) const;
+  // The named linear layers of `layer`, all reading x: one autograd node on the
+  // fused path (linear_group.h).
+  std::vector<torch::Tensor> linears(const DecoderLayer& layer, const std::vector<const char*>& names,
+                                     const torch::Tensor& x) const;
   torch::Tensor attention(const DecoderLayer& layer, const torch::Tensor& x, const torch::Tensor& cos,
                           const torch::Tensor& sin, const torch::Tensor& mask) const;
   torch::Tensor decoder_layer(const DecoderLayer& layer, const torch::Tensor& hidden, const torch::Tensor& cos,

@@ -225,6 +225,11 @@ void LoraLinear::to(torch::Device device) {
   lora_B_ = lora_B_.to(device).set_requires_grad(true);
 }
 
+torch::ScalarType LoraLinear::adapter_dtype(const torch::Tensor& x) const {
+  const bool low_precision = lora_ && lora_->in_input_dtype && x.is_cuda() && x.scalar_type() != torch::kFloat32;
+  return low_precision ? x.scalar_type() : torch::kFloat32;
+}
+
 torch::Tensor LoraLinear::forward(const torch::Tensor& x, bool training) const {
   auto xc = x.to(compute_dtype_);
   torch::Tensor y;
@@ -243,8 +248,8 @@ torch::Tensor LoraLinear::forward(const torch::Tensor& x, bool training) const {
   // alpha scaling): no separate passes to scale and add. With a bfloat16 hidden
   // stream the sum is rounded once, where peft rounds the adapter's output and then
   // the sum.
-  const bool low_precision = lora_->in_input_dtype && x.is_cuda() && x.scalar_type() != torch::kFloat32;
-  const auto dtype = low_precision ? x.scalar_type() : torch::kFloat32;
+  const auto dtype = adapter_dtype(x);
+  const bool low_precision = dtype != torch::kFloat32;
   auto h = x.to(dtype);
   if (training && lora_->dropout > 0) h = torch::dropout(h, lora_->dropout, true);
   auto low = torch::matmul(h, lora_A_.to(dtype).t()).reshape({-1, lora_->r});

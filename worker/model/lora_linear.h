@@ -70,11 +70,17 @@ class LoraLinear {
   torch::Tensor forward(const torch::Tensor& x, bool training) const;
 
   const FrozenWeight& weight() const { return weight_; }
+  torch::ScalarType compute_dtype() const { return compute_dtype_; }
+  const std::optional<LoraSpec>& lora_spec() const { return lora_; }
   FrozenWeight& mutable_weight() { return weight_; }  // a WeightSource swaps its tensors
   void to(torch::Device device);  // the weight and the adapter (its tensors stay leaves)
   bool has_lora() const { return lora_.has_value(); }
   torch::Tensor& lora_A() { return lora_A_; }  // [r, in], float32
   torch::Tensor& lora_B() { return lora_B_; }  // [out, r], float32
+  const torch::Tensor& lora_A() const { return lora_A_; }
+  const torch::Tensor& lora_B() const { return lora_B_; }
+  // The adapter's dtype for input x: float32, or x's with LoraSpec::in_input_dtype.
+  torch::ScalarType adapter_dtype(const torch::Tensor& x) const;
 
  private:
   FrozenWeight weight_;
