@@ -1,8 +1,9 @@
 // QLoRA training-step throughput of herd's Llama on one device, on a random model
 // of a given shape: NF4 base weights, LoRA on q/k/v, the trainer's AdamW, activation
 // recompute, micro-batches of --batch rows of --tokens random ids. --dense, --no-recompute,
-// --eager and --fp32-activations each change one thing, to see what it costs (the
-// FLOPs are counted as for the default, so tokens/s and MFU compare directly).
+// --eager, --autograd-sums and --fp32-activations each change one thing, to see what
+// it costs (the FLOPs are counted as for the default, so tokens/s and MFU compare
+// directly).
 // --profile FILE records one more step with the profiler (a Chrome trace;
 // bench/kernel_time.py sums its GPU kernels).
 //
@@ -59,7 +60,7 @@ void sync(torch::Device d) {
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 struct Variant {
-  bool bf16 = true, quantize = true, recompute = true, fused = true;
+  bool bf16 = true, quantize = true, recompute = true, fused = true, gradient_sums = true;
 };
 
 Llama make_model(const Shape& s, torch::Device device, const Variant& v) {
@@ -95,6 +96,7 @@ Llama make_model(const Shape& s, torch::Device device, const Variant& v) {
   o.activation_dtype = v.bf16 ? torch::kBFloat16 : torch::kFloat32;
   o.device = device;
   o.fused_kernels = v.fused;
+  o.fused_gradient_sums = v.gradient_sums;
   herd::model::LoraOptions lora;
   lora.r = 8;
   lora.lora_alpha = 32;
@@ -232,7 +234,8 @@ int main(int argc, char** argv) {
   int64_t batch = 1;
   int warmup = 2, steps = 5, projected_layers = 80;
   double peak = 989.4;
-  bool fp32_activations = false, per_layer = false, dense = false, no_recompute = false, eager = false;
+  bool fp32_activations = false, per_layer = false, dense = false, no_recompute = false, eager = false,
+       autograd_sums = false;
   std::string profile;
   app.add_option("--shape", shape_name, "1b | 70b-layer | tiny")->capture_default_str();
   app.add_option("--tokens", token_counts, "Tokens per row (one run each)")->capture_default_str();
@@ -248,6 +251,8 @@ int main(int argc, char** argv) {
   app.add_flag("--dense", dense, "bf16 base weights instead of NF4 (what dequantizing costs)");
   app.add_flag("--no-recompute", no_recompute, "Keep every layer's activations (what recompute costs)");
   app.add_flag("--eager", eager, "Eager ops instead of the fused GPU kernels (what fusing saves)");
+  app.add_flag("--autograd-sums", autograd_sums,
+               "Fused kernels, but autograd's pairwise gradient sums (what summing in one buffer saves)");
   app.add_option("--profile", profile, "Record one more step with the profiler into this Chrome trace");
   CLI11_PARSE(app, argc, argv);
 
@@ -257,15 +262,16 @@ int main(int argc, char** argv) {
     const Shape shape = named_shape(shape_name);
     per_layer = per_layer || shape_name == "70b-layer";
     const double t_build = now();
-    const Variant variant{!fp32_activations, !dense, !no_recompute, !eager};
+    const Variant variant{!fp32_activations, !dense, !no_recompute, !eager, !autograd_sums};
     Llama model = make_model(shape, device, variant);
     sync(device);
     std::printf(
         "model: %s, %lld layers, hidden %lld, %.3fB GEMM parameters, built in %.1f s on %s (%s base, %s "
-        "activations%s%s)\n",
+        "activations%s%s%s)\n",
         shape_name.c_str(), static_cast<long long>(shape.layers), static_cast<long long>(shape.hidden),
         static_cast<double>(gemm_params(model)) / 1e9, now() - t_build, device.str().c_str(), dense ? "bf16" : "NF4",
-        fp32_activations ? "float32" : "bf16", no_recompute ? ", no recompute" : "", eager ? ", eager ops" : "");
+        fp32_activations ? "float32" : "bf16", no_recompute ? ", no recompute" : "", eager ? ", eager ops" : "",
+        autograd_sums ? ", autograd's gradient sums" : "");
     const double ceiling = gemm_tflops(device);
     std::printf("GEMM ceiling measured here: %.4g TFLOP/s\n", ceiling);
 

@@ -226,7 +226,7 @@ std::vector<torch::Tensor> Llama::linears(const DecoderLayer& layer, const std::
                                           const torch::Tensor& x) const {
   std::vector<const LoraLinear*> group;
   for (const char* name : names) group.push_back(layer.linear.at(name).get());
-  if (options_.fused_kernels && (x.is_cuda() || options_.fused_on_cpu)) {
+  if (options_.fused_kernels && options_.fused_gradient_sums && (x.is_cuda() || options_.fused_on_cpu)) {
     if (auto ys = linear_group(group, x, training_); !ys.empty()) return ys;
   }
   std::vector<torch::Tensor> ys;
@@ -259,11 +259,11 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
 }
 
 namespace {
-// {x to add back after the block, rms_norm(x)}: on a GPU with the fused kernels one
-// node whose backward adds the residual's gradient into the norm's; else x itself.
+// {x to add back after the block, rms_norm(x)}: on a GPU with `sums` one node whose
+// backward adds the residual's gradient into the norm's; else x itself.
 std::pair<torch::Tensor, torch::Tensor> pre_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps,
-                                                 bool fused) {
-  if (fused) {
+                                                 bool fused, bool sums) {
+  if (sums) {
     if (auto both = fused_rms_norm_residual(x, weight, eps); !both.empty()) return {both[0], both[1]};
   }
   return {x, rms_norm(x, weight, eps, fused)};
@@ -274,9 +274,10 @@ torch::Tensor Llama::decoder_layer(const DecoderLayer& layer, const torch::Tenso
                                    const torch::Tensor& sin, const torch::Tensor& mask) const {
   const bool fused = options_.fused_kernels;
   const double eps = config_.rms_norm_eps;
-  const auto [residual, x] = pre_norm(hidden, layer.input_layernorm, eps, fused);
+  const bool sums = fused && options_.fused_gradient_sums;
+  const auto [residual, x] = pre_norm(hidden, layer.input_layernorm, eps, fused, sums);
   const auto h = residual + attention(layer, x, cos, sin, mask);
-  const auto [residual2, x2] = pre_norm(h, layer.post_attention_layernorm, eps, fused);
+  const auto [residual2, x2] = pre_norm(h, layer.post_attention_layernorm, eps, fused, sums);
   const auto gate_up = linears(layer, {"gate_proj", "up_proj"}, x2);
   auto act = fused ? fused_silu_mul(gate_up[0], gate_up[1]) : torch::Tensor();
   if (!act.defined()) act = torch::silu(gate_up[0]) * gate_up[1];

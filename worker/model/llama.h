@@ -75,6 +75,10 @@ struct LoadOptions {
   // (worker/model/linear_group.h). Off: the eager ops, the reference the fused ones
   // are tested against. No effect on the CPU (but see fused_on_cpu).
   bool fused_kernels = true;
+  // On the fused path: a gradient of a tensor that several ops read is built in one
+  // buffer (linear_group.h; RMSNorm's backward kernel adds the residual's). Off:
+  // autograd's pairwise sums, for comparison (herd_bench_train_step --autograd-sums).
+  bool fused_gradient_sums = true;
   // For tests, which compare the fused path with the eager one on the CPU: the fused
   // path's parts written in torch ops (worker/model/linear_group.h) run on the CPU
   // too. The CUDA kernels still need a GPU.
