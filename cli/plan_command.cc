@@ -32,6 +32,7 @@ int plan(const std::string& path, int64_t workers, const std::string& gpu_mem, i
     in.quantized = config.quantization.enabled;
     in.double_quant = config.quantization.double_quant;
     in.compute_bytes = config.quantization.compute_dtype == "float32" ? 4 : 2;
+    in.stream_bytes = config.trainer.bf16 ? 2 : 4;
     in.batch_size = config.trainer.batch_size;
     in.tokens = tokens > 0 ? tokens : config.model_context_window;
     in.checkpointing = config.trainer.gradient_checkpointing;

@@ -35,7 +35,17 @@ TEST(MemoryPlan, Llama2_70BOnOneRank) {
   EXPECT_DOUBLE_EQ(item(items, "gathered"), 0);
   EXPECT_DOUBLE_EQ(item(items, "LoRA"), 22'282'240.0 * 16);
   EXPECT_DOUBLE_EQ(item(items, "activations"), 80.0 * 4096 * 8192 * 4);
-  EXPECT_DOUBLE_EQ(item(items, "logits"), 3.0 * 4096 * 32000 * 4);
+  EXPECT_DOUBLE_EQ(item(items, "logits"), 2.0 * 4096 * 32000 * 4);  // on a GPU: no softmax kept
+}
+
+TEST(MemoryPlan, Bf16StreamHalvesTheLayerInputsAndTheLogits) {
+  auto in = seed(1);
+  in.stream_bytes = 2;
+  const auto items = memory_plan(in);
+  EXPECT_DOUBLE_EQ(item(items, "activations: each layer's input (bfloat16"), 80.0 * 4096 * 8192 * 2);
+  EXPECT_DOUBLE_EQ(item(items, "logits and their gradient (bfloat16"), 2.0 * 4096 * 32000 * 2);
+  in.gpu = false;  // the CPU's loss: float32 logits, softmax and gradient
+  EXPECT_DOUBLE_EQ(item(memory_plan(in), "logits, their softmax"), 3.0 * 4096 * 32000 * 4);
 }
 
 TEST(MemoryPlan, FullShardHoldsOneNthAndTwoLayersInFlight) {

@@ -25,7 +25,8 @@ std::vector<PlanItem> memory_plan(const PlanInput& in) {
   const bool sharded = in.full_shard && in.workers > 1;
   const double share = in.full_shard ? 1.0 / n : 1.0;
   const double B = static_cast<double>(in.batch_size), T = static_cast<double>(in.tokens);
-  const double c = static_cast<double>(in.compute_bytes);
+  const double c = static_cast<double>(in.compute_bytes), a = static_cast<double>(in.stream_bytes);
+  const char* stream = in.stream_bytes == 2 ? "bfloat16" : "float32";
 
   std::vector<PlanItem> out;
   auto add = [&out](std::string what, double bytes) {
@@ -48,12 +49,16 @@ std::vector<PlanItem> memory_plan(const PlanInput& in) {
   // their gradients, in the compute dtype; the largest weight dequantized.
   const double layer_work = B * T * (4 * H + 2 * kv + 3 * I) * c * 2 + H * I * c;
   if (in.checkpointing) {
-    add("activations: each layer's input (float32, checkpointing)", L * B * T * H * 4);
+    add(fmt::format("activations: each layer's input ({}, checkpointing)", stream), L * B * T * H * a);
     add("one layer recomputed and back-propagated", layer_work);
   } else {
     add("activations: every layer's (no checkpointing)", L * layer_work);
   }
-  add("logits, their softmax and gradient (float32)", 3 * B * T * V * 4);
+  if (in.gpu) {
+    add(fmt::format("logits and their gradient ({}, the fused loss)", stream), 2 * B * T * V * a);
+  } else {
+    add("logits, their softmax and gradient (float32)", 3 * B * T * V * 4);
+  }
   if (in.gpu) add("CUDA context and allocator reserve", 1024.0 * 1024 * 1024);
   return out;
 }

@@ -6,10 +6,11 @@
 //   full_shard, plus the gathered layers in flight (the one computing and the one
 //   prefetched) and the embedding/lm_head buffer;
 // - LoRA parameters in float32 with their gradients and AdamW's two moments;
-// - activations: with checkpointing each layer's float32 input, plus one layer's
-//   recomputation and backward (in the compute dtype) and the largest weight
-//   dequantized; without, every layer's; the logits in float32, their softmax and
-//   gradient;
+// - activations: with checkpointing each layer's input (in the hidden stream's
+//   dtype), plus one layer's recomputation and backward (in the compute dtype) and
+//   the largest weight dequantized; without, every layer's;
+// - the logits: on a GPU (the fused loss) they and their gradient in the hidden
+//   stream's dtype; on the CPU in float32, with their softmax and gradient;
 // - on a GPU, the CUDA context and the allocator's reserve (1 GiB, a round figure).
 #pragma once
 
@@ -28,6 +29,7 @@ struct PlanInput {
   bool full_shard = true;
   bool quantized = true, double_quant = true;
   int64_t compute_bytes = 2;  // bfloat16
+  int64_t stream_bytes = 4;   // the hidden stream: float32, or bfloat16 (trainer.bf16)
   int64_t batch_size = 1, tokens = 4096;
   bool checkpointing = true;
   int64_t lora_parameters = 0;
