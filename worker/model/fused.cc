@@ -80,8 +80,8 @@ struct RmsNorm : public torch::autograd::Function<RmsNorm> {
   }
 };
 
-// {x, rms_norm(x)}: the first x's own (a view), for the residual add after the
-// block, so that both gradients meet here and the backward kernel sums them.
+// {x, rms_norm(x)}, the first x itself (a view) for the residual add after the
+// block: both gradients meet here and the backward kernel sums them.
 struct RmsNormResidual : public torch::autograd::Function<RmsNormResidual> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight, double eps) {
     ctx->save_for_backward({x, weight});
@@ -89,10 +89,10 @@ struct RmsNormResidual : public torch::autograd::Function<RmsNormResidual> {
     return {x, rms_norm(x, weight, eps)};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
-    const auto saved = ctx->get_saved_variables();
-    const double eps = ctx->saved_data["eps"].toDouble();
     if (!grad[1].defined()) return {grad[0], torch::Tensor(), torch::Tensor()};
-    return {rms_norm_backward(grad[1], saved[0], saved[1], eps, grad[0]), torch::Tensor(), torch::Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    return {rms_norm_backward(grad[1], saved[0], saved[1], ctx->saved_data["eps"].toDouble(), grad[0]), torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
