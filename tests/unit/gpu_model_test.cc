@@ -27,11 +27,7 @@ Llama tiny(torch::Device device, double dropout) {
   lora.target_modules = {"q_proj", "k_proj", "v_proj", "down_proj"};
   o.lora = lora;
   auto m = Llama::from_tensors(tiny_config(), random_tensors(tiny_config(), 11), o);
-  torch::NoGradGuard no_grad;
-  torch::manual_seed(3);
-  for (auto& [name, t] : m.lora_tensors()) {  // B != 0: every gradient is non-zero
-    if (name.find("lora_B") != std::string::npos) t.copy_(torch::randn(t.sizes()) * 0.1);
-  }
+  set_lora_b(m, 3);
   return m;
 }
 
@@ -229,11 +225,7 @@ Llama fusable(torch::Device device, bool fused, torch::ScalarType activations, d
   lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "down_proj"};
   o.lora = lora;
   auto m = Llama::from_tensors(c, random_tensors(c, 13), o);
-  torch::NoGradGuard no_grad;
-  torch::manual_seed(3);
-  for (auto& [name, t] : m.lora_tensors()) {
-    if (name.find("lora_B") != std::string::npos) t.copy_(torch::randn(t.sizes()) * 0.1);
-  }
+  set_lora_b(m, 3);
   return m;
 }
 

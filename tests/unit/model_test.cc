@@ -211,11 +211,7 @@ TEST(Llama, FusedLinearGroupsMatchTheEagerPath) {
     lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"};
     o.lora = lora;
     auto m = Llama::from_tensors(config, random_tensors(config, 12), o);
-    torch::NoGradGuard no_grad;
-    torch::manual_seed(3);
-    for (auto& [name, t] : m.lora_tensors()) {
-      if (name.find("lora_B") != std::string::npos) t.copy_(torch::randn(t.sizes()) * 0.1);
-    }
+    set_lora_b(m, 3);
     return m;
   };
   auto eager = make(false), fused = make(true);

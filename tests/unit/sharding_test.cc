@@ -28,16 +28,6 @@ model::LoadOptions nf4_with_lora() {
   return o;
 }
 
-// B starts at zero (peft): give it values so that A's gradients are not zero too.
-// A generator of its own: ranks are threads, and the global one is shared.
-void set_lora_b(Llama& m) {
-  torch::NoGradGuard no_grad;
-  auto g = torch::make_generator<at::CPUGeneratorImpl>(11);
-  for (auto& [name, t] : m.lora_tensors()) {
-    if (name.find("lora_B") != std::string::npos) t.copy_(torch::randn(t.sizes(), g) * 0.1);
-  }
-}
-
 torch::Tensor batch(int rank) { return (torch::arange(12, torch::kInt64).view({2, 6}) * (rank + 3) + rank) % 96; }
 
 // A loss that weighs every logit differently, fixed by a seed.
@@ -53,7 +43,7 @@ TEST_P(Sharded, TwoRanksComputeWhatOneModelDoes) {
   const auto tensors = model::random_tensors(config, 5);
 
   auto reference = Llama::from_tensors(config, tensors, nf4_with_lora());
-  set_lora_b(reference);
+  model::set_lora_b(reference, 11);
   reference.set_training(true);
   reference.set_activation_checkpointing(true);
   torch::Tensor logits;
@@ -85,7 +75,7 @@ TEST_P(Sharded, TwoRanksComputeWhatOneModelDoes) {
         weights.attach(m);
         held[static_cast<size_t>(r)] = weights.shard_bytes();
         whole[static_cast<size_t>(r)] = weights.model_bytes();
-        set_lora_b(m);
+        model::set_lora_b(m, 11);
         m.set_training(true);
         m.set_activation_checkpointing(true);
         {

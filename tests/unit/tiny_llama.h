@@ -41,4 +41,14 @@ inline std::map<std::string, torch::Tensor> random_tensors(const LlamaConfig& c,
   return t;
 }
 
+// B starts at zero (peft), which would hide errors in A's gradient: give every B
+// small values from a generator of its own (tests run ranks as threads).
+inline void set_lora_b(Llama& m, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(seed);
+  for (auto& [name, t] : m.lora_tensors()) {
+    if (name.find("lora_B") != std::string::npos) t.copy_(torch::randn(t.sizes(), g) * 0.1);
+  }
+}
+
 }  // namespace herd::model
