@@ -1,6 +1,8 @@
 // The Gloo backend with ranks as threads of this process, connected over loopback
 // through an in-memory store: every operation against sums and copies computed
 // here, for 2, 3 and 4 ranks; and errors that name the operation, rank and attempt.
+#include <dlfcn.h>
+
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -88,6 +90,22 @@ TEST_P(GlooRanks, EveryOperationMatchesItsDefinition) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, GlooRanks, ::testing::Values(2, 3, 4));
+
+// Runs only as the ctest entry of the same name, which preloads a library linked
+// with a static libstdc++ (static_libstdcxx.cc): the process then has two
+// definitions of std::call_once's thread-locals, the global scope's first.
+// libgloo, loaded with RTLD_DEEPBIND, used to jump to address 0 there.
+TEST(GlooPreloaded, ConnectsWhenAnotherLibraryDefinesCallOncesState) {
+  void* libstdcxx = ::dlopen("libstdc++.so.6", RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(libstdcxx, nullptr);
+  ASSERT_NE(::dlsym(RTLD_DEFAULT, "_ZSt11__once_call"), ::dlsym(libstdcxx, "_ZSt11__once_call"))
+      << "std::call_once's state has one definition here: run with LD_PRELOAD=libherd_static_libstdcxx.so";
+  on_ranks(2, [](Collective& c) {
+    auto t = rank_data(c.rank(), 10);
+    c.all_reduce(t).wait();
+    EXPECT_TRUE(torch::allclose(t, rank_data(0, 10) + rank_data(1, 10)));
+  });
+}
 
 TEST(Collective, OneRankIsLocalAndCopies) {
   InMemoryStore store;
