@@ -158,4 +158,6 @@ extern "C" __attribute__((visibility("default"))) herd::comm::gloo_api::Group* h
 // to address 0. This module comes first in libgloo's scope, so libgloo's calls
 // reach this __once_proxy, which reads the thread-locals through the same scope
 // libgloo wrote them through.
+#if defined(__GLIBCXX__) && defined(_GLIBCXX_HAVE_TLS)
 extern "C" __attribute__((visibility("default"))) void __once_proxy() { std::__once_call(); }
+#endif
