@@ -3,6 +3,8 @@
 // here, for 2, 3 and 4 ranks; and errors that name the operation, rank and attempt.
 #include <dlfcn.h>
 
+#include <cstring>
+#include <filesystem>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -91,19 +93,45 @@ TEST_P(GlooRanks, EveryOperationMatchesItsDefinition) {
 
 INSTANTIATE_TEST_SUITE_P(Sizes, GlooRanks, ::testing::Values(2, 3, 4));
 
-// Runs only as the ctest entry of the same name, which preloads a library linked
-// with a static libstdc++ (static_libstdcxx.cc): the process then has two
-// definitions of std::call_once's thread-locals, the global scope's first.
-// libgloo, loaded with RTLD_DEEPBIND, used to jump to address 0 there.
-TEST(GlooPreloaded, ConnectsWhenAnotherLibraryDefinesCallOncesState) {
-  void* libstdcxx = ::dlopen("libstdc++.so.6", RTLD_NOW | RTLD_NOLOAD);
-  ASSERT_NE(libstdcxx, nullptr);
-  ASSERT_NE(::dlsym(RTLD_DEFAULT, "_ZSt11__once_call"), ::dlsym(libstdcxx, "_ZSt11__once_call"))
-      << "std::call_once's state has one definition here: run with LD_PRELOAD=libherd_static_libstdcxx.so";
+// The Gloo module is loaded with RTLD_DEEPBIND, which binds its references and
+// libgloo's in their own dependencies before the rest of the process. Those must
+// hold Gloo alone: libc's malloc or libstdc++'s state found there would differ from
+// what the rest of the process uses wherever a library loaded earlier defines them.
+TEST(Collective, TheGlooModulesOwnScopeHoldsGlooAlone) {
+  on_ranks(2, [](Collective& c) { c.barrier(); });
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  ASSERT_FALSE(ec);
+  const auto path = exe.parent_path().parent_path() / "lib" / "libherd_gloo.so";
+  void* module = ::dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(module, nullptr) << path;
+  EXPECT_NE(::dlsym(module, "_ZN4gloo9transport3tcp12CreateDeviceERKNS1_4attrE"), nullptr);  // Gloo is there
+  for (const char* symbol : {"malloc", "free", "_Znwm", "_ZSt11__once_call", "__once_proxy", "pthread_once"}) {
+    EXPECT_EQ(::dlsym(module, symbol), nullptr) << symbol;
+  }
+}
+
+// Runs only as the ctest entries GlooPreloaded.*, which preload a library that
+// defines symbols another library in the process defines too (a static libstdc++'s
+// std::call_once state; jemalloc's malloc and free): HERD_TEST_INTERPOSED names one
+// of them as symbol@library. Loading libgloo with RTLD_DEEPBIND once bound such
+// symbols to their home library in libgloo and to the preloaded one elsewhere,
+// and crashed.
+TEST(GlooPreloaded, WorksWhenALibraryLoadedFirstRedefinesSymbols) {
+  const char* spec = std::getenv("HERD_TEST_INTERPOSED");
+  ASSERT_NE(spec, nullptr) << "run through ctest, which sets HERD_TEST_INTERPOSED and LD_PRELOAD";
+  const std::string symbol(spec, std::strchr(spec, '@')), library = std::strchr(spec, '@') + 1;
+  void* home = ::dlopen(library.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(home, nullptr) << library;
+  ASSERT_NE(::dlsym(RTLD_DEFAULT, symbol.c_str()), ::dlsym(home, symbol.c_str()))
+      << symbol << " has one definition here: nothing was preloaded";
   on_ranks(2, [](Collective& c) {
     auto t = rank_data(c.rank(), 10);
     c.all_reduce(t).wait();
     EXPECT_TRUE(torch::allclose(t, rank_data(0, 10) + rank_data(1, 10)));
+    auto b = rank_data(c.rank(), 10);
+    c.broadcast(b, 1).wait();
+    EXPECT_TRUE(torch::equal(b, rank_data(1, 10)));
   });
 }
 

@@ -56,8 +56,15 @@ class LocalCollective : public Collective {
 
 // Finds and opens libherd_gloo.so once: $HERD_GLOO_MODULE, else next to the
 // executable's lib/ (build/bin/herd -> build/lib), else the executable's directory.
+// libgloo's own dependencies are loaded first, into the whole process: the module's
+// copy of libgloo lists none (worker/CMakeLists.txt says why).
 gloo_api::ConnectFn gloo_module() {
   static gloo_api::ConnectFn connect = [] {
+    for (const char* needed : {HERD_GLOO_NEEDED}) {
+      if (!::dlopen(needed, RTLD_NOW | RTLD_GLOBAL)) {
+        throw CommError(fmt::format("loading {}, which Gloo needs: {}", needed, ::dlerror()));
+      }
+    }
     std::vector<std::filesystem::path> candidates;
     if (const char* env = std::getenv("HERD_GLOO_MODULE")) candidates.emplace_back(env);
     std::error_code ec;

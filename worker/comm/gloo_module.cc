@@ -1,8 +1,8 @@
 // libherd_gloo.so: herd's collectives on Debian's libgloo (TCP transport). Loaded
-// with RTLD_DEEPBIND by collective.cc; see gloo_api.h for why it is a separate module.
+// with RTLD_DEEPBIND by collective.cc; see gloo_api.h for why it is a separate module
+// and worker/CMakeLists.txt for how it is linked.
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <stdexcept>
 
 #include <gloo/allgather.h>
@@ -148,16 +148,3 @@ extern "C" __attribute__((visibility("default"))) herd::comm::gloo_api::Group* h
   }
 }
 
-// std::call_once (libgloo's caches use it) stores the callable in libstdc++'s
-// thread-locals std::__once_call and std::__once_callable, then has pthread_once
-// run __once_proxy, which reads them back. Under RTLD_DEEPBIND libgloo binds those
-// thread-locals in its own scope, where libstdc++ comes first; libstdc++'s
-// __once_proxy binds them in the global scope. Where a library loaded before
-// libstdc++ defines them too (one built with a static libstdc++ can), the two are
-// different variables, __once_proxy reads a null callable and the process jumps
-// to address 0. This module comes first in libgloo's scope, so libgloo's calls
-// reach this __once_proxy, which reads the thread-locals through the same scope
-// libgloo wrote them through.
-#if defined(__GLIBCXX__) && defined(_GLIBCXX_HAVE_TLS)
-extern "C" __attribute__((visibility("default"))) void __once_proxy() { std::__once_call(); }
-#endif
