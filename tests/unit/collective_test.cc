@@ -3,7 +3,6 @@
 // here, for 2, 3 and 4 ranks; and errors that name the operation, rank and attempt.
 #include <dlfcn.h>
 
-#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -118,9 +117,12 @@ TEST(Collective, TheGlooModulesOwnScopeHoldsGlooAlone) {
 // symbols to their home library in libgloo and to the preloaded one elsewhere,
 // and crashed.
 TEST(GlooPreloaded, WorksWhenALibraryLoadedFirstRedefinesSymbols) {
-  const char* spec = std::getenv("HERD_TEST_INTERPOSED");
-  ASSERT_NE(spec, nullptr) << "run through ctest, which sets HERD_TEST_INTERPOSED and LD_PRELOAD";
-  const std::string symbol(spec, std::strchr(spec, '@')), library = std::strchr(spec, '@') + 1;
+  const char* env = std::getenv("HERD_TEST_INTERPOSED");
+  ASSERT_NE(env, nullptr) << "run through ctest, which sets HERD_TEST_INTERPOSED and LD_PRELOAD";
+  const std::string spec = env;
+  const auto at = spec.find('@');
+  ASSERT_NE(at, std::string::npos) << spec;
+  const std::string symbol = spec.substr(0, at), library = spec.substr(at + 1);
   void* home = ::dlopen(library.c_str(), RTLD_NOW | RTLD_NOLOAD);
   ASSERT_NE(home, nullptr) << library;
   ASSERT_NE(::dlsym(RTLD_DEFAULT, symbol.c_str()), ::dlsym(home, symbol.c_str()))

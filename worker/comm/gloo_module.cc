@@ -147,4 +147,3 @@ extern "C" __attribute__((visibility("default"))) herd::comm::gloo_api::Group* h
     throw std::runtime_error(std::string("connecting the Gloo group: ") + e.what());
   }
 }
-
