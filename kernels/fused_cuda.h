@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/dropout.h"
 #include "kernels/float_type.h"
 
 namespace herd::kernels {
@@ -40,14 +41,25 @@ int silu_mul_cuda(const void* gate, const void* up, size_t n, void* y, FloatType
 int silu_mul_backward_cuda(const void* grad, const void* gate, const void* up, size_t n, void* d_gate, void* d_up,
                            FloatType type, void* stream);
 
-// One adapter's part of its input's gradient, scale * mask .* (d_low @ a): d_low
-// [rows, r] and a [r, cols] of the kernel's type, mask [rows, cols] bytes of 0 or 1
-// (null: none; 8-byte aligned), r in [1, kMaxLoraRank].
+// x's dropout under each of `count` (<= kMaxDropouts) draws (kernels/dropout.h),
+// x read once: outs[i].out = x * keep_i * scale_i, rounded once, n elements of x's
+// type. The backward of one such dropout is the same call on the gradient.
+struct DropoutOut {
+  DropoutDraw draw;
+  void* out = nullptr;
+};
+constexpr int kMaxDropouts = 4;
+int dropout_cuda(const void* x, size_t n, const DropoutOut* outs, int count, FloatType type, void* stream);
+
+// One adapter's part of its input's gradient, (d_low @ a) under its dropout's mask
+// (keep * scale; none where `dropout` is false): d_low [rows, r] and a [r, cols] of
+// the kernel's type, r in [1, kMaxLoraRank]. The mask is regenerated from the draw
+// that made the adapter's input, element e = row * cols + col.
 struct LoraInputGrad {
   const void* d_low = nullptr;
   const void* a = nullptr;
-  const uint8_t* mask = nullptr;
-  float scale = 1;
+  DropoutDraw draw;
+  bool dropout = false;
   int r = 0;
 };
 constexpr int kMaxLoraInputGrads = 4;

@@ -219,6 +219,50 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ logits, cons
   }
 }
 
+// Whether elements e .. e + 7 (e % 8 == 0) of the draw are kept, in bits 0..7.
+__device__ __forceinline__ unsigned keep8(const DropoutDraw& d, size_t e) {
+  return dropout_keep4(d, e / 4) | dropout_keep4(d, e / 4 + 1) << 4;
+}
+
+struct DropoutOuts {
+  DropoutOut out[kMaxDropouts];
+  int count;
+};
+
+// Each item is 8 consecutive elements, x read once for every draw; kVector: 16-byte
+// loads and stores (n % 8 == 0, every pointer 16-byte aligned), else one at a time.
+template <class T, bool kVector>
+__global__ void dropout_kernel(const T* __restrict__ x, size_t n, DropoutOuts outs) {
+  const size_t items = (n + 7) / 8;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < items;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const size_t e = i * 8;
+    float v[8];
+    if (kVector) {
+      load8(x + e, v);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[k] = e + k < n ? to_float(x[e + k]) : 0.0f;
+    }
+    for (int t = 0; t < outs.count; ++t) {
+      const DropoutOut& o = outs.out[t];
+      const unsigned keep = keep8(o.draw, e);
+      float y[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) y[k] = v[k] * ((keep >> k) & 1u ? o.draw.scale : 0.0f);
+      T* out = static_cast<T*>(o.out) + e;
+      if (kVector) {
+        store8(out, y);
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          if (e + k < n) out[k] = convert<T>(y[k]);
+        }
+      }
+    }
+  }
+}
+
 struct LoraInputGrads {
   LoraInputGrad term[kMaxLoraInputGrads];
   int count;
@@ -244,11 +288,14 @@ __global__ void lora_input_grad_kernel(LoraInputGrads terms, size_t items, size_
 #pragma unroll
         for (int k = 0; k < 8; ++k) part[k] += d * av[k];
       }
-      uint2 bits = make_uint2(0x01010101u, 0x01010101u);  // no mask: keep every value
-      if (term.mask != nullptr) bits = *reinterpret_cast<const uint2*>(term.mask + e);
-      const auto* keep = reinterpret_cast<const uint8_t*>(&bits);
+      if (term.dropout) {
+        const unsigned keep = keep8(term.draw, e);
 #pragma unroll
-      for (int k = 0; k < 8; ++k) sum[k] += keep[k] != 0 ? term.scale * part[k] : 0.0f;
+        for (int k = 0; k < 8; ++k) sum[k] += part[k] * ((keep >> k) & 1u ? term.draw.scale : 0.0f);
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) sum[k] += part[k];
+      }
     }
     __align__(16) T raw[8];  // dx is written here too: a plain load, not load8's read-only one
 #pragma unroll
@@ -344,8 +391,7 @@ int lora_input_grad_cuda(const LoraInputGrad* terms, int count, size_t rows, siz
   all.count = count;
   for (int t = 0; t < count; ++t) {
     const LoraInputGrad& term = terms[t];
-    if (term.r < 1 || term.r > kMaxLoraRank || term.d_low == nullptr || term.a == nullptr || !aligned(term.a) ||
-        reinterpret_cast<uintptr_t>(term.mask) % 8 != 0) {
+    if (term.r < 1 || term.r > kMaxLoraRank || term.d_low == nullptr || term.a == nullptr || !aligned(term.a)) {
       return kInvalid;
     }
     all.term[t] = term;
@@ -356,6 +402,30 @@ int lora_input_grad_cuda(const LoraInputGrad* terms, int count, size_t rows, siz
     using T = decltype(zero);
     lora_input_grad_kernel<T>
         <<<grid_for(items), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(all, items, cols, static_cast<T*>(dx));
+    return done();
+  });
+}
+
+int dropout_cuda(const void* x, size_t n, const DropoutOut* outs, int count, FloatType type, void* stream) {
+  if (count < 0 || count > kMaxDropouts || x == nullptr) return kInvalid;
+  DropoutOuts all{};
+  all.count = count;
+  bool vector = n % 8 == 0 && aligned(x);
+  for (int t = 0; t < count; ++t) {
+    if (outs[t].out == nullptr) return kInvalid;
+    vector = vector && aligned(outs[t].out);
+    all.out[t] = outs[t];
+  }
+  if (n == 0 || count == 0) return 0;
+  const unsigned grid = grid_for((n + 7) / 8);
+  const auto s = static_cast<cudaStream_t>(stream);
+  return dispatch_float(type, [&](auto zero) {
+    using T = decltype(zero);
+    if (vector) {
+      dropout_kernel<T, true><<<grid, kThreads, 0, s>>>(static_cast<const T*>(x), n, all);
+    } else {
+      dropout_kernel<T, false><<<grid, kThreads, 0, s>>>(static_cast<const T*>(x), n, all);
+    }
     return done();
   });
 }

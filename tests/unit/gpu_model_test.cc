@@ -9,7 +9,9 @@
 #include "tests/unit/tiny_llama.h"
 #include "worker/comm/collective.h"
 #include "worker/comm/store.h"
+#include "worker/model/dropout.h"
 #include "worker/model/fused.h"
+#include "worker/model/rng.h"
 #include "worker/train/fused_adamw.h"
 
 namespace herd::model {
@@ -145,21 +147,19 @@ TEST(Fused, KernelsMatchTheEagerFormulasWithGradients) {
       EXPECT_LT(rel_err(y.transpose(1, 2), yr), tol);
       EXPECT_LT(rel_err(x.grad(), xr.grad()), tol);
     }
-    {  // the adapters' part of their input's gradient: one term masked, one not
+    {  // the adapters' part of their input's gradient: one term under dropout, one not
       const int64_t rows = 6, cols = 40;
       auto dx = torch::randn({rows, cols});
       std::vector<LoraInputTerm> terms = {
-          {torch::randn({rows, 3}), torch::randn({3, cols}), torch::rand({rows, cols}) > 0.3, 1 / 0.7},
-          {torch::randn({rows, 8}), torch::randn({8, cols}), torch::Tensor(), 1.0}};
+          {torch::randn({rows, 3}), torch::randn({3, cols}), kernels::dropout_draw(1234, 8, 0.3)},
+          {torch::randn({rows, 8}), torch::randn({8, cols}), std::nullopt}};
       auto expected = dx.to(dtype).to(torch::kFloat64);
       for (auto& t : terms) {
         t.d_low = t.d_low.to(kGpu, dtype);
         t.a = t.a.to(kGpu, dtype);
-        auto part = torch::mm(t.d_low.cpu().to(torch::kFloat64), t.a.cpu().to(torch::kFloat64)) * t.scale;
-        if (t.mask.defined()) {
-          part = part * t.mask.to(torch::kFloat64);
-          t.mask = t.mask.to(kGpu);
-        }
+        auto part = torch::mm(t.d_low.cpu().to(torch::kFloat64), t.a.cpu().to(torch::kFloat64));
+        // the mask the CPU reference regenerates from the same draw
+        if (t.dropout) part = part * dropout_mask(*t.dropout, dx).to(torch::kFloat64) * t.dropout->scale;
         expected = expected + part;
       }
       auto got = dx.to(kGpu, dtype);
@@ -199,11 +199,41 @@ TEST(Fused, KernelsMatchTheEagerFormulasWithGradients) {
   // What the kernels do not take is left to the eager ops.
   EXPECT_FALSE(fused_rms_norm(torch::randn({2, 12}), torch::ones({12}), 1e-5).defined());  // on the CPU
   auto cpu_dx = torch::zeros({2, 8});
-  EXPECT_FALSE(fused_lora_input_grad(cpu_dx, {{torch::ones({2, 1}), torch::ones({1, 8}), {}, 1.0}}));
+  EXPECT_FALSE(fused_lora_input_grad(cpu_dx, {{torch::ones({2, 1}), torch::ones({1, 8}), std::nullopt}}));
   EXPECT_FALSE(fused_rms_norm(torch::randn({2, 12}).to(kGpu), torch::ones({12}).to(kGpu), 1e-5).defined());
   EXPECT_FALSE(
       fused_rotary(torch::randn({1, 2, 2, 8}).to(kGpu), torch::ones({2, 8}).to(kGpu), torch::ones({2, 8}).to(kGpu))
           .defined());
+}
+
+// The dropout kernel against the CPU reference: the same masks and values, bit for
+// bit, through the vectorized path, the one-at-a-time path (a length not a multiple
+// of 8, a misaligned start) and more draws than one launch takes.
+TEST(PhiloxDropout, TheKernelMatchesTheCpuBitForBit) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU here";
+  torch::manual_seed(8);
+  std::vector<kernels::DropoutDraw> draws;
+  for (uint64_t i = 0; i < 6; ++i) draws.push_back(kernels::dropout_draw(77 + i, 4 * i, i % 2 == 0 ? 0.05 : 0.5));
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+    for (const int64_t skip : {0, 1}) {
+      for (const int64_t n : {8 * 1000, 1001}) {
+        SCOPED_TRACE(testing::Message() << dtype << " n " << n << " skip " << skip);
+        auto x = torch::randn({n + skip}).to(dtype);
+        auto gpu = philox_dropouts(x.to(kGpu).slice(0, skip), draws);
+        auto cpu = philox_dropouts(x.slice(0, skip), draws);
+        ASSERT_EQ(gpu.size(), draws.size());
+        for (size_t i = 0; i < draws.size(); ++i) EXPECT_TRUE(torch::equal(gpu[i].cpu(), cpu[i])) << i;
+      }
+    }
+  }
+  // Draws from the GPU's generator: each takes the next Philox offset; a restored
+  // state draws them again.
+  const auto state = rng_state(kGpu);
+  const auto a = draw_dropout(kGpu, 0.1), b = draw_dropout(kGpu, 0.1);
+  EXPECT_EQ(a.seed, b.seed);
+  EXPECT_EQ(b.offset, a.offset + 4);
+  set_rng_state(state, kGpu);
+  EXPECT_EQ(draw_dropout(kGpu, 0.1).offset, a.offset);
 }
 
 // A model with head_dim 16, so that every fused kernel and SDPA's own grouped-query

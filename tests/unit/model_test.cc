@@ -1,15 +1,19 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <tuple>
 
+#include <ATen/core/PhiloxRNGEngine.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "kernels/nf4.h"
 #include "tests/unit/tiny_llama.h"
+#include "worker/model/dropout.h"
 #include "worker/model/linear_group.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
+#include "worker/model/rng.h"
 #include "worker/train/fused_adamw.h"
 
 namespace herd::model {
@@ -146,13 +150,16 @@ TEST(LinearGroup, MatchesEachLayerOnItsOwn) {
   torch::manual_seed(6);
   for (const double dropout : {0.0, 0.3}) {
     SCOPED_TRACE(testing::Message() << "dropout " << dropout);
+    // herd's dropout, as on a GPU: the group takes no other
+    const LoraSpec first{4, 2.5, dropout, false, LoraSpec::Dropout::kPhilox},
+        third{2, 4.0, dropout, false, LoraSpec::Dropout::kPhilox};
     std::vector<std::unique_ptr<LoraLinear>> layers;
     layers.push_back(std::make_unique<LoraLinear>(FrozenWeight::quantize(torch::randn({24, 40}) * 0.1, true),
-                                                  torch::kFloat32, LoraSpec{4, 2.5, dropout}, nullptr));
+                                                  torch::kFloat32, first, nullptr));
     layers.push_back(std::make_unique<LoraLinear>(FrozenWeight::dense_weight(torch::randn({8, 40}) * 0.1),
                                                   torch::kFloat32, std::nullopt, nullptr));
     layers.push_back(std::make_unique<LoraLinear>(FrozenWeight::quantize(torch::randn({16, 40}) * 0.1, false),
-                                                  torch::kFloat32, LoraSpec{2, 4.0, dropout}, nullptr));
+                                                  torch::kFloat32, third, nullptr));
     std::vector<const LoraLinear*> group;
     for (auto& l : layers) {
       if (l->has_lora()) {
@@ -195,6 +202,52 @@ TEST(LinearGroup, MatchesEachLayerOnItsOwn) {
       EXPECT_TRUE(torch::allclose(got[i], expected[i], 1e-5, 1e-6)) << i;
     }
   }
+  // torch's dropout, the CPU's default, keeps masks the group has no place for: each
+  // layer runs on its own.
+  LoraLinear torch_dropout(FrozenWeight::dense_weight(torch::randn({8, 40})), torch::kFloat32, LoraSpec{4, 2.5, 0.3},
+                           nullptr);
+  EXPECT_TRUE(linear_group({&torch_dropout}, torch::randn({2, 40}), true).empty());
+  EXPECT_EQ(linear_group({&torch_dropout}, torch::randn({2, 40}), false).size(), 1u);
+}
+
+// herd's dropout (worker/model/dropout.h) on the CPU. Its Philox words are ATen's
+// Philox engine's (the one torch's CUDA kernels count offsets for): key the seed,
+// subsequence the group of four elements, offset the draw's block.
+TEST(PhiloxDropout, WordsAreATensPhiloxEngines) {
+  for (const auto [seed, group, offset] : {std::tuple<uint64_t, uint64_t, uint64_t>{0, 0, 0},
+                                           {67280421310721ull, 5, 8},
+                                           {0xfedcba9876543210ull, 0x123456789ull, 4ull << 33}}) {
+    at::Philox4_32 engine(seed, group, offset / 4);
+    uint32_t c[4] = {static_cast<uint32_t>(offset / 4), static_cast<uint32_t>(offset / 4 >> 32),
+                     static_cast<uint32_t>(group), static_cast<uint32_t>(group >> 32)};
+    kernels::philox4x32_10(c, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(engine(), c[i]) << seed << " " << i;
+  }
+}
+
+TEST(PhiloxDropout, ForwardAndBackwardApplyTheDrawsMask) {
+  torch::manual_seed(3);
+  const auto d = kernels::dropout_draw(99, 12, 0.25);
+  auto x = torch::randn({7, 9}).requires_grad_(true);
+  auto g = torch::randn({7, 9});
+  auto y = philox_dropout(x, d);
+  y.backward(g);
+  const auto mask = dropout_mask(d, x).to(torch::kFloat32);
+  const double scale = 1 / 0.75;
+  EXPECT_TRUE(torch::allclose(y, x.detach() * mask * scale, 0, 1e-6));
+  EXPECT_TRUE(torch::allclose(x.grad(), g * mask * scale, 0, 1e-6));
+  EXPECT_GT(mask.sum().item<double>(), 30);  // of 63, about 47 kept
+  EXPECT_LT(mask.sum().item<double>(), 60);
+  // A draw comes from the CPU's generator: the next differs, a restored state repeats it.
+  const auto state = rng_state();
+  const auto a = draw_dropout(torch::kCPU, 0.25), b = draw_dropout(torch::kCPU, 0.25);
+  EXPECT_NE(a.seed, b.seed);
+  set_rng_state(state);
+  EXPECT_EQ(draw_dropout(torch::kCPU, 0.25).seed, a.seed);
+  EXPECT_EQ(a.keep_below, d.keep_below);
+  EXPECT_EQ(draw_from_ints(draw_to_ints(a)).seed, a.seed);
+  EXPECT_EQ(draw_from_ints(draw_to_ints(d)).scale, d.scale);
+  EXPECT_EQ(draw_from_ints(draw_to_ints(d)).offset, d.offset);
 }
 
 // The fused path's torch-op parts (LoadOptions::fused_on_cpu: the linear layers
@@ -205,6 +258,7 @@ TEST(Llama, FusedLinearGroupsMatchTheEagerPath) {
   auto make = [&](bool fused) {
     LoadOptions o;
     o.fused_kernels = o.fused_on_cpu = fused;
+    o.lora_dropout = LoraSpec::Dropout::kPhilox;  // a GPU's dropout, which the fused path needs
     LoraOptions lora;
     lora.r = 4;
     lora.dropout = 0.2;

@@ -214,28 +214,22 @@ bool fused_lora_input_grad(torch::Tensor& dx, const std::vector<LoraInputTerm>& 
     return false;
   }
   auto fits = [&](const torch::Tensor& t) { return t.scalar_type() == dx.scalar_type() && t.device() == dx.device(); };
-  const auto at = [](const torch::Tensor& t, size_t bytes) {
-    return reinterpret_cast<uintptr_t>(t.data_ptr()) % bytes == 0;
-  };
+  auto aligned = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
   std::vector<torch::Tensor> keep;
   std::vector<k::LoraInputGrad> grads;
   for (const auto& t : terms) {
     const int64_t r = t.d_low.dim() == 2 ? t.d_low.size(1) : 0;
     if (!fits(t.d_low) || !fits(t.a) || r < 1 || r > k::kMaxLoraRank || t.d_low.size(0) != dx.size(0) ||
-        t.a.sizes() != torch::IntArrayRef{r, dx.size(1)} ||
-        (t.mask.defined() &&
-         (t.mask.scalar_type() != torch::kBool || t.mask.sizes() != dx.sizes() || t.mask.device() != dx.device()))) {
+        t.a.sizes() != torch::IntArrayRef{r, dx.size(1)}) {
       return false;
     }
     auto d_low = t.d_low.contiguous(), a = t.a.contiguous();
-    auto mask = t.mask.defined() ? t.mask.contiguous() : torch::Tensor();
-    if (!at(a, 16) || (mask.defined() && !at(mask, 8))) return false;
-    keep.insert(keep.end(), {d_low, a, mask});
-    grads.push_back({d_low.data_ptr(), a.data_ptr(),
-                     mask.defined() ? reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()) : nullptr,
-                     static_cast<float>(t.scale), static_cast<int>(r)});
+    if (!aligned(a)) return false;
+    keep.insert(keep.end(), {d_low, a});
+    grads.push_back({d_low.data_ptr(), a.data_ptr(), t.dropout.value_or(k::DropoutDraw{}), t.dropout.has_value(),
+                     static_cast<int>(r)});
   }
-  if (!at(dx, 16)) return false;
+  if (!aligned(dx)) return false;
   const c10::cuda::CUDAGuard guard(dx.device());
   check(k::lora_input_grad_cuda(grads.data(), static_cast<int>(grads.size()), static_cast<size_t>(dx.size(0)),
                                 static_cast<size_t>(dx.size(1)), dx.data_ptr(), float_type(dx), stream()),

@@ -4,10 +4,12 @@
 // take); the caller then runs the eager ops, which stay the reference.
 #pragma once
 
+#include <optional>
 #include <vector>
 
 #include <torch/torch.h>
 
+#include "kernels/dropout.h"
 #include "kernels/float_type.h"
 
 namespace herd::model {
@@ -27,12 +29,12 @@ std::vector<torch::Tensor> fused_rms_norm_residual(const torch::Tensor& x, const
 torch::Tensor fused_rotary(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 // silu(gate) * up.
 torch::Tensor fused_silu_mul(const torch::Tensor& gate, const torch::Tensor& up);
-// One adapter's part of its input's gradient: scale * mask .* (d_low @ a), with
-// d_low [rows, r] and a [r, cols] of dx's dtype, mask bool [rows, cols] (dropout's;
-// undefined: none).
+// One adapter's part of its input's gradient: d_low @ a, d_low [rows, r] and a [r,
+// cols] of dx's dtype, under the dropout draw that made the adapter's input (none:
+// no dropout), its mask regenerated (worker/model/dropout.h).
 struct LoraInputTerm {
-  torch::Tensor d_low, a, mask;
-  double scale = 1;
+  torch::Tensor d_low, a;
+  std::optional<kernels::DropoutDraw> dropout;
 };
 // dx [rows, cols] += the sum of the terms, in one pass over dx (each term's product
 // is never stored). False, dx untouched, where the kernel does not apply (then the

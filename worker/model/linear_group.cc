@@ -1,7 +1,8 @@
 #include "worker/model/linear_group.h"
 
-#include <tuple>
+#include <optional>
 
+#include "worker/model/dropout.h"
 #include "worker/model/fused.h"
 
 namespace herd::model {
@@ -17,24 +18,36 @@ struct LinearGroup : public torch::autograd::Function<LinearGroup> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, torch::TensorList adapters,
                                const std::vector<const LoraLinear*>& linears, bool training) {
     const auto dtype = x.scalar_type();
-    std::vector<int64_t> layers;
-    std::vector<torch::Tensor> saved(adapters.begin(), adapters.end());
-    variable_list out;
-    size_t a = 0;
+    // The adapters' dropout draws, in the layers' order (as each layer alone draws
+    // them), and their inputs after dropout from one pass over x.
+    std::vector<int64_t> layers, draws;
+    std::vector<kernels::DropoutDraw> drawn;
     for (const LoraLinear* l : linears) {
       layers.push_back(reinterpret_cast<int64_t>(l));
+      if (const auto& spec = l->lora_spec(); spec && training && spec->dropout > 0) {
+        drawn.push_back(draw_dropout(x.device(), spec->dropout));
+        const auto ints = draw_to_ints(drawn.back());
+        draws.insert(draws.end(), ints.begin(), ints.end());
+      }
+    }
+    const auto dropped = philox_dropouts(x, drawn);
+    std::vector<torch::Tensor> saved(adapters.begin(), adapters.end());
+    variable_list out;
+    size_t a = 0, d = 0;
+    for (const LoraLinear* l : linears) {
       auto y = torch::mm(x, l->weight().materialize(dtype).t());
       if (const auto& spec = l->lora_spec()) {
-        torch::Tensor h = x, mask;  // the adapter's input after dropout, and dropout's mask
-        if (training && spec->dropout > 0) std::tie(h, mask) = at::native_dropout(x, spec->dropout, true);
+        const auto& h = training && spec->dropout > 0 ? dropped[d++] : x;  // the adapter's input
         auto low = torch::mm(h, adapters[a].to(dtype).t());
         y.addmm_(low, adapters[a + 1].to(dtype).t(), 1.0, spec->scaling);
-        saved.insert(saved.end(), {h, mask, low});
+        saved.insert(saved.end(), {h, low});
         a += 2;
       }
       out.push_back(y);
     }
     ctx->saved_data["layers"] = layers;
+    ctx->saved_data["draws"] = draws;
+    ctx->saved_data["training"] = training;
     ctx->save_for_backward(saved);
     return out;
   }
@@ -42,12 +55,14 @@ struct LinearGroup : public torch::autograd::Function<LinearGroup> {
   static variable_list backward(AutogradContext* ctx, variable_list grad) {
     const auto saved = ctx->get_saved_variables();
     const auto layers = ctx->saved_data["layers"].toIntVector();
-    const size_t n_adapters = saved.size() / 5;  // A, B, then h, mask, low of each
+    const auto draws = ctx->saved_data["draws"].toIntVector();
+    const bool training = ctx->saved_data["training"].toBool();
+    const size_t n_adapters = saved.size() / 4;  // A, B, then h and low of each
     // One gradient per forward argument: x, A and B of each adapter, the layers, training.
     variable_list out(1 + 2 * n_adapters + 2);
     torch::Tensor& dx = out[0];
     std::vector<LoraInputTerm> terms;  // the adapters' parts of dx
-    size_t a = 0;
+    size_t a = 0, d = 0;
     for (size_t i = 0; i < layers.size(); ++i) {
       const auto* l = reinterpret_cast<const LoraLinear*>(layers[i]);
       const torch::Tensor& g = grad[i];
@@ -60,24 +75,25 @@ struct LinearGroup : public torch::autograd::Function<LinearGroup> {
         }
       }
       if (!l->has_lora()) continue;
+      const auto& spec = *l->lora_spec();
+      std::optional<kernels::DropoutDraw> draw;
+      if (training && spec.dropout > 0) draw = draw_from_ints(draws, 4 * d++);
       if (g.defined()) {
-        const auto& spec = *l->lora_spec();
         const auto &A = saved[2 * a], &B = saved[2 * a + 1];
-        const size_t s = 2 * n_adapters + 3 * a;
-        const auto &h = saved[s], &mask = saved[s + 1], &low = saved[s + 2];
+        const auto &h = saved[2 * n_adapters + 2 * a], &low = saved[2 * n_adapters + 2 * a + 1];
         auto d_low = torch::mm(g, B.to(g.scalar_type())).mul_(spec.scaling);  // [M, r]
         out[1 + 2 * a] = torch::mm(d_low.t(), h).to(A.scalar_type());
         out[2 + 2 * a] = torch::mm(g.t(), low).mul_(spec.scaling).to(B.scalar_type());
-        terms.push_back({d_low, A.to(g.scalar_type()), mask, mask.defined() ? 1.0 / (1.0 - spec.dropout) : 1.0});
+        terms.push_back({d_low, A.to(g.scalar_type()), draw});
       }
       ++a;
     }
     if (!terms.empty() && !fused_lora_input_grad(dx, terms)) {
       for (const auto& t : terms) {
-        if (t.mask.defined()) {
-          dx.addcmul_(torch::mm(t.d_low, t.a), t.mask, t.scale);
+        if (t.dropout) {
+          dx.add_(philox_dropouts(torch::mm(t.d_low, t.a), {*t.dropout})[0]);
         } else {
-          dx.addmm_(t.d_low, t.a, 1.0, t.scale);
+          dx.addmm_(t.d_low, t.a);
         }
       }
     }
@@ -98,6 +114,9 @@ std::vector<torch::Tensor> linear_group(const std::vector<const LoraLinear*>& li
     if (l->compute_dtype() != dtype || l->weight().in_features != in) return {};
     if (!l->has_lora()) continue;
     if (l->adapter_dtype(x) != dtype) return {};
+    // The group regenerates dropout's masks from their draws; torch's dropout (the
+    // CPU's default) keeps its masks, which only each layer on its own handles.
+    if (training && l->lora_spec()->dropout > 0 && !l->lora_spec()->philox_dropout(x)) return {};
     adapters.insert(adapters.end(), {l->lora_A(), l->lora_B()});
   }
   auto ys = LinearGroup::apply(x.reshape({rows, in}), torch::TensorList(adapters), linears, training);

@@ -213,7 +213,8 @@ void Llama::add_layer(int64_t index, const std::function<torch::Tensor(const std
     std::optional<LoraSpec> spec;
     const auto& targets = options_.lora ? options_.lora->target_modules : std::vector<std::string>{};
     if (std::find(targets.begin(), targets.end(), module) != targets.end()) {
-      spec = LoraSpec{options_.lora->r, options_.lora->scaling(), options_.lora->dropout, options_.fused_kernels};
+      spec = LoraSpec{options_.lora->r, options_.lora->scaling(), options_.lora->dropout, options_.fused_kernels,
+                      options_.lora_dropout};
     }
     auto linear = std::make_unique<LoraLinear>(std::move(*weight), options_.compute_dtype, spec, rng);
     linear->to(options_.device);  // initialized on the CPU: the same adapter on any device

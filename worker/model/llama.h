@@ -83,6 +83,9 @@ struct LoadOptions {
   // path's parts written in torch ops (worker/model/linear_group.h) run on the CPU
   // too. The CUDA kernels still need a GPU.
   bool fused_on_cpu = false;
+  // Whose dropout LoRA uses (LoraSpec::Dropout): by default herd's counter-based
+  // one on a GPU, which the grouped layers need, and torch's on the CPU.
+  LoraSpec::Dropout lora_dropout = LoraSpec::Dropout::kAuto;
   std::optional<LoraOptions> lora;
   // Called as each decoder layer is loaded (a sharder keeps its part and frees the
   // rest, so a rank never holds the whole model).

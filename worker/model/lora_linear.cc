@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/nf4.h"
+#include "worker/model/dropout.h"
 #ifdef HERD_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -251,7 +252,10 @@ torch::Tensor LoraLinear::forward(const torch::Tensor& x, bool training) const {
   const auto dtype = adapter_dtype(x);
   const bool low_precision = dtype != torch::kFloat32;
   auto h = x.to(dtype);
-  if (training && lora_->dropout > 0) h = torch::dropout(h, lora_->dropout, true);
+  if (training && lora_->dropout > 0) {
+    h = lora_->philox_dropout(h) ? philox_dropout(h, draw_dropout(h.device(), lora_->dropout))
+                                 : torch::dropout(h, lora_->dropout, true);
+  }
   auto low = torch::matmul(h, lora_A_.to(dtype).t()).reshape({-1, lora_->r});
   if (low_precision) {  // into the base output itself (nothing saves it): no copy of it first
     y.view({-1, weight_.out_features}).addmm_(low, lora_B_.to(dtype).t(), 1.0, lora_->scaling);

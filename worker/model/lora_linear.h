@@ -60,6 +60,15 @@ struct LoraSpec {
   // dtype (A and B cast from their float32 masters), as under autocast, instead of
   // in float32 as peft computes them without it.
   bool in_input_dtype = false;
+  // Whose dropout draws the masks: herd's counter-based one (worker/model/dropout.h)
+  // for an input on a GPU and torch's on the CPU (kAuto), or one of them everywhere
+  // (the fused path on the CPU in tests; torch's on a GPU for comparison).
+  enum class Dropout { kAuto, kPhilox, kTorch };
+  Dropout dropout_kind = Dropout::kAuto;
+
+  bool philox_dropout(const torch::Tensor& x) const {
+    return dropout_kind == Dropout::kPhilox || (dropout_kind == Dropout::kAuto && x.is_cuda());
+  }
 };
 
 class LoraLinear {
