@@ -303,6 +303,25 @@ TEST(FusedAdamW, StepsLikeTorchsAdamWOnTheGpu) {
   EXPECT_GT(rel_err(b.detach(), start), 1e-3);  // it moved
 }
 
+// The foreach clipping's fast path (one launch for the norms, one for the scaling)
+// against torch's clip_grad_norm_ on the CPU.
+TEST(ClipGradNorm, OnTheGpuIsTorchsOnTheCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU here";
+  torch::manual_seed(5);
+  std::vector<torch::Tensor> gpu, cpu;
+  for (int i = 0; i < 6; ++i) {
+    auto p = torch::randn({8 + i, 40}).requires_grad_(true);
+    p.mutable_grad() = torch::randn({8 + i, 40});
+    cpu.push_back(p);
+    auto q = p.detach().to(kGpu).requires_grad_(true);
+    q.mutable_grad() = p.grad().to(kGpu);
+    gpu.push_back(q);
+  }
+  const double norm = train::clip_grad_norm(gpu, 1.0), expected = torch::nn::utils::clip_grad_norm_(cpu, 1.0);
+  EXPECT_NEAR(norm, expected, 1e-5 * expected);
+  for (size_t i = 0; i < gpu.size(); ++i) EXPECT_LT(rel_err(gpu[i].grad(), cpu[i].grad()), 1e-5) << i;
+}
+
 TEST(Nf4Gemv, OneRowWithoutGradientsMatchesTheDequantizedProduct) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU here";
   torch::NoGradGuard no_grad;

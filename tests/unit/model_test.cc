@@ -1,6 +1,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <limits>
 #include <tuple>
 
 #include <ATen/core/PhiloxRNGEngine.h>
@@ -353,6 +354,38 @@ TEST(PeftAdapter, SaveThenLoadGivesTheSameOutputs) {
   auto base = Llama::from_tensors(config, tensors, plain());
   EXPECT_GT((with_adapter - base.forward(ids)).abs().max().item<float>(), 1e-3);
   std::filesystem::remove_all(dir);
+}
+
+// The trainer's gradient clipping against torch::nn::utils::clip_grad_norm_: the same
+// norm and gradients, clipped or not, a parameter without a gradient skipped.
+TEST(ClipGradNorm, IsTorchsClipGradNorm) {
+  torch::manual_seed(5);
+  for (const double max_norm : {0.5, 1e3, std::numeric_limits<double>::infinity()}) {
+    SCOPED_TRACE(max_norm);
+    std::vector<torch::Tensor> mine, theirs;
+    for (const auto& shape : {std::vector<int64_t>{8, 40}, {40, 8}, {3}, {5, 5}}) {
+      auto p = torch::randn(shape).requires_grad_(true);
+      auto grad = torch::randn(shape);
+      mine.push_back(p.detach().clone().requires_grad_(true));
+      theirs.push_back(p.detach().clone().requires_grad_(true));
+      if (shape.size() == 1) continue;  // no gradient
+      mine.back().mutable_grad() = grad.clone();
+      theirs.back().mutable_grad() = grad.clone();
+    }
+    const double norm = train::clip_grad_norm(mine, max_norm);
+    const double expected = torch::nn::utils::clip_grad_norm_(theirs, max_norm);
+    EXPECT_NEAR(norm, expected, 1e-6 * expected);
+    EXPECT_GT(norm, 10);  // 705 values of variance 1
+    for (size_t i = 0; i < mine.size(); ++i) {
+      if (!theirs[i].grad().defined()) {
+        EXPECT_FALSE(mine[i].grad().defined());
+        continue;
+      }
+      EXPECT_TRUE(torch::allclose(mine[i].grad(), theirs[i].grad(), 1e-6, 1e-7)) << i;
+    }
+  }
+  std::vector<torch::Tensor> none = {torch::zeros({2}, torch::requires_grad())};
+  EXPECT_EQ(train::clip_grad_norm(none, 1.0), 0.0);
 }
 
 // On the CPU the trainer's AdamW is torch::optim::AdamW, to the bit, and its state

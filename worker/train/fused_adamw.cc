@@ -1,5 +1,6 @@
 #include "worker/train/fused_adamw.h"
 
+#include <cmath>
 #include <map>
 #include <optional>
 
@@ -51,6 +52,20 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
                       std::get<1>(o.betas()), o.weight_decay(), o.eps(), o.amsgrad(), /*maximize=*/false);
   }
   return loss;
+}
+
+double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> grads;
+  for (const auto& p : params) {
+    if (p.grad().defined()) grads.push_back(p.grad());
+  }
+  if (grads.empty()) return 0.0;
+  const auto total = torch::stack(at::_foreach_norm(grads, 2)).norm(2);
+  if (std::isfinite(max_norm)) {
+    at::_foreach_mul_(grads, torch::clamp(max_norm / (total + 1e-6), std::nullopt, 1.0));
+  }
+  return total.item<double>();
 }
 
 }  // namespace herd::train

@@ -15,4 +15,11 @@ class FusedAdamW : public torch::optim::AdamW {
   torch::Tensor step(LossClosure closure = nullptr) override;
 };
 
+// torch::nn::utils::clip_grad_norm_ with the L2 norm: the gradients' total norm,
+// and, where it exceeds max_norm, every gradient scaled by max_norm / (norm + 1e-6).
+// With foreach ops: on a GPU the norms take one launch and the scaling one, where
+// torch's C++ version launches two kernels a parameter. An infinite max_norm only
+// measures.
+double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+
 }  // namespace herd::train

@@ -263,24 +263,25 @@ TrainResult run_worker(const Config& config, CoordinatorLink& link, const TrainH
         }
         r.optimizer->zero_grad();
         const double normaliser = static_cast<double>(std::max<uint64_t>(1, batches.front().step_loss_tokens()));
-        double loss_sum = 0;
+        torch::Tensor loss_sum;  // on the device: read once a step, not once a micro-batch
         uint64_t tokens = 0;
         for (size_t m = 0; m < batches.size(); ++m) {
           if (batches[m].sample_ids_size() == 0 && gang.world_size == 1) continue;
           r.weights->set_sync_gradients(m + 1 == batches.size());
           auto loss = micro_batch_loss(*r.model, batches[m], &tokens);
           (loss / normaliser).backward();
-          loss_sum += loss.item<double>();
+          const auto value = loss.detach().to(torch::kFloat64);
+          loss_sum = loss_sum.defined() ? loss_sum + value : value;
         }
         r.weights->finish_gradients();
         if (!r.model->activation_checkpointing()) r.weights->release_all();
         // The step's loss and tokens over every rank.
-        auto totals = torch::tensor({loss_sum, static_cast<double>(tokens)}, torch::kFloat64);
+        auto totals = torch::tensor({loss_sum.defined() ? loss_sum.item<double>() : 0.0, static_cast<double>(tokens)},
+                                    torch::kFloat64);
         r.comm->all_reduce(totals).wait();
         const double grad_norm =
-            config.trainer.max_grad_norm > 0
-                ? torch::nn::utils::clip_grad_norm_(r.params, config.trainer.max_grad_norm)
-                : torch::nn::utils::clip_grad_norm_(r.params, std::numeric_limits<double>::infinity());
+            clip_grad_norm(r.params, config.trainer.max_grad_norm > 0 ? config.trainer.max_grad_norm
+                                                                      : std::numeric_limits<double>::infinity());
         r.optimizer->step();
 
         const auto all_tokens = static_cast<uint64_t>(totals[1].item<double>());
