@@ -18,7 +18,7 @@ KINDS = [
     ("attention", r"flash|fmha|cudnn|attention|sdpa"),
     ("GEMM", r"gemm|cutlass|xmma|nvjet|cublas|sm\d+_.*_tn|splitK|gemv"),
     ("herd NF4", r"dequantize|herd::kernels::.*gemv"),
-    ("herd fused", r"rms_norm_kernel|rms_norm_backward|rotary_kernel|silu_mul"),
+    ("herd fused", r"rms_norm_kernel|rms_norm_backward|rotary_kernel|silu_mul|lora_input_grad"),
     ("dropout", r"dropout"),
     ("softmax/cross-entropy", r"softmax|nll_loss|cross_entropy"),
     ("reduction", r"reduce_kernel|Reduce"),
