@@ -1,9 +1,9 @@
 // QLoRA training-step throughput of herd's Llama on one device, on a random model
 // of a given shape: NF4 base weights, LoRA on q/k/v, the trainer's AdamW, activation
-// recompute, micro-batches of --batch rows of --tokens random ids. --dense, --no-recompute,
-// --eager, --autograd-sums, --torch-dropout and --fp32-activations each change one thing, to see what
-// it costs (the FLOPs are counted as for the default, so tokens/s and MFU compare
-// directly).
+// recompute, micro-batches of --batch rows of --tokens random ids. --dense,
+// --no-recompute, --eager, --autograd-sums, --torch-dropout, --keep-attention and
+// --fp32-activations each change one thing, to see what it costs (the FLOPs are
+// counted as for the default, so tokens/s and MFU compare directly).
 // --profile FILE records one more step with the profiler (a Chrome trace;
 // bench/kernel_time.py sums its GPU kernels).
 //
@@ -60,7 +60,8 @@ void sync(torch::Device d) {
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 struct Variant {
-  bool bf16 = true, quantize = true, recompute = true, fused = true, gradient_sums = true, philox_dropout = true;
+  bool bf16 = true, quantize = true, recompute = true, fused = true, gradient_sums = true, philox_dropout = true,
+       keep_attention = false;
 };
 
 Llama make_model(const Shape& s, torch::Device device, const Variant& v) {
@@ -98,6 +99,7 @@ Llama make_model(const Shape& s, torch::Device device, const Variant& v) {
   o.fused_kernels = v.fused;
   o.fused_gradient_sums = v.gradient_sums;
   if (!v.philox_dropout) o.lora_dropout = herd::model::LoraSpec::Dropout::kTorch;
+  o.keep_attention = v.keep_attention;
   herd::model::LoraOptions lora;
   lora.r = 8;
   lora.lora_alpha = 32;
@@ -236,7 +238,7 @@ int main(int argc, char** argv) {
   int warmup = 2, steps = 5, projected_layers = 80;
   double peak = 989.4;
   bool fp32_activations = false, per_layer = false, dense = false, no_recompute = false, eager = false,
-       autograd_sums = false, torch_dropout = false;
+       autograd_sums = false, torch_dropout = false, keep_attention = false;
   std::string profile;
   app.add_option("--shape", shape_name, "1b | 70b-layer | tiny")->capture_default_str();
   app.add_option("--tokens", token_counts, "Tokens per row (one run each)")->capture_default_str();
@@ -256,6 +258,8 @@ int main(int argc, char** argv) {
                "Fused kernels, but autograd's pairwise gradient sums (what summing in one buffer saves)");
   app.add_flag("--torch-dropout", torch_dropout,
                "torch's LoRA dropout, its masks kept, instead of herd's regenerated ones (what that saves)");
+  app.add_flag("--keep-attention", keep_attention,
+               "Keep each layer's attention for its recompute instead of running it again (what that saves)");
   app.add_option("--profile", profile, "Record one more step with the profiler into this Chrome trace");
   CLI11_PARSE(app, argc, argv);
 
@@ -265,16 +269,23 @@ int main(int argc, char** argv) {
     const Shape shape = named_shape(shape_name);
     per_layer = per_layer || shape_name == "70b-layer";
     const double t_build = now();
-    const Variant variant{!fp32_activations, !dense, !no_recompute, !eager, !autograd_sums, !torch_dropout};
+    const Variant variant{.bf16 = !fp32_activations,
+                          .quantize = !dense,
+                          .recompute = !no_recompute,
+                          .fused = !eager,
+                          .gradient_sums = !autograd_sums,
+                          .philox_dropout = !torch_dropout,
+                          .keep_attention = keep_attention};
     Llama model = make_model(shape, device, variant);
     sync(device);
     std::printf(
         "model: %s, %lld layers, hidden %lld, %.3fB GEMM parameters, built in %.1f s on %s (%s base, %s "
-        "activations%s%s%s%s)\n",
+        "activations%s%s%s%s%s)\n",
         shape_name.c_str(), static_cast<long long>(shape.layers), static_cast<long long>(shape.hidden),
         static_cast<double>(gemm_params(model)) / 1e9, now() - t_build, device.str().c_str(), dense ? "bf16" : "NF4",
         fp32_activations ? "float32" : "bf16", no_recompute ? ", no recompute" : "", eager ? ", eager ops" : "",
-        autograd_sums ? ", autograd's gradient sums" : "", torch_dropout ? ", torch's dropout" : "");
+        autograd_sums ? ", autograd's gradient sums" : "", torch_dropout ? ", torch's dropout" : "",
+        keep_attention ? ", attention kept for the recompute" : "");
     const double ceiling = gemm_tflops(device);
     std::printf("GEMM ceiling measured here: %.4g TFLOP/s\n", ceiling);
 

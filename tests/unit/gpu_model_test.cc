@@ -239,7 +239,8 @@ TEST(PhiloxDropout, TheKernelMatchesTheCpuBitForBit) {
 // A model with head_dim 16, so that every fused kernel and SDPA's own grouped-query
 // attention run; adapters with dropout on layers that share an input (q, k, v) and
 // on both residual adds' layers (o_proj, down_proj).
-Llama fusable(torch::Device device, bool fused, torch::ScalarType activations, double dropout) {
+Llama fusable(torch::Device device, bool fused, torch::ScalarType activations, double dropout,
+              bool keep_attention = false) {
   auto c = tiny_config();
   c.hidden_size = 64;
   c.head_dim = 16;
@@ -249,6 +250,7 @@ Llama fusable(torch::Device device, bool fused, torch::ScalarType activations, d
   o.fused_kernels = fused;
   o.compute_dtype = activations;
   o.activation_dtype = activations;
+  o.keep_attention = keep_attention;
   LoraOptions lora;
   lora.r = 4;
   lora.dropout = dropout;
@@ -280,6 +282,26 @@ TEST(GpuModel, FusedKernelsMatchTheEagerOps) {
   for (size_t i = 0; i < expected.size(); ++i) {
     const double eager_err = rel_err(e16[i], expected[i]), fused_err = rel_err(f16[i], expected[i]);
     EXPECT_LT(fused_err, 2 * eager_err + 5e-3) << i << ": eager bf16 " << eager_err;
+  }
+}
+
+// LoadOptions::keep_attention on the GPU (SDPA's own kernels, grouped-query heads
+// inside them): the recompute's LoRA gradients, in float32 and bfloat16.
+TEST(GpuModel, KeptAttentionGivesTheRecomputesGradients) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU here";
+  auto ids = torch::randint(0, 96, {2, 24}, torch::kInt64);
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    SCOPED_TRACE(testing::Message() << dtype);
+    auto grads = [&](Llama m) {
+      torch::manual_seed(17);
+      return lora_grads(m, ids, true);
+    };
+    const auto expected = grads(fusable(kGpu, true, dtype, 0.1));
+    const auto got = grads(fusable(kGpu, true, dtype, 0.1, /*keep_attention=*/true));
+    ASSERT_EQ(got.size(), expected.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_LT(rel_err(got[i], expected[i]), dtype == torch::kFloat32 ? 1e-5 : 1e-2) << i;
+    }
   }
 }
 

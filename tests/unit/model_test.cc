@@ -1,10 +1,13 @@
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <limits>
+#include <string_view>
 #include <tuple>
 
 #include <ATen/core/PhiloxRNGEngine.h>
+#include <ATen/record_function.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -294,6 +297,63 @@ TEST(Llama, FusedLinearGroupsMatchTheEagerPath) {
       EXPECT_GT(scale, 0) << i;
     }
   }
+}
+
+// SDPA calls seen by a RecordFunction callback (KeptAttention's test).
+std::atomic<int> sdpa_calls{0};
+
+std::unique_ptr<at::ObserverContext> count_sdpa(const at::RecordFunction& fn) {
+  if (std::string_view(fn.name()) == "aten::scaled_dot_product_attention") ++sdpa_calls;
+  return nullptr;
+}
+
+// LoadOptions::keep_attention: the recompute takes attention from the forward
+// instead of running it again, and the loss and LoRA gradients are the recompute's,
+// with plain causal attention and with a padding mask.
+TEST(Llama, KeptAttentionGivesTheRecomputesGradientsWithoutRunningItAgain) {
+  const auto config = tiny_config();
+  auto make = [&](bool keep) {
+    LoadOptions o = plain();
+    o.keep_attention = keep;
+    LoraOptions lora;
+    lora.r = 4;
+    lora.dropout = 0.1;
+    lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj"};
+    o.lora = lora;
+    auto m = Llama::from_tensors(config, random_tensors(config, 14), o);
+    set_lora_b(m, 3);
+    m.set_training(true);
+    m.set_activation_checkpointing(true);
+    return m;
+  };
+  auto recomputed = make(false), kept = make(true);
+  const auto ids = torch::randint(0, config.vocab_size, {2, 10}, torch::kInt64);
+  auto padding = torch::ones({2, 10}, torch::kInt64);
+  padding.slice(1, 7).select(0, 1).zero_();
+  const auto handle = at::addGlobalCallback(at::RecordFunctionCallback(count_sdpa));
+  for (const bool masked : {false, true}) {
+    SCOPED_TRACE(masked ? "padding mask" : "causal");
+    auto run = [&](Llama& m) {
+      for (auto& p : m.trainable_parameters()) p.mutable_grad() = torch::Tensor();
+      torch::manual_seed(2);
+      sdpa_calls = 0;
+      auto loss = m.next_token_loss(ids, masked ? padding : torch::Tensor()).mean();
+      loss.backward();
+      std::vector<torch::Tensor> out = {loss.detach()};
+      for (auto& p : m.trainable_parameters()) out.push_back(p.grad());
+      return std::pair{out, sdpa_calls.load()};
+    };
+    const auto [expected, expected_calls] = run(recomputed);
+    const auto [got, calls] = run(kept);
+    EXPECT_EQ(expected_calls, 2 * config.num_hidden_layers);  // forward and recompute
+    EXPECT_EQ(calls, config.num_hidden_layers);               // forward only
+    ASSERT_EQ(got.size(), expected.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_TRUE(torch::allclose(got[i], expected[i], 1e-6, 1e-7)) << i;
+      EXPECT_GT(expected[i].abs().max().item<double>(), 0) << i;
+    }
+  }
+  at::removeCallback(handle);
 }
 
 TEST(LoraLinear, InitIsPeftsKaimingUniformAndZeroB) {

@@ -1,6 +1,7 @@
 #include "worker/model/llama.h"
 
 #include <cmath>
+#include <optional>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -235,8 +236,35 @@ std::vector<torch::Tensor> Llama::linears(const DecoderLayer& layer, const std::
   return ys;
 }
 
+// What keep_attention keeps of a layer's attention: its output and the graph that
+// made it from q, k and v (leaves), whose backward holds what SDPA's backward needs.
+struct AttentionStash {
+  torch::Tensor out, q, k, v;
+  bool replay = false;  // filled: the recompute takes it
+};
+
+namespace {
+
+// The recompute's attention: the kept output, and in backward the kept graph's
+// gradients of q, k and v, handed to the recomputed q, k and v.
+struct KeptAttention : public torch::autograd::Function<KeptAttention> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor&, const torch::Tensor&,
+                               const torch::Tensor&, AttentionStash* stash) {
+    ctx->saved_data["stash"] = reinterpret_cast<int64_t>(stash);  // lives until the layer's backward is done
+    return stash->out.detach();
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad) {
+    auto* stash = reinterpret_cast<AttentionStash*>(ctx->saved_data["stash"].toInt());
+    auto g = torch::autograd::grad({stash->out}, {stash->q, stash->k, stash->v}, {grad[0]});
+    return {g[0], g[1], g[2], torch::Tensor()};
+  }
+};
+
+}  // namespace
+
 torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x, const torch::Tensor& cos,
-                               const torch::Tensor& sin, const torch::Tensor& mask) const {
+                               const torch::Tensor& sin, const torch::Tensor& mask, AttentionStash* stash) const {
   const int64_t B = x.size(0), T = x.size(1), H = config_.num_attention_heads, KV = config_.num_key_value_heads,
                 D = config_.head_dim;
   const bool fused = options_.fused_kernels;
@@ -248,13 +276,28 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
   // plain causal attention SDPA does that itself (its kernels read the shared
   // heads); otherwise the heads are copied.
   const bool sdpa_gqa = fused && x.is_cuda() && !mask.defined();
-  if (KV != H && !sdpa_gqa) {
-    k = k.repeat_interleave(H / KV, 1);
-    v = v.repeat_interleave(H / KV, 1);
+  auto sdpa = [&](const torch::Tensor& query, torch::Tensor key, torch::Tensor value) {
+    if (KV != H && !sdpa_gqa) {
+      key = key.repeat_interleave(H / KV, 1);
+      value = value.repeat_interleave(H / KV, 1);
+    }
+    return mask.defined() ? at::scaled_dot_product_attention(query, key, value, mask)
+                          : at::scaled_dot_product_attention(query, key, value, {}, 0.0, /*is_causal=*/true,
+                                                             std::nullopt, /*enable_gqa=*/sdpa_gqa && KV != H);
+  };
+  torch::Tensor out;
+  if (stash == nullptr) {
+    out = sdpa(q, k, v);
+  } else if (stash->replay) {
+    out = KeptAttention::apply(q, k, v, stash);
+  } else {  // the first forward, without gradients: attention's alone, kept
+    torch::AutoGradMode enable(true);
+    stash->q = q.detach().requires_grad_(true);
+    stash->k = k.detach().requires_grad_(true);
+    stash->v = v.detach().requires_grad_(true);
+    stash->out = sdpa(stash->q, stash->k, stash->v);
+    out = stash->out.detach();
   }
-  auto out = mask.defined() ? at::scaled_dot_product_attention(q, k, v, mask)
-                            : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt,
-                                                               /*enable_gqa=*/sdpa_gqa && KV != H);
   out = out.transpose(1, 2).reshape({B, T, H * D});
   return linears(layer, {"o_proj"}, out)[0];
 }
@@ -272,12 +315,12 @@ std::pair<torch::Tensor, torch::Tensor> pre_norm(const torch::Tensor& x, const t
 }  // namespace
 
 torch::Tensor Llama::decoder_layer(const DecoderLayer& layer, const torch::Tensor& hidden, const torch::Tensor& cos,
-                                   const torch::Tensor& sin, const torch::Tensor& mask) const {
+                                   const torch::Tensor& sin, const torch::Tensor& mask, AttentionStash* stash) const {
   const bool fused = options_.fused_kernels;
   const double eps = config_.rms_norm_eps;
   const bool sums = fused && options_.fused_gradient_sums;
   const auto [residual, x] = pre_norm(hidden, layer.input_layernorm, eps, fused, sums);
-  const auto h = residual + attention(layer, x, cos, sin, mask);
+  const auto h = residual + attention(layer, x, cos, sin, mask, stash);
   const auto [residual2, x2] = pre_norm(h, layer.post_attention_layernorm, eps, fused, sums);
   const auto gate_up = linears(layer, {"gate_proj", "up_proj"}, x2);
   auto act = fused ? fused_silu_mul(gate_up[0], gate_up[1]) : torch::Tensor();
@@ -306,7 +349,12 @@ torch::Tensor Llama::CheckpointedLayer::forward(torch::autograd::AutogradContext
   ctx->saved_data["mask"] = mask;
   ctx->save_for_backward({hidden});
   torch::NoGradGuard no_grad;
-  return model->decoder_layer(model->layers_[static_cast<size_t>(layer)], hidden, cos, sin, causal_if_empty(mask));
+  const auto& block = model->layers_[static_cast<size_t>(layer)];
+  if (!model->options_.keep_attention) return model->decoder_layer(block, hidden, cos, sin, causal_if_empty(mask));
+  AttentionStash stash;
+  auto out = model->decoder_layer(block, hidden, cos, sin, causal_if_empty(mask), &stash);
+  ctx->saved_data["attention"] = std::vector<torch::Tensor>{stash.out, stash.q, stash.k, stash.v};
+  return out;
 }
 
 torch::autograd::variable_list Llama::CheckpointedLayer::backward(torch::autograd::AutogradContext* ctx,
@@ -319,11 +367,17 @@ torch::autograd::variable_list Llama::CheckpointedLayer::backward(torch::autogra
   const auto after = rng_state(device);
   set_rng_state(ctx->saved_data["rng"].toTensor(), device);
   const torch::Tensor mask = causal_if_empty(ctx->saved_data["mask"].toTensor());
+  std::optional<AttentionStash> kept;
+  if (auto it = ctx->saved_data.find("attention"); it != ctx->saved_data.end()) {
+    const auto t = it->second.toTensorVector();
+    kept = AttentionStash{t[0], t[1], t[2], t[3], /*replay=*/true};
+    ctx->saved_data.erase(it);  // freed with this layer's backward, not the step's
+  }
   torch::Tensor out;
   {
     torch::AutoGradMode enable(true);
     out = model->decoder_layer(model->layers_[static_cast<size_t>(layer)], hidden, ctx->saved_data["cos"].toTensor(),
-                               ctx->saved_data["sin"].toTensor(), mask);
+                               ctx->saved_data["sin"].toTensor(), mask, kept ? &*kept : nullptr);
   }
   set_rng_state(after, device);
   torch::autograd::backward({out}, {grad[0]});

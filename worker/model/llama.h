@@ -86,11 +86,18 @@ struct LoadOptions {
   // Whose dropout LoRA uses (LoraSpec::Dropout): by default herd's counter-based
   // one on a GPU, which the grouped layers need, and torch's on the CPU.
   LoraSpec::Dropout lora_dropout = LoraSpec::Dropout::kAuto;
+  // With activation recompute: keep each layer's attention from the forward (its
+  // output and what its backward saves: q, k, v and SDPA's log-sum-exp) until the
+  // layer's backward, so that the recompute does not run attention again. Costs
+  // that memory a layer (herd_bench_train_step --keep-attention measures the time).
+  bool keep_attention = false;
   std::optional<LoraOptions> lora;
   // Called as each decoder layer is loaded (a sharder keeps its part and frees the
   // rest, so a rank never holds the whole model).
   std::function<void(int64_t, DecoderLayer&)> on_layer;
 };
+
+struct AttentionStash;  // a layer's attention kept for its recompute (llama.cc)
 
 struct DecoderLayer {
   torch::Tensor input_layernorm;           // float32 [hidden]
@@ -162,10 +169,13 @@ class Llama {
   // fused path (linear_group.h).
   std::vector<torch::Tensor> linears(const DecoderLayer& layer, const std::vector<const char*>& names,
                                      const torch::Tensor& x) const;
+  // With a stash (LoadOptions::keep_attention): the first forward fills it, the
+  // recompute takes attention's output and backward from it.
   torch::Tensor attention(const DecoderLayer& layer, const torch::Tensor& x, const torch::Tensor& cos,
-                          const torch::Tensor& sin, const torch::Tensor& mask) const;
+                          const torch::Tensor& sin, const torch::Tensor& mask, AttentionStash* stash) const;
   torch::Tensor decoder_layer(const DecoderLayer& layer, const torch::Tensor& hidden, const torch::Tensor& cos,
-                              const torch::Tensor& sin, const torch::Tensor& mask) const;
+                              const torch::Tensor& sin, const torch::Tensor& mask,
+                              AttentionStash* stash = nullptr) const;
   struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
     static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
                                  const Llama* model, int64_t layer, const torch::Tensor& cos,
