@@ -41,9 +41,9 @@ k::DropoutDraw draw_dropout(torch::Device device, double p) {
 }
 
 torch::Tensor dropout_mask(const k::DropoutDraw& d, const torch::Tensor& like) {
-  auto mask = torch::empty(like.sizes(), torch::kUInt8);
-  k::dropout_mask(d, static_cast<size_t>(mask.numel()), mask.data_ptr<uint8_t>());
-  return mask.to(like.device(), torch::kBool);
+  auto mask = torch::empty(like.sizes(), torch::kBool);  // one byte each, 0 or 1
+  k::dropout_mask(d, static_cast<size_t>(mask.numel()), reinterpret_cast<uint8_t*>(mask.data_ptr<bool>()));
+  return mask.to(like.device());
 }
 
 std::vector<torch::Tensor> philox_dropouts(const torch::Tensor& x, const std::vector<k::DropoutDraw>& draws) {
