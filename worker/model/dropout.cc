@@ -1,5 +1,6 @@
 #include "worker/model/dropout.h"
 
+#include <algorithm>
 #include <bit>
 #include <mutex>
 
