@@ -89,7 +89,8 @@ struct LoadOptions {
   // With activation recompute: keep each layer's attention from the forward (its
   // output and what its backward saves: q, k, v and SDPA's log-sum-exp) until the
   // layer's backward, so that the recompute does not run attention again. Costs
-  // that memory a layer (herd_bench_train_step --keep-attention measures the time).
+  // that memory a layer; on an H100's ~1B step it was no faster (BENCHMARKS.md;
+  // herd_bench_train_step --keep-attention measures it).
   bool keep_attention = false;
   std::optional<LoraOptions> lora;
   // Called as each decoder layer is loaded (a sharder keeps its part and frees the
