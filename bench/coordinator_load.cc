@@ -30,12 +30,11 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include "coordinator/auth.h"
-#include "coordinator/sim_worker.h"
+#include "client/client.h"
+#include "client/sim_worker.h"
 #include "herd/proto/herd.grpc.pb.h"
 
 namespace fs = std::filesystem;
-namespace co = herd::coordinator;
 
 namespace {
 
@@ -66,7 +65,7 @@ class Fleet {
       q.set_host(fmt::format("sim-{}", i));
       herd::v1::RegisterResponse r;
       grpc::ClientContext ctx;
-      co::prepare(ctx, kToken, std::chrono::seconds(30));
+      herd::client::prepare(ctx, kToken, std::chrono::seconds(30));
       if (!workers_[i]->stub->Register(&ctx, q, &r).ok()) throw std::runtime_error("register failed");
       workers_[i]->id = r.worker_id();
       // Heartbeats spread over the first second, as workers that started apart.
@@ -80,7 +79,7 @@ class Fleet {
         q.set_worker_id(w->id);
         q.set_timeout_seconds(300);
         grpc::ClientContext ctx;
-        co::prepare(ctx, kToken, std::chrono::seconds(310));
+        herd::client::prepare(ctx, kToken, std::chrono::seconds(310));
         if (!w->stub->WaitForGang(&ctx, q, &w->gang).ok()) throw std::runtime_error("no gang");
       });
       if (waits.size() == 64) {  // a bounded number of blocking calls at a time
@@ -129,7 +128,7 @@ class Fleet {
       stream_request.set_worker_id(id);
       stream_request.set_attempt(gang.attempt());
       stream_request.set_from_step(gang.resume_step() + 1);
-      co::prepare(stream_context, kToken, std::chrono::hours(24));
+      herd::client::prepare(stream_context, kToken, std::chrono::hours(24));
       stub->async()->StreamBatches(&stream_context, &stream_request, this);
       StartRead(&batch);
       StartCall();
@@ -197,7 +196,7 @@ class Fleet {
       Worker& w = *workers_[t.worker];
       auto call = std::make_shared<std::tuple<grpc::ClientContext, herd::v1::HeartbeatRequest,
                                               herd::v1::HeartbeatResponse>>();
-      co::prepare(std::get<0>(*call), kToken, std::chrono::seconds(30));
+      herd::client::prepare(std::get<0>(*call), kToken, std::chrono::seconds(30));
       std::get<1>(*call).set_worker_id(w.id);
       std::get<1>(*call).mutable_stats()->set_tokens_per_second(1000);
       w.stub->async()->Heartbeat(&std::get<0>(*call), &std::get<1>(*call), &std::get<2>(*call),
@@ -208,7 +207,7 @@ class Fleet {
     Worker& w = *rank_to_worker(t.worker);
     auto call = std::make_shared<std::tuple<grpc::ClientContext, herd::v1::ReportStepRequest,
                                             herd::v1::ReportStepResponse>>();
-    co::prepare(std::get<0>(*call), kToken, std::chrono::seconds(30));
+    herd::client::prepare(std::get<0>(*call), kToken, std::chrono::seconds(30));
     std::get<1>(*call).set_worker_id(w.id);
     std::get<1>(*call).set_attempt(w.gang.attempt());
     std::get<1>(*call).set_step(t.step);
@@ -360,13 +359,13 @@ metrics: {{enabled: false}}
   const uint64_t reports0 = fleet.steps_reported();
   const double cpu0 = cpu_seconds(pid);
   const double self0 = cpu_seconds(::getpid());
-  const std::string metrics0 = co::scrape_metrics(metrics_port);
+  const std::string metrics0 = herd::client::scrape_metrics(metrics_port);
   const auto w0 = std::chrono::steady_clock::now();
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
   const double cpu = cpu_seconds(pid) - cpu0;
   const double self = cpu_seconds(::getpid()) - self0;
-  const std::string metrics1 = co::scrape_metrics(metrics_port);
+  const std::string metrics1 = herd::client::scrape_metrics(metrics_port);
   auto [hb, rep] = fleet.take();
   const uint64_t steps = (fleet.steps_reported() - reports0) / workers;
   fleet.stop();

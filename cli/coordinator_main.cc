@@ -12,7 +12,8 @@
 
 #include "common/config.h"
 #include "common/version.h"
-#include "coordinator/auth.h"
+#include "common/auth.h"
+#include "common/env.h"
 #include "coordinator/job.h"
 #include "coordinator/service.h"
 
@@ -70,28 +71,19 @@ int main(int argc, char** argv) {
 
   try {
     if (sample_log) return print_sample_log(journal_file);
-    co::ServerOptions options;
-    options.listen = listen;
-    options.config_yaml = config.text;
-    options.config_source = std::filesystem::absolute(config.source).string();
-    auto token = co::resolve_token(token_file, &config.security, herd::process_env());
+    auto token = herd::resolve_token(token_file, &config.security, herd::process_env());
     if (!token) {
       std::cerr << "herd-coordinator: no job token: pass --token-file, set HERD_JOB_TOKEN, or set "
                    "security.token_file in the config\n";
       return 1;
     }
-    options.token = *token;
-    if (!config.security.tls_cert.empty()) {
-      options.tls_cert_pem = co::read_secret_file(config.security.tls_cert, "security.tls_cert");
-      options.tls_key_pem = co::read_secret_file(config.security.tls_key, "security.tls_key");
-    }
-    options.metrics_listen = !metrics_listen.empty() ? metrics_listen
-                             : config.metrics.enabled ? fmt::format("0.0.0.0:{}", config.metrics.port)
-                                                      : "";
+    auto options = co::ServerOptions::from_config(config, listen, *token);
+    if (!metrics_listen.empty()) options.metrics_listen = metrics_listen;
 
     std::unique_ptr<co::Job> job;
     if (synthetic.empty()) {
       job = co::load_job(config, journal_file);
+      for (const auto& w : job->resume_warnings()) std::cerr << "herd-coordinator: warning: " << w << "\n";
     } else {
       auto samples = std::make_shared<co::SyntheticSamples>(synthetic[0], synthetic[1], synthetic[2],
                                                             static_cast<uint64_t>(config.trainer.seed));

@@ -1,9 +1,5 @@
 // `herd`: the one command for people. Subcommands parse their flags here and
 // call into the libraries; nothing of substance lives in this file.
-#include <chrono>
-#include <csignal>
-#include <cstdio>
-#include <unistd.h>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -18,12 +14,10 @@
 #include "cli/model_commands.h"
 #include "cli/plan_command.h"
 #include "cli/status_command.h"
-#include "cli/worker_command.h"
 #include "common/config.h"
-#include "common/launch.h"
 #include "common/version.h"
+#include "launch/run.h"
 #include "worker/runtime.h"
-#include "worker/train/trainer.h"
 
 namespace {
 
@@ -57,10 +51,7 @@ int config_check(const std::string& path, bool json) {
   return kOk;
 }
 
-volatile std::sig_atomic_t g_stop_training = 0;
-void on_stop_signal(int) { g_stop_training = 1; }
-
-int train(const std::string& path, bool dry_run, bool resume) {
+int train(const std::string& path, bool dry_run, bool resume, int workers) {
   auto config = load(path);
   if (!config) return kUserError;
   std::cout << herd::cli::config_table(*config);
@@ -69,34 +60,8 @@ int train(const std::string& path, bool dry_run, bool resume) {
                              config->adapter_dir().string());
     return kOk;
   }
-  std::cout << "\n";
-  const bool terminal = isatty(fileno(stderr));
-  herd::train::TrainHooks hooks;
-  hooks.print = [&](const std::string& line) {
-    if (terminal) std::cerr << "\r\033[K";
-    std::cout << line << "\n" << std::flush;
-  };
-  if (terminal) {
-    hooks.on_step = [](const herd::train::StepLog& s, uint64_t total) {
-      const int width = 30, done = static_cast<int>(width * s.step / total);
-      std::cerr << fmt::format("\r[{}{}] {}/{} loss {:.4f} lr {:.3g}", std::string(static_cast<size_t>(done), '#'),
-                               std::string(static_cast<size_t>(width - done), ' '), s.step, total, s.loss,
-                               s.learning_rate)
-                << std::flush;
-    };
-  }
-  hooks.warn = [](const std::string& line) { std::cerr << "herd train: warning: " << line << "\n"; };
-  // SIGINT/SIGTERM: finish the step, write a checkpoint, exit 130.
-  hooks.stop = &g_stop_training;
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
-  try {
-    if (herd::train::train(*config, hooks, resume).interrupted) return 130;
-  } catch (const std::exception& e) {
-    std::cerr << "\nherd train: " << e.what() << "\n";
-    return kUserError;
-  }
-  return kOk;
+  std::cout << "\n" << std::flush;
+  return herd::launch::run_local(*config, workers, resume, "/proc/self/exe");
 }
 
 int status(const std::string& address, const std::string& token_file, const std::string& tls_ca,
@@ -140,8 +105,7 @@ int main(int argc, char** argv) {
   train_cmd->add_flag("--resume", resume,
                       "Continue from the newest complete checkpoint in trainer_output_dir (checkpoint.resume: auto)");
   train_cmd->callback([&] {
-    rc = workers > 0 && !dry_run ? herd::cli::local_workers_command(config_path, workers, resume, "/proc/self/exe")
-                                 : train(config_path, dry_run, resume);
+    rc = train(config_path, dry_run, resume, workers);
   });
 
   std::string coordinator;
@@ -151,7 +115,7 @@ int main(int argc, char** argv) {
                          "The job's YAML config (default: the coordinator's, fetched from it)");
   worker_cmd->add_option("--coordinator", coordinator, "The coordinator, HOST:PORT");
   worker_cmd->add_option("--token-file", token_file, "File holding the job token")->check(CLI::ExistingFile);
-  worker_cmd->callback([&] { rc = herd::cli::worker_command({config_path, coordinator, token_file}); });
+  worker_cmd->callback([&] { rc = herd::launch::run_worker_process({config_path, coordinator, token_file}); });
 
   auto* config_cmd = app.add_subcommand("config", "Inspect configs");
   config_cmd->require_subcommand(1);

@@ -4,20 +4,20 @@
 
 #include <fmt/format.h>
 
+#include "common/auth.h"
 #include "common/config.h"
-#include "herd/proto/herd.grpc.pb.h"
 
 namespace herd::cli {
 
-std::optional<coordinator::ClientOptions> client_options(const std::string& address, const std::string& token_file,
+std::optional<client::ClientOptions> client_options(const std::string& address, const std::string& token_file,
                                                          const std::string& tls_ca, const std::string& config_path,
                                                          const char* who) {
   try {
     std::optional<Config> config;
     if (!config_path.empty()) config = load_config(config_path);
-    coordinator::ClientOptions o;
+    client::ClientOptions o;
     o.address = address;
-    auto token = coordinator::resolve_token(token_file, config ? &config->security : nullptr, process_env());
+    auto token = resolve_token(token_file, config ? &config->security : nullptr, process_env());
     if (!token) {
       std::cerr << fmt::format("{}: no job token: pass --token-file, set HERD_JOB_TOKEN, or give the job's config\n",
                                who);
@@ -25,7 +25,7 @@ std::optional<coordinator::ClientOptions> client_options(const std::string& addr
     }
     o.token = *token;
     const std::string ca = !tls_ca.empty() ? tls_ca : config ? config->security.tls_ca : "";
-    if (!ca.empty()) o.tls_ca_pem = coordinator::read_secret_file(ca, "the TLS CA");
+    if (!ca.empty()) o.tls_ca_pem = read_secret_file(ca, "the TLS CA");
     return o;
   } catch (const std::exception& e) {
     std::cerr << who << ": " << e.what() << "\n";
@@ -33,15 +33,11 @@ std::optional<coordinator::ClientOptions> client_options(const std::string& addr
   }
 }
 
-std::optional<herd::v1::JobStatus> fetch_status(const coordinator::ClientOptions& options, const char* who) {
-  auto stub = herd::v1::Coordinator::NewStub(coordinator::make_channel(options));
-  grpc::ClientContext context;
-  coordinator::prepare(context, options.token, std::chrono::seconds(10));
+std::optional<herd::v1::JobStatus> fetch_status(const client::ClientOptions& options, const char* who) {
   herd::v1::JobStatus reply;
-  grpc::Status s = stub->GetStatus(&context, herd::v1::GetStatusRequest(), &reply);
+  const grpc::Status s = client::Coordinator(options).status(&reply);
   if (!s.ok()) {
-    std::cerr << fmt::format("{}: coordinator {} answered {} ({})\n", who, options.address,
-                             static_cast<int>(s.error_code()), s.error_message());
+    std::cerr << fmt::format("{}: coordinator {} answered {}\n", who, options.address, client::describe(s));
     return std::nullopt;
   }
   return reply;
@@ -84,23 +80,13 @@ std::string format_status(const herd::v1::JobStatus& s) {
 
 namespace herd::cli {
 
-int operator_call(const coordinator::ClientOptions& options, const std::string& reason, bool cancel) {
-  auto stub = herd::v1::Coordinator::NewStub(coordinator::make_channel(options));
-  grpc::ClientContext context;
-  coordinator::prepare(context, options.token, std::chrono::seconds(10));
+int operator_call(const client::ClientOptions& options, const std::string& reason, bool cancel) {
+  client::Coordinator coordinator(options);
   herd::v1::OperatorResponse reply;
-  grpc::Status s;
-  if (cancel) {
-    herd::v1::CancelRequest request;
-    request.set_reason(reason);
-    s = stub->Cancel(&context, request, &reply);
-  } else {
-    s = stub->Drain(&context, herd::v1::DrainRequest(), &reply);
-  }
+  const grpc::Status s = cancel ? coordinator.cancel(reason, &reply) : coordinator.drain(&reply);
   const char* who = cancel ? "herd cancel" : "herd drain";
   if (!s.ok()) {
-    std::cerr << fmt::format("{}: coordinator {} answered {} ({})\n", who, options.address,
-                             static_cast<int>(s.error_code()), s.error_message());
+    std::cerr << fmt::format("{}: coordinator {} answered {}\n", who, options.address, client::describe(s));
     return 1;
   }
   std::cout << fmt::format("{}: the job is {}\n", who, herd::v1::JobState_Name(reply.state()));

@@ -5,7 +5,7 @@
 #include <optional>
 #include <string>
 
-#include "coordinator/auth.h"
+#include "client/client.h"
 #include "herd/proto/herd.pb.h"
 
 namespace herd::cli {
@@ -13,17 +13,17 @@ namespace herd::cli {
 // The client options from the flags: the token from --token-file, $HERD_JOB_TOKEN
 // or the config's security section; TLS when --tls-ca (or security.tls_ca) is given.
 // Prints the problem and returns nullopt when no token can be found.
-std::optional<coordinator::ClientOptions> client_options(const std::string& address, const std::string& token_file,
+std::optional<client::ClientOptions> client_options(const std::string& address, const std::string& token_file,
                                                          const std::string& tls_ca, const std::string& config_path,
                                                          const char* who);
 
 // GetStatus; prints the failure and returns nullopt.
-std::optional<herd::v1::JobStatus> fetch_status(const coordinator::ClientOptions& options, const char* who);
+std::optional<herd::v1::JobStatus> fetch_status(const client::ClientOptions& options, const char* who);
 
 // The human view: a summary line, then one line per rank.
 std::string format_status(const herd::v1::JobStatus& status);
 
 // `herd drain` (stop at the next checkpoint) and `herd cancel` (fail the job now).
-int operator_call(const coordinator::ClientOptions& options, const std::string& reason, bool cancel);
+int operator_call(const client::ClientOptions& options, const std::string& reason, bool cancel);
 
 }  // namespace herd::cli

@@ -429,6 +429,7 @@ void read_all(Reader& r, Section& root, Config& c) {
   r.get(sec, "tls_cert", c.security.tls_cert, Need::Optional, not_empty());
   r.get(sec, "tls_key", c.security.tls_key, Need::Optional, not_empty());
   r.get(sec, "tls_ca", c.security.tls_ca, Need::Optional, not_empty());
+  r.get(sec, "tls_server_name", c.security.tls_server_name, Need::Optional, not_empty());
   if (c.security.tls_cert.empty() != c.security.tls_key.empty()) {
     r.error_key(sec, c.security.tls_cert.empty() ? "tls_key" : "tls_cert",
                 "tls_cert and tls_key go together: give both or neither");

@@ -91,6 +91,7 @@ struct SecurityConfig {
   std::string tls_cert;    // PEM server certificate: TLS is on when set (with tls_key)
   std::string tls_key;     // PEM private key of tls_cert
   std::string tls_ca;      // PEM CA that clients verify the server's certificate with
+  std::string tls_server_name;  // the name clients check the certificate for ("": the host they dial)
 };
 
 struct MetricsConfig {

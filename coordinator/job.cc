@@ -10,9 +10,11 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "common/checkpoint_files.h"
 #include "common/config.h"
 #include "common/job_data.h"
 #include "common/packing.h"
+#include "common/protocol_limits.h"
 #include "common/tokenizer.h"
 
 namespace herd::coordinator {
@@ -24,17 +26,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr size_t kMaxHost = 253;
-constexpr size_t kMaxListEntries = 64;
-constexpr size_t kMaxEntry = 256;
-constexpr size_t kMaxKey = 256;
-constexpr size_t kMaxValue = 64 * 1024;
-constexpr size_t kMaxKeys = 65536;
-constexpr size_t kMaxWaitKeys = 256;
-constexpr uint32_t kMaxGangWaitS = 3600;
-constexpr uint32_t kMaxKvWaitMs = 600000;
-constexpr size_t kMaxPath = 4096;
-constexpr size_t kMaxReason = 1024;
+using namespace herd::protocol;  // the request limits (common/protocol_limits.h)
 // After a member reports a failed collective, how long the coordinator waits before
 // forming the next gang (so that a member that died is noticed and left out).
 constexpr double kFailureGraceS = 1.0;
@@ -166,20 +158,51 @@ Job::Job(JobSettings settings, std::shared_ptr<const SampleSource> samples, std:
 Job::~Job() { shutdown(); }
 
 void Job::replay(const std::vector<JournalRecord>& records) {
+  struct Committed {
+    uint64_t step;
+    std::string path, digest;
+  };
+  std::vector<Committed> checkpoints;  // oldest first; those a recovery rolled back are dropped
+  bool done = false;
   for (const auto& r : records) {
     const json j = json::parse(r.payload);
     switch (r.type) {
       case kStart: incarnation_ = std::max(incarnation_, j.at("incarnation").get<uint64_t>()); break;
-      case kGang: attempt_ = std::max(attempt_, j.at("attempt").get<uint64_t>()); break;
+      case kGang: {
+        attempt_ = std::max(attempt_, j.at("attempt").get<uint64_t>());
+        const uint64_t resume = j.at("resume_step").get<uint64_t>();
+        std::erase_if(checkpoints, [&](const Committed& c) { return c.step > resume; });
+        break;
+      }
       case kCheckpoint:
-        checkpoint_step_ = j.at("step").get<uint64_t>();
-        checkpoint_path_ = j.at("paths").at(0).get<std::string>();
+        checkpoints.push_back({j.at("step").get<uint64_t>(), j.at("paths").at(0).get<std::string>(),
+                               j.at("digests").at(0).get<std::string>()});
         break;
       case kCancel: state_ = herd::v1::FAILED, message_ = "cancelled: " + j.at("reason").get<std::string>(); break;
-      case kDone: state_ = herd::v1::DONE; break;
+      case kDone: done = true; break;
       default: break;
     }
   }
+  // The newest committed checkpoint whose files still match what was committed. One
+  // on a file system this coordinator does not see (its directory's parent is
+  // absent here) is taken on the journal's word.
+  for (auto it = checkpoints.rbegin(); it != checkpoints.rend(); ++it) {
+    const std::filesystem::path dir(it->path);
+    std::string problem;
+    if (std::filesystem::is_directory(dir.parent_path())) {
+      problem = checkpoint_problem(dir);
+      if (problem.empty() && checkpoint_digest(dir) != it->digest) {
+        problem = fmt::format("{} is not the one committed at step {}", kCheckpointManifest, it->step);
+      }
+    }
+    if (problem.empty()) {
+      checkpoint_step_ = it->step;
+      checkpoint_path_ = it->path;
+      break;
+    }
+    resume_warnings_.push_back(fmt::format("skipping {}: {}", it->path, problem));
+  }
+  if (done && checkpoint_step_ == total_steps_) state_ = herd::v1::DONE;
 }
 
 JobState Job::state() const {
@@ -271,16 +294,6 @@ Status Job::member_locked(const std::string& worker_id, uint64_t attempt, Worker
 }
 
 // ---- Membership --------------------------------------------------------------
-
-void Job::resume_from(uint64_t step, const std::string& checkpoint_path) {
-  std::lock_guard lock(mutex_);
-  if (attempt_ != 0 || state_ != herd::v1::REGISTERING || step > total_steps_) {
-    throw std::logic_error(fmt::format("job: cannot resume from step {} (state {}, attempt {}, {} steps)", step,
-                                       state_name(state_), attempt_, total_steps_));
-  }
-  checkpoint_step_ = committed_step_ = step;
-  checkpoint_path_ = checkpoint_path;
-}
 
 Status Job::Register(const herd::v1::RegisterRequest& request, herd::v1::RegisterResponse* response) {
   if (request.job_id() != settings_.job_id) {

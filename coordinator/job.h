@@ -79,8 +79,9 @@ class Job {
   static Clock steady_clock();
 
   // `train`: the sample ids of the train split. `journal_file` empty: nothing is
-  // persisted (tests); otherwise the job resumes from what the journal holds, and a
-  // journal of another job or plan is refused (JournalError).
+  // persisted (tests); otherwise the job resumes from what the journal holds (the
+  // newest committed checkpoint whose files still match), and a journal of another
+  // job or plan is refused (JournalError). This is the one place a resume is decided.
   Job(JobSettings settings, std::shared_ptr<const SampleSource> samples, std::vector<size_t> train,
       const std::filesystem::path& journal_file, Clock clock = steady_clock());
   ~Job();
@@ -96,9 +97,9 @@ class Job {
   // current gang's shape.
   std::pair<double, double> epoch_imbalance(uint64_t epoch);
 
-  // A local run resuming from its own checkpoint (no journal): the first gang
-  // starts after `step`. Only before any gang has formed; throws otherwise.
-  void resume_from(uint64_t step, const std::string& checkpoint_path);
+  // The committed checkpoints a restart passed over because their files no longer
+  // match (newest first): "skipping PATH: what is wrong".
+  const std::vector<std::string>& resume_warnings() const { return resume_warnings_; }
 
   grpc::Status Register(const herd::v1::RegisterRequest& request, herd::v1::RegisterResponse* response);
   grpc::Status Heartbeat(const herd::v1::HeartbeatRequest& request, herd::v1::HeartbeatResponse* response);
@@ -226,6 +227,7 @@ class Job {
   std::deque<double> commit_times_;
   double last_loss_ = 0;
   double last_imbalance_ = 1;
+  std::vector<std::string> resume_warnings_;
 };
 
 }  // namespace herd::coordinator

@@ -13,7 +13,10 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
-#include "coordinator/auth.h"
+#include <grpcpp/health_check_service_interface.h>
+
+#include "common/auth.h"
+#include "common/config.h"
 
 namespace herd::coordinator {
 
@@ -301,6 +304,20 @@ void CoordinatorService::pump(const std::atomic<bool>& stop) {
   }
 }
 
+ServerOptions ServerOptions::from_config(const Config& config, const std::string& listen, const std::string& token) {
+  ServerOptions o;
+  o.listen = listen;
+  o.token = token;
+  if (!config.security.tls_cert.empty()) {
+    o.tls_cert_pem = read_secret_file(config.security.tls_cert, "security.tls_cert");
+    o.tls_key_pem = read_secret_file(config.security.tls_key, "security.tls_key");
+  }
+  if (config.metrics.enabled) o.metrics_listen = fmt::format("0.0.0.0:{}", config.metrics.port);
+  o.config_yaml = config.text;
+  o.config_source = std::filesystem::absolute(config.source).string();
+  return o;
+}
+
 CoordinatorServer::CoordinatorServer(Job& job, const ServerOptions& options)
     : job_(job), metrics_(std::make_unique<Metrics>()) {
   if (options.token.empty()) throw std::invalid_argument("coordinator: a job token is required");
@@ -316,6 +333,7 @@ CoordinatorServer::CoordinatorServer(Job& job, const ServerOptions& options)
     ssl.pem_key_cert_pairs.push_back({options.tls_key_pem, options.tls_cert_pem});
     credentials = grpc::SslServerCredentials(ssl);
   }
+  grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, credentials, &port_);
   builder.RegisterService(service_.get());
@@ -325,9 +343,16 @@ CoordinatorServer::CoordinatorServer(Job& job, const ServerOptions& options)
   server_ = builder.BuildAndStart();
   if (!server_ || port_ == 0) throw std::runtime_error(fmt::format("coordinator: cannot listen on {}", options.listen));
   if (!options.metrics_listen.empty()) {
-    exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_listen);
+    try {
+      exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_listen);
+    } catch (const std::exception& e) {
+      server_->Shutdown();
+      throw std::runtime_error(fmt::format("coordinator: cannot serve metrics on {} (metrics.port in use?): {}",
+                                           options.metrics_listen, e.what()));
+    }
     exposer_->RegisterCollectable(metrics_->registry());
   }
+  server_->GetHealthCheckService()->SetServingStatus(true);
   pump_ = std::thread([this] { service_->pump(pump_stop_); });
   reaper_ = std::thread([this] {
     const auto period = std::chrono::duration<double>(std::clamp(job_.settings().heartbeat_timeout_s / 4, 0.02, 0.25));
@@ -351,6 +376,7 @@ int CoordinatorServer::metrics_port() const {
 
 void CoordinatorServer::shutdown() {
   if (stop_.exchange(true)) return;
+  server_->GetHealthCheckService()->SetServingStatus(false);
   if (reaper_.joinable()) reaper_.join();
   job_.shutdown();  // ends the blocking calls and the streams, so the server can finish them
   pump_stop_ = true;

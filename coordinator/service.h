@@ -22,6 +22,11 @@ class Registry;
 namespace herd::coordinator {
 
 struct ServerOptions {
+  // What a config says: the token (given), TLS from security.tls_cert/tls_key, the
+  // Prometheus endpoint on 0.0.0.0:{metrics.port} when metrics.enabled, and the
+  // config itself for GetJobConfig. Throws AuthError for an unreadable PEM.
+  static ServerOptions from_config(const Config& config, const std::string& listen, const std::string& token);
+
   std::string listen = "0.0.0.0:29400";  // HOST:PORT; port 0 picks a free one
   std::string token;                      // required
   std::string tls_cert_pem, tls_key_pem;  // TLS when set
@@ -95,8 +100,9 @@ class CoordinatorService final : public ServiceBase {
   std::map<BatchStream*, std::weak_ptr<BatchStream>> streams_;
 };
 
-// A running coordinator: the job's service bound to an address, its reaper thread
-// (heartbeat deadlines) and its metrics endpoint.
+// A running coordinator: the job's service bound to an address, the standard gRPC
+// health service (SERVING while it serves: what a Kubernetes probe asks), its
+// reaper thread (heartbeat deadlines) and its metrics endpoint.
 class CoordinatorServer {
  public:
   CoordinatorServer(Job& job, const ServerOptions& options);  // throws on failure

@@ -20,16 +20,22 @@
 #include <fmt/format.h>
 #include <grpcpp/generic/generic_stub.h>
 
-#include "coordinator/auth.h"
+#include "client/sim_worker.h"
+#include "common/auth.h"
 #include "coordinator/job.h"
 #include "coordinator/service.h"
-#include "coordinator/sim_worker.h"
 
 namespace herd::coordinator {
 namespace {
 
 namespace fs = std::filesystem;
 namespace v1 = herd::v1;
+using client::make_channel;
+using client::prepare;
+using client::scrape_metrics;
+using client::SimWorker;
+using client::SimWorkerOptions;
+using client::StepRecord;
 using grpc::StatusCode;
 constexpr const char* kToken = "s3cret-job-token";
 

@@ -176,7 +176,7 @@ def test_operators_drain_and_cancel(coordinator, tiny_job):
     out = herd("status", "--coordinator", coordinator, env=token_env())
     assert out.stdout.startswith("job tiny-job: FAILED") and "message: cancelled: bad data" in out.stdout
     out = herd("cancel", "--coordinator", coordinator, env=token_env())
-    assert out.returncode == 1 and "answered 9 (the job is FAILED)" in out.stderr
+    assert out.returncode == 1 and "answered FAILED_PRECONDITION: the job is FAILED" in out.stderr
 
 
 def test_status_with_a_wrong_or_missing_token_is_refused(coordinator, tmp_path):
@@ -184,7 +184,7 @@ def test_status_with_a_wrong_or_missing_token_is_refused(coordinator, tmp_path):
     wrong.write_text("not-the-token")
     out = herd("status", "--coordinator", coordinator, "--token-file", wrong)
     assert out.returncode == 1
-    assert "answered 16 (wrong job token)" in out.stderr
+    assert "answered UNAUTHENTICATED: wrong job token" in out.stderr
     out = herd("status", "--coordinator", coordinator, env={k: v for k, v in os.environ.items()
                                                             if k != "HERD_JOB_TOKEN"})
     assert out.returncode == 1

@@ -1,6 +1,6 @@
 // The rendezvous store ranks bootstrap through: Gloo's addresses and NCCL's
 // unique id travel through it. Implementations: InMemoryStore (ranks that are
-// threads of one process), the coordinator's KV store (worker/train/link.h,
+// threads of one process), the coordinator's KV store (client/client.h,
 // scoped to the gang's attempt), and, under mpirun, the coordinator whose address
 // rank 0 broadcast over MPI.
 #pragma once

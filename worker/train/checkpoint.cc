@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/checkpoint_files.h"
 #include "common/token_cache.h"
 #include "worker/model/peft_adapter.h"
 #include "worker/model/rng.h"
@@ -20,7 +21,6 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* kManifest = "checkpoint.json";
 constexpr const char* kPrefix = "checkpoint-";
 
 std::optional<uint64_t> checkpoint_step(const fs::path& dir) {
@@ -31,7 +31,8 @@ std::optional<uint64_t> checkpoint_step(const fs::path& dir) {
   return std::stoull(digits);
 }
 
-std::vector<std::pair<uint64_t, fs::path>> complete_checkpoints(const fs::path& output_dir) {
+// checkpoint-STEP directories, oldest first.
+std::vector<std::pair<uint64_t, fs::path>> checkpoints(const fs::path& output_dir) {
   std::vector<std::pair<uint64_t, fs::path>> out;
   if (!fs::is_directory(output_dir)) return out;
   for (const auto& e : fs::directory_iterator(output_dir)) {
@@ -41,31 +42,7 @@ std::vector<std::pair<uint64_t, fs::path>> complete_checkpoints(const fs::path& 
   return out;
 }
 
-// The problem with a checkpoint directory, or "" when every file matches the manifest.
-std::string check(const fs::path& dir) {
-  std::ifstream in(dir / kManifest);
-  if (!in) return fmt::format("{} is missing", kManifest);
-  const json manifest = json::parse(in, nullptr, false);
-  if (!manifest.is_object() || !manifest.contains("files")) return fmt::format("{} is not a manifest", kManifest);
-  for (const auto& [name, want] : manifest["files"].items()) {
-    const fs::path file = dir / name;
-    if (!fs::exists(file)) return fmt::format("{} is missing", name);
-    if (fs::file_size(file) != want.at("bytes").get<uint64_t>()) {
-      return fmt::format("{} has {} bytes, the manifest says {}", name, fs::file_size(file),
-                         want.at("bytes").get<uint64_t>());
-    }
-    if (fmt::format("{:016x}", hash_file(file)) != want.at("hash").get<std::string>()) {
-      return fmt::format("{} does not match its hash", name);
-    }
-  }
-  return "";
-}
-
 }  // namespace
-
-fs::path checkpoint_dir(const fs::path& output_dir, uint64_t step) {
-  return output_dir / fmt::format("{}{}", kPrefix, step);
-}
 
 fs::path write_checkpoint(const fs::path& output_dir, uint64_t step, model::Llama& model,
                           torch::optim::Optimizer& optimizer, const std::vector<StepLog>& history,
@@ -99,23 +76,20 @@ fs::path write_checkpoint(const fs::path& output_dir, uint64_t step, model::Llam
     files[e.path().filename().string()] = {{"bytes", fs::file_size(e.path())},
                                            {"hash", fmt::format("{:016x}", hash_file(e.path()))}};
   }
-  std::ofstream(tmp / kManifest) << json{{"step", step}, {"files", files}}.dump(2);
+  std::ofstream(tmp / kCheckpointManifest) << json{{"step", step}, {"files", files}}.dump(2);
   fs::remove_all(final_dir);
   fs::rename(tmp, final_dir);
 
-  auto all = complete_checkpoints(output_dir);
+  // Checkpoints after this step belong to a timeline the job left (a fresh start
+  // in the same directory, or a recovery from an earlier checkpoint): drop them,
+  // then keep the newest keep_last.
+  auto all = checkpoints(output_dir);
+  while (!all.empty() && all.back().first > step) {
+    fs::remove_all(all.back().second);
+    all.pop_back();
+  }
   for (size_t i = 0; i + static_cast<size_t>(keep_last) < all.size(); ++i) fs::remove_all(all[i].second);
   return final_dir;
-}
-
-std::optional<FoundCheckpoint> newest_checkpoint(const fs::path& output_dir, std::vector<std::string>* warnings) {
-  auto all = complete_checkpoints(output_dir);
-  for (auto it = all.rbegin(); it != all.rend(); ++it) {
-    const std::string problem = check(it->second);
-    if (problem.empty()) return FoundCheckpoint{it->second, it->first};
-    warnings->push_back(fmt::format("skipping {}: {}", it->second.string(), problem));
-  }
-  return std::nullopt;
 }
 
 std::vector<StepLog> load_checkpoint(const fs::path& dir, model::Llama& model, torch::optim::Optimizer& optimizer) {

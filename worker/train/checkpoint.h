@@ -3,13 +3,12 @@
 // epoch, the loss history: transformers' layout) and checkpoint.json, a manifest of
 // every file's size and hash written last. A checkpoint is written under a
 // temporary name and renamed, so a crash never leaves a half one under the final
-// name; resume skips (with a warning naming it) any whose files do not match their
-// manifest, and takes the newest complete one.
+// name. Which checkpoint a job resumes from is the coordinator's choice
+// (common/checkpoint_files.h): the newest committed one whose files match.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,21 +24,11 @@ struct CheckpointMeta {
   uint64_t steps_per_epoch = 1, total_steps = 0;
 };
 
-// {output_dir}/checkpoint-STEP
-std::filesystem::path checkpoint_dir(const std::filesystem::path& output_dir, uint64_t step);
-
-// Writes checkpoint-STEP and keeps the newest `keep_last` checkpoints. Returns its path.
+// Writes checkpoint-STEP, removes any of a later step (a timeline the job left)
+// and keeps the newest `keep_last`. Returns its path.
 std::filesystem::path write_checkpoint(const std::filesystem::path& output_dir, uint64_t step, model::Llama& model,
                                        torch::optim::Optimizer& optimizer, const std::vector<StepLog>& history,
                                        const CheckpointMeta& meta, int64_t keep_last);
-
-// The newest complete checkpoint; each damaged one passed over adds a warning.
-struct FoundCheckpoint {
-  std::filesystem::path dir;
-  uint64_t step = 0;
-};
-std::optional<FoundCheckpoint> newest_checkpoint(const std::filesystem::path& output_dir,
-                                                 std::vector<std::string>* warnings);
 
 // Loads a checkpoint into the model and optimizer and restores the RNG; returns the
 // loss history up to its step.

@@ -11,16 +11,14 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "common/checkpoint_files.h"
 #include "common/config.h"
 #include "common/hf_cache.h"
-#include "common/token_cache.h"
-#include "coordinator/job.h"
 #include "worker/comm/collective.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
 #include "worker/train/checkpoint.h"
 #include "worker/train/fused_adamw.h"
-#include "worker/train/link.h"
 #include "worker/train/lr_schedule.h"
 #include "worker/train/sharding.h"
 
@@ -40,12 +38,6 @@ uint64_t peak_rss_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<uint64_t>(u.ru_maxrss) * 1024;
-}
-
-std::string clock_time(double seconds) {
-  const auto s = static_cast<int64_t>(seconds);
-  return s >= 3600 ? fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-                   : fmt::format("{}:{:02}", s / 60, s % 60);
 }
 
 // Next-token cross-entropy of one micro-batch, summed over the positions its mask
@@ -126,6 +118,29 @@ std::string collective_backend(const Config& config, torch::Device device) {
   return device.is_cuda() ? "nccl" : "gloo";
 }
 
+// The attempt's rendezvous store is the coordinator's (through the session).
+class SessionStore : public comm::Store {
+ public:
+  explicit SessionStore(client::WorkerSession& session) : session_(session) {}
+  void set(const std::string& key, const std::string& value) override {
+    try {
+      session_.kv_set(key, value);
+    } catch (const client::CallError& e) {
+      throw comm::CommError(e.what());
+    }
+  }
+  std::string get(const std::string& key, std::chrono::milliseconds timeout) override {
+    try {
+      return session_.kv_get(key, timeout);
+    } catch (const client::CallError& e) {
+      throw comm::CommError(e.what());
+    }
+  }
+
+ private:
+  client::WorkerSession& session_;
+};
+
 // What one gang attempt trains with. Members are declared in the order they must
 // be built; they are destroyed in reverse (the weights let go of the model first).
 struct Replica {
@@ -136,8 +151,8 @@ struct Replica {
   std::unique_ptr<torch::optim::AdamW> optimizer;
 };
 
-void build_replica(Replica& r, const Config& config, const std::filesystem::path& base, CoordinatorLink& link,
-                   const Gang& gang, const WorkerOptions& options) {
+void build_replica(Replica& r, const Config& config, const std::filesystem::path& base, comm::Store& store,
+                   const client::Gang& gang, const WorkerOptions& options) {
   comm::CollectiveOptions co;
   co.rank = static_cast<int>(gang.rank);
   co.size = static_cast<int>(gang.world_size);
@@ -147,7 +162,7 @@ void build_replica(Replica& r, const Config& config, const std::filesystem::path
   co.device = options.local_rank;
   if (const char* iface = std::getenv("GLOO_SOCKET_IFNAME")) co.iface = iface;
   const torch::Device device = training_device(config, options.local_rank);
-  r.comm = comm::connect(co.size > 1 ? collective_backend(config, device) : "local", link.store(), co);
+  r.comm = comm::connect(co.size > 1 ? collective_backend(config, device) : "local", store, co);
   r.weights = std::make_unique<ShardedWeights>(*r.comm, parse_sharding(config.distributed.sharding));
 
   torch::manual_seed(static_cast<uint64_t>(config.trainer.seed));  // LoRA dropout
@@ -180,48 +195,92 @@ void build_replica(Replica& r, const Config& config, const std::filesystem::path
                     .weight_decay(config.trainer.weight_decay));
 }
 
+// One optimizer step: this rank's micro-batches in; the step's loss, tokens and
+// grad norm out, summed over every rank, and whether any rank asked to stop.
+struct StepOutcome {
+  double loss = 0;  // token-weighted mean over the step's predicted tokens
+  uint64_t tokens = 0, rank_tokens = 0;
+  double grad_norm = 0;
+  bool stop = false;
+};
+
+StepOutcome train_step(Replica& r, const Config& config, const std::vector<v1::MicroBatch>& batches, double lr,
+                       bool stop_requested) {
+  for (auto& group : r.optimizer->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  r.optimizer->zero_grad();
+  const double normaliser = static_cast<double>(std::max<uint64_t>(1, batches.front().step_loss_tokens()));
+  const bool alone = r.comm->size() == 1;
+  torch::Tensor loss_sum;  // on the device: read once a step, not once a micro-batch
+  StepOutcome out;
+  for (size_t m = 0; m < batches.size(); ++m) {
+    if (batches[m].sample_ids_size() == 0 && alone) continue;
+    r.weights->set_sync_gradients(m + 1 == batches.size());
+    auto loss = micro_batch_loss(*r.model, batches[m], &out.rank_tokens);
+    (loss / normaliser).backward();
+    const auto value = loss.detach().to(torch::kFloat64);
+    loss_sum = loss_sum.defined() ? loss_sum + value : value;
+  }
+  r.weights->finish_gradients();
+  if (!r.model->activation_checkpointing()) r.weights->release_all();
+  auto totals = torch::tensor({loss_sum.defined() ? loss_sum.item<double>() : 0.0,
+                               static_cast<double>(out.rank_tokens), stop_requested ? 1.0 : 0.0},
+                              torch::kFloat64);
+  r.comm->all_reduce(totals).wait();
+  out.grad_norm = clip_grad_norm(r.params, config.trainer.max_grad_norm > 0 ? config.trainer.max_grad_norm
+                                                                           : std::numeric_limits<double>::infinity());
+  r.optimizer->step();
+  out.loss = totals[0].item<double>() / normaliser;
+  out.tokens = static_cast<uint64_t>(totals[1].item<double>());
+  out.stop = totals[2].item<double>() > 0;
+  return out;
+}
+
 }  // namespace
 
-TrainResult run_worker(const Config& config, CoordinatorLink& link, const TrainHooks& hooks,
-                       const WorkerOptions& options) {
+std::string training_device_name(const Config& config, int local_rank) {
+  return training_device(config, local_rank).str();
+}
+
+TrainResult run_worker(const Config& config, client::WorkerSession& session, const WorkerOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
   const auto base = resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");
-  link.join(options.host, training_device(config, options.local_rank).str());
+  session.join();
+  SessionStore store(session);
+  RunRecord record(config, options.progress_bar);
 
   TrainResult result;
   uint64_t after = 0;  // the attempt this worker last trained in
   for (;;) {
-    const Gang gang = link.wait_for_gang(after);
-    link.close_stream();  // the previous attempt's, now that a new gang formed
+    const client::Gang gang = session.wait_for_gang(after);
+    session.close_stream();  // the previous attempt's, now that a new gang formed
     after = gang.attempt;
+    record.begin(gang);
     const bool lead = gang.rank == 0;
-    auto print = [&](const std::string& line) {
-      if (hooks.print && lead) hooks.print(line);
-    };
     const uint64_t total = gang.total_steps;
     Replica r;
     try {
-      build_replica(r, config, base, link, gang, options);
+      build_replica(r, config, base, store, gang, options);
     } catch (const comm::CommError& e) {
-      if (hooks.print) hooks.print(fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()));
-      link.report_failure(e.what());
+      std::cout << fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()) << std::endl;
+      session.report_failure(e.what());
       continue;
     }
     if (options.on_gang) options.on_gang(gang, r.weights->shard_bytes(), r.weights->model_bytes());
     int64_t trainable = 0;
     for (auto& p : r.params) trainable += p.numel();
-    print(fmt::format("training {}: {} steps ({} per epoch), {} trainable parameters, {} base weights{}",
-                      config.model_name, total, gang.steps_per_epoch, trainable,
-                      config.quantization.enabled ? "NF4" : "dense",
-                      gang.world_size > 1 ? fmt::format(", {} ranks ({}, {}, attempt {})", gang.world_size,
-                                                        r.comm->backend(), config.distributed.sharding, gang.attempt)
-                                          : std::string()));
+    record.print(fmt::format("training {}: {} steps ({} per epoch), {} trainable parameters, {} base weights{}",
+                             config.model_name, total, gang.steps_per_epoch, trainable,
+                             config.quantization.enabled ? "NF4" : "dense",
+                             gang.world_size > 1
+                                 ? fmt::format(", {} ranks ({}, {}, attempt {})", gang.world_size, r.comm->backend(),
+                                               config.distributed.sharding, gang.attempt)
+                                 : std::string()));
     result.steps.clear();
     if (gang.resume_step > 0) {
       result.steps = load_checkpoint(gang.resume_checkpoint, *r.model, *r.optimizer);
       result.resumed_from = gang.resume_step;
-      print(fmt::format("resuming from {} (step {})", gang.resume_checkpoint, gang.resume_step));
+      record.print(fmt::format("resuming from {} (step {})", gang.resume_checkpoint, gang.resume_step));
     }
     const CheckpointMeta meta{config.base_model, config.lora.task_type, config.lora.bias, gang.steps_per_epoch, total};
     uint64_t last_checkpoint = gang.resume_step;
@@ -231,80 +290,32 @@ TrainResult run_worker(const Config& config, CoordinatorLink& link, const TrainH
       if (lead) {
         dir = write_checkpoint(config.trainer_output_dir, step, *r.model, *r.optimizer, result.steps, meta,
                                config.checkpoint.keep_last);
+        record.checkpoint(step, dir);
       }
       r.comm->barrier();  // rank 0's files are complete (a shared file system)
-      link.commit_checkpoint(step, dir.string(), fmt::format("{:064x}", hash_file(dir / "checkpoint.json")));
+      session.commit_checkpoint(step, dir.string(), checkpoint_digest(dir));
     };
 
     try {
-      const auto held_out = link.eval_batches();
-      link.open_stream(gang.resume_step + 1);
-      double window_loss = 0;
-      int64_t window_steps = 0;
+      const auto held_out = session.eval_batches();
+      session.open_stream(gang.resume_step + 1);
       for (uint64_t step = gang.resume_step + 1; step <= total; ++step) {
-        if (hooks.stop && *hooks.stop && gang.world_size == 1) {
-          if (step - 1 > last_checkpoint) checkpoint(step - 1);
-          print(last_checkpoint == 0 ? std::string("interrupted before the first step: nothing to resume from")
-                                     : fmt::format("interrupted after step {}: `herd train CONFIG --resume` continues "
-                                                   "from checkpoint-{}",
-                                                   step - 1, last_checkpoint));
-          result.interrupted = true;
-          result.seconds = seconds();
-          link.close_stream();
-          return result;
-        }
         const auto step_start = std::chrono::steady_clock::now();
-        auto batches = link.next_step(step);
+        const auto batches = session.next_step(step);
         const double lr = config.trainer.learning_rate *
                           lr_factor(config.trainer.lr_scheduler, static_cast<int64_t>(step) - 1,
                                     config.trainer.warmup_steps, static_cast<int64_t>(total));
-        for (auto& group : r.optimizer->param_groups()) {
-          static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-        }
-        r.optimizer->zero_grad();
-        const double normaliser = static_cast<double>(std::max<uint64_t>(1, batches.front().step_loss_tokens()));
-        torch::Tensor loss_sum;  // on the device: read once a step, not once a micro-batch
-        uint64_t tokens = 0;
-        for (size_t m = 0; m < batches.size(); ++m) {
-          if (batches[m].sample_ids_size() == 0 && gang.world_size == 1) continue;
-          r.weights->set_sync_gradients(m + 1 == batches.size());
-          auto loss = micro_batch_loss(*r.model, batches[m], &tokens);
-          (loss / normaliser).backward();
-          const auto value = loss.detach().to(torch::kFloat64);
-          loss_sum = loss_sum.defined() ? loss_sum + value : value;
-        }
-        r.weights->finish_gradients();
-        if (!r.model->activation_checkpointing()) r.weights->release_all();
-        // The step's loss and tokens over every rank.
-        auto totals = torch::tensor({loss_sum.defined() ? loss_sum.item<double>() : 0.0, static_cast<double>(tokens)},
-                                    torch::kFloat64);
-        r.comm->all_reduce(totals).wait();
-        const double grad_norm =
-            clip_grad_norm(r.params, config.trainer.max_grad_norm > 0 ? config.trainer.max_grad_norm
-                                                                      : std::numeric_limits<double>::infinity());
-        r.optimizer->step();
-
-        const auto all_tokens = static_cast<uint64_t>(totals[1].item<double>());
-        StepLog log{step, static_cast<double>(step) / static_cast<double>(gang.steps_per_epoch),
-                    totals[0].item<double>() / normaliser, lr, grad_norm, all_tokens};
-        link.report_step(step, log.loss, tokens,
-                         std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count());
+        const bool stop_requested = (options.stop && *options.stop) || session.draining();
+        const StepOutcome o = train_step(r, config, batches, lr, stop_requested);
+        const StepLog log{step, static_cast<double>(step) / static_cast<double>(gang.steps_per_epoch), o.loss, lr,
+                          o.grad_norm, o.tokens};
+        v1::StepTimings timings;
+        timings.set_compute_seconds(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count());
+        session.report_step(step, log.loss, o.rank_tokens, timings);
         result.steps.push_back(log);
-        result.tokens += all_tokens;
-        if (hooks.on_step && lead) hooks.on_step(log, total);
-        window_loss += log.loss;
-        ++window_steps;
-        if (static_cast<int64_t>(step) % config.trainer.logging_steps == 0 || step == total) {
-          const double elapsed = seconds();
-          print(fmt::format("step {}/{}  epoch {:.2f}  loss {:.4f}  lr {:.3g}  grad_norm {:.4f}  tokens/s {:.0f}  "
-                            "elapsed {}  eta {}",
-                            step, total, log.epoch, window_loss / static_cast<double>(window_steps), lr, grad_norm,
-                            static_cast<double>(result.tokens) / elapsed, clock_time(elapsed),
-                            clock_time(elapsed / static_cast<double>(step - gang.resume_step) *
-                                       static_cast<double>(total - step))));
-          window_loss = 0;
-          window_steps = 0;
-        }
+        result.tokens += o.tokens;
+        record.step(log, seconds(), result.tokens);
         const bool eval_due = config.trainer.eval_steps > 0
                                   ? step % static_cast<uint64_t>(config.trainer.eval_steps) == 0
                                   : step == total;
@@ -312,53 +323,54 @@ TrainResult run_worker(const Config& config, CoordinatorLink& link, const TrainH
         if (!held_out.empty() && (eval_due || step == total)) {
           const auto [loss, samples] = eval_loss(*r.model, *r.comm, held_out);
           result.evals.emplace_back(step, loss);
-          print(fmt::format("eval  step {}/{}  eval_loss {:.4f}  ({} held-out samples)", step, total, loss, samples));
+          record.eval(step, loss, samples);
+        }
+        if (o.stop && step < total) {
+          // Every rank saw the flag in this step's sums: drain, then commit the
+          // checkpoint that stops the job (STOPPED; a restart resumes from it).
+          session.drain();
+          if (step > last_checkpoint) checkpoint(step);
+          result.interrupted = true;
+          result.seconds = seconds();
+          session.close_stream();
+          record.end("interrupted", {{"step", step}, {"checkpoint", last_checkpoint}},
+                     fmt::format("interrupted after step {}: `herd train CONFIG --resume` continues from checkpoint-{}",
+                                 step, last_checkpoint));
+          return result;
         }
         if (step == total || step % static_cast<uint64_t>(config.checkpoint.every_steps) == 0) checkpoint(step);
       }
-    } catch (const AttemptOver& e) {
-      if (hooks.print) hooks.print(fmt::format("attempt {} is over ({}); waiting for the next gang", gang.attempt, e.what()));
+    } catch (const client::AttemptOver& e) {
+      std::cout << fmt::format("attempt {} is over ({}); waiting for the next gang", gang.attempt, e.what())
+                << std::endl;
       continue;
     } catch (const comm::CommError& e) {
       // Every member may still look alive to the coordinator: say the attempt failed.
-      if (hooks.print) hooks.print(fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()));
-      link.report_failure(e.what());
+      std::cout << fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()) << std::endl;
+      session.report_failure(e.what());
       continue;
     }
-    link.close_stream();
+    session.close_stream();
     result.adapter_dir = config.adapter_dir();
     if (lead) {
       model::save_adapter(*r.model, result.adapter_dir, config.base_model, config.lora.task_type, config.lora.bias);
     }
     result.seconds = seconds();
     result.peak_memory_bytes = peak_rss_bytes();
-    print(fmt::format("done: {} steps in {}, {} tokens, {:.0f} tokens/s, peak memory {:.0f} MiB", result.steps.size(),
-                      clock_time(result.seconds), result.tokens, static_cast<double>(result.tokens) / result.seconds,
-                      static_cast<double>(result.peak_memory_bytes) / (1 << 20)));
-    print("adapter: " + result.adapter_dir.string());
+    record.end("done",
+               {{"step", total},
+                {"steps", result.steps.size()},
+                {"tokens", result.tokens},
+                {"seconds", result.seconds},
+                {"peak_memory_bytes", result.peak_memory_bytes},
+                {"adapter", result.adapter_dir.string()}},
+               fmt::format("done: {} steps in {}, {} tokens, {:.0f} tokens/s, peak memory {:.0f} MiB",
+                           result.steps.size(), clock_time(result.seconds), result.tokens,
+                           static_cast<double>(result.tokens) / result.seconds,
+                           static_cast<double>(result.peak_memory_bytes) / (1 << 20)));
+    record.print("adapter: " + result.adapter_dir.string());
     return result;
   }
-}
-
-TrainResult train(const Config& config, const TrainHooks& hooks, bool resume) {
-  if (config.distributed.world_size != 1) {
-    throw std::runtime_error(fmt::format("herd train runs one local worker; distributed.world_size is {} "
-                                         "(use --workers N, or start herd-coordinator and herd worker processes)",
-                                         config.distributed.world_size));
-  }
-  resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");  // before the data: a clear first error
-  // The in-process coordinator: the plan and stream a remote one would serve.
-  auto job = coordinator::load_job(config, {});
-  if (resume || config.checkpoint.resume == "auto") {
-    std::vector<std::string> warnings;
-    auto from = newest_checkpoint(config.trainer_output_dir, &warnings);
-    for (const auto& w : warnings) {
-      if (hooks.warn) hooks.warn(w);
-    }
-    if (from) job->resume_from(from->step, from->dir.string());
-  }
-  auto link = local_link(*job, config.model_name);
-  return run_worker(config, *link, hooks);
 }
 
 }  // namespace herd::train

@@ -1,22 +1,18 @@
 // The job token and TLS material, for the coordinator and its clients. The token
-// is a shared secret: it is compared in constant time and never logged.
+// is a shared secret: it is compared in constant time and never logged. (The
+// client's channel and call metadata are in client/client.h.)
 #pragma once
 
-#include <chrono>
-#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
-#include <grpcpp/grpcpp.h>
-
-#include "common/launch.h"
+#include "common/env.h"
 
 namespace herd {
-struct SecurityConfig;
-}
 
-namespace herd::coordinator {
+struct SecurityConfig;
 
 class AuthError : public std::runtime_error {
  public:
@@ -35,14 +31,4 @@ std::string read_secret_file(const std::string& path, const char* what);
 // True when `metadata_value` is exactly "Bearer <token>" (constant time in the token).
 bool bearer_matches(std::string_view metadata_value, const std::string& token);
 
-// How a client reaches the coordinator: plaintext, or TLS verified with `tls_ca_pem`.
-struct ClientOptions {
-  std::string address;  // HOST:PORT
-  std::string token;
-  std::string tls_ca_pem;  // empty: plaintext
-};
-std::shared_ptr<grpc::Channel> make_channel(const ClientOptions& options);
-// Adds the token and a deadline to a call.
-void prepare(grpc::ClientContext& context, const std::string& token, std::chrono::milliseconds timeout);
-
-}  // namespace herd::coordinator
+}  // namespace herd

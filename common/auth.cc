@@ -1,4 +1,4 @@
-#include "coordinator/auth.h"
+#include "common/auth.h"
 
 #include <fstream>
 #include <sstream>
@@ -7,7 +7,7 @@
 
 #include "common/config.h"
 
-namespace herd::coordinator {
+namespace herd {
 
 std::string read_secret_file(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
@@ -43,25 +43,4 @@ bool bearer_matches(std::string_view value, const std::string& token) {
   return diff == 0;
 }
 
-std::shared_ptr<grpc::Channel> make_channel(const ClientOptions& options) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  std::shared_ptr<grpc::ChannelCredentials> credentials;
-  if (options.tls_ca_pem.empty()) {
-    credentials = grpc::InsecureChannelCredentials();
-  } else {
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = options.tls_ca_pem;
-    credentials = grpc::SslCredentials(ssl);
-  }
-  return grpc::CreateCustomChannel(options.address, credentials, args);
-}
-
-void prepare(grpc::ClientContext& context, const std::string& token, std::chrono::milliseconds timeout) {
-  context.AddMetadata("authorization", "Bearer " + token);
-  context.set_deadline(std::chrono::system_clock::now() + timeout);
-}
-
-}  // namespace herd::coordinator
+}  // namespace herd

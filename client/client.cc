@@ -1,0 +1,508 @@
+#include "client/client.h"
+
+#include <algorithm>
+#include <future>
+
+#include <fmt/format.h>
+#include <grpcpp/generic/generic_stub.h>
+
+#include "common/protocol_limits.h"
+
+namespace herd::client {
+
+namespace v1 = herd::v1;
+using grpc::StatusCode;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr auto kCallTimeout = std::chrono::seconds(30);
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+bool terminal(v1::JobState s) { return s == v1::DONE || s == v1::FAILED || s == v1::STOPPED; }
+
+// A refusal that means "this attempt is over": stale attempt, not a member, aborted.
+bool attempt_ended(const grpc::Status& s) {
+  return s.error_code() == StatusCode::FAILED_PRECONDITION || s.error_code() == StatusCode::ABORTED ||
+         s.error_code() == StatusCode::NOT_FOUND || s.error_code() == StatusCode::CANCELLED ||
+         s.error_code() == StatusCode::UNAVAILABLE;
+}
+
+Gang to_gang(const v1::WaitForGangResponse& g) {
+  Gang out;
+  out.rank = g.rank();
+  out.world_size = g.world_size();
+  out.accumulation = g.gradient_accumulation_steps();
+  out.attempt = g.attempt();
+  out.resume_step = g.resume_step();
+  out.total_steps = g.total_steps();
+  out.steps_per_epoch = g.steps_per_epoch();
+  out.resume_checkpoint = g.resume_checkpoint();
+  return out;
+}
+
+}  // namespace
+
+std::shared_ptr<grpc::Channel> make_channel(const ClientOptions& options) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (options.tls_ca_pem.empty()) {
+    credentials = grpc::InsecureChannelCredentials();
+  } else {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_ca_pem;
+    credentials = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
+  }
+  return grpc::CreateCustomChannel(options.address, credentials, args);
+}
+
+void prepare(grpc::ClientContext& context, const std::string& token, std::chrono::milliseconds timeout) {
+  context.AddMetadata("authorization", "Bearer " + token);
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+}
+
+const char* code_name(StatusCode code) {
+  switch (code) {
+    case StatusCode::OK: return "OK";
+    case StatusCode::CANCELLED: return "CANCELLED";
+    case StatusCode::UNKNOWN: return "UNKNOWN";
+    case StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    case StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case StatusCode::ABORTED: return "ABORTED";
+    case StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case StatusCode::INTERNAL: return "INTERNAL";
+    case StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case StatusCode::DATA_LOSS: return "DATA_LOSS";
+    default: return "UNKNOWN_CODE";
+  }
+}
+
+std::string describe(const grpc::Status& s) { return fmt::format("{}: {}", code_name(s.error_code()), s.error_message()); }
+
+CallError::CallError(const std::string& what, const grpc::Status& status)
+    : std::runtime_error(fmt::format("{}: {}", what, describe(status))), code_(status.error_code()) {}
+
+// ---- Coordinator ----------------------------------------------------------------
+
+Coordinator::Coordinator(ClientOptions options)
+    : options_(std::move(options)), channel_(make_channel(options_)), stub_(v1::Coordinator::NewStub(channel_)) {}
+
+grpc::Status Coordinator::status(v1::JobStatus* out, std::chrono::milliseconds timeout) {
+  grpc::ClientContext context;
+  prepare(context, options_.token, timeout);
+  return stub_->GetStatus(&context, v1::GetStatusRequest(), out);
+}
+
+grpc::Status Coordinator::drain(v1::OperatorResponse* out) {
+  grpc::ClientContext context;
+  prepare(context, options_.token, std::chrono::seconds(10));
+  return stub_->Drain(&context, v1::DrainRequest(), out);
+}
+
+grpc::Status Coordinator::cancel(const std::string& reason, v1::OperatorResponse* out) {
+  v1::CancelRequest request;
+  request.set_reason(reason.substr(0, protocol::kMaxReason));
+  grpc::ClientContext context;
+  prepare(context, options_.token, std::chrono::seconds(10));
+  return stub_->Cancel(&context, request, out);
+}
+
+grpc::Status Coordinator::job_config(v1::JobConfig* out, std::chrono::seconds patience) {
+  const auto start = Clock::now();
+  for (;;) {
+    grpc::ClientContext context;
+    prepare(context, options_.token, std::chrono::seconds(10));
+    auto s = stub_->GetJobConfig(&context, v1::GetJobConfigRequest(), out);
+    if (s.error_code() != StatusCode::UNAVAILABLE || Clock::now() - start > patience) return s;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
+grpc::Status Coordinator::health(std::string* out, std::chrono::milliseconds timeout) {
+  // HealthCheckRequest{service: ""} is the empty message; the answer is
+  // HealthCheckResponse{status = 1 (enum)}: the bytes 0x08 <status>, or nothing for UNKNOWN.
+  grpc::GenericStub generic(channel_);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  grpc::ByteBuffer request, response;
+  grpc::Slice empty;
+  request = grpc::ByteBuffer(&empty, 1);
+  std::promise<grpc::Status> done;
+  generic.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                    [&done](grpc::Status s) { done.set_value(std::move(s)); });
+  grpc::Status s = done.get_future().get();
+  if (!s.ok()) return s;
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) return {StatusCode::INTERNAL, "unreadable health answer"};
+  std::string bytes;
+  for (const auto& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  const int status = bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+  static const char* const kNames[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
+  *out = status >= 0 && status <= 3 ? kNames[status] : "UNKNOWN";
+  return s;
+}
+
+// ---- WorkerSession --------------------------------------------------------------
+
+// A call of the session: its context is cancelled by abandon().
+class WorkerSession::Call {
+ public:
+  Call(WorkerSession& session, std::chrono::milliseconds timeout) : session_(session) {
+    prepare(context, session.options_.client.token, timeout);
+    std::lock_guard lock(session.mutex_);
+    if (session.abandoned_) throw JobOver("this worker left the job", v1::JOB_STATE_UNSPECIFIED);
+    session.in_flight_.insert(&context);
+  }
+  ~Call() {
+    std::lock_guard lock(session_.mutex_);
+    session_.in_flight_.erase(&context);
+  }
+  grpc::ClientContext context;
+
+ private:
+  WorkerSession& session_;
+};
+
+WorkerSession::WorkerSession(SessionOptions options)
+    : options_(std::move(options)),
+      channel_(make_channel(options_.client)),
+      stub_(v1::Coordinator::NewStub(channel_)) {}
+
+WorkerSession::~WorkerSession() {
+  {
+    std::lock_guard lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  close_stream();
+  if (heartbeat_.joinable()) heartbeat_.join();
+}
+
+std::string WorkerSession::worker_id() const {
+  std::lock_guard lock(mutex_);
+  return worker_id_;
+}
+
+uint64_t WorkerSession::attempt() const {
+  std::lock_guard lock(mutex_);
+  return gang_.attempt;
+}
+
+Gang WorkerSession::gang() const {
+  std::lock_guard lock(mutex_);
+  return gang_;
+}
+
+void WorkerSession::join() {
+  register_worker();
+  std::lock_guard lock(mutex_);
+  if (!heartbeat_.joinable()) heartbeat_ = std::thread([this] { heartbeat_loop(); });
+}
+
+void WorkerSession::abandon() {
+  {
+    std::lock_guard lock(mutex_);
+    abandoned_ = stop_ = true;
+    for (auto* context : in_flight_) context->TryCancel();
+    if (stream_context_) stream_context_->TryCancel();
+  }
+  wake_.notify_all();
+}
+
+v1::JobState WorkerSession::job_state() {
+  v1::JobStatus status;
+  Call call(*this, std::chrono::seconds(10));
+  return stub_->GetStatus(&call.context, v1::GetStatusRequest(), &status).ok() ? status.state()
+                                                                               : v1::JOB_STATE_UNSPECIFIED;
+}
+
+void WorkerSession::register_worker() {
+  const auto start = Clock::now();
+  for (double backoff = 0.05;; backoff = std::min(backoff * 2, 1.0)) {
+    v1::RegisterRequest request;
+    request.set_job_id(options_.job_id);
+    request.set_host(options_.host.substr(0, protocol::kMaxHost));
+    request.add_devices(options_.device);
+    request.add_capabilities("gloo");
+    v1::RegisterResponse response;
+    grpc::Status s;
+    {
+      Call call(*this, kCallTimeout);
+      s = stub_->Register(&call.context, request, &response);
+    }
+    if (s.ok()) {
+      std::lock_guard lock(mutex_);
+      worker_id_ = response.worker_id();
+      lease_s_ = std::max<uint32_t>(1, response.lease_seconds());
+      return;
+    }
+    const bool retry = s.error_code() == StatusCode::UNAVAILABLE || s.error_code() == StatusCode::DEADLINE_EXCEEDED;
+    if (!retry || Clock::now() - start > options_.give_up_after) {
+      const auto state = s.error_code() == StatusCode::FAILED_PRECONDITION ? job_state() : v1::JOB_STATE_UNSPECIFIED;
+      throw JobOver(fmt::format("registering with the coordinator at {}: {}", options_.client.address, describe(s)),
+                    state);
+    }
+    std::unique_lock lock(mutex_);
+    if (wake_.wait_for(lock, std::chrono::duration<double>(backoff), [&] { return abandoned_; })) {
+      throw JobOver("this worker left the job", v1::JOB_STATE_UNSPECIFIED);
+    }
+  }
+}
+
+Gang WorkerSession::wait_for_gang(uint64_t after) {
+  auto unreachable_since = Clock::now();
+  for (;;) {
+    v1::WaitForGangRequest request;
+    request.set_worker_id(worker_id());
+    request.set_timeout_seconds(5);
+    request.set_after_attempt(after);
+    v1::WaitForGangResponse response;
+    grpc::Status s;
+    {
+      Call call(*this, std::chrono::seconds(15));
+      s = stub_->WaitForGang(&call.context, request, &response);
+    }
+    if (s.ok()) {
+      std::lock_guard lock(mutex_);
+      gang_ = to_gang(response);
+      return gang_;
+    }
+    switch (s.error_code()) {
+      case StatusCode::DEADLINE_EXCEEDED: break;
+      case StatusCode::NOT_FOUND: register_worker(); break;  // the coordinator restarted
+      case StatusCode::UNAVAILABLE:
+        if (Clock::now() - unreachable_since > options_.give_up_after) {
+          throw JobOver(fmt::format("the coordinator at {} is unreachable: {}", options_.client.address, describe(s)),
+                        v1::JOB_STATE_UNSPECIFIED);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        continue;
+      case StatusCode::FAILED_PRECONDITION: {
+        // The job ended, or this worker was declared dead while it could not answer.
+        const auto state = job_state();
+        if (terminal(state) || state == v1::JOB_STATE_UNSPECIFIED) throw JobOver(describe(s), state);
+        register_worker();
+        break;
+      }
+      case StatusCode::CANCELLED:
+        if (std::lock_guard lock(mutex_); abandoned_) throw JobOver("this worker left the job", v1::JOB_STATE_UNSPECIFIED);
+        throw CallError("WaitForGang", s);
+      default: throw CallError("WaitForGang", s);
+    }
+    unreachable_since = Clock::now();
+  }
+}
+
+void WorkerSession::kv_set(const std::string& key, const std::string& value) {
+  v1::KvSetRequest request;
+  request.set_worker_id(worker_id());
+  request.set_attempt(attempt());
+  request.set_key(key);
+  request.set_value(value);
+  v1::KvSetResponse response;
+  Call call(*this, kCallTimeout);
+  if (auto s = stub_->KvSet(&call.context, request, &response); !s.ok()) throw CallError("store set " + key, s);
+}
+
+std::string WorkerSession::kv_get(const std::string& key, std::chrono::milliseconds timeout) {
+  const auto wait_ms = std::min<int64_t>(timeout.count(), protocol::kMaxKvWaitMs);
+  v1::KvWaitRequest wait;
+  wait.set_worker_id(worker_id());
+  wait.set_attempt(attempt());
+  wait.add_keys(key);
+  wait.set_timeout_ms(static_cast<uint32_t>(wait_ms));
+  v1::KvWaitResponse waited;
+  {
+    Call call(*this, std::chrono::milliseconds(wait_ms) + kCallTimeout);
+    if (auto s = stub_->KvWait(&call.context, wait, &waited); !s.ok()) throw CallError("store wait " + key, s);
+  }
+  v1::KvGetRequest request;
+  request.set_worker_id(worker_id());
+  request.set_attempt(attempt());
+  request.set_key(key);
+  v1::KvGetResponse response;
+  Call call(*this, kCallTimeout);
+  if (auto s = stub_->KvGet(&call.context, request, &response); !s.ok()) throw CallError("store get " + key, s);
+  return response.value();
+}
+
+void WorkerSession::open_stream(uint64_t from_step) {
+  close_stream();
+  v1::StreamBatchesRequest request;
+  request.set_worker_id(worker_id());
+  request.set_attempt(attempt());
+  request.set_from_step(from_step);
+  std::lock_guard lock(mutex_);
+  if (abandoned_) throw JobOver("this worker left the job", v1::JOB_STATE_UNSPECIFIED);
+  stream_context_ = std::make_unique<grpc::ClientContext>();
+  prepare(*stream_context_, options_.client.token, std::chrono::hours(24 * 365));
+  if (over_attempt_ == gang_.attempt) stream_context_->TryCancel();
+  reader_ = stub_->StreamBatches(stream_context_.get(), request);
+}
+
+std::vector<v1::MicroBatch> WorkerSession::next_step(uint64_t step) {
+  std::vector<v1::MicroBatch> out;
+  const Gang g = gang();
+  while (out.size() < g.accumulation) {
+    v1::MicroBatch batch;
+    if (!reader_ || !reader_->Read(&batch)) {
+      throw AttemptOver(fmt::format("the batch stream of attempt {} ended before step {}", g.attempt, step));
+    }
+    if (batch.step() != step) {
+      throw std::runtime_error(fmt::format("the stream sent step {} while step {} was due", batch.step(), step));
+    }
+    out.push_back(std::move(batch));
+  }
+  return out;
+}
+
+// Unread micro-batches would hold Finish back: cancel first.
+void WorkerSession::close_stream() {
+  std::unique_ptr<grpc::ClientReader<v1::MicroBatch>> reader;
+  {
+    std::lock_guard lock(mutex_);
+    if (stream_context_) stream_context_->TryCancel();
+    reader = std::move(reader_);
+  }
+  if (reader) (void)reader->Finish();
+  std::lock_guard lock(mutex_);
+  stream_context_.reset();
+}
+
+void WorkerSession::finish_call(const grpc::Status& s, const char* what) {
+  if (s.ok()) return;
+  if (s.error_code() == StatusCode::CANCELLED) {
+    std::lock_guard lock(mutex_);
+    if (abandoned_) throw JobOver("this worker left the job", v1::JOB_STATE_UNSPECIFIED);
+  }
+  if (attempt_ended(s)) throw AttemptOver(fmt::format("{}: {}", what, describe(s)));
+  throw CallError(what, s);
+}
+
+bool WorkerSession::report_step(uint64_t step, double loss, uint64_t tokens, const v1::StepTimings& timings) {
+  v1::ReportStepRequest request;
+  request.set_worker_id(worker_id());
+  request.set_attempt(attempt());
+  request.set_step(step);
+  request.set_loss(loss);
+  request.set_tokens(tokens);
+  *request.mutable_timings() = timings;
+  v1::ReportStepResponse response;
+  grpc::Status s;
+  {
+    Call call(*this, kCallTimeout);
+    const auto start = Clock::now();
+    s = stub_->ReportStep(&call.context, request, &response);
+    if (options_.on_call) options_.on_call("ReportStep", s, seconds_since(start));
+  }
+  finish_call(s, "ReportStep");
+  last_step_ = step;
+  return response.committed();
+}
+
+bool WorkerSession::commit_checkpoint(uint64_t step, const std::string& path, const std::string& digest) {
+  v1::CommitCheckpointRequest request;
+  request.set_worker_id(worker_id());
+  request.set_attempt(attempt());
+  request.set_step(step);
+  request.set_path(path);
+  request.set_digest(digest);
+  v1::CommitCheckpointResponse response;
+  grpc::Status s;
+  {
+    Call call(*this, kCallTimeout);
+    s = stub_->CommitCheckpoint(&call.context, request, &response);
+  }
+  finish_call(s, "CommitCheckpoint");
+  return response.committed();
+}
+
+void WorkerSession::report_failure(const std::string& reason) {
+  v1::ReportFailureRequest request;
+  request.set_worker_id(worker_id());
+  request.set_attempt(attempt());
+  request.set_reason(reason.substr(0, protocol::kMaxReason));
+  v1::ReportFailureResponse response;
+  Call call(*this, kCallTimeout);
+  (void)stub_->ReportFailure(&call.context, request, &response);
+}
+
+std::vector<v1::MicroBatch> WorkerSession::eval_batches() {
+  v1::EvalBatchesRequest request;
+  request.set_worker_id(worker_id());
+  request.set_attempt(attempt());
+  Call call(*this, std::chrono::minutes(10));
+  auto reader = stub_->EvalBatches(&call.context, request);
+  std::vector<v1::MicroBatch> out;
+  for (v1::MicroBatch b; reader->Read(&b);) out.push_back(std::move(b));
+  finish_call(reader->Finish(), "EvalBatches");
+  return out;
+}
+
+void WorkerSession::drain() {
+  v1::OperatorResponse response;
+  Call call(*this, kCallTimeout);
+  const auto s = stub_->Drain(&call.context, v1::DrainRequest(), &response);
+  // FAILED_PRECONDITION: the job has ended already.
+  if (!s.ok() && s.error_code() != StatusCode::FAILED_PRECONDITION) throw CallError("Drain", s);
+}
+
+// Heartbeats; when the coordinator says the attempt is over, the stream is
+// cancelled so that the training loop leaves the step it waits in.
+void WorkerSession::heartbeat_loop() {
+  std::unique_lock lock(mutex_);
+  auto interval = [&] {
+    return options_.heartbeat_interval_s > 0
+               ? std::chrono::duration<double>(options_.heartbeat_interval_s)
+               : std::chrono::duration<double>(std::min(1.0, static_cast<double>(lease_s_) / 3));
+  };
+  // Workers start at different times: spread the heartbeats over the interval.
+  const double phase = static_cast<double>(std::hash<std::string>{}(options_.host) % 1000) / 1000.0;
+  wake_.wait_for(lock, interval() * phase, [&] { return stop_; });
+  while (!stop_) {
+    if (!heartbeats_stopped_ && !worker_id_.empty()) {
+      const std::string id = worker_id_;
+      const uint64_t attempt = gang_.attempt;
+      v1::HeartbeatRequest request;
+      request.set_worker_id(id);
+      request.set_attempt(attempt);
+      request.set_step(last_step_);
+      request.mutable_stats()->set_tokens_per_second(tokens_per_second_);
+      v1::HeartbeatResponse response;
+      grpc::ClientContext context;
+      prepare(context, options_.client.token, kCallTimeout);
+      in_flight_.insert(&context);
+      lock.unlock();
+      const auto start = Clock::now();
+      const auto s = stub_->Heartbeat(&context, request, &response);
+      if (options_.on_call) options_.on_call("Heartbeat", s, seconds_since(start));
+      lock.lock();
+      in_flight_.erase(&context);
+      if (s.ok()) draining_ = response.state() == v1::DRAINING;
+      const bool over = s.ok() ? attempt != 0 && (response.attempt() != attempt || response.state() == v1::RECOVERING)
+                               : s.error_code() == StatusCode::NOT_FOUND && id == worker_id_;
+      if (over && attempt == gang_.attempt) {
+        over_attempt_ = attempt;
+        if (stream_context_) stream_context_->TryCancel();
+      }
+    }
+    wake_.wait_for(lock, interval(), [&] { return stop_; });
+  }
+}
+
+}  // namespace herd::client

@@ -1,0 +1,154 @@
+#include "client/sim_worker.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+namespace herd::client {
+
+namespace v1 = herd::v1;
+
+std::string scrape_metrics(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    const std::string request = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      char buf[4096];
+      for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+namespace {
+SessionOptions session_options(const SimWorkerOptions& o) {
+  SessionOptions s;
+  s.client = o.client;
+  s.job_id = o.job_id;
+  s.host = o.host;
+  s.heartbeat_interval_s = o.heartbeat_interval_s;
+  return s;
+}
+}  // namespace
+
+SimWorker::SimWorker(SimWorkerOptions options) : options_(std::move(options)), session_(session_options(options_)) {
+  session_.set_tokens_per_second(1000);
+}
+
+SimWorker::~SimWorker() {
+  stop_ = true;
+  {
+    std::lock_guard lock(wake_mutex_);
+    wake_.notify_all();
+  }
+  session_.abandon();
+  if (main_.joinable()) main_.join();
+}
+
+void SimWorker::start() {
+  main_ = std::thread([this] { run(); });
+}
+
+void SimWorker::crash() {
+  crashed_ = true;
+  session_.abandon();
+  std::lock_guard lock(wake_mutex_);
+  wake_.notify_all();
+}
+
+void SimWorker::hang() {
+  hung_ = true;
+  session_.stop_heartbeats();
+  std::lock_guard lock(wake_mutex_);
+  wake_.notify_all();
+}
+
+std::string SimWorker::outcome() const {
+  std::lock_guard lock(mutex_);
+  return outcome_;
+}
+
+std::vector<StepRecord> SimWorker::log() const {
+  std::lock_guard lock(mutex_);
+  return log_;
+}
+
+void SimWorker::finish(std::string outcome) {
+  std::lock_guard lock(mutex_);
+  outcome_ = std::move(outcome);
+  finished_ = true;
+}
+
+void SimWorker::sleep_for(double seconds) {
+  std::unique_lock lock(wake_mutex_);
+  wake_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return stop_ || crashed_ || hung_; });
+}
+
+void SimWorker::run() {
+  try {
+    session_.join();
+    for (uint64_t after = 0;;) {
+      const Gang gang = session_.wait_for_gang(after);
+      after = gang.attempt;
+      rank_ = gang.rank;
+      try {
+        train(gang);
+      } catch (const AttemptOver&) {
+      } catch (const CallError&) {  // the rendezvous broke: the attempt is over too
+      }
+      if (hung_) {  // hold the stream open, say nothing
+        std::unique_lock lock(wake_mutex_);
+        wake_.wait(lock, [this] { return stop_.load(); });
+        return;
+      }
+      session_.close_stream();
+      // WaitForGang says what comes next: a new attempt, or the job's end.
+    }
+  } catch (const JobOver& e) {
+    finish(fmt::format("{} ({})", e.what(), v1::JobState_Name(e.state())));
+  } catch (const std::exception& e) {
+    finish(e.what());
+  }
+}
+
+void SimWorker::train(const Gang& gang) {
+  // Meet the other ranks in the store, as a collective's bootstrap would.
+  if (gang.world_size <= options_.kv_handshake_max_world) {
+    session_.kv_set(fmt::format("rank/{}", gang.rank), options_.host);
+    for (uint32_t r = 0; r < gang.world_size; ++r) session_.kv_get(fmt::format("rank/{}", r), std::chrono::seconds(10));
+  }
+  session_.open_stream(gang.resume_step + 1);
+  for (uint64_t step = gang.resume_step + 1; step <= gang.total_steps; ++step) {
+    StepRecord record{gang.attempt, step, gang.rank, {}};
+    uint64_t tokens = 0;
+    for (const auto& batch : session_.next_step(step)) {
+      record.samples.insert(record.samples.end(), batch.sample_ids().begin(), batch.sample_ids().end());
+      for (uint32_t length : batch.lengths()) tokens += length;
+    }
+    sleep_for(options_.step_seconds);  // "training"
+    if (crashed_ || hung_ || stop_) return;
+    session_.report_step(step, 2.0 / static_cast<double>(step), tokens, v1::StepTimings());
+    {
+      std::lock_guard lock(mutex_);
+      log_.push_back(std::move(record));
+    }
+    ++steps_trained_;
+    if (step == gang.total_steps || (options_.checkpoint_every && step % options_.checkpoint_every == 0)) {
+      const uint64_t h = std::hash<std::string>{}(fmt::format("{}/{}", step, gang.rank));
+      session_.commit_checkpoint(step, fmt::format("ckpt/checkpoint-{}", step),
+                                 fmt::format("{:016x}{:016x}{:016x}{:016x}", h, h ^ 1, h ^ 2, h ^ 3));
+    }
+  }
+}
+
+}  // namespace herd::client

@@ -1,0 +1,76 @@
+// A simulated worker: the shipping client (client.h) with a fake step in place of
+// a model. It meets its gang in the rendezvous store, reads its batch stream,
+// "trains" for step_seconds, reports every step and commits checkpoints. The
+// coordinator's integration tests drive coordinators with these; it can also
+// crash or hang on demand.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client/client.h"
+
+namespace herd::client {
+
+struct SimWorkerOptions {
+  ClientOptions client;
+  std::string job_id;
+  std::string host = "sim";
+  double heartbeat_interval_s = 1.0;
+  double step_seconds = 0;               // simulated compute per step
+  uint64_t checkpoint_every = 0;         // commit a checkpoint every N steps (and always at the last step)
+  uint32_t kv_handshake_max_world = 16;  // ranks meet in the store when the gang is at most this big
+};
+
+// One trained step of one rank, as the worker saw it.
+struct StepRecord {
+  uint64_t attempt = 0, step = 0;
+  uint32_t rank = 0;
+  std::vector<uint64_t> samples;
+};
+
+// GET /metrics from a Prometheus endpoint on this machine ("" when unreachable).
+std::string scrape_metrics(int port);
+
+class SimWorker {
+ public:
+  explicit SimWorker(SimWorkerOptions options);
+  ~SimWorker();  // stops and joins
+
+  void start();
+  // Like SIGKILL: the process is gone, its connections drop.
+  void crash();
+  // A hung process: no more heartbeats or progress, connections stay open.
+  void hang();
+
+  bool finished() const { return finished_; }
+  std::string outcome() const;  // how it ended ("" while running)
+  std::vector<StepRecord> log() const;
+  uint32_t rank() const { return rank_; }
+  uint64_t steps_trained() const { return steps_trained_; }
+
+ private:
+  void run();
+  void train(const Gang& gang);  // one attempt; AttemptOver when it ends early
+  void sleep_for(double seconds);  // wakes early on stop, crash or hang
+  void finish(std::string outcome);
+
+  const SimWorkerOptions options_;
+  WorkerSession session_;
+  std::thread main_;
+  std::atomic<bool> crashed_{false}, hung_{false}, stop_{false}, finished_{false};
+  std::atomic<uint64_t> steps_trained_{0};
+  std::atomic<uint32_t> rank_{0};
+  std::mutex wake_mutex_;
+  std::condition_variable wake_;
+  mutable std::mutex mutex_;
+  std::string outcome_;
+  std::vector<StepRecord> log_;
+};
+
+}  // namespace herd::client

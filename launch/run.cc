@@ -1,0 +1,282 @@
+#include "launch/run.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <thread>
+
+#include <fmt/format.h>
+#include <mpi.h>
+
+#include "client/client.h"
+#include "common/auth.h"
+#include "common/config.h"
+#include "common/hf_cache.h"
+#include "coordinator/job.h"
+#include "launch/discovery.h"
+#include "launch/hosted.h"
+#include "launch/signals.h"
+#include "worker/train/trainer.h"
+
+namespace herd::launch {
+
+namespace v1 = herd::v1;
+
+namespace {
+
+// The local address packets to `host` leave from: the one other ranks on the
+// coordinator's network reach this worker at.
+std::string local_address_towards(const std::string& host) {
+  addrinfo hints{}, *found = nullptr;
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_DGRAM;
+  if (::getaddrinfo(host.c_str(), "9", &hints, &found) != 0 || !found) return "";
+  std::string out;
+  const int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  if (fd >= 0 && ::connect(fd, found->ai_addr, found->ai_addrlen) == 0) {
+    sockaddr_in me{};
+    socklen_t len = sizeof me;
+    char text[INET_ADDRSTRLEN] = {};
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&me), &len) == 0 &&
+        ::inet_ntop(AF_INET, &me.sin_addr, text, sizeof text)) {
+      out = text;
+    }
+  }
+  if (fd >= 0) ::close(fd);
+  ::freeaddrinfo(found);
+  return out;
+}
+
+std::string host_name() {
+  char name[256] = {};
+  ::gethostname(name, sizeof name - 1);
+  return name;
+}
+
+// This process's resident memory now (VmRSS), in MiB.
+int64_t resident_mib() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) / 1024;
+  }
+  return 0;
+}
+
+std::string port_of(const std::string& address) { return address.substr(address.rfind(':') + 1); }
+
+// The exit status of a job that ended for this worker.
+int exit_status(v1::JobState state) {
+  return state == v1::DONE ? 0 : state == v1::STOPPED ? kInterrupted : 1;
+}
+
+// One worker: trains until the job ends for it; answers the exit status.
+int train_as_worker(const Config& config, const client::ClientOptions& client, int local_rank,
+                    const volatile std::sig_atomic_t* stop) {
+  client::SessionOptions session_options;
+  session_options.client = client;
+  session_options.job_id = config.model_name;
+  session_options.host = host_name();
+  session_options.device = herd::train::training_device_name(config, local_rank);
+  client::WorkerSession session(session_options);
+  herd::train::WorkerOptions options;
+  options.gloo_hostname = local_address_towards(client.address.substr(0, client.address.rfind(':')));
+  options.local_rank = local_rank;
+  options.stop = stop;
+  options.progress_bar = ::isatty(STDERR_FILENO) != 0;
+  options.on_gang = [](const client::Gang& gang, int64_t held, int64_t whole) {
+    std::cout << fmt::format("rank {} of {} (attempt {}): base weights held {} of {} bytes; resident {} MiB",
+                             gang.rank, gang.world_size, gang.attempt, held, whole, resident_mib())
+              << std::endl;
+  };
+  try {
+    return herd::train::run_worker(config, session, options).interrupted ? kInterrupted : 0;
+  } catch (const client::JobOver& e) {
+    // The job ended without this worker (a spare), or otherwise.
+    std::cout << "herd worker: " << e.what() << std::endl;
+    return exit_status(e.state());
+  }
+}
+
+// The job's config as the coordinator serves it (a worker started with only its
+// address, as a Kubernetes pod is).
+Config config_from_coordinator(const std::string& address, const std::string& token_file) {
+  auto token = resolve_token(token_file, nullptr, process_env());
+  if (!token) throw AuthError("no job token: pass --token-file or set HERD_JOB_TOKEN");
+  client::ClientOptions options;
+  options.address = address;
+  options.token = *token;
+  v1::JobConfig reply;
+  const auto s = client::Coordinator(options).job_config(&reply);
+  if (!s.ok()) {
+    throw std::runtime_error(
+        fmt::format("the coordinator at {} did not give its config: {}", address, client::describe(s)));
+  }
+  return parse_config(reply.yaml(), fmt::format("{} (from the coordinator at {})", reply.source(), address));
+}
+
+}  // namespace
+
+int run_worker_process(const WorkerArgs& args) {
+  Launch launch;
+  std::optional<Config> config;
+  try {
+    launch = detect_launch(args.coordinator, process_env());
+    if (!args.config_path.empty()) {
+      config = load_config(args.config_path);
+    } else if (launch.coordinator.empty() || launch.hosts_coordinator) {
+      throw std::runtime_error("CONFIG is needed: this rank hosts the job's coordinator");
+    } else {
+      config = config_from_coordinator(launch.coordinator, args.token_file);
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "herd worker: " << e.what() << "\n";
+    return 1;
+  }
+  const auto* stop = stop_on_signals();
+  const bool mpi = launch.source == "openmpi" && launch.coordinator.empty();
+  try {
+    auto token = resolve_token(args.token_file, &config->security, process_env());
+    std::string address = launch.coordinator;
+    std::optional<HostedCoordinator> hosted;
+    if (mpi) {
+      // Rank 0 hosts the coordinator; MPI carries its address and token to the others.
+      MPI_Init(nullptr, nullptr);
+      char text[512] = {};
+      if (*launch.rank == 0) {
+        if (!token) token = random_token();
+        hosted.emplace(*config, HostOptions{"0.0.0.0:0", *token, *launch.world_size});
+        std::snprintf(text, sizeof text, "%s", fmt::format("{}:{}\n{}", host_name(), hosted->port(), *token).c_str());
+      }
+      MPI_Bcast(text, sizeof text, MPI_CHAR, 0, MPI_COMM_WORLD);
+      const std::string shared(text);
+      address = shared.substr(0, shared.find('\n'));
+      token = shared.substr(shared.find('\n') + 1);
+    } else if (launch.hosts_coordinator) {
+      if (!token) {
+        throw AuthError(fmt::format("under {} every rank needs the job token: set HERD_JOB_TOKEN or "
+                                    "security.token_file",
+                                    launch.source));
+      }
+      hosted.emplace(*config, HostOptions{"0.0.0.0:" + port_of(address), *token, *launch.world_size});
+    }
+    if (!token) {
+      std::cerr << "herd worker: no job token: pass --token-file, set HERD_JOB_TOKEN, or set security.token_file\n";
+      return 1;
+    }
+    std::cout << fmt::format("herd worker: launched by {}{}; coordinator {}{}", launch.source,
+                             launch.rank ? fmt::format(" (rank {} of {})", *launch.rank, launch.world_size.value_or(0))
+                                         : "",
+                             address, hosted ? " (hosted here)" : "")
+              << std::endl;
+    const int rc = train_as_worker(*config, worker_client_options(*config, address, *token), launch.local_rank, stop);
+    if (hosted) hosted->finish(30);  // the other ranks see the job's end first
+    if (mpi) {
+      MPI_Barrier(MPI_COMM_WORLD);
+      hosted.reset();
+      MPI_Finalize();
+    }
+    return rc;
+  } catch (const std::exception& e) {
+    std::cerr << "herd worker: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+namespace {
+
+// N `herd worker` processes of the hosted coordinator; a signal is passed on to
+// them once (they are in a process group of their own, so a terminal's Ctrl-C
+// reaches only this process).
+int supervise(HostedCoordinator& hosted, const std::string& config_path, int workers, const std::string& self,
+              const std::string& token, const volatile std::sig_atomic_t* stop) {
+  const std::string address = fmt::format("127.0.0.1:{}", hosted.port());
+  std::cout << fmt::format("herd train: coordinator on {}, {} worker processes", address, workers) << std::endl;
+  const pid_t parent = ::getpid();
+  std::vector<pid_t> children;
+  for (int i = 0; i < workers; ++i) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::setpgid(0, 0);
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // the supervisor died: stop at a checkpoint
+      if (::getppid() != parent) ::_exit(1);
+      ::setenv("HERD_JOB_TOKEN", token.c_str(), 1);
+      // The workers share this machine's cores (as torchrun does, unless told).
+      const auto threads = std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(workers));
+      ::setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 0);
+      ::execl(self.c_str(), self.c_str(), "worker", config_path.c_str(), "--coordinator", address.c_str(),
+              static_cast<char*>(nullptr));
+      std::perror("herd train: exec herd worker");
+      ::_exit(127);
+    }
+    children.push_back(pid);
+  }
+  kill_on_second_signal(children);
+  bool forwarded = false, failed = false;
+  for (size_t left = children.size(); left > 0;) {
+    if (*stop && !forwarded) {
+      for (pid_t c : children) ::kill(c, SIGINT);
+      forwarded = true;
+    }
+    int status = 0;
+    const pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    if (pid == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      continue;
+    }
+    if (pid < 0) break;
+    --left;
+    const bool ok = WIFEXITED(status) && (WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == kInterrupted);
+    if (!ok) {
+      failed = true;
+      std::cerr << fmt::format("herd train: worker process {} ended with {}", pid,
+                               WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
+                                                 : fmt::format("signal {}", WTERMSIG(status)))
+                << "\n";
+    }
+  }
+  kill_on_second_signal({});
+  v1::JobStatus status;
+  hosted.job().GetStatus(&status, false);
+  hosted.finish(0);
+  if (status.state() != v1::DONE && status.state() != v1::STOPPED) {
+    std::cerr << fmt::format("herd train: the job ended {}{}\n", v1::JobState_Name(status.state()),
+                             status.message().empty() ? "" : ": " + status.message());
+    return 1;
+  }
+  return failed ? 1 : exit_status(status.state());
+}
+
+}  // namespace
+
+int run_local(const Config& config, int workers, bool resume, const std::string& self) {
+  if (workers == 0 && config.distributed.world_size != 1) {
+    std::cerr << fmt::format("herd train: herd train runs one local worker; distributed.world_size is {} "
+                             "(use --workers N, or start herd-coordinator and herd worker processes)\n",
+                             config.distributed.world_size);
+    return 1;
+  }
+  const auto* stop = stop_on_signals();
+  try {
+    resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");  // before the data: a clear first error
+    const std::string token = resolve_token("", &config.security, process_env()).value_or(random_token());
+    HostOptions host{"127.0.0.1:0", token, std::max(workers, 1), !resume && config.checkpoint.resume != "auto"};
+    HostedCoordinator hosted(config, host);
+    if (workers > 0) return supervise(hosted, config.source.string(), workers, self, token, stop);
+    const int rc = train_as_worker(config, hosted.client_options("127.0.0.1"), 0, stop);
+    hosted.finish(0);
+    return rc;
+  } catch (const std::exception& e) {
+    std::cerr << "\nherd train: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace herd::launch

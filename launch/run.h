@@ -1,0 +1,31 @@
+// The launch modes, each one function: they discover the rank (discovery.h),
+// host the coordinator where this process should (hosted.h), start or supervise
+// workers, install the signal handlers (signals.h) and answer the exit status:
+// 0 the job is DONE, 130 it was stopped at a checkpoint (a signal or a drain;
+// --resume continues), 1 it failed or the input was wrong (the message says which).
+#pragma once
+
+#include <string>
+
+namespace herd {
+struct Config;
+}
+
+namespace herd::launch {
+
+// `herd worker [CONFIG] [--coordinator HOST:PORT] [--token-file F]`: one worker of
+// a job, however it was launched. Without CONFIG it takes the coordinator's.
+struct WorkerArgs {
+  std::string config_path;
+  std::string coordinator;  // the flag; empty: from the launcher's environment
+  std::string token_file;
+};
+int run_worker_process(const WorkerArgs& args);
+
+// `herd train CONFIG [--workers N] [--resume]`: the coordinator in this process
+// on loopback, and one worker in this process (workers 0) or N worker processes
+// (`self`: this herd binary). Without `resume` (or checkpoint.resume: auto) the job
+// starts afresh.
+int run_local(const Config& config, int workers, bool resume, const std::string& self);
+
+}  // namespace herd::launch

@@ -1,0 +1,123 @@
+#include "worker/train/run_record.h"
+
+#include <chrono>
+#include <iostream>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "common/config.h"
+
+namespace herd::train {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string clock_time(double seconds) {
+  const auto s = static_cast<int64_t>(seconds);
+  return s >= 3600 ? fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+                   : fmt::format("{}:{:02}", s / 60, s % 60);
+}
+
+namespace {
+
+double wall_time() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+fs::path RunRecord::events_file(const Config& config) { return fs::path(config.trainer_output_dir) / "events.jsonl"; }
+
+RunRecord::RunRecord(const Config& config, bool progress_bar)
+    : file_(events_file(config)), logging_steps_(config.trainer.logging_steps), progress_bar_(progress_bar) {}
+
+void RunRecord::begin(const client::Gang& gang) {
+  gang_ = gang;
+  lead_ = gang.rank == 0;
+  window_loss_ = 0;
+  window_steps_ = 0;
+  events_.close();
+  if (!lead_) return;
+  // Keep what happened up to the resume step; the steps after it are trained again.
+  std::vector<std::string> kept;
+  if (gang.resume_step > 0) {
+    std::ifstream in(file_);
+    for (std::string line; std::getline(in, line);) {
+      const json j = json::parse(line, nullptr, false);
+      if (j.is_object() && j.value("step", uint64_t{0}) <= gang.resume_step) kept.push_back(line);
+    }
+  }
+  fs::create_directories(file_.parent_path());
+  const fs::path tmp = file_.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    for (const auto& line : kept) out << line << "\n";
+    if (!out) throw std::runtime_error(fmt::format("{}: cannot write the events file", tmp.string()));
+  }
+  fs::rename(tmp, file_);
+  events_.open(file_, std::ios::app);
+}
+
+void RunRecord::write(const std::string& event, json record) {
+  if (!lead_) return;
+  record["event"] = event;
+  record["rank"] = gang_.rank;
+  record["world_size"] = gang_.world_size;
+  record["attempt"] = gang_.attempt;
+  record["time"] = wall_time();
+  events_ << record.dump() << "\n" << std::flush;
+}
+
+void RunRecord::print(const std::string& line) {
+  if (!lead_) return;
+  if (progress_bar_) std::cerr << "\r\033[K";
+  std::cout << line << "\n" << std::flush;
+}
+
+void RunRecord::step(const StepLog& s, double seconds, uint64_t run_tokens) {
+  write("step", {{"step", s.step},
+                 {"epoch", s.epoch},
+                 {"loss", s.loss},
+                 {"learning_rate", s.learning_rate},
+                 {"grad_norm", s.grad_norm},
+                 {"tokens", s.tokens},
+                 {"elapsed", seconds}});
+  window_loss_ += s.loss;
+  ++window_steps_;
+  const uint64_t total = gang_.total_steps;
+  if (static_cast<int64_t>(s.step) % logging_steps_ == 0 || s.step == total) {
+    const double done = static_cast<double>(s.step - gang_.resume_step);
+    print(fmt::format("step {}/{}  epoch {:.2f}  loss {:.4f}  lr {:.3g}  grad_norm {:.4f}  tokens/s {:.0f}  "
+                      "elapsed {}  eta {}",
+                      s.step, total, s.epoch, window_loss_ / static_cast<double>(window_steps_), s.learning_rate,
+                      s.grad_norm, static_cast<double>(run_tokens) / seconds, clock_time(seconds),
+                      clock_time(seconds / done * static_cast<double>(total - s.step))));
+    window_loss_ = 0;
+    window_steps_ = 0;
+  }
+  if (progress_bar_ && lead_) {
+    const int width = 30, filled = static_cast<int>(width * s.step / total);
+    std::cerr << fmt::format("\r[{}{}] {}/{} loss {:.4f} lr {:.3g}", std::string(static_cast<size_t>(filled), '#'),
+                             std::string(static_cast<size_t>(width - filled), ' '), s.step, total, s.loss,
+                             s.learning_rate)
+              << std::flush;
+  }
+}
+
+void RunRecord::eval(uint64_t step, double loss, uint64_t samples) {
+  write("eval", {{"step", step}, {"eval_loss", loss}, {"samples", samples}});
+  print(fmt::format("eval  step {}/{}  eval_loss {:.4f}  ({} held-out samples)", step, gang_.total_steps, loss,
+                    samples));
+}
+
+void RunRecord::checkpoint(uint64_t step, const fs::path& dir) {
+  write("checkpoint", {{"step", step}, {"path", dir.string()}});
+}
+
+void RunRecord::end(const std::string& event, json figures, const std::string& line) {
+  write(event, std::move(figures));
+  print(line);
+}
+
+}  // namespace herd::train

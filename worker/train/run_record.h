@@ -1,0 +1,69 @@
+// The one place a run's progress goes: every step, eval and checkpoint becomes a
+// line of {trainer_output_dir}/events.jsonl (one JSON object a line, every number
+// at full precision, with the rank, the attempt and the wall time), the log line
+// a person reads every trainer.logging_steps, and the progress bar on a terminal.
+// Rank 0 records; the other ranks' records would repeat its figures (the loss and
+// tokens of a step are sums over every rank).
+//
+// The events file holds the run as it stands: a fresh run starts it empty, and a
+// run resumed from step S keeps the records up to S and drops the later ones (a
+// recovery trains those steps again).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "client/client.h"
+
+namespace herd {
+struct Config;
+}
+
+namespace herd::train {
+
+struct StepLog {
+  uint64_t step = 0;
+  double epoch = 0;  // fractional, as transformers logs it
+  double loss = 0;   // token-weighted mean over the step's predicted tokens
+  double learning_rate = 0;
+  double grad_norm = 0;  // before clipping
+  uint64_t tokens = 0;   // tokens in the step (padding excluded), every rank's
+};
+
+// "1:02:03" or "2:03".
+std::string clock_time(double seconds);
+
+class RunRecord {
+ public:
+  RunRecord(const Config& config, bool progress_bar);
+
+  // A gang's attempt starts (the events file is trimmed to its resume step).
+  void begin(const client::Gang& gang);
+  // A line for people, from rank 0.
+  void print(const std::string& line);
+  void step(const StepLog& log, double seconds_since_start, uint64_t run_tokens);
+  void eval(uint64_t step, double loss, uint64_t samples);
+  void checkpoint(uint64_t step, const std::filesystem::path& dir);
+  // The run's end: "done" or "interrupted", with its figures.
+  void end(const std::string& event, nlohmann::json figures, const std::string& line);
+
+  static std::filesystem::path events_file(const Config& config);
+
+ private:
+  void write(const std::string& event, nlohmann::json record);
+
+  const std::filesystem::path file_;
+  const int64_t logging_steps_;
+  const bool progress_bar_;
+  bool lead_ = false;
+  client::Gang gang_;
+  std::ofstream events_;
+  double window_loss_ = 0;
+  int64_t window_steps_ = 0;
+};
+
+}  // namespace herd::train
