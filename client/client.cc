@@ -18,10 +18,6 @@ namespace {
 
 constexpr auto kCallTimeout = std::chrono::seconds(30);
 
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
 bool terminal(v1::JobState s) { return s == v1::DONE || s == v1::FAILED || s == v1::STOPPED; }
 
 // A refusal that means "this attempt is over": stale attempt, not a member, aborted.
@@ -95,7 +91,7 @@ const char* code_name(StatusCode code) {
 std::string describe(const grpc::Status& s) { return fmt::format("{}: {}", code_name(s.error_code()), s.error_message()); }
 
 CallError::CallError(const std::string& what, const grpc::Status& status)
-    : std::runtime_error(fmt::format("{}: {}", what, describe(status))), code_(status.error_code()) {}
+    : std::runtime_error(fmt::format("{}: {}", what, describe(status))) {}
 
 // ---- Coordinator ----------------------------------------------------------------
 
@@ -406,9 +402,7 @@ bool WorkerSession::report_step(uint64_t step, double loss, uint64_t tokens, con
   grpc::Status s;
   {
     Call call(*this, kCallTimeout);
-    const auto start = Clock::now();
     s = stub_->ReportStep(&call.context, request, &response);
-    if (options_.on_call) options_.on_call("ReportStep", s, seconds_since(start));
   }
   finish_call(s, "ReportStep");
   last_step_ = step;
@@ -488,9 +482,7 @@ void WorkerSession::heartbeat_loop() {
       prepare(context, options_.client.token, kCallTimeout);
       in_flight_.insert(&context);
       lock.unlock();
-      const auto start = Clock::now();
       const auto s = stub_->Heartbeat(&context, request, &response);
-      if (options_.on_call) options_.on_call("Heartbeat", s, seconds_since(start));
       lock.lock();
       in_flight_.erase(&context);
       if (s.ok()) draining_ = response.state() == v1::DRAINING;

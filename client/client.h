@@ -19,7 +19,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -55,17 +54,12 @@ const char* code_name(grpc::StatusCode code);
 class CallError : public std::runtime_error {
  public:
   CallError(const std::string& what, const grpc::Status& status);
-  grpc::StatusCode code() const { return code_; }
-
- private:
-  grpc::StatusCode code_;
 };
 
 class Coordinator {
  public:
   explicit Coordinator(ClientOptions options);
 
-  const ClientOptions& options() const { return options_; }
   grpc::Status status(herd::v1::JobStatus* out, std::chrono::milliseconds timeout = std::chrono::seconds(10));
   grpc::Status drain(herd::v1::OperatorResponse* out);
   grpc::Status cancel(const std::string& reason, herd::v1::OperatorResponse* out);
@@ -110,10 +104,8 @@ struct SessionOptions {
   std::string job_id;
   std::string host = "local";
   std::string device = "cpu";
-  double heartbeat_interval_s = 0;                      // 0: a third of the lease, at most 1 s
-  std::chrono::seconds give_up_after{300};              // unreachable this long: JobOver
-  // Sees every heartbeat and step report: the method, how it ended and how long it took.
-  std::function<void(const char* method, const grpc::Status&, double seconds)> on_call;
+  double heartbeat_interval_s = 0;          // 0: a third of the lease, at most 1 s
+  std::chrono::seconds give_up_after{300};  // unreachable this long: JobOver
 };
 
 class WorkerSession {
