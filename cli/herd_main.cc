@@ -65,9 +65,10 @@ int train(const std::string& path, bool dry_run, bool resume, int workers) {
 }
 
 int status(const std::string& address, const std::string& token_file, const std::string& tls_ca,
-           const std::string& config_path, bool json) {
-  auto options = herd::cli::client_options(address, token_file, tls_ca, config_path, "herd status");
+           const std::string& config_path, bool json, bool health) {
+  auto options = herd::cli::client_options(address, token_file, tls_ca, config_path, "herd status", !health);
   if (!options) return kUserError;
+  if (health) return herd::cli::health(*options, json);
   auto reply = herd::cli::fetch_status(*options, "herd status");
   if (!reply) return kUserError;
   if (json) {
@@ -115,7 +116,11 @@ int main(int argc, char** argv) {
                          "The job's YAML config (default: the coordinator's, fetched from it)");
   worker_cmd->add_option("--coordinator", coordinator, "The coordinator, HOST:PORT");
   worker_cmd->add_option("--token-file", token_file, "File holding the job token")->check(CLI::ExistingFile);
-  worker_cmd->callback([&] { rc = herd::launch::run_worker_process({config_path, coordinator, token_file}); });
+  std::string worker_tls_ca;
+  worker_cmd->add_option("--tls-ca", worker_tls_ca,
+                         "PEM CA to verify the coordinator's TLS certificate with (else $HERD_TLS_CA, security.tls_ca)");
+  worker_cmd->callback(
+      [&] { rc = herd::launch::run_worker_process({config_path, coordinator, token_file, worker_tls_ca}); });
 
   auto* config_cmd = app.add_subcommand("config", "Inspect configs");
   config_cmd->require_subcommand(1);
@@ -132,7 +137,10 @@ int main(int argc, char** argv) {
   status_cmd->add_option("--tls-ca", tls_ca, "PEM CA to verify the coordinator's TLS certificate with");
   status_cmd->add_option("--config", config_path, "The job's config (for security.token_file and tls_ca)");
   status_cmd->add_flag("--json", json, "Print JSON (the JobStatus message of proto/herd.proto)");
-  status_cmd->callback([&] { rc = status(coordinator, token_file, tls_ca, config_path, json); });
+  bool health = false;
+  status_cmd->add_flag("--health", health,
+                       "Only the gRPC health check (no token needed): SERVING or NOT_SERVING; exit 0 when SERVING");
+  status_cmd->callback([&] { rc = status(coordinator, token_file, tls_ca, config_path, json, health); });
 
   std::string reason;
   for (const bool cancel : {false, true}) {

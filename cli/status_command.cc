@@ -10,27 +10,39 @@
 namespace herd::cli {
 
 std::optional<client::ClientOptions> client_options(const std::string& address, const std::string& token_file,
-                                                         const std::string& tls_ca, const std::string& config_path,
-                                                         const char* who) {
+                                                    const std::string& tls_ca, const std::string& config_path,
+                                                    const char* who, bool need_token) {
   try {
     std::optional<Config> config;
     if (!config_path.empty()) config = load_config(config_path);
     client::ClientOptions o;
     o.address = address;
     auto token = resolve_token(token_file, config ? &config->security : nullptr, process_env());
-    if (!token) {
+    if (!token && need_token) {
       std::cerr << fmt::format("{}: no job token: pass --token-file, set HERD_JOB_TOKEN, or give the job's config\n",
                                who);
       return std::nullopt;
     }
-    o.token = *token;
+    o.token = token.value_or("");
     const std::string ca = !tls_ca.empty() ? tls_ca : config ? config->security.tls_ca : "";
     if (!ca.empty()) o.tls_ca_pem = read_secret_file(ca, "the TLS CA");
+    if (config) o.tls_server_name = config->security.tls_server_name;
     return o;
   } catch (const std::exception& e) {
     std::cerr << who << ": " << e.what() << "\n";
     return std::nullopt;
   }
+}
+
+int health(const client::ClientOptions& options, bool json) {
+  std::string state;
+  const grpc::Status s = client::Coordinator(options).health(&state);
+  if (!s.ok()) {
+    std::cerr << fmt::format("herd status: coordinator {} answered {}\n", options.address, client::describe(s));
+    return 1;
+  }
+  std::cout << (json ? fmt::format("{{\"health\": \"{}\"}}", state) : state) << "\n";
+  return state == "SERVING" ? 0 : 1;
 }
 
 std::optional<herd::v1::JobStatus> fetch_status(const client::ClientOptions& options, const char* who) {

@@ -12,10 +12,15 @@ namespace herd::cli {
 
 // The client options from the flags: the token from --token-file, $HERD_JOB_TOKEN
 // or the config's security section; TLS when --tls-ca (or security.tls_ca) is given.
-// Prints the problem and returns nullopt when no token can be found.
+// TLS is checked for security.tls_server_name when the config sets it. Prints the
+// problem and returns nullopt when no token can be found and `need_token`.
 std::optional<client::ClientOptions> client_options(const std::string& address, const std::string& token_file,
-                                                         const std::string& tls_ca, const std::string& config_path,
-                                                         const char* who);
+                                                    const std::string& tls_ca, const std::string& config_path,
+                                                    const char* who, bool need_token = true);
+
+// `herd status --health`: the coordinator's gRPC health check (no token needed),
+// printed; 0 when it is SERVING.
+int health(const client::ClientOptions& options, bool json);
 
 // GetStatus; prints the failure and returns nullopt.
 std::optional<herd::v1::JobStatus> fetch_status(const client::ClientOptions& options, const char* who);

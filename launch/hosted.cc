@@ -2,11 +2,13 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <random>
 #include <thread>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "common/auth.h"
 #include "coordinator/job.h"
@@ -42,6 +44,17 @@ HostedCoordinator::HostedCoordinator(const Config& config, const HostOptions& op
   for (const auto& w : job_->resume_warnings()) std::cerr << "herd: warning: " << w << "\n";
   server_ = std::make_unique<coordinator::CoordinatorServer>(
       *job_, coordinator::ServerOptions::from_config(config_, options.listen, token_));
+  // Where it serves, for people and scripts (`herd status --coordinator HOST:PORT`).
+  const fs::path endpoint = journal.parent_path() / "endpoint.json";
+  {
+    std::ofstream out(endpoint.string() + ".tmp", std::ios::trunc);
+    out << nlohmann::json{{"port", server_->port()},
+                          {"metrics_port", server_->metrics_port()},
+                          {"tls", !config_.security.tls_cert.empty()}}
+               .dump()
+        << "\n";
+  }
+  fs::rename(endpoint.string() + ".tmp", endpoint);
   std::cout << fmt::format("herd: coordinator of {} on port {}{}{}", config_.model_name, server_->port(),
                            config_.security.tls_cert.empty() ? "" : " (TLS)",
                            server_->metrics_port() ? fmt::format("; metrics on port {}", server_->metrics_port()) : "")

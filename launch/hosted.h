@@ -3,7 +3,9 @@
 // or Kubeflow. Built the one way herd-coordinator builds it (ServerOptions::
 // from_config: the token, TLS, the Prometheus endpoint, the gRPC health service),
 // with its journal in {trainer_output_dir}/coordinator, so a restarted launch
-// resumes the job from its newest committed checkpoint.
+// resumes the job from its newest committed checkpoint. Where it serves is written
+// to {trainer_output_dir}/coordinator/endpoint.json: {"port", "metrics_port" (0:
+// none), "tls"}.
 #pragma once
 
 #include <memory>

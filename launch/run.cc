@@ -107,12 +107,13 @@ int train_as_worker(const Config& config, const client::ClientOptions& client, i
 
 // The job's config as the coordinator serves it (a worker started with only its
 // address, as a Kubernetes pod is).
-Config config_from_coordinator(const std::string& address, const std::string& token_file) {
+Config config_from_coordinator(const std::string& address, const std::string& token_file, const std::string& tls_ca) {
   auto token = resolve_token(token_file, nullptr, process_env());
   if (!token) throw AuthError("no job token: pass --token-file or set HERD_JOB_TOKEN");
   client::ClientOptions options;
   options.address = address;
   options.token = *token;
+  if (!tls_ca.empty()) options.tls_ca_pem = read_secret_file(tls_ca, "the TLS CA (--tls-ca, HERD_TLS_CA)");
   v1::JobConfig reply;
   const auto s = client::Coordinator(options).job_config(&reply);
   if (!s.ok()) {
@@ -127,6 +128,7 @@ Config config_from_coordinator(const std::string& address, const std::string& to
 int run_worker_process(const WorkerArgs& args) {
   Launch launch;
   std::optional<Config> config;
+  const std::string tls_ca = !args.tls_ca.empty() ? args.tls_ca : process_env()("HERD_TLS_CA").value_or("");
   try {
     launch = detect_launch(args.coordinator, process_env());
     if (!args.config_path.empty()) {
@@ -134,21 +136,21 @@ int run_worker_process(const WorkerArgs& args) {
     } else if (launch.coordinator.empty() || launch.hosts_coordinator) {
       throw std::runtime_error("CONFIG is needed: this rank hosts the job's coordinator");
     } else {
-      config = config_from_coordinator(launch.coordinator, args.token_file);
+      config = config_from_coordinator(launch.coordinator, args.token_file, tls_ca);
     }
   } catch (const std::exception& e) {
     std::cerr << "herd worker: " << e.what() << "\n";
     return 1;
   }
-  const auto* stop = stop_on_signals();
   const bool mpi = launch.source == "openmpi" && launch.coordinator.empty();
+  const volatile std::sig_atomic_t* stop = nullptr;
   try {
     auto token = resolve_token(args.token_file, &config->security, process_env());
     std::string address = launch.coordinator;
     std::optional<HostedCoordinator> hosted;
     if (mpi) {
       // Rank 0 hosts the coordinator; MPI carries its address and token to the others.
-      MPI_Init(nullptr, nullptr);
+      MPI_Init(nullptr, nullptr);  // before the handlers: OpenMPI installs some of its own
       char text[512] = {};
       if (*launch.rank == 0) {
         if (!token) token = random_token();
@@ -171,12 +173,15 @@ int run_worker_process(const WorkerArgs& args) {
       std::cerr << "herd worker: no job token: pass --token-file, set HERD_JOB_TOKEN, or set security.token_file\n";
       return 1;
     }
+    stop = stop_on_signals();
     std::cout << fmt::format("herd worker: launched by {}{}; coordinator {}{}", launch.source,
                              launch.rank ? fmt::format(" (rank {} of {})", *launch.rank, launch.world_size.value_or(0))
                                          : "",
                              address, hosted ? " (hosted here)" : "")
               << std::endl;
-    const int rc = train_as_worker(*config, worker_client_options(*config, address, *token), launch.local_rank, stop);
+    auto client = worker_client_options(*config, address, *token);
+    if (!tls_ca.empty()) client.tls_ca_pem = read_secret_file(tls_ca, "the TLS CA (--tls-ca, HERD_TLS_CA)");
+    const int rc = train_as_worker(*config, client, launch.local_rank, stop);
     if (hosted) hosted->finish(30);  // the other ranks see the job's end first
     if (mpi) {
       MPI_Barrier(MPI_COMM_WORLD);

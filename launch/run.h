@@ -19,6 +19,7 @@ struct WorkerArgs {
   std::string config_path;
   std::string coordinator;  // the flag; empty: from the launcher's environment
   std::string token_file;
+  std::string tls_ca;  // PEM CA for the coordinator's certificate (else $HERD_TLS_CA, else security.tls_ca)
 };
 int run_worker_process(const WorkerArgs& args);
 
