@@ -1,11 +1,18 @@
-// QLoRA training-step throughput of herd's Llama on one device, on a random model
-// of a given shape: NF4 base weights, LoRA on q/k/v, the trainer's AdamW, activation
-// recompute, micro-batches of --batch rows of --tokens random ids. --dense,
+// QLoRA training-step throughput of herd's Llama on one device, through the
+// trainer's own step (worker/train/step.h: micro-batch losses and backward, the sums
+// over the ranks, gradient clipping, AdamW), on a random model of a given shape: NF4
+// base weights, LoRA r 8 on q/k/v, activation recompute, micro-batches of --batch
+// rows of --tokens random ids. --dense,
 // --no-recompute, --eager, --autograd-sums, --torch-dropout, --keep-attention and
 // --fp32-activations each change one thing, to see what it costs (the FLOPs are
 // counted as for the default, so tokens/s and MFU compare directly).
 // --profile FILE records one more step with the profiler (a Chrome trace;
 // bench/kernel_time.py sums its GPU kernels).
+//
+// --config CONFIG instead trains the config's model on its data, as `herd train`
+// does (a coordinator in this process streams the batches), and prints each step's
+// loss and time as a JSON line: tests/integration/test_train.py checks that those
+// are herd train's losses.
 //
 //   herd_bench_train_step --shape 1b --tokens 2048 --batch 8        (tokens/s, MFU)
 //   herd_bench_train_step --shape 70b-layer --tokens 1024 4096       (one 70B decoder
@@ -25,13 +32,19 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
 
+#include "client/client.h"
+#include "common/config.h"
+#include "common/hf_cache.h"
+#include "launch/hosted.h"
+#include "worker/comm/store.h"
 #include "worker/model/llama.h"
-#include "worker/train/fused_adamw.h"
+#include "worker/train/step.h"
 
 #ifdef HERD_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -64,12 +77,30 @@ struct Variant {
        keep_attention = false;
 };
 
-Llama make_model(const Shape& s, torch::Device device, const Variant& v) {
+// The config the benchmark's step runs under: the seed's LoRA (r 8, alpha 32,
+// dropout 0.05 on q/k/v), its optimizer and clipping, the variant's dtypes.
+herd::Config bench_config(const Variant& v) {
+  herd::Config c;
+  c.lora.r = 8;
+  c.lora.lora_alpha = 32;
+  c.lora.lora_dropout = 0.05;
+  c.lora.target_modules = {"q_proj", "k_proj", "v_proj"};
+  c.trainer.learning_rate = 1e-4;
+  c.trainer.bf16 = v.bf16;
+  c.trainer.gradient_checkpointing = v.recompute;
+  c.quantization.enabled = v.quantize;
+  c.quantization.compute_dtype = "bfloat16";
+  return c;
+}
+
+// A one-rank replica of a random model of shape `s`, built as the trainer builds one.
+void make_replica(herd::train::Replica& r, const herd::Config& config, const Shape& s, torch::Device device,
+                  const Variant& v, int64_t layers) {
   LlamaConfig c;
   c.vocab_size = s.vocab;
   c.hidden_size = s.hidden;
   c.intermediate_size = s.intermediate;
-  c.num_hidden_layers = s.layers;
+  c.num_hidden_layers = layers;
   c.num_attention_heads = s.heads;
   c.num_key_value_heads = s.kv_heads;
   c.head_dim = s.hidden / s.heads;
@@ -82,7 +113,7 @@ Llama make_model(const Shape& s, torch::Device device, const Variant& v) {
   t["model.embed_tokens.weight"] = w(s.vocab, s.hidden);
   t["lm_head.weight"] = w(s.vocab, s.hidden);
   t["model.norm.weight"] = torch::ones({s.hidden});
-  for (int64_t i = 0; i < s.layers; ++i) {
+  for (int64_t i = 0; i < layers; ++i) {
     for (const auto& m : herd::model::linear_modules()) {
       auto [o, in] = c.linear_shape(m);
       t[herd::model::module_path(i, m) + ".weight"] = w(o, in);
@@ -90,26 +121,14 @@ Llama make_model(const Shape& s, torch::Device device, const Variant& v) {
     t[fmt::format("model.layers.{}.input_layernorm.weight", i)] = torch::ones({s.hidden});
     t[fmt::format("model.layers.{}.post_attention_layernorm.weight", i)] = torch::ones({s.hidden});
   }
-  herd::model::LoadOptions o;
-  o.quantize = v.quantize;
-  o.double_quant = true;
-  o.compute_dtype = torch::kBFloat16;
-  o.activation_dtype = v.bf16 ? torch::kBFloat16 : torch::kFloat32;
-  o.device = device;
+  auto o = herd::train::load_options(config, device);
   o.fused_kernels = v.fused;
   o.fused_gradient_sums = v.gradient_sums;
   if (!v.philox_dropout) o.lora_dropout = herd::model::LoraSpec::Dropout::kTorch;
   o.keep_attention = v.keep_attention;
-  herd::model::LoraOptions lora;
-  lora.r = 8;
-  lora.lora_alpha = 32;
-  lora.dropout = 0.05;
-  lora.target_modules = {"q_proj", "k_proj", "v_proj"};
-  o.lora = lora;
-  Llama model = Llama::from_tensors(c, t, o);
-  model.set_training(true);
-  model.set_activation_checkpointing(v.recompute);
-  return model;
+  static herd::comm::InMemoryStore store;  // one rank: never used
+  herd::train::build_replica(r, config, herd::comm::connect("local", store, {}), o,
+                             [&](const herd::model::LoadOptions& options) { return Llama::from_tensors(c, t, options); });
 }
 
 int64_t gemm_params(const Llama& m) {
@@ -122,78 +141,97 @@ int64_t gemm_params(const Llama& m) {
   return n;
 }
 
-// One optimizer step on the micro-batch `ids`, as the trainer takes it.
-void train_step(Llama& model, torch::optim::Optimizer& opt, const torch::Tensor& ids) {
-  opt.zero_grad();
-  model.next_token_loss(ids).mean().backward();
-  opt.step();
+// One step's micro-batch of `batch` rows of `tokens` random ids, every position counted.
+herd::v1::MicroBatch random_batch(const Llama& model, int64_t batch, int64_t tokens) {
+  herd::v1::MicroBatch b;
+  auto ids = torch::randint(0, model.config().vocab_size, {batch * tokens}, torch::kInt32);
+  b.mutable_token_ids()->Add(ids.data_ptr<int32_t>(), ids.data_ptr<int32_t>() + ids.numel());
+  b.set_loss_mask(std::string(static_cast<size_t>(batch * tokens), '\1'));
+  for (int64_t r = 0; r < batch; ++r) {
+    b.add_sample_ids(static_cast<uint64_t>(r));
+    b.add_lengths(static_cast<uint32_t>(tokens));
+  }
+  b.set_step(1);
+  b.set_step_loss_tokens(static_cast<uint64_t>(batch * (tokens - 1)));
+  return b;
 }
 
-torch::Tensor random_ids(const Llama& model, int64_t batch, int64_t tokens) {
-  return torch::randint(0, model.config().vocab_size, {batch, tokens},
-                        torch::TensorOptions().dtype(torch::kInt64).device(model.device()));
+void step(herd::train::Replica& r, const herd::Config& config, const std::vector<herd::v1::MicroBatch>& batches) {
+  herd::train::train_step(r, config, batches, config.trainer.learning_rate, false);
 }
 
 // One step (after a warm-up step) recorded by the profiler, saved as a Chrome trace.
-void profile_step(Llama& model, int64_t batch, int64_t tokens, const std::string& path) {
+void profile_step(herd::train::Replica& r, const herd::Config& config, const std::vector<herd::v1::MicroBatch>& b,
+                  const std::string& path) {
   namespace prof = torch::profiler::impl;
-  auto params = model.trainable_parameters();
-  herd::train::FusedAdamW opt(params, torch::optim::AdamWOptions(1e-4));
-  auto ids = random_ids(model, batch, tokens);
-  train_step(model, opt, ids);
-  sync(model.device());
-  const prof::ProfilerConfig config(prof::ProfilerState::KINETO);
+  const auto device = r.model->device();
+  step(r, config, b);
+  sync(device);
+  const prof::ProfilerConfig profiler(prof::ProfilerState::KINETO);
   std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
-  if (model.device().is_cuda()) activities.insert(prof::ActivityType::CUDA);
-  torch::autograd::profiler::prepareProfiler(config, activities);
-  torch::autograd::profiler::enableProfiler(config, activities);
-  train_step(model, opt, ids);
-  sync(model.device());
+  if (device.is_cuda()) activities.insert(prof::ActivityType::CUDA);
+  torch::autograd::profiler::prepareProfiler(profiler, activities);
+  torch::autograd::profiler::enableProfiler(profiler, activities);
+  step(r, config, b);
+  sync(device);
   torch::autograd::profiler::disableProfiler()->save(path);
   std::printf("profile of one step: %s\n", path.c_str());
 }
 
-struct StepTimes {
-  double step, forward, backward, optimizer;  // seconds, medians
-};
-
-// One optimizer step timed whole, and again in its parts (a synchronize between
-// them); medians of `steps` after `warmup`.
-StepTimes time_steps(Llama& model, int64_t batch, int64_t tokens, int warmup, int steps) {
-  const auto device = model.device();
-  auto params = model.trainable_parameters();
-  herd::train::FusedAdamW opt(params, torch::optim::AdamWOptions(1e-4));
-  auto ids = random_ids(model, batch, tokens);
-  std::vector<double> whole, fwd, bwd, upd;
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
-  for (const bool parts : {false, true}) {
-    for (int i = 0; i < warmup + steps; ++i) {
-      sync(device);
-      const double t0 = now();
-      opt.zero_grad();
-      auto loss = model.next_token_loss(ids).mean();
-      if (parts) sync(device);
-      const double t1 = now();
-      loss.backward();
-      if (parts) sync(device);
-      const double t2 = now();
-      opt.step();
-      sync(device);
-      const double t3 = now();
-      if (i < warmup) continue;
-      if (!parts) {
-        whole.push_back(t3 - t0);
-      } else {
-        fwd.push_back(t1 - t0);
-        bwd.push_back(t2 - t1);
-        upd.push_back(t3 - t2);
-      }
-    }
+// The median time of the trainer's step over `steps` after `warmup`.
+double time_steps(herd::train::Replica& r, const herd::Config& config, const std::vector<herd::v1::MicroBatch>& b,
+                  int warmup, int steps) {
+  const auto device = r.model->device();
+  std::vector<double> times;
+  for (int i = 0; i < warmup + steps; ++i) {
+    sync(device);
+    const double t0 = now();
+    step(r, config, b);
+    sync(device);
+    if (i >= warmup) times.push_back(now() - t0);
   }
-  return {median(whole), median(fwd), median(bwd), median(upd)};
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// --config: the config's model on its data, the batches streamed by a coordinator
+// in this process; one JSON line a step.
+int train_config(const std::string& path, int steps) {
+  const herd::Config config = herd::load_config(path);
+  const auto base = herd::resolve_hub_path(config.base_model, herd::HubRepoType::Model, "base_model");
+  const std::string token = herd::launch::random_token();
+  herd::launch::HostedCoordinator hosted(config, {"127.0.0.1:0", token, 1, true});
+  herd::client::SessionOptions session_options;
+  session_options.client = hosted.client_options("127.0.0.1");
+  session_options.job_id = config.model_name;
+  herd::client::WorkerSession session(session_options);
+  session.join();
+  const auto gang = session.wait_for_gang(0);
+  const torch::Device device(config.trainer.device == "cuda" ? "cuda:0" : "cpu");
+  herd::train::Replica r;
+  static herd::comm::InMemoryStore store;  // one rank: never used
+  herd::train::build_replica(r, config, herd::comm::connect("local", store, {}),
+                             herd::train::load_options(config, device),
+                             [&](const herd::model::LoadOptions& o) { return Llama::load(base, o); });
+  session.open_stream(1);
+  const uint64_t last = std::min<uint64_t>(gang.total_steps, static_cast<uint64_t>(steps));
+  for (uint64_t s = 1; s <= last; ++s) {
+    const auto batches = session.next_step(s);
+    sync(device);
+    const double t0 = now();
+    const auto o = herd::train::train_step(r, config, batches, herd::train::learning_rate(config, s, gang.total_steps),
+                                           false);
+    sync(device);
+    const double seconds = now() - t0;
+    session.report_step(s, o.loss, o.rank_tokens, herd::v1::StepTimings());
+    std::printf("%s\n", nlohmann::json{{"step", s}, {"loss", o.loss}, {"grad_norm", o.grad_norm}, {"tokens", o.tokens},
+                                       {"seconds", seconds}}
+                            .dump()
+                            .c_str());
+  }
+  session.close_stream();
+  hosted.finish(0);
+  return 0;
 }
 
 // TFLOP/s of a large bf16 GEMM on the device (the same process's ceiling).
@@ -239,7 +277,9 @@ int main(int argc, char** argv) {
   double peak = 989.4;
   bool fp32_activations = false, per_layer = false, dense = false, no_recompute = false, eager = false,
        autograd_sums = false, torch_dropout = false, keep_attention = false;
-  std::string profile;
+  std::string profile, config_path;
+  app.add_option("--config", config_path,
+                 "Train this config's model on its data (as herd train does) for --steps steps: a JSON line a step");
   app.add_option("--shape", shape_name, "1b | 70b-layer | tiny")->capture_default_str();
   app.add_option("--tokens", token_counts, "Tokens per row (one run each)")->capture_default_str();
   app.add_option("--batch", batch, "Rows per micro-batch")->capture_default_str();
@@ -264,6 +304,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
+    if (!config_path.empty()) return train_config(config_path, steps);
     torch::Device device(device_name);
     if (device.is_cuda() && !device.has_index()) device = torch::Device(torch::kCUDA, 0);
     const Shape shape = named_shape(shape_name);
@@ -276,7 +317,10 @@ int main(int argc, char** argv) {
                           .gradient_sums = !autograd_sums,
                           .philox_dropout = !torch_dropout,
                           .keep_attention = keep_attention};
-    Llama model = make_model(shape, device, variant);
+    const herd::Config config = bench_config(variant);
+    auto replica = std::make_unique<herd::train::Replica>();
+    make_replica(*replica, config, shape, device, variant, shape.layers);
+    const Llama& model = *replica->model;
     sync(device);
     std::printf(
         "model: %s, %lld layers, hidden %lld, %.3fB GEMM parameters, built in %.1f s on %s (%s base, %s "
@@ -290,29 +334,28 @@ int main(int argc, char** argv) {
     std::printf("GEMM ceiling measured here: %.4g TFLOP/s\n", ceiling);
 
     for (const int64_t tokens : token_counts) {
+      const std::vector<herd::v1::MicroBatch> batches = {random_batch(*replica->model, batch, tokens)};
       if (!per_layer) {
         reset_peak(device);
-        const StepTimes t = time_steps(model, batch, tokens, warmup, steps);
-        const double step = t.step;
-        const double tok_s = static_cast<double>(batch * tokens) / step;
-        const double tflops = 6.0 * static_cast<double>(gemm_params(model)) * tok_s / 1e12;
+        const double step_s = time_steps(*replica, config, batches, warmup, steps);
+        const double tok_s = static_cast<double>(batch * tokens) / step_s;
+        const double tflops = 6.0 * static_cast<double>(gemm_params(*replica->model)) * tok_s / 1e12;
         std::printf(
             "train %s  batch %lld x %lld tokens: step %.1f ms, %.0f tokens/s, %.4g TFLOP/s (6N), MFU %.1f%% of %.0f, "
             "%.1f%% of the measured GEMM; peak memory %.1f GiB\n",
-            shape_name.c_str(), static_cast<long long>(batch), static_cast<long long>(tokens), step * 1e3, tok_s,
+            shape_name.c_str(), static_cast<long long>(batch), static_cast<long long>(tokens), step_s * 1e3, tok_s,
             tflops, 100 * tflops / peak, peak, 100 * tflops / ceiling, peak_gib(device));
-        std::printf("  parts: forward %.1f ms, backward (recompute + input gradients) %.1f ms, AdamW %.1f ms\n",
-                    t.forward * 1e3, t.backward * 1e3, t.optimizer * 1e3);
-        if (!profile.empty()) profile_step(model, batch, tokens, profile);
+        if (!profile.empty()) profile_step(*replica, config, batches, profile);
         continue;
       }
-      // Two layers, then one: the difference is one layer; the rest is the head.
-      const double two = time_steps(model, batch, tokens, warmup, steps).step;
-      auto dropped = std::move(model.layers().back());
-      model.layers().pop_back();
-      const double one = time_steps(model, batch, tokens, warmup, steps).step;
-      model.layers().push_back(std::move(dropped));
-      const double layer = two - one, head = one - layer;
+      // The model's layers, then one fewer: the difference is one layer; the rest is the head.
+      const double two = time_steps(*replica, config, batches, warmup, steps);
+      replica = std::make_unique<herd::train::Replica>();
+      make_replica(*replica, config, shape, device, variant, shape.layers - 1);
+      const double one = time_steps(*replica, config, batches, warmup, steps);
+      replica = std::make_unique<herd::train::Replica>();
+      make_replica(*replica, config, shape, device, variant, shape.layers);
+      const double layer = two - one, head = one - (shape.layers - 1) * layer;
       const double projected = head + static_cast<double>(projected_layers) * layer;
       const double tok = static_cast<double>(batch * tokens);
       std::printf(

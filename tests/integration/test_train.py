@@ -209,3 +209,19 @@ def test_eval_loss_on_the_held_out_split(model, tmp_path):
     evals = events(tmp_path, "eval")
     assert [(r["step"], r["samples"]) for r in evals] == [(8, 24), (16, 24), (24, 24)]
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+
+
+def test_the_step_benchmark_runs_the_trainers_step(model, tmp_path):
+    """bench/train_step --config trains the config's model on the batches herd train gets, through
+    the trainer's own step: the same loss and gradient norm at every step, to the bit."""
+    config = write_config(tmp_path / "c.yaml", model, tmp_path)
+    out = herd("train", config)
+    assert out.returncode == 0, out.stderr
+    bench = subprocess.run([str(BIN / "herd_bench_train_step"), "--config", str(config), "--steps", "6"],
+                           capture_output=True, text=True, timeout=240)
+    assert bench.returncode == 0, bench.stderr
+    steps = [json.loads(l) for l in bench.stdout.splitlines() if l.startswith("{")]
+    assert [s["step"] for s in steps] == list(range(1, 7))
+    trained = events(tmp_path)[:6]
+    assert [(s["loss"], s["grad_norm"], s["tokens"]) for s in steps] == \
+        [(r["loss"], r["grad_norm"], r["tokens"]) for r in trained]
