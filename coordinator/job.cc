@@ -681,9 +681,14 @@ Job::StreamStep Job::NextStep(const herd::v1::StreamBatchesRequest& request, uin
 void Job::StreamLost(const herd::v1::StreamBatchesRequest& request, const std::string& reason) {
   std::lock_guard lock(mutex_);
   Worker* w = nullptr;
-  if (!shutdown_ && member_locked(request.worker_id(), request.attempt(), &w).ok()) {
-    mark_dead_locked(*w, reason, clock_());
+  if (shutdown_ || !member_locked(request.worker_id(), request.attempt(), &w).ok()) return;
+  // Draining, a member that reported its share of a checkpoint leaves as asked: the
+  // others' reports complete that checkpoint and stop the job there.
+  if (drain_requested_ && std::any_of(checkpoint_reports_.begin(), checkpoint_reports_.end(),
+                                      [&](const auto& step) { return step.second.count(w->rank) > 0; })) {
+    return;
   }
+  mark_dead_locked(*w, reason, clock_());
 }
 
 Status Job::ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::ReportStepResponse* response) {

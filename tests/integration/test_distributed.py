@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
+
+from runs import adapter, events, losses
 
 BIN = Path(os.environ["HERD_BIN"])
 SRC = Path(os.environ["HERD_SOURCE_DIR"])
@@ -42,22 +43,6 @@ quantization: {{enabled: true, compute_dtype: float32}}
 metrics: {{enabled: false}}
 """ + extra)
     return path
-
-
-def events(out, event="step"):
-    """The run's records of one kind from {trainer_output_dir}/events.jsonl (rank 0 writes it)."""
-    path = out / "trainer" / "events.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [r for r in map(json.loads, lines) if r["event"] == event]
-
-
-def losses(out):
-    """Step -> loss, at full precision."""
-    return {r["step"]: r["loss"] for r in events(out)}
-
-
-def adapter(out):
-    return load_file(str(out / "models" / "t_adapter" / "adapter_model.safetensors"))
 
 
 def assert_same(run, reference):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from safetensors.torch import load_file
+
+from runs import adapter, events, losses
 
 BIN = Path(os.environ["HERD_BIN"])
 SRC = Path(os.environ["HERD_SOURCE_DIR"])
@@ -62,20 +63,6 @@ checkpoint: {{every_steps: 8}}
 distributed: {{world_size: {ranks}}}
 """ + security)
     return path
-
-
-def records(d, event="step"):
-    path = d / "trainer" / "events.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [r for r in map(json.loads, lines) if r["event"] == event]
-
-
-def losses(d):
-    return {r["step"]: r["loss"] for r in records(d)}
-
-
-def adapter(d):
-    return load_file(str(d / "models" / "t_adapter" / "adapter_model.safetensors"))
 
 
 def herd(*args, env=None, timeout=60):
@@ -175,20 +162,20 @@ def test_herd_train_two_workers_stopped_by_sigint_and_resumed(model, tls, refere
     finally:
         if p.poll() is None:  # a failed assertion: leave no process behind
             os.killpg(p.pid, signal.SIGKILL)
-    assert codes == [130] and len(records(d, "interrupted")) == 1, outs
+    assert codes == [130] and len(events(d, "interrupted")) == 1, outs
     check_stopped_and_resume(d, reference, command + ["--resume"])
 
 
 def check_stopped_and_resume(d, reference, resume, adapter_atol=ADAPTER_ATOL):
     """One interrupted record at a committed checkpoint; `resume` gives the uninterrupted run."""
-    [stopped] = records(d, "interrupted")
+    [stopped] = events(d, "interrupted")
     assert stopped["checkpoint"] == stopped["step"] and 1 <= stopped["step"] < max(losses(reference))
     checkpoint = d / "trainer" / f"checkpoint-{stopped['step']}"
     assert (checkpoint / "checkpoint.json").exists()
     again = subprocess.run(resume, capture_output=True, text=True, timeout=300, env=env())
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"resuming from {checkpoint} (step {stopped['step']})" in again.stdout
-    assert {r["attempt"] for r in records(d) if r["step"] > stopped["step"]} == {2}  # trained after the resume
+    assert {r["attempt"] for r in events(d) if r["step"] > stopped["step"]} == {2}  # trained after the resume
     assert_same(d, reference, adapter_atol=adapter_atol)
 
 
@@ -236,8 +223,8 @@ def test_mpirun_stopped_by_sigint_and_relaunched(model, tls, long_reference, tmp
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-    assert codes != [0] and len(records(tmp_path, "interrupted")) == 1, outs
-    stopped = records(tmp_path, "interrupted")[0]["step"]
+    assert codes != [0] and len(events(tmp_path, "interrupted")) == 1, outs
+    stopped = events(tmp_path, "interrupted")[0]["step"]
     print(f"mpirun: SIGINT after step 1, stopped after step {stopped}")
     check_stopped_and_resume(tmp_path, long_reference, command, adapter_atol=1e-4)
 

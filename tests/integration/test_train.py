@@ -1,12 +1,13 @@
 """`herd train`: a local run over the sample conversations on a tiny model made here."""
 import json
 import os
-import re
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from runs import events, losses
 
 BIN = Path(os.environ["HERD_BIN"])
 SRC = Path(os.environ["HERD_SOURCE_DIR"])
@@ -31,16 +32,6 @@ metrics: {{enabled: false}}
     return path
 
 
-def events(run_dir, event="step", trainer_dir="trainer"):
-    """The run's records of one kind from {trainer_output_dir}/events.jsonl, in order."""
-    lines = (run_dir / trainer_dir / "events.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["event"] == event]
-
-
-def losses(run_dir):
-    return [r["loss"] for r in events(run_dir)]
-
-
 def test_train_logs_every_step_writes_the_adapter_and_is_deterministic(model, tmp_path):
     for i in range(2):
         config = write_config(tmp_path / f"c{i}.yaml", model, tmp_path / f"run{i}")
@@ -62,7 +53,7 @@ def test_train_logs_every_step_writes_the_adapter_and_is_deterministic(model, tm
     lrs = [r["learning_rate"] for r in first]
     assert lrs[0] == 0 and lrs[3] == pytest.approx(0.01, rel=1e-12) and lrs[-1] == pytest.approx(0.01 / 21, rel=1e-12)
     # It learns: the last four steps' mean loss is below the first four's.
-    loss = losses(tmp_path / "run0")
+    loss = list(losses(tmp_path / "run0").values())
     assert sum(loss[-4:]) < sum(loss[:4])
 
 
@@ -71,7 +62,7 @@ def test_unquantized_base_trains_close_to_nf4(model, tmp_path):
     dense = herd("train", write_config(tmp_path / "d.yaml", model, tmp_path / "d", quantize=False))
     assert nf4.returncode == 0 and dense.returncode == 0, nf4.stderr + dense.stderr
     assert "dense base weights" in dense.stdout and "NF4 base weights" in nf4.stdout
-    a, b = losses(tmp_path / "q"), losses(tmp_path / "d")
+    a, b = losses(tmp_path / "q").values(), losses(tmp_path / "d").values()
     assert len(a) == len(b) == 24
     assert max(abs(x - y) for x, y in zip(a, b)) < 0.05
 

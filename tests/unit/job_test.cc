@@ -403,6 +403,31 @@ TEST(Job, DrainStopsAtTheNextCheckpointCancelFails) {
   EXPECT_EQ(g.job->Register(q, &rr).error_code(), StatusCode::FAILED_PRECONDITION);
 }
 
+TEST(Job, DrainingAMemberThatReportedItsCheckpointMayLeaveFirst) {
+  Fixture f;
+  auto [a, b, one] = f.two_ranks_past_checkpoint_2();
+  v1::OperatorResponse r;
+  ASSERT_TRUE(f.job->Drain(&r).ok());
+  ASSERT_TRUE(f.checkpoint(b, one, 3).ok());
+  v1::StreamBatchesRequest stream;
+  stream.set_worker_id(b);
+  stream.set_attempt(one);
+  f.job->StreamLost(stream, "dropped its batch stream");  // b is done and exits
+  EXPECT_EQ(f.status().state(), v1::DRAINING);
+  ASSERT_TRUE(f.checkpoint(a, one, 3).ok());
+  EXPECT_EQ(f.status().state(), v1::STOPPED);
+  EXPECT_EQ(f.status().checkpoint_step(), 3u);
+  // One that has not reported it is lost: the job stops at the last checkpoint.
+  Fixture g;
+  auto [c, d, attempt] = g.two_ranks_past_checkpoint_2();
+  ASSERT_TRUE(g.job->Drain(&r).ok());
+  stream.set_worker_id(d);
+  stream.set_attempt(attempt);
+  g.job->StreamLost(stream, "dropped its batch stream");
+  EXPECT_EQ(g.status().state(), v1::STOPPED);
+  EXPECT_EQ(g.status().checkpoint_step(), 2u);
+}
+
 TEST(Job, DoneWhenTheLastStepsCheckpointIsCommitted) {
   Fixture f(1, 4);
   f.settings.num_train_epochs = 1;
