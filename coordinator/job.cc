@@ -36,14 +36,6 @@ Status error(StatusCode code, std::string message) { return {code, std::move(mes
 
 std::string state_name(JobState s) { return herd::v1::JobState_Name(s); }
 
-std::optional<std::string> check_key(const std::string& key) {
-  if (key.empty() || key.size() > kMaxKey) return fmt::format("key must have 1..{} characters, got {}", kMaxKey, key.size());
-  for (unsigned char ch : key) {
-    if (ch < 0x21 || ch > 0x7e) return fmt::format("key must be printable ASCII without spaces (byte 0x{:02x})", ch);
-  }
-  return std::nullopt;
-}
-
 bool is_sha256_hex(const std::string& s) {
   return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
@@ -396,7 +388,7 @@ void Job::form_gang_locked(uint32_t size, const std::vector<Worker*>& alive) {
   committed_step_ = checkpoint_step_;  // everything after the last checkpoint is trained again
   reports_.clear();
   checkpoint_reports_.clear();
-  kv_.clear();
+  store_.clear();
   journal_locked(kGang, json{{"attempt", attempt_},
                              {"world_size", size},
                              {"accumulation", shape.gradient_accumulation_steps},
@@ -468,30 +460,24 @@ Status Job::WaitForGang(const herd::v1::WaitForGangRequest& request, herd::v1::W
 // ---- Rendezvous store --------------------------------------------------------
 
 Status Job::KvSet(const herd::v1::KvSetRequest& request) {
-  if (auto e = check_key(request.key())) return error(StatusCode::INVALID_ARGUMENT, *e);
-  if (request.value().size() > kMaxValue) {
-    return error(StatusCode::INVALID_ARGUMENT,
-                 fmt::format("value of {} bytes is over the {} byte limit", request.value().size(), kMaxValue));
-  }
+  if (auto e = RendezvousStore::check_key(request.key())) return error(StatusCode::INVALID_ARGUMENT, *e);
+  if (auto e = RendezvousStore::check_value(request.value())) return error(StatusCode::INVALID_ARGUMENT, *e);
   std::lock_guard lock(mutex_);
   Worker* w = nullptr;
   if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
-  if (kv_.size() >= kMaxKeys && !kv_.count(request.key())) {
-    return error(StatusCode::RESOURCE_EXHAUSTED, fmt::format("the store holds {} keys already", kMaxKeys));
-  }
-  kv_[request.key()] = request.value();
+  if (auto s = store_.set(request.key(), request.value()); !s.ok()) return s;
   kv_changed_.notify_all();
   return Status::OK;
 }
 
 Status Job::KvGet(const herd::v1::KvGetRequest& request, herd::v1::KvGetResponse* response) {
-  if (auto e = check_key(request.key())) return error(StatusCode::INVALID_ARGUMENT, *e);
+  if (auto e = RendezvousStore::check_key(request.key())) return error(StatusCode::INVALID_ARGUMENT, *e);
   std::lock_guard lock(mutex_);
   Worker* w = nullptr;
   if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
-  auto it = kv_.find(request.key());
-  response->set_found(it != kv_.end());
-  if (it != kv_.end()) response->set_value(it->second);
+  const auto value = store_.get(request.key());
+  response->set_found(value.has_value());
+  if (value) response->set_value(*value);
   return Status::OK;
 }
 
@@ -500,7 +486,7 @@ Status Job::KvWait(const herd::v1::KvWaitRequest& request, const std::function<b
     return error(StatusCode::INVALID_ARGUMENT, fmt::format("keys: 1..{} of them", kMaxWaitKeys));
   }
   for (const auto& k : request.keys()) {
-    if (auto e = check_key(k)) return error(StatusCode::INVALID_ARGUMENT, *e);
+    if (auto e = RendezvousStore::check_key(k)) return error(StatusCode::INVALID_ARGUMENT, *e);
   }
   if (request.timeout_ms() > kMaxKvWaitMs) {
     return error(StatusCode::INVALID_ARGUMENT, fmt::format("timeout_ms must be <= {}", kMaxKvWaitMs));
@@ -512,10 +498,7 @@ Status Job::KvWait(const herd::v1::KvWaitRequest& request, const std::function<b
     if (shutdown_) return error(StatusCode::UNAVAILABLE, "the coordinator is shutting down");
     Worker* w = nullptr;
     if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
-    std::vector<std::string> missing;
-    for (const auto& k : request.keys()) {
-      if (!kv_.count(k)) missing.push_back(k);
-    }
+    const auto missing = store_.missing(request.keys());
     if (missing.empty()) return Status::OK;
     if (cancelled()) return error(StatusCode::CANCELLED, "the client went away");
     if (std::chrono::steady_clock::now() >= deadline) {
@@ -526,25 +509,12 @@ Status Job::KvWait(const herd::v1::KvWaitRequest& request, const std::function<b
 }
 
 Status Job::KvAdd(const herd::v1::KvAddRequest& request, herd::v1::KvAddResponse* response) {
-  if (auto e = check_key(request.key())) return error(StatusCode::INVALID_ARGUMENT, *e);
+  if (auto e = RendezvousStore::check_key(request.key())) return error(StatusCode::INVALID_ARGUMENT, *e);
   std::lock_guard lock(mutex_);
   Worker* w = nullptr;
   if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
   int64_t value = 0;
-  if (auto it = kv_.find(request.key()); it != kv_.end()) {
-    const auto& text = it->second;
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc() || end != text.data() + text.size()) {
-      return error(StatusCode::FAILED_PRECONDITION,
-                   fmt::format("key '{}' holds a value that is not a decimal counter", request.key()));
-    }
-  } else if (kv_.size() >= kMaxKeys) {
-    return error(StatusCode::RESOURCE_EXHAUSTED, fmt::format("the store holds {} keys already", kMaxKeys));
-  }
-  if (__builtin_add_overflow(value, request.delta(), &value)) {
-    return error(StatusCode::OUT_OF_RANGE, fmt::format("counter '{}' would overflow", request.key()));
-  }
-  kv_[request.key()] = std::to_string(value);
+  if (auto s = store_.add(request.key(), request.delta(), &value); !s.ok()) return s;
   response->set_value(value);
   kv_changed_.notify_all();
   return Status::OK;

@@ -23,6 +23,7 @@
 
 #include "coordinator/epoch_plan.h"
 #include "coordinator/journal.h"
+#include "coordinator/rendezvous_store.h"
 #include "coordinator/samples.h"
 #include "herd/proto/herd.pb.h"
 
@@ -223,7 +224,7 @@ class Job {
   std::string checkpoint_path_;
   std::map<uint64_t, StepReports> reports_;
   std::map<uint64_t, std::map<uint32_t, CheckpointReport>> checkpoint_reports_;
-  std::unordered_map<std::string, std::string> kv_;
+  RendezvousStore store_;  // the current attempt's
   std::deque<double> commit_times_;
   double last_loss_ = 0;
   double last_imbalance_ = 1;
