@@ -96,36 +96,24 @@ std::map<uint64_t, std::vector<uint64_t>> trained_samples(const std::vector<Jour
 
 Job::Job(JobSettings settings, std::shared_ptr<const SampleSource> samples, std::vector<size_t> train,
          const std::filesystem::path& journal_file, Clock clock)
-    : settings_(std::move(settings)), samples_(std::move(samples)), train_(std::move(train)), clock_(std::move(clock)) {
+    : settings_(std::move(settings)), clock_(std::move(clock)) {
   if (settings_.world_size == 0 || settings_.batch_size == 0 || settings_.gradient_accumulation_steps == 0 ||
       settings_.min_workers == 0 || settings_.min_workers > settings_.world_size) {
     throw std::invalid_argument("job: world size, batch size and accumulation must be >= 1, min_workers in 1..world_size");
   }
-  if (train_.empty()) throw std::invalid_argument("job: the train split has no samples");
-  lengths_.resize(samples_->size());
-  loss_tokens_.resize(samples_->size());
-  std::vector<int32_t> ids;
-  std::vector<uint8_t> mask;
-  for (size_t i = 0; i < samples_->size(); ++i) {
-    lengths_[i] = samples_->length(i);
-    ids.resize(lengths_[i]);
-    mask.resize(lengths_[i]);
-    samples_->read(i, ids.data(), mask.data());
-    loss_tokens_[i] = mask.size() > 1 ? static_cast<uint32_t>(std::count(mask.begin() + 1, mask.end(), uint8_t{1})) : 0;
-  }
-  const uint64_t global = settings_.global_batch();
-  steps_per_epoch_ = (train_.size() + global - 1) / global;
-  total_steps_ = settings_.max_steps > 0
-                     ? settings_.max_steps
-                     : static_cast<uint64_t>(std::ceil(settings_.num_train_epochs * static_cast<double>(steps_per_epoch_)));
-  total_steps_ = std::max<uint64_t>(total_steps_, 1);
-  shape_ = {settings_.batch_size, settings_.gradient_accumulation_steps, settings_.world_size};
+  if (train.empty()) throw std::invalid_argument("job: the train split has no samples");
+  planner_ = std::make_unique<StepPlanner>(
+      std::move(samples), std::move(train), settings_.seed,
+      PlanShape{settings_.batch_size, settings_.gradient_accumulation_steps, settings_.world_size});
+  const double epochs = settings_.num_train_epochs * static_cast<double>(planner_->steps_per_epoch());
+  total_steps_ = std::max<uint64_t>(settings_.max_steps > 0 ? settings_.max_steps : static_cast<uint64_t>(std::ceil(epochs)), 1);
 
-  uint64_t train_tokens = 0;
-  for (size_t s : train_) train_tokens += lengths_.at(s);
-  const json fingerprint = {{"job_id", settings_.job_id},     {"global_batch", global},
-                            {"train_samples", train_.size()}, {"train_tokens", train_tokens},
-                            {"seed", settings_.seed},         {"total_steps", total_steps_},
+  const json fingerprint = {{"job_id", settings_.job_id},
+                            {"global_batch", settings_.global_batch()},
+                            {"train_samples", planner_->train_samples()},
+                            {"train_tokens", planner_->train_tokens()},
+                            {"seed", settings_.seed},
+                            {"total_steps", total_steps_},
                             {"batch_size", settings_.batch_size}};
   if (!journal_file.empty()) {
     std::filesystem::create_directories(journal_file.parent_path().empty() ? "." : journal_file.parent_path());
@@ -204,11 +192,7 @@ JobState Job::state() const {
 
 std::pair<double, double> Job::epoch_imbalance(uint64_t epoch) {
   std::lock_guard lock(mutex_);
-  step_plan_locked(epoch * steps_per_epoch_ + 1);
-  const EpochPlan& plan = plans_.at(epoch).plan;
-  double sum = 0;
-  for (const auto& st : plan.steps()) sum += st.imbalance;
-  return {plan.max_imbalance(), sum / static_cast<double>(plan.steps().size())};
+  return planner_->imbalance(epoch);
 }
 
 bool Job::training_locked() const { return state_ == herd::v1::RUNNING || state_ == herd::v1::DRAINING; }
@@ -371,10 +355,7 @@ void Job::try_form_gang_locked(double now) {
 void Job::form_gang_locked(uint32_t size, const std::vector<Worker*>& alive) {
   ++attempt_;
   const PlanShape shape{settings_.batch_size, settings_.global_batch() / (uint64_t{settings_.batch_size} * size), size};
-  if (shape.gradient_accumulation_steps != shape_.gradient_accumulation_steps || shape.world_size != shape_.world_size) {
-    plans_.clear();
-  }
-  shape_ = shape;
+  planner_->set_shape(shape);
   gang_.clear();
   json ids = json::array();
   for (uint32_t r = 0; r < size; ++r) {
@@ -435,15 +416,15 @@ Status Job::WaitForGang(const herd::v1::WaitForGangRequest& request, herd::v1::W
     }
     if (training_locked() && w->attempt == attempt_ && attempt_ > request.after_attempt()) {
       response->set_rank(w->rank);
-      response->set_world_size(shape_.world_size);
+      response->set_world_size(planner_->shape().world_size);
       response->set_attempt(attempt_);
       response->set_rendezvous_prefix(fmt::format("{}/{}/", settings_.job_id, attempt_));
       response->set_resume_step(checkpoint_step_);
       response->set_resume_checkpoint(checkpoint_path_);
-      response->set_gradient_accumulation_steps(static_cast<uint32_t>(shape_.gradient_accumulation_steps));
+      response->set_gradient_accumulation_steps(static_cast<uint32_t>(planner_->shape().gradient_accumulation_steps));
       response->set_total_steps(total_steps_);
       response->set_batch_size(settings_.batch_size);
-      response->set_steps_per_epoch(steps_per_epoch_);
+      response->set_steps_per_epoch(planner_->steps_per_epoch());
       return Status::OK;
     }
     if (cancelled()) return error(StatusCode::CANCELLED, "the client went away");
@@ -522,40 +503,7 @@ Status Job::KvAdd(const herd::v1::KvAddRequest& request, herd::v1::KvAddResponse
 
 // ---- Data and progress -------------------------------------------------------
 
-Job::PlannedStep Job::step_plan_locked(uint64_t step) {
-  const uint64_t epoch = (step - 1) / steps_per_epoch_;
-  auto it = plans_.find(epoch);
-  if (it == plans_.end()) {
-    if (plans_.size() >= 2) plans_.erase(plans_.begin());  // old epochs are not streamed again
-    Planned p{EpochPlan::build(train_, lengths_, settings_.seed, epoch, shape_), {}};
-    for (const auto& st : p.plan.steps()) {
-      uint64_t tokens = 0;
-      for (const auto& rank : st.ranks)
-        for (const auto& m : rank)
-          for (size_t s : m) tokens += loss_tokens_[s];
-      p.loss_tokens.push_back(tokens);
-    }
-    it = plans_.emplace(epoch, std::move(p)).first;
-  }
-  const size_t index = (step - 1) % steps_per_epoch_;
-  return {it->second.plan.steps().at(index), it->second.loss_tokens.at(index)};
-}
-
-herd::v1::MicroBatch Job::micro_batch(const std::vector<size_t>& rows) const {
-  herd::v1::MicroBatch batch;
-  uint32_t width = 0;
-  for (size_t s : rows) width = std::max(width, lengths_[s]);
-  batch.mutable_token_ids()->Resize(static_cast<int>(rows.size() * width), 0);
-  std::string mask(rows.size() * width, '\0');
-  for (size_t r = 0; r < rows.size(); ++r) {
-    batch.add_sample_ids(rows[r]);
-    batch.add_lengths(lengths_[rows[r]]);
-    samples_->read(rows[r], batch.mutable_token_ids()->mutable_data() + r * width,
-                   reinterpret_cast<uint8_t*>(mask.data()) + r * width);
-  }
-  batch.set_loss_mask(std::move(mask));
-  return batch;
-}
+herd::v1::MicroBatch Job::micro_batch(const std::vector<size_t>& rows) const { return planner_->micro_batch(rows); }
 
 Status Job::ReportFailure(const herd::v1::ReportFailureRequest& request) {
   if (request.reason().size() > kMaxReason) {
@@ -587,7 +535,7 @@ Status Job::EvalBatches(const herd::v1::EvalBatchesRequest& request, std::vector
     Worker* w = nullptr;
     if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
     rank = w->rank;
-    world = shape_.world_size;
+    world = planner_->shape().world_size;
   }
   const size_t rows = settings_.batch_size;
   const size_t per_rank = (eval_.size() + world - 1) / world;
@@ -633,16 +581,16 @@ Job::StreamStep Job::NextStep(const herd::v1::StreamBatchesRequest& request, uin
     Worker* w = nullptr;
     if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return end(s);
     if (step > committed_step_ + settings_.lookahead_steps) return out;  // not yet
-    const PlannedStep planned = step_plan_locked(step);
+    const StepPlanner::Planned planned = planner_->step(step);
     micro = planned.plan.ranks[w->rank];
     loss_tokens = planned.loss_tokens;
-    micro.resize(shape_.gradient_accumulation_steps);  // a rank that ran out gets empty micro-batches
+    micro.resize(planner_->shape().gradient_accumulation_steps);  // a rank that ran out gets empty micro-batches
   }
   for (uint32_t m = 0; m < micro.size(); ++m) {
     herd::v1::MicroBatch& batch = out.batches.emplace_back(micro_batch(micro[m]));
     batch.set_step(step);
     batch.set_micro_step(m);
-    batch.set_epoch((step - 1) / steps_per_epoch_);
+    batch.set_epoch((step - 1) / planner_->steps_per_epoch());
     batch.set_step_loss_tokens(loss_tokens);
   }
   return out;
@@ -691,7 +639,7 @@ Status Job::ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::Rep
   if (agg.ranks < gang_.size()) return Status::OK;
 
   // Every rank reported this step (ranks report in order, so steps commit in order).
-  const StepPlan& plan = step_plan_locked(step).plan;
+  const StepPlan& plan = planner_->step(step).plan;
   json samples = json::array();
   for (const auto& rank : plan.ranks) {
     for (const auto& m : rank) {
@@ -776,10 +724,10 @@ void Job::GetStatus(herd::v1::JobStatus* out, bool ranks) const {
   out->set_message(message_);
   out->set_gang_size(static_cast<uint32_t>(gang_.size()));
   out->set_checkpoint_step(checkpoint_step_);
-  out->set_epoch(std::min(committed_step_, total_steps_ - 1) / steps_per_epoch_);
+  out->set_epoch(std::min(committed_step_, total_steps_ - 1) / planner_->steps_per_epoch());
   out->set_last_loss(last_loss_);
   out->set_step_imbalance(last_imbalance_);
-  out->set_gradient_accumulation_steps(static_cast<uint32_t>(shape_.gradient_accumulation_steps));
+  out->set_gradient_accumulation_steps(static_cast<uint32_t>(planner_->shape().gradient_accumulation_steps));
   if (commit_times_.size() >= 2 && training_locked()) {
     const double per_step = (commit_times_.back() - commit_times_.front()) / static_cast<double>(commit_times_.size() - 1);
     out->set_eta_seconds(per_step * static_cast<double>(total_steps_ - committed_step_));

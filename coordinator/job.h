@@ -1,6 +1,7 @@
-// The job a coordinator owns: its members, its state machine (docs/protocol.md),
-// the rendezvous store, the epoch plan it streams and the commits it journals.
-// Plain C++ behind one mutex, so it is tested without a network; the gRPC service
+// The job a coordinator owns: its members, its state machine (docs/protocol.md)
+// and the commits it journals; the facade over the attempt's rendezvous store
+// (rendezvous_store.h) and what each step trains (step_planner.h). Plain C++ behind
+// one mutex, so it is tested without a network; the gRPC service
 // (service.h) authenticates a call and hands it here. Every method validates its
 // request and answers a precise grpc::Status; none throws on bad input.
 #pragma once
@@ -25,6 +26,7 @@
 #include "coordinator/journal.h"
 #include "coordinator/rendezvous_store.h"
 #include "coordinator/samples.h"
+#include "coordinator/step_planner.h"
 #include "herd/proto/herd.pb.h"
 
 namespace herd {
@@ -87,11 +89,11 @@ class Job {
       const std::filesystem::path& journal_file, Clock clock = steady_clock());
   ~Job();
 
-  // Samples as one right-padded micro-batch (what the stream sends).
+  // Samples as one right-padded micro-batch (what the stream sends; step_planner.h).
   herd::v1::MicroBatch micro_batch(const std::vector<size_t>& rows) const;
 
   uint64_t total_steps() const { return total_steps_; }
-  uint64_t steps_per_epoch() const { return steps_per_epoch_; }
+  uint64_t steps_per_epoch() const { return planner_->steps_per_epoch(); }
   const JobSettings& settings() const { return settings_; }
   herd::v1::JobState state() const;
   // Max and mean over an epoch's steps of max / mean tokens per rank, under the
@@ -176,23 +178,13 @@ class Job {
   void form_gang_locked(uint32_t size, const std::vector<Worker*>& alive);
   void mark_dead_locked(Worker& w, const std::string& reason, double now);
   void set_state_locked(herd::v1::JobState state, std::string message);
-  // A step of the plan under the current gang's shape, with the predicted loss
-  // tokens of all its samples (computed once per epoch: every stream asks).
-  struct PlannedStep {
-    const StepPlan& plan;
-    uint64_t loss_tokens;
-  };
-  PlannedStep step_plan_locked(uint64_t step);
   void journal_locked(RecordType type, const std::string& payload);
   void replay(const std::vector<JournalRecord>& records);
 
   const JobSettings settings_;
-  const std::shared_ptr<const SampleSource> samples_;
-  const std::vector<size_t> train_;
+  std::unique_ptr<StepPlanner> planner_;  // built once the settings are checked
   std::vector<size_t> eval_;
-  std::vector<uint32_t> lengths_;      // per sample id
-  std::vector<uint32_t> loss_tokens_;  // per sample id: mask[1:] set
-  uint64_t steps_per_epoch_ = 0, total_steps_ = 0;
+  uint64_t total_steps_ = 0;
   const Clock clock_;
   std::unique_ptr<Journal> journal_;
 
@@ -211,12 +203,6 @@ class Job {
   std::unordered_map<std::string, Worker> workers_;
   uint64_t attempt_ = 0;
   std::vector<std::string> gang_;  // worker ids by rank, for attempt_
-  PlanShape shape_;
-  struct Planned {
-    EpochPlan plan;
-    std::vector<uint64_t> loss_tokens;  // per step
-  };
-  std::map<uint64_t, Planned> plans_;  // by epoch, for shape_
   double recovering_since_ = 0;
   bool failure_reported_ = false;  // RECOVERING because a member's collective failed
   uint64_t committed_step_ = 0;
