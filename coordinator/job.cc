@@ -1,16 +1,13 @@
 #include "coordinator/job.h"
 
 #include <algorithm>
-#include <charconv>
 #include <chrono>
 #include <cmath>
-#include <numeric>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include "common/checkpoint_files.h"
 #include "common/config.h"
 #include "common/job_data.h"
 #include "common/packing.h"
@@ -131,18 +128,14 @@ Job::Job(JobSettings settings, std::shared_ptr<const SampleSource> samples, std:
     replay(journal_->records());
   }
   ++incarnation_;
-  committed_step_ = checkpoint_step_;
+  roster_.set_incarnation(incarnation_);
   if (journal_) journal_->append(kStart, json{{"incarnation", incarnation_}, {"plan", fingerprint}}.dump());
 }
 
 Job::~Job() { shutdown(); }
 
 void Job::replay(const std::vector<JournalRecord>& records) {
-  struct Committed {
-    uint64_t step;
-    std::string path, digest;
-  };
-  std::vector<Committed> checkpoints;  // oldest first; those a recovery rolled back are dropped
+  std::vector<CommitLedger::Checkpoint> checkpoints;  // oldest first; those a recovery rolled back are dropped
   bool done = false;
   for (const auto& r : records) {
     const json j = json::parse(r.payload);
@@ -151,7 +144,7 @@ void Job::replay(const std::vector<JournalRecord>& records) {
       case kGang: {
         attempt_ = std::max(attempt_, j.at("attempt").get<uint64_t>());
         const uint64_t resume = j.at("resume_step").get<uint64_t>();
-        std::erase_if(checkpoints, [&](const Committed& c) { return c.step > resume; });
+        std::erase_if(checkpoints, [&](const auto& c) { return c.step > resume; });
         break;
       }
       case kCheckpoint:
@@ -163,26 +156,8 @@ void Job::replay(const std::vector<JournalRecord>& records) {
       default: break;
     }
   }
-  // The newest committed checkpoint whose files still match what was committed. One
-  // on a file system this coordinator does not see (its directory's parent is
-  // absent here) is taken on the journal's word.
-  for (auto it = checkpoints.rbegin(); it != checkpoints.rend(); ++it) {
-    const std::filesystem::path dir(it->path);
-    std::string problem;
-    if (std::filesystem::is_directory(dir.parent_path())) {
-      problem = checkpoint_problem(dir);
-      if (problem.empty() && checkpoint_digest(dir) != it->digest) {
-        problem = fmt::format("{} is not the one committed at step {}", kCheckpointManifest, it->step);
-      }
-    }
-    if (problem.empty()) {
-      checkpoint_step_ = it->step;
-      checkpoint_path_ = it->path;
-      break;
-    }
-    resume_warnings_.push_back(fmt::format("skipping {}: {}", it->path, problem));
-  }
-  if (done && checkpoint_step_ == total_steps_) state_ = herd::v1::DONE;
+  resume_warnings_ = ledger_.resume_from(checkpoints);
+  if (done && ledger_.checkpoint_step() == total_steps_) state_ = herd::v1::DONE;
 }
 
 JobState Job::state() const {
@@ -222,31 +197,8 @@ void Job::journal_locked(RecordType type, const std::string& payload) {
   if (journal_) journal_->append(type, payload);
 }
 
-Status Job::find_locked(const std::string& worker_id, Worker** out) {
-  if (worker_id.empty()) return error(StatusCode::INVALID_ARGUMENT, "worker_id is empty: call Register first");
-  auto it = workers_.find(worker_id);
-  if (it == workers_.end()) {
-    uint64_t inc = 0;
-    const bool ours = worker_id.size() > 1 && worker_id[0] == 'w' &&
-                      std::from_chars(worker_id.data() + 1, worker_id.data() + worker_id.size(), inc).ec == std::errc();
-    if (ours && inc != incarnation_) {
-      return error(StatusCode::NOT_FOUND,
-                   fmt::format("worker {} was registered with an earlier run of this coordinator (it restarted "
-                               "since): register again",
-                               worker_id));
-    }
-    return error(StatusCode::NOT_FOUND, fmt::format("unknown worker '{}': register first", worker_id.substr(0, 64)));
-  }
-  if (!it->second.alive) {
-    return error(StatusCode::FAILED_PRECONDITION,
-                 fmt::format("worker {} was declared dead ({}): register again", worker_id, it->second.death));
-  }
-  *out = &it->second;
-  return Status::OK;
-}
-
 Status Job::member_locked(const std::string& worker_id, uint64_t attempt, Worker** out) {
-  if (auto s = find_locked(worker_id, out); !s.ok()) return s;
+  if (auto s = roster_.find(worker_id, out); !s.ok()) return s;
   Worker& w = **out;
   if (attempt == 0) return error(StatusCode::INVALID_ARGUMENT, "attempt is 0: use the attempt WaitForGang answered");
   if (attempt < attempt_) {
@@ -294,7 +246,7 @@ Status Job::Register(const herd::v1::RegisterRequest& request, herd::v1::Registe
     return error(StatusCode::FAILED_PRECONDITION,
                  fmt::format("the job is {}{}", state_name(state_), message_.empty() ? "" : ": " + message_));
   }
-  const size_t alive = std::count_if(workers_.begin(), workers_.end(), [](const auto& kv) { return kv.second.alive; });
+  const size_t alive = roster_.alive();
   const size_t limit = settings_.world_size + std::max<size_t>(8, settings_.world_size);
   if (alive >= limit) {
     return error(StatusCode::RESOURCE_EXHAUSTED,
@@ -302,14 +254,8 @@ Status Job::Register(const herd::v1::RegisterRequest& request, herd::v1::Registe
                              settings_.world_size, limit));
   }
   const double now = clock_();
-  Worker w;
-  w.seq = next_seq_++;
-  w.id = fmt::format("w{}-{}", incarnation_, w.seq);
-  w.host = request.host();
-  w.last_heartbeat = now;
-  response->set_worker_id(w.id);
+  response->set_worker_id(roster_.add(request.host(), now).id);
   response->set_lease_seconds(static_cast<uint32_t>(std::max(1.0, std::floor(settings_.heartbeat_timeout_s))));
-  workers_.emplace(w.id, std::move(w));
   try_form_gang_locked(now);
   return Status::OK;
 }
@@ -320,23 +266,19 @@ Status Job::Heartbeat(const herd::v1::HeartbeatRequest& request, herd::v1::Heart
   }
   std::lock_guard lock(mutex_);
   Worker* w = nullptr;
-  if (auto s = find_locked(request.worker_id(), &w); !s.ok()) return s;
+  if (auto s = roster_.find(request.worker_id(), &w); !s.ok()) return s;
   w->last_heartbeat = clock_();
   w->tokens_per_second = request.stats().tokens_per_second();
   response->set_state(state_);
   response->set_attempt(attempt_);
-  response->set_committed_step(committed_step_);
+  response->set_committed_step(ledger_.committed_step());
   return Status::OK;
 }
 
 void Job::try_form_gang_locked(double now) {
   if (state_ != herd::v1::REGISTERING && state_ != herd::v1::RECOVERING) return;
   if (failure_reported_ && now - recovering_since_ < kFailureGraceS) return;
-  std::vector<Worker*> alive;
-  for (auto& [id, w] : workers_) {
-    if (w.alive) alive.push_back(&w);
-  }
-  std::sort(alive.begin(), alive.end(), [](const Worker* a, const Worker* b) { return a->seq < b->seq; });
+  const std::vector<Worker*> alive = roster_.alive_by_arrival();
   if (alive.size() >= settings_.world_size) {
     form_gang_locked(settings_.world_size, alive);
     return;
@@ -356,25 +298,14 @@ void Job::form_gang_locked(uint32_t size, const std::vector<Worker*>& alive) {
   ++attempt_;
   const PlanShape shape{settings_.batch_size, settings_.global_batch() / (uint64_t{settings_.batch_size} * size), size};
   planner_->set_shape(shape);
-  gang_.clear();
-  json ids = json::array();
-  for (uint32_t r = 0; r < size; ++r) {
-    Worker& w = *alive[r];
-    w.attempt = attempt_;
-    w.rank = r;
-    w.reported = checkpoint_step_;
-    gang_.push_back(w.id);
-    ids.push_back(w.id);
-  }
-  committed_step_ = checkpoint_step_;  // everything after the last checkpoint is trained again
-  reports_.clear();
-  checkpoint_reports_.clear();
+  roster_.seat(attempt_, size, alive, ledger_.checkpoint_step());
+  ledger_.restart();  // everything after the last checkpoint is trained again
   store_.clear();
   journal_locked(kGang, json{{"attempt", attempt_},
                              {"world_size", size},
                              {"accumulation", shape.gradient_accumulation_steps},
-                             {"resume_step", checkpoint_step_},
-                             {"workers", ids}}
+                             {"resume_step", ledger_.checkpoint_step()},
+                             {"workers", roster_.gang()}}
                             .dump());
   failure_reported_ = false;
   set_state_locked(herd::v1::RUNNING, "");
@@ -389,7 +320,7 @@ void Job::mark_dead_locked(Worker& w, const std::string& reason, double now) {
                    json{{"worker", w.id}, {"rank", w.rank}, {"attempt", attempt_}, {"reason", reason}}.dump());
     const std::string why = fmt::format("worker {} (rank {}, host {}) {}", w.id, w.rank, w.host, reason);
     if (drain_requested_) {
-      set_state_locked(herd::v1::STOPPED, fmt::format("drained at checkpoint {} after {}", checkpoint_step_, why));
+      set_state_locked(herd::v1::STOPPED, fmt::format("drained at checkpoint {} after {}", ledger_.checkpoint_step(), why));
       return;
     }
     recovering_since_ = now;
@@ -409,7 +340,7 @@ Status Job::WaitForGang(const herd::v1::WaitForGangRequest& request, herd::v1::W
   for (;;) {
     if (shutdown_) return error(StatusCode::UNAVAILABLE, "the coordinator is shutting down");
     Worker* w = nullptr;
-    if (auto s = find_locked(request.worker_id(), &w); !s.ok()) return s;
+    if (auto s = roster_.find(request.worker_id(), &w); !s.ok()) return s;
     if (terminal_locked()) {
       return error(StatusCode::FAILED_PRECONDITION,
                    fmt::format("the job is {}{}", state_name(state_), message_.empty() ? "" : ": " + message_));
@@ -419,8 +350,8 @@ Status Job::WaitForGang(const herd::v1::WaitForGangRequest& request, herd::v1::W
       response->set_world_size(planner_->shape().world_size);
       response->set_attempt(attempt_);
       response->set_rendezvous_prefix(fmt::format("{}/{}/", settings_.job_id, attempt_));
-      response->set_resume_step(checkpoint_step_);
-      response->set_resume_checkpoint(checkpoint_path_);
+      response->set_resume_step(ledger_.checkpoint_step());
+      response->set_resume_checkpoint(ledger_.checkpoint_path());
       response->set_gradient_accumulation_steps(static_cast<uint32_t>(planner_->shape().gradient_accumulation_steps));
       response->set_total_steps(total_steps_);
       response->set_batch_size(settings_.batch_size);
@@ -429,9 +360,9 @@ Status Job::WaitForGang(const herd::v1::WaitForGangRequest& request, herd::v1::W
     }
     if (cancelled()) return error(StatusCode::CANCELLED, "the client went away");
     if (std::chrono::steady_clock::now() >= deadline) {
-      const size_t alive = std::count_if(workers_.begin(), workers_.end(), [](const auto& kv) { return kv.second.alive; });
       return error(StatusCode::DEADLINE_EXCEEDED,
-                   fmt::format("no gang for this worker yet: {} of {} workers alive, job {}; call again", alive,
+                   fmt::format("no gang for this worker yet: {} of {} workers alive, job {}; call again",
+                               roster_.alive(),
                                settings_.world_size, state_name(state_)));
     }
     changed_.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + kPoll));
@@ -516,7 +447,7 @@ Status Job::ReportFailure(const herd::v1::ReportFailureRequest& request) {
   const std::string why = fmt::format("rank {} (worker {}, host {}) reported: {}", w->rank, w->id, w->host,
                                       request.reason());
   if (drain_requested_) {
-    set_state_locked(herd::v1::STOPPED, fmt::format("drained at checkpoint {} after {}", checkpoint_step_, why));
+    set_state_locked(herd::v1::STOPPED, fmt::format("drained at checkpoint {} after {}", ledger_.checkpoint_step(), why));
   } else {
     // The next gang forms at a tick after a grace period: a member whose process
     // died (the likely cause) is noticed by then and left out.
@@ -555,9 +486,10 @@ Status Job::OpenStream(const herd::v1::StreamBatchesRequest& request) {
   Worker* w = nullptr;
   if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
   const uint64_t step = request.from_step();
-  if (step <= checkpoint_step_ || step > total_steps_) {
+  const uint64_t checkpoint = ledger_.checkpoint_step();
+  if (step <= checkpoint || step > total_steps_) {
     return error(StatusCode::OUT_OF_RANGE, fmt::format("from_step {} is outside {}..{} (resume after checkpoint {})",
-                                                       step, checkpoint_step_ + 1, total_steps_, checkpoint_step_));
+                                                       step, checkpoint + 1, total_steps_, checkpoint));
   }
   return Status::OK;
 }
@@ -580,7 +512,7 @@ Job::StreamStep Job::NextStep(const herd::v1::StreamBatchesRequest& request, uin
     }
     Worker* w = nullptr;
     if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return end(s);
-    if (step > committed_step_ + settings_.lookahead_steps) return out;  // not yet
+    if (step > ledger_.committed_step() + settings_.lookahead_steps) return out;  // not yet
     const StepPlanner::Planned planned = planner_->step(step);
     micro = planned.plan.ranks[w->rank];
     loss_tokens = planned.loss_tokens;
@@ -602,10 +534,7 @@ void Job::StreamLost(const herd::v1::StreamBatchesRequest& request, const std::s
   if (shutdown_ || !member_locked(request.worker_id(), request.attempt(), &w).ok()) return;
   // Draining, a member that reported its share of a checkpoint leaves as asked: the
   // others' reports complete that checkpoint and stop the job there.
-  if (drain_requested_ && std::any_of(checkpoint_reports_.begin(), checkpoint_reports_.end(),
-                                      [&](const auto& step) { return step.second.count(w->rank) > 0; })) {
-    return;
-  }
+  if (drain_requested_ && ledger_.holds_checkpoint_share(w->rank)) return;
   mark_dead_locked(*w, reason, clock_());
 }
 
@@ -631,12 +560,9 @@ Status Job::ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::Rep
                              w->reported, w->reported + 1));
   }
   w->reported = step;
-  StepReports& agg = reports_[step];
-  agg.ranks += 1;
-  agg.tokens += request.tokens();
-  agg.weighted_loss += request.loss() * static_cast<double>(request.tokens());
   response->set_committed(false);
-  if (agg.ranks < gang_.size()) return Status::OK;
+  const auto totals = ledger_.report_step(step, request.tokens(), request.loss(), roster_.gang().size());
+  if (!totals) return Status::OK;
 
   // Every rank reported this step (ranks report in order, so steps commit in order).
   const StepPlan& plan = planner_->step(step).plan;
@@ -646,15 +572,10 @@ Status Job::ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::Rep
       for (size_t s : m) samples.push_back(s);
     }
   }
-  last_loss_ = agg.tokens > 0 ? agg.weighted_loss / static_cast<double>(agg.tokens) : 0.0;
-  last_imbalance_ = plan.imbalance;
-  journal_locked(kStep, json{{"step", step}, {"attempt", attempt_}, {"loss", last_loss_}, {"tokens", agg.tokens},
+  journal_locked(kStep, json{{"step", step}, {"attempt", attempt_}, {"loss", totals->loss}, {"tokens", totals->tokens},
                              {"samples", samples}}
                             .dump());
-  reports_.erase(step);
-  committed_step_ = step;
-  commit_times_.push_back(clock_());
-  if (commit_times_.size() > 20) commit_times_.pop_front();
+  ledger_.commit_step(step, totals->loss, plan.imbalance, clock_());
   changed_locked();
   response->set_committed(true);
   return Status::OK;
@@ -672,30 +593,28 @@ Status Job::CommitCheckpoint(const herd::v1::CommitCheckpointRequest& request,
   Worker* w = nullptr;
   if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
   const uint64_t step = request.step();
-  if (step <= checkpoint_step_) {
-    return error(StatusCode::FAILED_PRECONDITION,
-                 fmt::format("step {} is not after the last committed checkpoint ({})", step, checkpoint_step_));
+  if (step <= ledger_.checkpoint_step()) {
+    return error(StatusCode::FAILED_PRECONDITION, fmt::format("step {} is not after the last committed checkpoint ({})",
+                                                              step, ledger_.checkpoint_step()));
   }
   if (step > w->reported) {
     return error(StatusCode::FAILED_PRECONDITION,
                  fmt::format("step {} is not reported by worker {} yet (it reported step {} last)", step, w->id,
                              w->reported));
   }
-  auto& reports = checkpoint_reports_[step];
-  reports[w->rank] = {request.path(), request.digest()};
   response->set_committed(false);
-  if (reports.size() < gang_.size()) return Status::OK;
+  const auto shares =
+      ledger_.report_checkpoint(step, w->rank, request.path(), request.digest(), roster_.gang().size());
+  if (!shares) return Status::OK;
 
   json paths = json::array(), digests = json::array();
-  for (const auto& [rank, r] : reports) {
-    paths.push_back(r.path);
-    digests.push_back(r.digest);
+  for (const auto& share : *shares) {
+    paths.push_back(share.path);
+    digests.push_back(share.digest);
   }
   journal_locked(kCheckpoint,
                  json{{"step", step}, {"attempt", attempt_}, {"paths", paths}, {"digests", digests}}.dump());
-  checkpoint_step_ = step;
-  checkpoint_path_ = reports.begin()->second.path;
-  checkpoint_reports_.erase(checkpoint_reports_.begin(), checkpoint_reports_.upper_bound(step));
+  ledger_.commit_checkpoint(shares->front());
   response->set_committed(true);
   if (step == total_steps_) {
     journal_locked(kDone, json{{"step", step}}.dump());
@@ -717,24 +636,21 @@ void Job::GetStatus(herd::v1::JobStatus* out, bool ranks) const {
   out->set_state(state_);
   out->set_attempt(attempt_);
   out->set_world_size(settings_.world_size);
-  out->set_registered_workers(static_cast<uint32_t>(
-      std::count_if(workers_.begin(), workers_.end(), [](const auto& kv) { return kv.second.alive; })));
-  out->set_committed_step(committed_step_);
+  out->set_registered_workers(static_cast<uint32_t>(roster_.alive()));
+  const uint64_t committed = ledger_.committed_step();
+  out->set_committed_step(committed);
   out->set_total_steps(total_steps_);
   out->set_message(message_);
-  out->set_gang_size(static_cast<uint32_t>(gang_.size()));
-  out->set_checkpoint_step(checkpoint_step_);
-  out->set_epoch(std::min(committed_step_, total_steps_ - 1) / planner_->steps_per_epoch());
-  out->set_last_loss(last_loss_);
-  out->set_step_imbalance(last_imbalance_);
+  out->set_gang_size(static_cast<uint32_t>(roster_.gang().size()));
+  out->set_checkpoint_step(ledger_.checkpoint_step());
+  out->set_epoch(std::min(committed, total_steps_ - 1) / planner_->steps_per_epoch());
+  out->set_last_loss(ledger_.last_loss());
+  out->set_step_imbalance(ledger_.last_imbalance());
   out->set_gradient_accumulation_steps(static_cast<uint32_t>(planner_->shape().gradient_accumulation_steps));
-  if (commit_times_.size() >= 2 && training_locked()) {
-    const double per_step = (commit_times_.back() - commit_times_.front()) / static_cast<double>(commit_times_.size() - 1);
-    out->set_eta_seconds(per_step * static_cast<double>(total_steps_ - committed_step_));
-  }
+  if (const auto eta = ledger_.eta_seconds(total_steps_); eta && training_locked()) out->set_eta_seconds(*eta);
   if (!ranks) return;
-  for (const auto& id : gang_) {
-    const Worker& w = workers_.at(id);
+  for (const auto& id : roster_.gang()) {
+    const Worker& w = roster_.at(id);
     auto* r = out->add_ranks();
     r->set_rank(w.rank);
     r->set_worker_id(w.id);
@@ -752,7 +668,7 @@ Status Job::Drain(herd::v1::OperatorResponse* response) {
   if (training_locked()) {
     set_state_locked(herd::v1::DRAINING, "an operator asked to stop at the next checkpoint");
   } else {  // nothing runs: the last committed checkpoint is where a restart resumes
-    set_state_locked(herd::v1::STOPPED, fmt::format("drained at checkpoint {}", checkpoint_step_));
+    set_state_locked(herd::v1::STOPPED, fmt::format("drained at checkpoint {}", ledger_.checkpoint_step()));
   }
   response->set_state(state_);
   return Status::OK;
@@ -776,17 +692,12 @@ Status Job::Cancel(const herd::v1::CancelRequest& request, herd::v1::OperatorRes
 void Job::tick() {
   std::lock_guard lock(mutex_);
   const double now = clock_();
-  for (auto& [id, w] : workers_) {
-    if (w.alive && now - w.last_heartbeat > settings_.heartbeat_timeout_s) {
-      mark_dead_locked(w, fmt::format("missed its heartbeats for {:.1f} s (timeout {} s)", now - w.last_heartbeat,
-                                      settings_.heartbeat_timeout_s),
-                       now);
-    }
+  for (Worker* w : roster_.overdue(now, settings_.heartbeat_timeout_s)) {
+    mark_dead_locked(*w, fmt::format("missed its heartbeats for {:.1f} s (timeout {} s)", now - w->last_heartbeat,
+                                     settings_.heartbeat_timeout_s),
+                     now);
   }
-  // Forget the dead that no gang refers to.
-  std::erase_if(workers_, [&](const auto& kv) {
-    return !kv.second.alive && kv.second.attempt != attempt_ && now - kv.second.last_heartbeat > 600;
-  });
+  roster_.forget_dead(attempt_, now);
   try_form_gang_locked(now);
 }
 

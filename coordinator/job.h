@@ -1,7 +1,7 @@
-// The job a coordinator owns: its members, its state machine (docs/protocol.md)
-// and the commits it journals; the facade over the attempt's rendezvous store
-// (rendezvous_store.h) and what each step trains (step_planner.h). Plain C++ behind
-// one mutex, so it is tested without a network; the gRPC service
+// The job a coordinator owns: its state machine (docs/protocol.md) and its journal,
+// the facade over its parts — the workers and the gang (roster.h), the attempt's
+// rendezvous store (rendezvous_store.h), what each step trains (step_planner.h) and
+// what was committed (commit_ledger.h). Plain C++ behind one mutex, so it is tested without a network; the gRPC service
 // (service.h) authenticates a call and hands it here. Every method validates its
 // request and answers a precise grpc::Status; none throws on bad input.
 #pragma once
@@ -9,7 +9,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -17,14 +16,15 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include <grpcpp/support/status.h>
 
+#include "coordinator/commit_ledger.h"
 #include "coordinator/epoch_plan.h"
 #include "coordinator/journal.h"
 #include "coordinator/rendezvous_store.h"
+#include "coordinator/roster.h"
 #include "coordinator/samples.h"
 #include "coordinator/step_planner.h"
 #include "herd/proto/herd.pb.h"
@@ -148,32 +148,12 @@ class Job {
   void shutdown();
 
  private:
-  struct Worker {
-    std::string id, host;
-    uint64_t seq = 0;  // registration order: ranks go to the earliest
-    bool alive = true;
-    std::string death;
-    double last_heartbeat = 0;
-    uint64_t attempt = 0;  // the attempt it holds a rank in (0: none)
-    uint32_t rank = 0;
-    uint64_t reported = 0;  // last step it reported in that attempt
-    double tokens_per_second = 0;
-  };
-  struct StepReports {
-    uint32_t ranks = 0;
-    uint64_t tokens = 0;
-    double weighted_loss = 0;
-  };
-  struct CheckpointReport {
-    std::string path, digest;
-  };
-
+  using Worker = Roster::Worker;
   using Lock = std::unique_lock<std::mutex>;
   bool training_locked() const;  // RUNNING or DRAINING
   bool terminal_locked() const;  // DONE, FAILED or STOPPED
   // The caller as a member of the current gang in `attempt`, or the status that refuses it.
   grpc::Status member_locked(const std::string& worker_id, uint64_t attempt, Worker** out);
-  grpc::Status find_locked(const std::string& worker_id, Worker** out);
   void try_form_gang_locked(double now);
   void form_gang_locked(uint32_t size, const std::vector<Worker*>& alive);
   void mark_dead_locked(Worker& w, const std::string& reason, double now);
@@ -199,21 +179,12 @@ class Job {
   bool drain_requested_ = false;
   bool shutdown_ = false;
   uint64_t incarnation_ = 0;
-  uint64_t next_seq_ = 0;
-  std::unordered_map<std::string, Worker> workers_;
+  Roster roster_;
   uint64_t attempt_ = 0;
-  std::vector<std::string> gang_;  // worker ids by rank, for attempt_
   double recovering_since_ = 0;
   bool failure_reported_ = false;  // RECOVERING because a member's collective failed
-  uint64_t committed_step_ = 0;
-  uint64_t checkpoint_step_ = 0;
-  std::string checkpoint_path_;
-  std::map<uint64_t, StepReports> reports_;
-  std::map<uint64_t, std::map<uint32_t, CheckpointReport>> checkpoint_reports_;
+  CommitLedger ledger_;
   RendezvousStore store_;  // the current attempt's
-  std::deque<double> commit_times_;
-  double last_loss_ = 0;
-  double last_imbalance_ = 1;
   std::vector<std::string> resume_warnings_;
 };
 
