@@ -1,11 +1,14 @@
 // One herd-coordinator process, N simulated workers (each its own connection)
-// heartbeating every second and training a step a second: the coordinator's RPC
-// latency as the workers see it (p50/p99) and its CPU use, over a measured window
-// that starts once the gang has formed.
+// heartbeating every second, training a step a second and committing a checkpoint
+// every 30 steps: the coordinator's RPC latency as the workers see it (p50/p99),
+// every failed call, and its CPU use, over a measured window that starts once every
+// rank has reported a step.
 //
-// The workers are a fleet driven by gRPC's callback API from a few threads (a
-// thread per worker, as in the tests' SimWorker, would measure this machine's
-// scheduler more than the coordinator: 2 cores, thousands of threads).
+// Each worker is the shipping client (client/client.h), driven through its callback
+// forms by one timer thread and gRPC's threads: a thread per worker, as in the
+// tests' SimWorker, would measure this machine's scheduler more than the
+// coordinator (2 cores, thousands of threads). A call's latency runs from when it
+// was due (the heartbeat's second, the end of the simulated step) to its answer.
 //
 //   herd_bench_coordinator_load [--workers 1024] [--seconds 60]
 #include <fcntl.h>
@@ -28,60 +31,78 @@
 
 #include <fmt/format.h>
 
-#include <grpcpp/grpcpp.h>
-
 #include "client/client.h"
 #include "client/sim_worker.h"
-#include "herd/proto/herd.grpc.pb.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
 constexpr const char* kToken = "bench-token-0123456789";
+constexpr uint64_t kCheckpointEvery = 30;
 
-// N workers: one channel each, heartbeats and step reports issued by one timer
-// thread, batch streams read by callback reactors.
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Latencies (seconds) of the calls answered, and the failures, by method.
+class Calls {
+ public:
+  void record(const std::string& method, const grpc::Status& s, double due) {
+    const double took = now() - due;
+    std::lock_guard lock(mutex_);
+    if (s.ok()) {
+      latency_[method].push_back(static_cast<float>(took));
+    } else {
+      ++failures_[fmt::format("{} {}", method, herd::client::code_name(s.error_code()))];
+      if (first_failure_.empty()) first_failure_ = fmt::format("{}: {}", method, herd::client::describe(s));
+    }
+  }
+  // The latencies since the last take(), by method; the failures so far.
+  std::map<std::string, std::vector<float>> take() {
+    std::lock_guard lock(mutex_);
+    return std::exchange(latency_, {});
+  }
+  std::map<std::string, uint64_t> failures() const {
+    std::lock_guard lock(mutex_);
+    return failures_;
+  }
+  std::string first_failure() const {
+    std::lock_guard lock(mutex_);
+    return first_failure_;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::string, std::vector<float>> latency_;
+  std::map<std::string, uint64_t> failures_;
+  std::string first_failure_;
+};
+
 class Fleet {
  public:
   Fleet(const std::string& address, size_t n, double step_seconds) : step_seconds_(step_seconds) {
     for (size_t i = 0; i < n; ++i) {
-      grpc::ChannelArguments args;
-      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-      auto w = std::make_unique<Worker>();
-      w->fleet = this;
-      w->stub = herd::v1::Coordinator::NewStub(
-          grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
-      workers_.push_back(std::move(w));
+      herd::client::SessionOptions o;
+      o.client.address = address;
+      o.client.token = kToken;
+      o.job_id = "bench";
+      o.host = fmt::format("sim-{}", i);
+      o.heartbeat_thread = false;  // the timer thread heartbeats
+      workers_.push_back(std::make_unique<Worker>(this, std::move(o)));
     }
   }
   ~Fleet() { stop(); }
 
-  // Registers everyone, forms the gang, opens the streams and starts the clock.
+  // Registers everyone, forms the gang, opens the streams.
   void start() {
     for (size_t i = 0; i < workers_.size(); ++i) {
-      herd::v1::RegisterRequest q;
-      q.set_job_id("bench");
-      q.set_host(fmt::format("sim-{}", i));
-      herd::v1::RegisterResponse r;
-      grpc::ClientContext ctx;
-      herd::client::prepare(ctx, kToken, std::chrono::seconds(30));
-      if (!workers_[i]->stub->Register(&ctx, q, &r).ok()) throw std::runtime_error("register failed");
-      workers_[i]->id = r.worker_id();
+      workers_[i]->session.join();
       // Heartbeats spread over the first second, as workers that started apart.
       schedule(now() + static_cast<double>(i) / static_cast<double>(workers_.size()), i, kHeartbeat, 0);
     }
     timer_ = std::thread([this] { run_timers(); });
     std::vector<std::thread> waits;
     for (auto& w : workers_) {
-      waits.emplace_back([&w] {
-        herd::v1::WaitForGangRequest q;
-        q.set_worker_id(w->id);
-        q.set_timeout_seconds(300);
-        grpc::ClientContext ctx;
-        herd::client::prepare(ctx, kToken, std::chrono::seconds(310));
-        if (!w->stub->WaitForGang(&ctx, q, &w->gang).ok()) throw std::runtime_error("no gang");
-      });
+      waits.emplace_back([&w] { w->gang = w->session.wait_for_gang(0); });
       if (waits.size() == 64) {  // a bounded number of blocking calls at a time
         for (auto& t : waits) t.join();
         waits.clear();
@@ -103,42 +124,34 @@ class Fleet {
   }
 
   uint64_t steps_reported() const { return steps_; }
-  // Latencies of calls answered since the last take(), in seconds.
-  std::pair<std::vector<float>, std::vector<float>> take() {
-    std::lock_guard lock(mutex_);
-    return {std::exchange(heartbeat_latency_, {}), std::exchange(report_latency_, {})};
-  }
+  Calls& calls() { return calls_; }
 
  private:
   enum Action { kHeartbeat, kReport };
   struct Worker : grpc::ClientReadReactor<herd::v1::MicroBatch> {
-    Fleet* fleet = nullptr;
-    std::unique_ptr<herd::v1::Coordinator::Stub> stub;
-    std::string id;
-    herd::v1::WaitForGangResponse gang;
-    grpc::ClientContext stream_context;
-    herd::v1::StreamBatchesRequest stream_request;
+    Worker(Fleet* f, herd::client::SessionOptions o) : fleet(f), session(std::move(o)) {}
+    Fleet* fleet;
+    herd::client::WorkerSession session;
+    herd::client::Gang gang;
     herd::v1::MicroBatch batch;
+    uint64_t step_tokens = 0;
     double busy_until = 0;  // when the step in training ends (read by reactions only: one at a time)
     std::mutex done_mutex;
     std::condition_variable done_cv;
     bool done = false;
 
     void open_stream() {
-      stream_request.set_worker_id(id);
-      stream_request.set_attempt(gang.attempt());
-      stream_request.set_from_step(gang.resume_step() + 1);
-      herd::client::prepare(stream_context, kToken, std::chrono::hours(24));
-      stub->async()->StreamBatches(&stream_context, &stream_request, this);
+      session.open_stream(gang.resume_step + 1, this);
       StartRead(&batch);
       StartCall();
     }
     void OnReadDone(bool ok) override {
       if (!ok) return;
-      if (batch.micro_step() + 1 == gang.gradient_accumulation_steps()) {
+      for (uint32_t length : batch.lengths()) step_tokens += length;
+      if (batch.micro_step() + 1 == gang.accumulation) {
         // Steps train one after another: a prefetched step starts when the last ends.
-        busy_until = std::max(busy_until, fleet->now()) + fleet->step_seconds_;
-        fleet->schedule(busy_until, static_cast<size_t>(gang.rank()), kReport, batch.step());
+        busy_until = std::max(busy_until, now()) + fleet->step_seconds_;
+        fleet->schedule(busy_until, gang.rank, kReport, batch.step(), std::exchange(step_tokens, 0));
       }
       StartRead(&batch);
     }
@@ -148,7 +161,7 @@ class Fleet {
       done_cv.notify_all();
     }
     void close_stream() {
-      stream_context.TryCancel();
+      session.close_stream();
       std::unique_lock lock(done_mutex);
       done_cv.wait(lock, [this] { return done; });
     }
@@ -157,18 +170,14 @@ class Fleet {
     double at;
     size_t worker;
     Action action;
-    uint64_t step;
+    uint64_t step, tokens;
     bool operator>(const Timer& o) const { return at > o.at; }
   };
 
-  static double now() {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-  }
-
-  void schedule(double at, size_t worker, Action action, uint64_t step) {
+  void schedule(double at, size_t worker, Action action, uint64_t step, uint64_t tokens = 0) {
     {
       std::lock_guard lock(mutex_);
-      timers_.push({at, worker, action, step});
+      timers_.push({at, worker, action, step, tokens});
     }
     wake_.notify_one();
   }
@@ -191,47 +200,30 @@ class Fleet {
 
   // Worker index for heartbeats; rank for reports (ranks are a permutation of workers).
   void fire(const Timer& t) {
-    const auto start = std::chrono::steady_clock::now();
     if (t.action == kHeartbeat) {
-      Worker& w = *workers_[t.worker];
-      auto call = std::make_shared<std::tuple<grpc::ClientContext, herd::v1::HeartbeatRequest,
-                                              herd::v1::HeartbeatResponse>>();
-      herd::client::prepare(std::get<0>(*call), kToken, std::chrono::seconds(30));
-      std::get<1>(*call).set_worker_id(w.id);
-      std::get<1>(*call).mutable_stats()->set_tokens_per_second(1000);
-      w.stub->async()->Heartbeat(&std::get<0>(*call), &std::get<1>(*call), &std::get<2>(*call),
-                                 [this, call, start](grpc::Status s) { record(s, start, heartbeat_latency_); });
+      workers_[t.worker]->session.heartbeat_async([this, due = t.at](const grpc::Status& s) {
+        calls_.record("Heartbeat", s, due);
+      });
       schedule(t.at + 1.0, t.worker, kHeartbeat, 0);
       return;
     }
     Worker& w = *rank_to_worker(t.worker);
-    auto call = std::make_shared<std::tuple<grpc::ClientContext, herd::v1::ReportStepRequest,
-                                            herd::v1::ReportStepResponse>>();
-    herd::client::prepare(std::get<0>(*call), kToken, std::chrono::seconds(30));
-    std::get<1>(*call).set_worker_id(w.id);
-    std::get<1>(*call).set_attempt(w.gang.attempt());
-    std::get<1>(*call).set_step(t.step);
-    std::get<1>(*call).set_loss(1.0);
-    w.stub->async()->ReportStep(&std::get<0>(*call), &std::get<1>(*call), &std::get<2>(*call),
-                                [this, call, start](grpc::Status s) {
-                                  record(s, start, report_latency_);
-                                  ++steps_;
-                                });
+    w.session.report_step_async(t.step, 1.0, t.tokens, {}, [this, &w, t](const grpc::Status& s, bool) {
+      calls_.record("ReportStep", s, t.at);
+      ++steps_;
+      if (!s.ok() || (t.step % kCheckpointEvery != 0 && t.step != w.gang.total_steps)) return;
+      w.session.commit_checkpoint_async(
+          t.step, fmt::format("/bench/rank-{}/checkpoint-{}", w.gang.rank, t.step), std::string(64, '0'),
+          [this, due = now()](const grpc::Status& c, bool) { calls_.record("CommitCheckpoint", c, due); });
+    });
   }
 
   Worker* rank_to_worker(size_t rank) {
     std::call_once(ranks_once_, [this] {
       by_rank_.resize(workers_.size());
-      for (auto& w : workers_) by_rank_[w->gang.rank()] = w.get();
+      for (auto& w : workers_) by_rank_[w->gang.rank] = w.get();
     });
     return by_rank_[rank];
-  }
-
-  void record(const grpc::Status& s, std::chrono::steady_clock::time_point start, std::vector<float>& into) {
-    const auto took = std::chrono::duration<float>(std::chrono::steady_clock::now() - start).count();
-    std::lock_guard lock(mutex_);
-    if (s.ok()) into.push_back(took);
-    else ++failures_;
   }
 
   const double step_seconds_;
@@ -243,9 +235,8 @@ class Fleet {
   std::condition_variable wake_;
   std::priority_queue<Timer, std::vector<Timer>, std::greater<>> timers_;
   bool stopped_ = false;
-  std::vector<float> heartbeat_latency_, report_latency_;
+  Calls calls_;
   std::atomic<uint64_t> steps_{0};
-  uint64_t failures_ = 0;
 };
 
 double cpu_seconds(pid_t pid) {  // utime + stime of a process
@@ -355,7 +346,7 @@ metrics: {{enabled: false}}
   // The window starts once every rank has reported a step.
   while (fleet.steps_reported() < workers) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   const double formed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  fleet.take();
+  fleet.calls().take();
   const uint64_t reports0 = fleet.steps_reported();
   const double cpu0 = cpu_seconds(pid);
   const double self0 = cpu_seconds(::getpid());
@@ -366,35 +357,44 @@ metrics: {{enabled: false}}
   const double cpu = cpu_seconds(pid) - cpu0;
   const double self = cpu_seconds(::getpid()) - self0;
   const std::string metrics1 = herd::client::scrape_metrics(metrics_port);
-  auto [hb, rep] = fleet.take();
+  auto latency = fleet.calls().take();
   const uint64_t steps = (fleet.steps_reported() - reports0) / workers;
+  const auto failures = fleet.calls().failures();
+  const std::string first_failure = fleet.calls().first_failure();
   fleet.stop();
   ::kill(pid, SIGKILL);
   ::waitpid(pid, nullptr, 0);
   fs::remove_all(dir);
 
-  std::vector<float> both(hb);
-  both.insert(both.end(), rep.begin(), rep.end());
-  std::cout << fmt::format(
-      "coordinator load: {} workers, gang formed after {:.1f} s; {:.0f} s window: {} heartbeats, {} step reports, "
-      "{} steps\n",
-      workers, formed_s, wall, hb.size(), rep.size(), steps);
-  std::cout << fmt::format("  Heartbeat   p50 {:.2f} ms  p99 {:.2f} ms\n", 1e3 * percentile(hb, 0.5),
-                           1e3 * percentile(hb, 0.99));
-  std::cout << fmt::format("  ReportStep  p50 {:.2f} ms  p99 {:.2f} ms\n", 1e3 * percentile(rep, 0.5),
-                           1e3 * percentile(rep, 0.99));
-  std::cout << fmt::format("  all unary   p50 {:.2f} ms  p99 {:.2f} ms (target p99 < 50 ms)\n",
-                           1e3 * percentile(both, 0.5), 1e3 * percentile(both, 0.99));
+  std::cout << fmt::format("coordinator load: {} workers, gang formed after {:.1f} s; {:.0f} s window: {} heartbeats, "
+                           "{} step reports, {} checkpoint commits, {} steps\n",
+                           workers, formed_s, wall, latency["Heartbeat"].size(), latency["ReportStep"].size(),
+                           latency["CommitCheckpoint"].size(), steps);
+  std::vector<float> all;
+  for (const char* method : {"Heartbeat", "ReportStep", "CommitCheckpoint"}) {
+    auto& v = latency[method];
+    all.insert(all.end(), v.begin(), v.end());
+    std::cout << fmt::format("  {:<17} p50 {:.2f} ms  p99 {:.2f} ms\n", method, 1e3 * percentile(v, 0.5),
+                             1e3 * percentile(v, 0.99));
+  }
+  std::cout << fmt::format("  all unary         p50 {:.2f} ms  p99 {:.2f} ms (target p99 < 50 ms)\n",
+                           1e3 * percentile(all, 0.5), 1e3 * percentile(all, 0.99));
+  if (failures.empty()) {
+    std::cout << "  failed calls: none\n";
+  } else {
+    for (const auto& [what, count] : failures) std::cout << fmt::format("  failed calls: {} x {}\n", count, what);
+    std::cout << "  first failure: " << first_failure << "\n";
+  }
   std::cout << "  as the coordinator measures its handlers (histogram bucket bounds):\n";
-  for (const char* method : {"Heartbeat", "ReportStep"}) {
+  for (const char* method : {"Heartbeat", "ReportStep", "CommitCheckpoint"}) {
     const auto b0 = buckets(metrics0, method), b1 = buckets(metrics1, method);
     if (b1.empty()) continue;
-    std::cout << fmt::format("  {:<10}  p50 <= {:g} ms  p99 <= {:g} ms\n", method, 1e3 * bucket_percentile(b0, b1, 0.5),
-                             1e3 * bucket_percentile(b0, b1, 0.99));
+    std::cout << fmt::format("  {:<17} p50 <= {:g} ms  p99 <= {:g} ms\n", method,
+                             1e3 * bucket_percentile(b0, b1, 0.5), 1e3 * bucket_percentile(b0, b1, 0.99));
   }
   std::cout << fmt::format(
       "  CPU: coordinator {:.2f} cores ({:.1f} s in {:.1f} s), the simulated fleet {:.2f} cores; machine has {} "
       "cores\n",
       cpu / wall, cpu, wall, self / wall, std::thread::hardware_concurrency());
-  return 0;
+  return failures.empty() ? 0 : 1;
 }

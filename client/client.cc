@@ -187,6 +187,9 @@ WorkerSession::~WorkerSession() {
   wake_.notify_all();
   close_stream();
   if (heartbeat_.joinable()) heartbeat_.join();
+  std::unique_lock lock(mutex_);  // callback calls still in flight
+  for (auto* context : in_flight_) context->TryCancel();
+  wake_.wait(lock, [this] { return in_flight_.empty(); });
 }
 
 std::string WorkerSession::worker_id() const {
@@ -207,7 +210,7 @@ Gang WorkerSession::gang() const {
 void WorkerSession::join() {
   register_worker();
   std::lock_guard lock(mutex_);
-  if (!heartbeat_.joinable()) heartbeat_ = std::thread([this] { heartbeat_loop(); });
+  if (options_.heartbeat_thread && !heartbeat_.joinable()) heartbeat_ = std::thread([this] { heartbeat_loop(); });
 }
 
 void WorkerSession::abandon() {
@@ -337,18 +340,35 @@ std::string WorkerSession::kv_get(const std::string& key, std::chrono::milliseco
   return response.value();
 }
 
-void WorkerSession::open_stream(uint64_t from_step) {
-  close_stream();
+v1::StreamBatchesRequest WorkerSession::stream_request(uint64_t from_step) const {
   v1::StreamBatchesRequest request;
   request.set_worker_id(worker_id());
   request.set_attempt(attempt());
   request.set_from_step(from_step);
-  std::lock_guard lock(mutex_);
+  return request;
+}
+
+grpc::ClientContext* WorkerSession::new_stream_context_locked() {
   if (abandoned_) throw JobOver("this worker left the job", v1::JOB_STATE_UNSPECIFIED);
   stream_context_ = std::make_unique<grpc::ClientContext>();
   prepare(*stream_context_, options_.client.token, std::chrono::hours(24 * 365));
   if (over_attempt_ == gang_.attempt) stream_context_->TryCancel();
-  reader_ = stub_->StreamBatches(stream_context_.get(), request);
+  return stream_context_.get();
+}
+
+void WorkerSession::open_stream(uint64_t from_step) {
+  close_stream();
+  const auto request = stream_request(from_step);
+  std::lock_guard lock(mutex_);
+  reader_ = stub_->StreamBatches(new_stream_context_locked(), request);
+}
+
+void WorkerSession::open_stream(uint64_t from_step, grpc::ClientReadReactor<v1::MicroBatch>* reactor) {
+  close_stream();
+  const auto request = stream_request(from_step);
+  std::lock_guard lock(mutex_);
+  async_stream_request_ = request;
+  stub_->async()->StreamBatches(new_stream_context_locked(), &async_stream_request_, reactor);
 }
 
 std::vector<v1::MicroBatch> WorkerSession::next_step(uint64_t step) {
@@ -367,15 +387,17 @@ std::vector<v1::MicroBatch> WorkerSession::next_step(uint64_t step) {
   return out;
 }
 
-// Unread micro-batches would hold Finish back: cancel first.
+// Unread micro-batches would hold Finish back: cancel first. A reactor's stream
+// keeps its context until the next open_stream (its OnDone has run by then).
 void WorkerSession::close_stream() {
   std::unique_ptr<grpc::ClientReader<v1::MicroBatch>> reader;
   {
     std::lock_guard lock(mutex_);
     if (stream_context_) stream_context_->TryCancel();
+    if (!reader_) return;
     reader = std::move(reader_);
   }
-  if (reader) (void)reader->Finish();
+  (void)reader->Finish();
   std::lock_guard lock(mutex_);
   stream_context_.reset();
 }
@@ -390,7 +412,8 @@ void WorkerSession::finish_call(const grpc::Status& s, const char* what) {
   throw CallError(what, s);
 }
 
-bool WorkerSession::report_step(uint64_t step, double loss, uint64_t tokens, const v1::StepTimings& timings) {
+v1::ReportStepRequest WorkerSession::report_request(uint64_t step, double loss, uint64_t tokens,
+                                                    const v1::StepTimings& timings) const {
   v1::ReportStepRequest request;
   request.set_worker_id(worker_id());
   request.set_attempt(attempt());
@@ -398,11 +421,26 @@ bool WorkerSession::report_step(uint64_t step, double loss, uint64_t tokens, con
   request.set_loss(loss);
   request.set_tokens(tokens);
   *request.mutable_timings() = timings;
+  return request;
+}
+
+v1::CommitCheckpointRequest WorkerSession::checkpoint_request(uint64_t step, const std::string& path,
+                                                              const std::string& digest) const {
+  v1::CommitCheckpointRequest request;
+  request.set_worker_id(worker_id());
+  request.set_attempt(attempt());
+  request.set_step(step);
+  request.set_path(path);
+  request.set_digest(digest);
+  return request;
+}
+
+bool WorkerSession::report_step(uint64_t step, double loss, uint64_t tokens, const v1::StepTimings& timings) {
   v1::ReportStepResponse response;
   grpc::Status s;
   {
     Call call(*this, kCallTimeout);
-    s = stub_->ReportStep(&call.context, request, &response);
+    s = stub_->ReportStep(&call.context, report_request(step, loss, tokens, timings), &response);
   }
   finish_call(s, "ReportStep");
   last_step_ = step;
@@ -410,20 +448,79 @@ bool WorkerSession::report_step(uint64_t step, double loss, uint64_t tokens, con
 }
 
 bool WorkerSession::commit_checkpoint(uint64_t step, const std::string& path, const std::string& digest) {
-  v1::CommitCheckpointRequest request;
-  request.set_worker_id(worker_id());
-  request.set_attempt(attempt());
-  request.set_step(step);
-  request.set_path(path);
-  request.set_digest(digest);
   v1::CommitCheckpointResponse response;
   grpc::Status s;
   {
     Call call(*this, kCallTimeout);
-    s = stub_->CommitCheckpoint(&call.context, request, &response);
+    s = stub_->CommitCheckpoint(&call.context, checkpoint_request(step, path, digest), &response);
   }
   finish_call(s, "CommitCheckpoint");
   return response.committed();
+}
+
+template <class Request, class Response, class Start>
+void WorkerSession::async_call(Request request, Start start,
+                               std::function<void(const grpc::Status&, const Response&)> done) {
+  struct State {
+    grpc::ClientContext context;
+    Request request;
+    Response response;
+  };
+  auto state = std::make_shared<State>();
+  state->request = std::move(request);
+  prepare(state->context, options_.client.token, kCallTimeout);
+  bool abandoned = false;
+  {
+    std::lock_guard lock(mutex_);
+    abandoned = abandoned_;
+    if (!abandoned) in_flight_.insert(&state->context);
+  }
+  if (abandoned) {
+    done(grpc::Status(StatusCode::CANCELLED, "this worker left the job"), state->response);
+    return;
+  }
+  start(&state->context, &state->request, &state->response, [this, state, done = std::move(done)](grpc::Status s) {
+    done(s, state->response);
+    std::lock_guard lock(mutex_);  // last: the destructor waits for this
+    in_flight_.erase(&state->context);
+    wake_.notify_all();
+  });
+}
+
+void WorkerSession::report_step_async(uint64_t step, double loss, uint64_t tokens, const v1::StepTimings& timings,
+                                      CommitDone done) {
+  async_call<v1::ReportStepRequest, v1::ReportStepResponse>(
+      report_request(step, loss, tokens, timings),
+      [this](auto... call) { stub_->async()->ReportStep(call...); },
+      [this, step, done = std::move(done)](const grpc::Status& s, const v1::ReportStepResponse& r) {
+        if (s.ok()) last_step_ = step;
+        done(s, r.committed());
+      });
+}
+
+void WorkerSession::commit_checkpoint_async(uint64_t step, const std::string& path, const std::string& digest,
+                                            CommitDone done) {
+  async_call<v1::CommitCheckpointRequest, v1::CommitCheckpointResponse>(
+      checkpoint_request(step, path, digest),
+      [this](auto... call) { stub_->async()->CommitCheckpoint(call...); },
+      [done = std::move(done)](const grpc::Status& s, const v1::CommitCheckpointResponse& r) { done(s, r.committed()); });
+}
+
+void WorkerSession::heartbeat_async(Done done) {
+  v1::HeartbeatRequest request;
+  {
+    std::lock_guard lock(mutex_);
+    request = heartbeat_request_locked();
+  }
+  async_call<v1::HeartbeatRequest, v1::HeartbeatResponse>(
+      request, [this](auto... call) { stub_->async()->Heartbeat(call...); },
+      [this, request, done = std::move(done)](const grpc::Status& s, const v1::HeartbeatResponse& r) {
+        {
+          std::lock_guard lock(mutex_);
+          heartbeat_answered_locked(request, s, r);
+        }
+        done(s);
+      });
 }
 
 void WorkerSession::report_failure(const std::string& reason) {
@@ -456,8 +553,29 @@ void WorkerSession::drain() {
   if (!s.ok() && s.error_code() != StatusCode::FAILED_PRECONDITION) throw CallError("Drain", s);
 }
 
-// Heartbeats; when the coordinator says the attempt is over, the stream is
-// cancelled so that the training loop leaves the step it waits in.
+v1::HeartbeatRequest WorkerSession::heartbeat_request_locked() const {
+  v1::HeartbeatRequest request;
+  request.set_worker_id(worker_id_);
+  request.set_attempt(gang_.attempt);
+  request.set_step(last_step_);
+  request.mutable_stats()->set_tokens_per_second(tokens_per_second_);
+  return request;
+}
+
+// When the coordinator says the attempt is over, the stream is cancelled so that the
+// training loop leaves the step it waits in.
+void WorkerSession::heartbeat_answered_locked(const v1::HeartbeatRequest& sent, const grpc::Status& s,
+                                              const v1::HeartbeatResponse& response) {
+  if (s.ok()) draining_ = response.state() == v1::DRAINING;
+  const uint64_t attempt = sent.attempt();
+  const bool over = s.ok() ? attempt != 0 && (response.attempt() != attempt || response.state() == v1::RECOVERING)
+                           : s.error_code() == StatusCode::NOT_FOUND && sent.worker_id() == worker_id_;
+  if (over && attempt == gang_.attempt) {
+    over_attempt_ = attempt;
+    if (stream_context_) stream_context_->TryCancel();
+  }
+}
+
 void WorkerSession::heartbeat_loop() {
   std::unique_lock lock(mutex_);
   auto interval = [&] {
@@ -470,13 +588,7 @@ void WorkerSession::heartbeat_loop() {
   wake_.wait_for(lock, interval() * phase, [&] { return stop_; });
   while (!stop_) {
     if (!heartbeats_stopped_ && !worker_id_.empty()) {
-      const std::string id = worker_id_;
-      const uint64_t attempt = gang_.attempt;
-      v1::HeartbeatRequest request;
-      request.set_worker_id(id);
-      request.set_attempt(attempt);
-      request.set_step(last_step_);
-      request.mutable_stats()->set_tokens_per_second(tokens_per_second_);
+      const v1::HeartbeatRequest request = heartbeat_request_locked();
       v1::HeartbeatResponse response;
       grpc::ClientContext context;
       prepare(context, options_.client.token, kCallTimeout);
@@ -485,13 +597,7 @@ void WorkerSession::heartbeat_loop() {
       const auto s = stub_->Heartbeat(&context, request, &response);
       lock.lock();
       in_flight_.erase(&context);
-      if (s.ok()) draining_ = response.state() == v1::DRAINING;
-      const bool over = s.ok() ? attempt != 0 && (response.attempt() != attempt || response.state() == v1::RECOVERING)
-                               : s.error_code() == StatusCode::NOT_FOUND && id == worker_id_;
-      if (over && attempt == gang_.attempt) {
-        over_attempt_ = attempt;
-        if (stream_context_) stream_context_->TryCancel();
-      }
+      heartbeat_answered_locked(request, s, response);
     }
     wake_.wait_for(lock, interval(), [&] { return stop_; });
   }
