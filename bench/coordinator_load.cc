@@ -252,10 +252,10 @@ double cpu_seconds(pid_t pid) {  // utime + stime of a process
   return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
-// Cumulative histogram buckets {le -> count} of herd_coordinator_rpc_seconds for a method.
+// Cumulative histogram buckets {le -> count} of herd_rpc_seconds for a method.
 std::map<double, double> buckets(const std::string& metrics, const std::string& method) {
   std::map<double, double> out;
-  const std::string prefix = "herd_coordinator_rpc_seconds_bucket{";
+  const std::string prefix = "herd_rpc_seconds_bucket{";
   std::istringstream lines(metrics);
   for (std::string line; std::getline(lines, line);) {
     if (line.rfind(prefix, 0) != 0 || line.find("method=\"" + method + "\"") == std::string::npos) continue;

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <grpcpp/generic/generic_stub.h>
 
+#include "common/grpc_codes.h"
 #include "common/protocol_limits.h"
 
 namespace herd::client {
@@ -63,29 +64,6 @@ std::shared_ptr<grpc::Channel> make_channel(const ClientOptions& options) {
 void prepare(grpc::ClientContext& context, const std::string& token, std::chrono::milliseconds timeout) {
   context.AddMetadata("authorization", "Bearer " + token);
   context.set_deadline(std::chrono::system_clock::now() + timeout);
-}
-
-const char* code_name(StatusCode code) {
-  switch (code) {
-    case StatusCode::OK: return "OK";
-    case StatusCode::CANCELLED: return "CANCELLED";
-    case StatusCode::UNKNOWN: return "UNKNOWN";
-    case StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    case StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case StatusCode::ABORTED: return "ABORTED";
-    case StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case StatusCode::INTERNAL: return "INTERNAL";
-    case StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case StatusCode::DATA_LOSS: return "DATA_LOSS";
-    default: return "UNKNOWN_CODE";
-  }
 }
 
 std::string describe(const grpc::Status& s) { return fmt::format("{}: {}", code_name(s.error_code()), s.error_message()); }

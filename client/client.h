@@ -34,6 +34,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "common/grpc_codes.h"
 #include "herd/proto/herd.grpc.pb.h"
 
 namespace herd::client {
@@ -53,7 +54,7 @@ std::shared_ptr<grpc::Channel> make_channel(const ClientOptions& options);
 void prepare(grpc::ClientContext& context, const std::string& token, std::chrono::milliseconds timeout);
 // "UNAVAILABLE: connection refused": a status by its code's name.
 std::string describe(const grpc::Status& status);
-const char* code_name(grpc::StatusCode code);
+using herd::code_name;  // common/grpc_codes.h
 
 // A call the coordinator refused, or that did not reach it.
 class CallError : public std::runtime_error {

@@ -441,6 +441,13 @@ void read_all(Reader& r, Section& root, Config& c) {
           if (v < 1 || v > 65535) return fmt::format("must be a TCP port in 1..65535, got {}", v);
           return std::nullopt;
         }));
+  r.get(m, "worker_port", c.metrics.worker_port, Need::Optional,
+        Check<int64_t>([](const int64_t& v) -> std::optional<std::string> {
+          if (v < 0 || v > 65535) return fmt::format("must be a TCP port in 1..65535, or 0 for none, got {}", v);
+          return std::nullopt;
+        }));
+  r.get(m, "peak_tflops", c.metrics.peak_tflops, Need::Optional, at_least<double>(0.0));
+  r.get(m, "tensorboard", c.metrics.tensorboard, Need::Optional);
 
   // Rules that span keys.
   if (c.distributed.min_workers > c.distributed.world_size) {

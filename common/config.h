@@ -95,8 +95,11 @@ struct SecurityConfig {
 };
 
 struct MetricsConfig {
-  bool enabled = true;
-  int64_t port = 9400;  // Prometheus scrape port; a worker adds its local rank
+  bool enabled = true;         // Prometheus endpoints (the coordinator's and the workers')
+  int64_t port = 9400;         // the coordinator's
+  int64_t worker_port = 9410;  // each worker's, on this port + its local rank; 0: none
+  double peak_tflops = 0;      // the device's dense peak for MFU; 0: from the GPU's name (none on a CPU)
+  bool tensorboard = true;     // rank 0 writes TensorBoard event files into {trainer_output_dir}/runs/
 };
 
 // Where a resolved value came from, for `herd config check`.

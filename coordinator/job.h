@@ -94,6 +94,7 @@ class Job {
 
   uint64_t total_steps() const { return total_steps_; }
   uint64_t steps_per_epoch() const { return planner_->steps_per_epoch(); }
+  size_t train_samples() const { return planner_->train_samples(); }
   const JobSettings& settings() const { return settings_; }
   herd::v1::JobState state() const;
   // Max and mean over an epoch's steps of max / mean tokens per rank, under the

@@ -17,6 +17,7 @@
 
 #include "common/auth.h"
 #include "common/config.h"
+#include "common/grpc_codes.h"
 
 namespace herd::coordinator {
 
@@ -24,25 +25,38 @@ using grpc::ServerContext;
 using grpc::Status;
 namespace v1 = herd::v1;
 
-// herd_coordinator_* metrics; see docs/protocol.md.
+// The coordinator's metrics (docs/metrics.md).
 class Metrics {
  public:
-  Metrics()
+  explicit Metrics(size_t dataset_samples)
       : registry_(std::make_shared<prometheus::Registry>()),
         rpcs_(prometheus::BuildCounter()
-                  .Name("herd_coordinator_rpcs_total")
+                  .Name("herd_rpcs_total")
                   .Help("RPCs answered, by method and status code")
                   .Register(*registry_)),
         latency_(prometheus::BuildHistogram()
-                     .Name("herd_coordinator_rpc_seconds")
+                     .Name("herd_rpc_seconds")
                      .Help("Time to answer a unary RPC (a stream: to open it), by method")
                      .Register(*registry_)),
-        unauthenticated_(prometheus::BuildCounter()
-                             .Name("herd_coordinator_unauthenticated_total")
-                             .Help("Calls refused for a missing or wrong job token")
-                             .Register(*registry_)
-                             .Add({})),
-        job_(prometheus::BuildGauge().Name("herd_job").Help("Job figures, by name").Register(*registry_)) {}
+        auth_failures_(prometheus::BuildCounter()
+                           .Name("herd_auth_failures_total")
+                           .Help("Calls refused for a missing or wrong job token")
+                           .Register(*registry_)
+                           .Add({})),
+        attempts_(prometheus::BuildCounter()
+                      .Name("herd_attempts_total")
+                      .Help("Gang attempts formed (the first, and one a recovery)")
+                      .Register(*registry_)
+                      .Add({})),
+        state_(prometheus::BuildGauge().Name("herd_job_state").Help("1 for the job's state, 0 for the others").Register(*registry_)),
+        workers_(prometheus::BuildGauge().Name("herd_workers").Help("Live workers: in the gang, or spare").Register(*registry_)),
+        committed_step_(gauge("herd_committed_step", "The last step every rank reported")),
+        total_steps_(gauge("herd_total_steps", "Steps the job trains")),
+        checkpoint_step_(gauge("herd_checkpoint_step", "The step of the last committed checkpoint")),
+        eta_(gauge("herd_eta_seconds", "Time to the last step at the pace of the last 20 commits")),
+        imbalance_(gauge("herd_plan_imbalance_ratio", "The last committed step's max over mean tokens per rank")) {
+    gauge("herd_dataset_samples", "Samples in the train split").Set(static_cast<double>(dataset_samples));
+  }
 
   void record(const char* method, grpc::StatusCode code, double seconds) {
     std::lock_guard lock(mutex_);
@@ -53,27 +67,35 @@ class Metrics {
                                                                         0.05, 0.1, 0.25, 0.5, 1, 5, 30});
     }
     auto& counter = m.codes[code];
-    if (!counter) counter = &rpcs_.Add({{"method", method}, {"code", std::to_string(static_cast<int>(code))}});
+    if (!counter) counter = &rpcs_.Add({{"method", method}, {"code", code_name(code)}});
     counter->Increment();
     m.latency->Observe(seconds);
-    if (code == grpc::StatusCode::UNAUTHENTICATED) unauthenticated_.Increment();
+    if (code == grpc::StatusCode::UNAUTHENTICATED) auth_failures_.Increment();
   }
 
   void update(const v1::JobStatus& s) {
-    job_.Add({{"figure", "state"}}).Set(s.state());
-    job_.Add({{"figure", "attempt"}}).Set(static_cast<double>(s.attempt()));
-    job_.Add({{"figure", "committed_step"}}).Set(static_cast<double>(s.committed_step()));
-    job_.Add({{"figure", "total_steps"}}).Set(static_cast<double>(s.total_steps()));
-    job_.Add({{"figure", "checkpoint_step"}}).Set(static_cast<double>(s.checkpoint_step()));
-    job_.Add({{"figure", "alive_workers"}}).Set(s.registered_workers());
-    job_.Add({{"figure", "gang_size"}}).Set(s.gang_size());
-    job_.Add({{"figure", "loss"}}).Set(s.last_loss());
-    job_.Add({{"figure", "step_imbalance"}}).Set(s.step_imbalance());
+    for (int i = v1::JobState_MIN; i <= v1::JobState_MAX; ++i) {
+      if (!v1::JobState_IsValid(i) || i == v1::JOB_STATE_UNSPECIFIED) continue;
+      state_.Add({{"state", v1::JobState_Name(static_cast<v1::JobState>(i))}}).Set(s.state() == i ? 1 : 0);
+    }
+    const double in_gang = std::min(s.gang_size(), s.registered_workers());
+    workers_.Add({{"state", "in_gang"}}).Set(in_gang);
+    workers_.Add({{"state", "spare"}}).Set(s.registered_workers() - in_gang);
+    if (s.attempt() > attempts_seen_) attempts_.Increment(static_cast<double>(s.attempt() - attempts_seen_));
+    attempts_seen_ = s.attempt();
+    committed_step_.Set(static_cast<double>(s.committed_step()));
+    total_steps_.Set(static_cast<double>(s.total_steps()));
+    checkpoint_step_.Set(static_cast<double>(s.checkpoint_step()));
+    eta_.Set(s.eta_seconds());
+    imbalance_.Set(s.step_imbalance());
   }
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
  private:
+  prometheus::Gauge& gauge(const char* name, const char* help) {
+    return prometheus::BuildGauge().Name(name).Help(help).Register(*registry_).Add({});
+  }
   struct Method {
     prometheus::Histogram* latency = nullptr;
     std::map<grpc::StatusCode, prometheus::Counter*> codes;
@@ -81,8 +103,12 @@ class Metrics {
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& rpcs_;
   prometheus::Family<prometheus::Histogram>& latency_;
-  prometheus::Counter& unauthenticated_;
-  prometheus::Family<prometheus::Gauge>& job_;
+  prometheus::Counter& auth_failures_;
+  prometheus::Counter& attempts_;
+  prometheus::Family<prometheus::Gauge>& state_;
+  prometheus::Family<prometheus::Gauge>& workers_;
+  prometheus::Gauge &committed_step_, &total_steps_, &checkpoint_step_, &eta_, &imbalance_;
+  uint64_t attempts_seen_ = 0;  // update() runs on one thread
   std::mutex mutex_;
   std::map<std::string, Method> methods_;
 };
@@ -319,7 +345,7 @@ ServerOptions ServerOptions::from_config(const Config& config, const std::string
 }
 
 CoordinatorServer::CoordinatorServer(Job& job, const ServerOptions& options)
-    : job_(job), metrics_(std::make_unique<Metrics>()) {
+    : job_(job), metrics_(std::make_unique<Metrics>(job.train_samples())) {
   if (options.token.empty()) throw std::invalid_argument("coordinator: a job token is required");
   v1::JobConfig config;
   config.set_yaml(options.config_yaml);

@@ -123,8 +123,10 @@ Launch detect_launch(const std::string& coordinator_flag, const EnvLookup& env) 
   } else if (env("JOB_COMPLETION_INDEX")) {
     l.source = "kubernetes";
     l.rank = parse_int(env, "JOB_COMPLETION_INDEX", 0);
+    l.local_rank = optional_int(env, "LOCAL_RANK", 0);
   } else {
     l.source = "flags";
+    l.local_rank = optional_int(env, "LOCAL_RANK", 0);
   }
 
   const std::string named = !coordinator_flag.empty() ? coordinator_flag : env("HERD_COORDINATOR").value_or("");

@@ -213,6 +213,7 @@ int supervise(HostedCoordinator& hosted, const std::string& config_path, int wor
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // the supervisor died: stop at a checkpoint
       if (::getppid() != parent) ::_exit(1);
       ::setenv("HERD_JOB_TOKEN", token.c_str(), 1);
+      ::setenv("LOCAL_RANK", std::to_string(i).c_str(), 1);  // its GPU, its metrics port
       // The workers share this machine's cores (as torchrun does, unless told).
       const auto threads = std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(workers));
       ::setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 0);

@@ -263,8 +263,8 @@ TEST(CoordinatorRpc, WrongOrMissingTokenIsUnauthenticatedAndCounted) {
   ASSERT_TRUE(stub->GetStatus(&ok, v1::GetStatusRequest(), &st).ok());
   EXPECT_EQ(st.job_id(), "itest");
   const std::string metrics = scrape_metrics(c.server->metrics_port());
-  EXPECT_NE(metrics.find("herd_coordinator_unauthenticated_total 2"), std::string::npos) << metrics;
-  EXPECT_NE(metrics.find(R"(herd_coordinator_rpcs_total{code="16",method="GetStatus"} 2)"), std::string::npos);
+  EXPECT_NE(metrics.find("herd_auth_failures_total 2"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find(R"(herd_rpcs_total{code="UNAUTHENTICATED",method="GetStatus"} 2)"), std::string::npos);
 }
 
 // Each malformed request, sent over gRPC, is refused with its own status code and a

@@ -46,7 +46,7 @@ def tls(tmp_path_factory):
 def config(d, model, tls, ranks, secure=True, steps=STEPS):
     """Global batch 2 x (4 / ranks) x ranks; dropout 0 so that ranks draw nothing."""
     security = (f"security: {{token_file: {tls / 'token'}, tls_cert: {tls / 'cert.pem'}, tls_key: {tls / 'key.pem'}, "
-                f"tls_ca: {tls / 'cert.pem'}, tls_server_name: localhost}}\nmetrics: {{enabled: true, port: {free_port()}}}\n"
+                f"tls_ca: {tls / 'cert.pem'}, tls_server_name: localhost}}\nmetrics: {{enabled: true, port: {free_port()}, worker_port: 0}}\n"
                 if secure else "metrics: {enabled: false}\n")
     path = d / "c.yaml"
     path.write_text(f"""model_name: t
@@ -98,7 +98,7 @@ def probe(port, metrics_port, cfg, tls):
     assert health.returncode == 0 and json.loads(health.stdout) == {"health": "SERVING"}, health.stderr
     assert secure.returncode == 0 and json.loads(secure.stdout)["job_id"] == "t", secure.stderr
     assert plain.returncode == 1 and f"coordinator {address} answered UNAVAILABLE" in plain.stderr, plain.stderr
-    assert "herd_job{figure=\"state\"}" in metrics
+    assert "herd_job_state{state=\"RUNNING\"}" in metrics
 
 
 def assert_same(d, reference, exact=False, adapter_atol=ADAPTER_ATOL):

@@ -29,6 +29,9 @@ TEST(Launch, CoordinatorFlagAlone) {
   EXPECT_EQ(l.source, "flags");
   EXPECT_EQ(l.coordinator, "coord.herd:29400");
   EXPECT_FALSE(l.rank.has_value());
+  EXPECT_EQ(l.local_rank, 0);
+  // `herd train --workers N` gives each of its workers its LOCAL_RANK (its GPU, its metrics port).
+  EXPECT_EQ(detect_launch("coord.herd:29400", env_of({{"LOCAL_RANK", "1"}})).local_rank, 1);
 }
 
 TEST(Launch, OpenMpiRanks) {

@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 
 #include "common/config.h"
+#include "worker/model/flops.h"
+#include "worker/train/tensorboard.h"
 
 namespace herd::train {
 
@@ -29,8 +31,14 @@ double wall_time() {
 
 fs::path RunRecord::events_file(const Config& config) { return fs::path(config.trainer_output_dir) / "events.jsonl"; }
 
-RunRecord::RunRecord(const Config& config, bool progress_bar)
-    : file_(events_file(config)), logging_steps_(config.trainer.logging_steps), progress_bar_(progress_bar) {}
+RunRecord::RunRecord(const Config& config, bool progress_bar, std::optional<double> peak_flops)
+    : file_(events_file(config)),
+      logging_steps_(config.trainer.logging_steps),
+      progress_bar_(progress_bar),
+      peak_flops_(peak_flops),
+      tensorboard_dir_(config.metrics.tensorboard ? fs::path(config.trainer_output_dir) / "runs" : fs::path()) {}
+
+RunRecord::~RunRecord() = default;
 
 void RunRecord::begin(const client::Gang& gang) {
   gang_ = gang;
@@ -57,6 +65,11 @@ void RunRecord::begin(const client::Gang& gang) {
   }
   fs::rename(tmp, file_);
   events_.open(file_, std::ios::app);
+  if (!tensorboard_ && !tensorboard_dir_.empty()) tensorboard_ = std::make_unique<EventWriter>(tensorboard_dir_);
+}
+
+void RunRecord::scalar(const std::string& tag, uint64_t step, double value) {
+  if (lead_ && tensorboard_) tensorboard_->scalar(tag, step, value);
 }
 
 void RunRecord::write(const std::string& event, json record) {
@@ -76,22 +89,40 @@ void RunRecord::print(const std::string& line) {
 }
 
 void RunRecord::step(const StepLog& s, double seconds, uint64_t run_tokens) {
-  write("step", {{"step", s.step},
+  const double tokens_per_second = s.seconds > 0 ? static_cast<double>(s.tokens) / s.seconds : 0;
+  json record = {{"step", s.step},
                  {"epoch", s.epoch},
                  {"loss", s.loss},
                  {"learning_rate", s.learning_rate},
                  {"grad_norm", s.grad_norm},
                  {"tokens", s.tokens},
-                 {"elapsed", seconds}});
+                 {"seconds", s.seconds},
+                 {"tokens_per_second", tokens_per_second},
+                 {"model_flops", s.model_flops},
+                 {"hardware_flops", s.hardware_flops},
+                 {"elapsed", seconds}};
+  std::optional<double> mfu;
+  if (peak_flops_ && s.seconds > 0) {
+    mfu = model::mfu(s.model_flops, s.seconds, *peak_flops_ * gang_.world_size);
+    record["mfu"] = *mfu;
+  }
+  write("step", std::move(record));
+  scalar("train/loss", s.step, s.loss);
+  scalar("train/learning_rate", s.step, s.learning_rate);
+  scalar("train/grad_norm", s.step, s.grad_norm);
+  scalar("train/tokens_per_second", s.step, tokens_per_second);
+  if (mfu) scalar("train/mfu", s.step, *mfu);
+  if (lead_ && tensorboard_) tensorboard_->flush();
   window_loss_ += s.loss;
   ++window_steps_;
   const uint64_t total = gang_.total_steps;
   if (static_cast<int64_t>(s.step) % logging_steps_ == 0 || s.step == total) {
     const double done = static_cast<double>(s.step - gang_.resume_step);
     print(fmt::format("step {}/{}  epoch {:.2f}  loss {:.4f}  lr {:.3g}  grad_norm {:.4f}  tokens/s {:.0f}  "
-                      "elapsed {}  eta {}",
+                      "{}elapsed {}  eta {}",
                       s.step, total, s.epoch, window_loss_ / static_cast<double>(window_steps_), s.learning_rate,
-                      s.grad_norm, static_cast<double>(run_tokens) / seconds, clock_time(seconds),
+                      s.grad_norm, static_cast<double>(run_tokens) / seconds,
+                      mfu ? fmt::format("mfu {:.1f}%  ", 100 * *mfu) : "", clock_time(seconds),
                       clock_time(seconds / done * static_cast<double>(total - s.step))));
     window_loss_ = 0;
     window_steps_ = 0;
@@ -107,6 +138,8 @@ void RunRecord::step(const StepLog& s, double seconds, uint64_t run_tokens) {
 
 void RunRecord::eval(uint64_t step, double loss, uint64_t samples) {
   write("eval", {{"step", step}, {"eval_loss", loss}, {"samples", samples}});
+  scalar("eval/loss", step, loss);
+  if (lead_ && tensorboard_) tensorboard_->flush();
   print(fmt::format("eval  step {}/{}  eval_loss {:.4f}  ({} held-out samples)", step, gang_.total_steps, loss,
                     samples));
 }

@@ -1,7 +1,8 @@
 // The one place a run's progress goes: every step, eval and checkpoint becomes a
 // line of {trainer_output_dir}/events.jsonl (one JSON object a line, every number
 // at full precision, with the rank, the attempt and the wall time), the log line
-// a person reads every trainer.logging_steps, and the progress bar on a terminal.
+// a person reads every trainer.logging_steps, the progress bar on a terminal, and
+// TensorBoard's scalars (metrics.tensorboard: {trainer_output_dir}/runs/).
 // Rank 0 records; the other ranks' records would repeat its figures (the loss and
 // tokens of a step are sums over every rank).
 //
@@ -13,6 +14,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -25,6 +28,8 @@ struct Config;
 
 namespace herd::train {
 
+class EventWriter;
+
 struct StepLog {
   uint64_t step = 0;
   double epoch = 0;  // fractional, as transformers logs it
@@ -32,6 +37,8 @@ struct StepLog {
   double learning_rate = 0;
   double grad_norm = 0;  // before clipping
   uint64_t tokens = 0;   // tokens in the step (padding excluded), every rank's
+  double seconds = 0;    // the step's wall time
+  double model_flops = 0, hardware_flops = 0;  // every rank's (worker/model/flops.h)
 };
 
 // "1:02:03" or "2:03".
@@ -39,7 +46,9 @@ std::string clock_time(double seconds);
 
 class RunRecord {
  public:
-  RunRecord(const Config& config, bool progress_bar);
+  // `peak_flops`: one device's dense peak (FLOP/s), for MFU; none: no MFU.
+  RunRecord(const Config& config, bool progress_bar, std::optional<double> peak_flops);
+  ~RunRecord();
 
   // A gang's attempt starts (the events file is trimmed to its resume step).
   void begin(const client::Gang& gang);
@@ -55,10 +64,14 @@ class RunRecord {
 
  private:
   void write(const std::string& event, nlohmann::json record);
+  void scalar(const std::string& tag, uint64_t step, double value);
 
   const std::filesystem::path file_;
   const int64_t logging_steps_;
   const bool progress_bar_;
+  const std::optional<double> peak_flops_;
+  const std::filesystem::path tensorboard_dir_;  // empty: none
+  std::unique_ptr<EventWriter> tensorboard_;
   bool lead_ = false;
   client::Gang gang_;
   std::ofstream events_;

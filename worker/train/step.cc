@@ -80,6 +80,7 @@ void build_replica(Replica& r, const Config& config, std::unique_ptr<comm::Colle
   ::malloc_trim(0);  // hand the freed parts of every layer back to the system
   r.model->set_training(true);
   r.model->set_activation_checkpointing(config.trainer.gradient_checkpointing);
+  r.flops = {r.model->config(), config.lora.r, config.lora.target_modules, config.trainer.gradient_checkpointing};
   r.params = r.model->trainable_parameters();
   for (auto& p : r.params) p.set_requires_grad(true);
   r.optimizer = std::make_unique<FusedAdamW>(
@@ -105,6 +106,8 @@ StepOutcome train_step(Replica& r, const Config& config, const std::vector<v1::M
   for (size_t m = 0; m < batches.size(); ++m) {
     if (batches[m].sample_ids_size() == 0 && alone) continue;
     r.weights->set_sync_gradients(m + 1 == batches.size());
+    for (uint32_t length : batches[m].lengths()) out.rank_flops += r.flops.row(length);
+    out.rank_samples += static_cast<uint64_t>(batches[m].sample_ids_size());
     auto loss = micro_batch_loss(*r.model, batches[m], &out.rank_tokens);
     (loss / normaliser).backward();
     const auto value = loss.detach().to(torch::kFloat64);
@@ -113,7 +116,8 @@ StepOutcome train_step(Replica& r, const Config& config, const std::vector<v1::M
   r.weights->finish_gradients();
   if (!r.model->activation_checkpointing()) r.weights->release_all();
   auto totals = torch::tensor({loss_sum.defined() ? loss_sum.item<double>() : 0.0,
-                               static_cast<double>(out.rank_tokens), stop_requested ? 1.0 : 0.0},
+                               static_cast<double>(out.rank_tokens), stop_requested ? 1.0 : 0.0,
+                               out.rank_flops.model, out.rank_flops.hardware},
                               torch::kFloat64);
   r.comm->all_reduce(totals).wait();
   out.grad_norm = clip_grad_norm(r.params, config.trainer.max_grad_norm > 0 ? config.trainer.max_grad_norm
@@ -122,6 +126,7 @@ StepOutcome train_step(Replica& r, const Config& config, const std::vector<v1::M
   out.loss = totals[0].item<double>() / normaliser;
   out.tokens = static_cast<uint64_t>(totals[1].item<double>());
   out.stop = totals[2].item<double>() > 0;
+  out.flops = {totals[3].item<double>(), totals[4].item<double>()};
   return out;
 }
 

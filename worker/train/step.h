@@ -21,6 +21,7 @@
 
 #include "herd/proto/herd.pb.h"
 #include "worker/comm/collective.h"
+#include "worker/model/flops.h"
 #include "worker/model/llama.h"
 #include "worker/train/sharding.h"
 
@@ -38,6 +39,7 @@ struct Replica {
   std::unique_ptr<ShardedWeights> weights;
   std::vector<torch::Tensor> params;
   std::unique_ptr<torch::optim::AdamW> optimizer;
+  model::FlopCounter flops;  // of the model as trained (its LoRA, its recompute)
 };
 
 // What the config says about loading the model: quantization, dtypes, LoRA.
@@ -57,6 +59,9 @@ struct StepOutcome {
   double loss = 0;  // token-weighted mean over the step's predicted tokens, every rank's
   uint64_t tokens = 0;       // every rank's tokens (padding excluded)
   uint64_t rank_tokens = 0;  // this rank's
+  uint64_t rank_samples = 0;  // this rank's rows
+  model::Flops flops;         // every rank's (worker/model/flops.h)
+  model::Flops rank_flops;    // this rank's
   double grad_norm = 0;      // before clipping
   bool stop = false;         // some rank asked to stop after this step
 };

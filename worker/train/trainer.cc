@@ -1,9 +1,11 @@
 #include "worker/train/trainer.h"
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <optional>
 #include <stdexcept>
 
@@ -14,10 +16,18 @@
 #include "common/config.h"
 #include "common/hf_cache.h"
 #include "worker/comm/collective.h"
+#include "worker/comm/timed.h"
+#include "worker/model/flops.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
 #include "worker/train/checkpoint.h"
 #include "worker/train/step.h"
+#include "worker/train/telemetry.h"
+
+#ifdef HERD_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 namespace herd::train {
 
@@ -29,6 +39,29 @@ uint64_t peak_rss_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<uint64_t>(u.ru_maxrss) * 1024;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Memory in use by kind: the process's resident set and, on a GPU, the caching
+// allocator's figures.
+std::map<std::string, double> memory_bytes(torch::Device device) {
+  std::map<std::string, double> out;
+  std::ifstream statm("/proc/self/statm");
+  uint64_t pages = 0, resident = 0;
+  if (statm >> pages >> resident) out["rss"] = static_cast<double>(resident) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+#ifdef HERD_CUDA
+  if (device.is_cuda()) {
+    const auto s = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    out["gpu_allocated"] = static_cast<double>(s.allocated_bytes[0].current);
+    out["gpu_reserved"] = static_cast<double>(s.reserved_bytes[0].current);
+    out["gpu_peak"] = static_cast<double>(s.allocated_bytes[0].peak);
+  }
+#endif
+  (void)device;
+  return out;
 }
 
 // Where this worker trains: trainer.device, with auto meaning the GPU named by
@@ -82,9 +115,20 @@ class SessionStore : public comm::Store {
   client::WorkerSession& session_;
 };
 
-// This rank of `gang`: its collective over `store`, and the base model read from `base`.
-void join_gang(Replica& r, const Config& config, const std::filesystem::path& base, comm::Store& store,
-               const client::Gang& gang, const WorkerOptions& options) {
+// The device's dense peak for MFU: metrics.peak_tflops, else the GPU's by its name.
+std::optional<double> peak_flops(const Config& config, torch::Device device) {
+  if (config.metrics.peak_tflops > 0) return config.metrics.peak_tflops * 1e12;
+#ifdef HERD_CUDA
+  if (device.is_cuda()) return model::peak_flops(at::cuda::getDeviceProperties(device.index())->name);
+#endif
+  (void)device;
+  return std::nullopt;
+}
+
+// This rank of `gang`: its collective over `store` (timed by operation), and the
+// base model read from `base`.
+comm::Timed* join_gang(Replica& r, const Config& config, const std::filesystem::path& base, comm::Store& store,
+                       const client::Gang& gang, const WorkerOptions& options) {
   comm::CollectiveOptions co;
   co.rank = static_cast<int>(gang.rank);
   co.size = static_cast<int>(gang.world_size);
@@ -94,8 +138,12 @@ void join_gang(Replica& r, const Config& config, const std::filesystem::path& ba
   co.device = options.local_rank;
   if (const char* iface = std::getenv("GLOO_SOCKET_IFNAME")) co.iface = iface;
   const torch::Device device = training_device(config, options.local_rank);
-  build_replica(r, config, comm::connect(co.size > 1 ? collective_backend(config, device) : "local", store, co),
-                load_options(config, device), [&](const model::LoadOptions& o) { return model::Llama::load(base, o); });
+  auto timed = std::make_unique<comm::Timed>(
+      comm::connect(co.size > 1 ? collective_backend(config, device) : "local", store, co));
+  comm::Timed* out = timed.get();
+  build_replica(r, config, std::move(timed), load_options(config, device),
+                [&](const model::LoadOptions& o) { return model::Llama::load(base, o); });
+  return out;
 }
 
 }  // namespace
@@ -110,7 +158,13 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
   const auto base = resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");
   session.join();
   SessionStore store(session);
-  RunRecord record(config, options.progress_bar);
+  const torch::Device device = training_device(config, options.local_rank);
+  const std::optional<double> peak = peak_flops(config, device);
+  RunRecord record(config, options.progress_bar, peak);
+  std::optional<WorkerMetrics> metrics;
+  if (config.metrics.enabled && config.metrics.worker_port > 0) {
+    metrics.emplace(static_cast<int>(config.metrics.worker_port) + options.local_rank, peak);
+  }
 
   TrainResult result;
   uint64_t after = 0;  // the attempt this worker last trained in
@@ -122,14 +176,16 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
     const bool lead = gang.rank == 0;
     const uint64_t total = gang.total_steps;
     Replica r;
+    comm::Timed* timed = nullptr;
     try {
-      join_gang(r, config, base, store, gang, options);
+      timed = join_gang(r, config, base, store, gang, options);
     } catch (const comm::CommError& e) {
       std::cout << fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()) << std::endl;
       session.report_failure(e.what());
       continue;
     }
     if (options.on_gang) options.on_gang(gang, r.weights->shard_bytes(), r.weights->model_bytes());
+    if (metrics) metrics->attempt(gang.attempt, gang.rank);
     int64_t trainable = 0;
     for (auto& p : r.params) trainable += p.numel();
     record.print(fmt::format("training {}: {} steps ({} per epoch), {} trainable parameters, {} base weights{}",
@@ -148,6 +204,7 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
     const CheckpointMeta meta{config.base_model, config.lora.task_type, config.lora.bias, gang.steps_per_epoch, total};
     uint64_t last_checkpoint = gang.resume_step;
     auto checkpoint = [&](uint64_t step) {
+      const auto checkpoint_start = std::chrono::steady_clock::now();
       last_checkpoint = step;
       auto dir = checkpoint_dir(config.trainer_output_dir, step);
       if (lead) {
@@ -157,6 +214,7 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
       }
       r.comm->barrier();  // rank 0's files are complete (a shared file system)
       session.commit_checkpoint(step, dir.string(), checkpoint_digest(dir));
+      if (metrics) metrics->checkpoint(seconds_since(checkpoint_start));
     };
 
     try {
@@ -165,14 +223,22 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
       for (uint64_t step = gang.resume_step + 1; step <= total; ++step) {
         const auto step_start = std::chrono::steady_clock::now();
         const auto batches = session.next_step(step);
+        const double data_wait = seconds_since(step_start);
         const double lr = learning_rate(config, step, total);
         const bool stop_requested = (options.stop && *options.stop) || session.draining();
         const StepOutcome o = train_step(r, config, batches, lr, stop_requested);
-        const StepLog log{step, static_cast<double>(step) / static_cast<double>(gang.steps_per_epoch), o.loss, lr,
-                          o.grad_norm, o.tokens};
+        const double step_seconds = seconds_since(step_start);
+        const StepLog log{step,        static_cast<double>(step) / static_cast<double>(gang.steps_per_epoch),
+                          o.loss,      lr, o.grad_norm, o.tokens, step_seconds, o.flops.model, o.flops.hardware};
         v1::StepTimings timings;
-        timings.set_compute_seconds(
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count());
+        timings.set_compute_seconds(step_seconds - data_wait);
+        timings.set_data_wait_seconds(data_wait);
+        const auto collectives = timed->take();
+        for (const auto& [op, s] : collectives) timings.set_communication_seconds(timings.communication_seconds() + s);
+        if (metrics) {
+          metrics->step({step, log.epoch, o.loss, lr, o.grad_norm, o.rank_tokens, o.rank_samples, o.rank_flops.model,
+                         o.rank_flops.hardware, step_seconds, data_wait, collectives, memory_bytes(device)});
+        }
         session.report_step(step, log.loss, o.rank_tokens, timings);
         result.steps.push_back(log);
         result.tokens += o.tokens;
@@ -184,6 +250,7 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
         if (!held_out.empty() && (eval_due || step == total)) {
           const auto [loss, samples] = eval_loss(*r.model, *r.comm, held_out);
           result.evals.emplace_back(step, loss);
+          if (metrics) metrics->eval(loss);
           record.eval(step, loss, samples);
         }
         if (o.stop && step < total) {
