@@ -19,12 +19,11 @@
 //       layer's forward+recompute+backward, from a two-layer and a one-layer model,
 //       and the 80-layer step it projects)
 //
-// Model FLOPs per token: 6 x N, N the parameters of every GEMM (the decoder layers'
-// linears and lm_head; not the embedding lookup): the forward, the recomputed
-// forward and the input-gradient GEMMs, 2 x N each (the frozen base has no weight
-// gradient). Attention's T x T products are not counted. MFU is that over
-// --peak-tflops (default 989.4: H100/H200 SXM dense bf16); the ratio to a large
-// bf16 GEMM measured in the same process is printed beside it.
+// FLOPs as herd counts them everywhere (worker/model/flops.h, docs/metrics.md):
+// model FLOPs (GEMMs 4N, attention, LoRA; no recompute) for MFU, hardware FLOPs
+// (plus the recompute of activation checkpointing) for HFU, both over
+// --peak-tflops (default 989.4: H100/H200 SXM dense bf16); the model FLOP/s over a
+// large bf16 GEMM measured in the same process is printed beside them.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -129,16 +128,6 @@ void make_replica(herd::train::Replica& r, const herd::Config& config, const Sha
   static herd::comm::InMemoryStore store;  // one rank: never used
   herd::train::build_replica(r, config, herd::comm::connect("local", store, {}), o,
                              [&](const herd::model::LoadOptions& options) { return Llama::from_tensors(c, t, options); });
-}
-
-int64_t gemm_params(const Llama& m) {
-  const auto& c = m.config();
-  int64_t n = c.vocab_size * c.hidden_size;  // lm_head
-  for (const auto& mod : herd::model::linear_modules()) {
-    auto [o, i] = c.linear_shape(mod);
-    n += o * i * static_cast<int64_t>(m.layers().size());
-  }
-  return n;
 }
 
 // One step's micro-batch of `batch` rows of `tokens` random ids, every position counted.
@@ -320,13 +309,12 @@ int main(int argc, char** argv) {
     const herd::Config config = bench_config(variant);
     auto replica = std::make_unique<herd::train::Replica>();
     make_replica(*replica, config, shape, device, variant, shape.layers);
-    const Llama& model = *replica->model;
     sync(device);
     std::printf(
         "model: %s, %lld layers, hidden %lld, %.3fB GEMM parameters, built in %.1f s on %s (%s base, %s "
         "activations%s%s%s%s%s)\n",
         shape_name.c_str(), static_cast<long long>(shape.layers), static_cast<long long>(shape.hidden),
-        static_cast<double>(gemm_params(model)) / 1e9, now() - t_build, device.str().c_str(), dense ? "bf16" : "NF4",
+        replica->flops.gemm_parameters() / 1e9, now() - t_build, device.str().c_str(), dense ? "bf16" : "NF4",
         fp32_activations ? "float32" : "bf16", no_recompute ? ", no recompute" : "", eager ? ", eager ops" : "",
         autograd_sums ? ", autograd's gradient sums" : "", torch_dropout ? ", torch's dropout" : "",
         keep_attention ? ", attention kept for the recompute" : "");
@@ -339,12 +327,14 @@ int main(int argc, char** argv) {
         reset_peak(device);
         const double step_s = time_steps(*replica, config, batches, warmup, steps);
         const double tok_s = static_cast<double>(batch * tokens) / step_s;
-        const double tflops = 6.0 * static_cast<double>(gemm_params(*replica->model)) * tok_s / 1e12;
+        const herd::model::Flops f = replica->flops.rows(std::vector<int64_t>(static_cast<size_t>(batch), tokens));
+        const double tflops = f.model / step_s / 1e12;
         std::printf(
-            "train %s  batch %lld x %lld tokens: step %.1f ms, %.0f tokens/s, %.4g TFLOP/s (6N), MFU %.1f%% of %.0f, "
-            "%.1f%% of the measured GEMM; peak memory %.1f GiB\n",
+            "train %s  batch %lld x %lld tokens: step %.1f ms, %.0f tokens/s, %.4g model TFLOP/s, MFU %.1f%% and HFU "
+            "%.1f%% of %.0f, %.1f%% of the measured GEMM; peak memory %.1f GiB\n",
             shape_name.c_str(), static_cast<long long>(batch), static_cast<long long>(tokens), step_s * 1e3, tok_s,
-            tflops, 100 * tflops / peak, peak, 100 * tflops / ceiling, peak_gib(device));
+            tflops, 100 * herd::model::mfu(f.model, step_s, peak * 1e12),
+            100 * herd::model::mfu(f.hardware, step_s, peak * 1e12), peak, 100 * tflops / ceiling, peak_gib(device));
         if (!profile.empty()) profile_step(*replica, config, batches, profile);
         continue;
       }

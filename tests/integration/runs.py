@@ -1,5 +1,6 @@
-"""What a run left behind, read as values: its events file and its adapter."""
+"""What a run left behind, read as values: its events file and its adapter; and free ports for one."""
 import json
+import socket
 
 from safetensors.torch import load_file
 
@@ -19,3 +20,27 @@ def losses(run_dir):
 
 def adapter(run_dir, name="t"):
     return load_file(str(run_dir / "models" / f"{name}_adapter" / "adapter_model.safetensors"))
+
+
+def free_ports(n=1):
+    """A port p with p .. p + n - 1 free (a worker's metrics port is worker_port + its local rank)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        socks = []
+        try:
+            for p in range(base, base + n):
+                socks.append(socket.socket())
+                socks[-1].bind(("0.0.0.0", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} free ports in a row")
+
+
+def free_port():
+    return free_ports(1)

@@ -9,7 +9,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,19 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runs import adapter, events, losses
+from runs import adapter, events, free_port, losses
 
 BIN = Path(os.environ["HERD_BIN"])
 SRC = Path(os.environ["HERD_SOURCE_DIR"])
 TOKEN = "launch-test-token"
 STEPS = 16
 LOSS_RTOL, ADAPTER_ATOL = 1e-5, 2e-5  # sums over ranks round in another order than one rank's accumulation
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,44 +1,29 @@
-"""Every process's Prometheus series are docs/metrics.md's catalogue, both ways, and TensorBoard
-reads back what events.jsonl holds: `herd train --workers 2` with metrics on (and a configured
-peak, so that a CPU run has MFU), scraped while it trains, then stopped with SIGINT."""
+"""Monitoring, checked against a live run (`herd train --workers 2`, metrics on, a configured peak
+so that a CPU run has MFU): every process's Prometheus series are docs/metrics.md's catalogue, both
+ways; a real Prometheus with deploy/prometheus/'s config scrapes the run and evaluates every
+expression of deploy/grafana/herd.json and of the alert rules; promtool checks the config and
+unit-tests every alert; after SIGINT, TensorBoard reads back what events.jsonl holds."""
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from runs import events
+from runs import events, free_ports
 
 BIN = Path(os.environ["HERD_BIN"])
 SRC = Path(os.environ["HERD_SOURCE_DIR"])
-
-
-def free_ports(n):
-    """A port p with p .. p + n - 1 free."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        try:
-            socks = []
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("0.0.0.0", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no run of free ports")
+DEPLOY = SRC / "deploy"
+PEAK = 0.5e12
 
 
 def catalogue():
@@ -51,9 +36,9 @@ def catalogue():
     return out
 
 
-def served(port):
-    """herd's families a /metrics endpoint serves with at least one sample: {name: type} (the
-    exporter library's own exposer_* series aside)."""
+def scrape(port):
+    """herd's families an endpoint serves with at least one sample, {name: type} (the exporter
+    library's own exposer_* aside), and the text."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     types = dict(re.findall(r"^# TYPE (\w+) (\w+)$", text, re.M))
     sampled = {re.match(r"(\w+?)(_bucket|_sum|_count)?[{ ]", l).group(1) for l in text.splitlines()
@@ -66,72 +51,217 @@ def value(text, series):
     return float(m.group(1)) if m else None
 
 
-def test_catalogue_is_what_every_process_serves_and_tensorboard_reads_the_events(model, tmp_path):
-    port, workers = free_ports(1), free_ports(2)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"""model_name: t
+class Run:
+    def __init__(self, model, d):
+        self.dir, self.coordinator, self.workers = d, free_ports(1), free_ports(2)
+        cfg = d / "c.yaml"
+        cfg.write_text(f"""model_name: t
 base_model: {model}
 model_context_window: 128
 data: {{type: vicuna, dataset: {SRC / 'data' / 'sample-vicuna.json'}, eval_fraction: 0.2}}
 lora: {{r: 8, lora_alpha: 16, target_modules: all-linear, lora_dropout: 0.0, bias: none, task_type: CAUSAL_LM}}
 trainer: {{device: cpu, batch_size: 2, gradient_accumulation_steps: 2, warmup_steps: 3, num_train_epochs: 1,
-          max_steps: 400, learning_rate: 0.01, logging_steps: 1, seed: 7, eval_steps: 2}}
-trainer_output_dir: {tmp_path}/trainer
-model_output_dir: {tmp_path}/models
+          max_steps: 2000, learning_rate: 0.01, logging_steps: 1, seed: 7, eval_steps: 2}}
+trainer_output_dir: {d}/trainer
+model_output_dir: {d}/models
 quantization: {{enabled: true, compute_dtype: float32}}
 checkpoint: {{every_steps: 2}}
 distributed: {{world_size: 2}}
-metrics: {{enabled: true, port: {port}, worker_port: {workers}, peak_tflops: 0.5}}
+metrics: {{enabled: true, port: {self.coordinator}, worker_port: {self.workers}, peak_tflops: {PEAK / 1e12}}}
 """)
-    run = subprocess.Popen([str(BIN / "herd"), "train", str(cfg), "--workers", "2"], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        self.proc = subprocess.Popen([str(BIN / "herd"), "train", str(cfg), "--workers", "2"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    def ports(self):
+        return {"coordinator": self.coordinator, "worker 0": self.workers, "worker 1": self.workers + 1}
+
+    def scrapes(self):
+        return {name: scrape(port) for name, port in self.ports().items()}
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        return self.proc.communicate(timeout=120)[0]
+
+
+@pytest.fixture(scope="module")
+def run(model, tmp_path_factory):
+    """The run, once every rank has evaluated and checkpointed (every series exists)."""
+    r = Run(model, tmp_path_factory.mktemp("monitored"))
     try:
-        want = catalogue()
-        assert len(want["worker"]) == 19 and len(want["coordinator"]) == 12, want
         deadline = time.time() + 180
-        while True:  # until every rank has checkpointed and evaluated, and the gang has formed
-            assert run.poll() is None and time.time() < deadline, run.stdout.read() if run.poll() else "timeout"
+        while True:
+            assert r.proc.poll() is None, r.stop()
+            assert time.time() < deadline, "the series did not all appear in 3 minutes"
             try:
-                got = {"coordinator": served(port)}
-                got.update({f"rank {local}": served(workers + local) for local in range(2)})
-                if all("herd_checkpoint_seconds" in got[f"rank {local}"][0]
-                       and "herd_eval_loss" in got[f"rank {local}"][0] for local in range(2)) and value(got["coordinator"][1], "herd_committed_step") >= 2:
+                got = r.scrapes()
+                if all("herd_checkpoint_seconds" in got[w][0] and "herd_eval_loss" in got[w][0]
+                       for w in ("worker 0", "worker 1")) and value(got["coordinator"][1], "herd_committed_step") >= 2:
                     break
             except OSError:
                 pass
             time.sleep(0.5)
-        assert got["coordinator"][0] == want["coordinator"]
-        ranks = set()
-        for local in range(2):  # each worker's series carry its rank in the gang
-            families, text = got[f"rank {local}"]
-            assert families == want["worker"], local
-            r = re.search(r'^herd_attempt\{rank="(\d+)"\} 1$', text, re.M).group(1)
-            ranks.add(r)
-            assert value(text, f'herd_peak_flops{{rank="{r}"}}') == 0.5e12
-            assert value(text, f'herd_steps_total{{rank="{r}"}}') >= 2
-        assert ranks == {"0", "1"}
-        assert value(got["coordinator"][1], 'herd_job_state{state="RUNNING"}') == 1
-        assert value(got["coordinator"][1], 'herd_workers{state="in_gang"}') == 2
-        assert value(got["coordinator"][1], "herd_auth_failures_total") == 0
+        yield r
     finally:
-        run.send_signal(signal.SIGINT)
-        out, _ = run.communicate(timeout=120)
-    assert run.returncode == 130, out
+        if r.proc.poll() is None:
+            r.stop()
 
-    steps = events(tmp_path)
+
+def test_every_process_serves_the_catalogue_and_only_it(run):
+    want = catalogue()
+    assert len(want["worker"]) == 19 and len(want["coordinator"]) == 12, want
+    got = run.scrapes()
+    assert got["coordinator"][0] == want["coordinator"]
+    ranks = set()
+    for w in ("worker 0", "worker 1"):  # each worker's series carry its rank in the gang
+        families, text = got[w]
+        assert families == want["worker"], w
+        r = re.search(r'^herd_attempt\{rank="(\d+)"\} 1$', text, re.M).group(1)
+        ranks.add(r)
+        assert value(text, f'herd_peak_flops{{rank="{r}"}}') == PEAK
+        assert value(text, f'herd_steps_total{{rank="{r}"}}') >= 2
+    assert ranks == {"0", "1"}
+    coordinator = got["coordinator"][1]
+    assert value(coordinator, 'herd_job_state{state="RUNNING"}') == 1
+    assert value(coordinator, 'herd_job_state{state="DONE"}') == 0
+    assert value(coordinator, 'herd_workers{state="in_gang"}') == 2
+    assert value(coordinator, "herd_attempts_total") == 1
+    assert value(coordinator, "herd_auth_failures_total") == 0
+
+
+def test_promtool_checks_the_config_and_unit_tests_every_alert():
+    prom = DEPLOY / "prometheus"
+    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"],
+                 ["test", "rules", "alerts_test.yml"]):
+        out = subprocess.run(["promtool", *args], cwd=prom, capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+    alerts = {r["alert"] for g in yaml.safe_load((prom / "alerts.yml").read_text())["groups"] for r in g["rules"]}
+    tests = yaml.safe_load((prom / "alerts_test.yml").read_text())["tests"]
+    for alert in alerts:  # each alert is seen firing and not firing
+        cases = [c for t in tests for c in t["alert_rule_test"] if c["alertname"] == alert]
+        assert any(c["exp_alerts"] for c in cases) and any(not c["exp_alerts"] for c in cases), alert
+    # Kubernetes discovery (Debian's Prometheus is built without it: its shape is checked here).
+    k8s = yaml.safe_load((prom / "kubernetes.yml").read_text())["scrape_configs"][0]
+    assert k8s["kubernetes_sd_configs"] == [{"role": "pod"}]
+    keep = {r["source_labels"][0]: r["regex"] for r in k8s["relabel_configs"] if r.get("action") == "keep"}
+    assert keep == {"__meta_kubernetes_pod_label_app_kubernetes_io_part_of": "herd",
+                    "__meta_kubernetes_pod_container_port_name": "metrics"}
+    assert "component" in {r.get("target_label") for r in k8s["relabel_configs"]}
+
+
+def dashboard_queries(dash):
+    """Every query of deploy/grafana/herd.json, and its variables' queries."""
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    variables = [v["query"]["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
+    return exprs, variables
+
+
+def as_evaluated(expr):
+    """A dashboard query as Prometheus runs it with every job and rank selected."""
+    return expr.replace("$job", ".*").replace("$rank", ".*").replace("$__rate_interval", "1m")
+
+
+def test_prometheus_scrapes_the_run_and_every_dashboard_and_alert_expression_has_data(run, tmp_path):
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(DEPLOY / "prometheus" / "alerts.yml")]
+    local = config["scrape_configs"][0]
+    local["static_configs"][0]["targets"] = [f"127.0.0.1:{run.coordinator}"]
+    local["static_configs"][1]["targets"] = [f"127.0.0.1:{run.workers}", f"127.0.0.1:{run.workers + 1}"]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_ports(1)
+    prometheus = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def query(expr):
+        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            answer = json.load(urllib.request.urlopen(url, timeout=10))
+        except urllib.error.HTTPError as e:
+            answer = json.load(e)
+        assert answer["status"] == "success", (expr, answer)
+        return answer["data"]["result"]
+
+    try:
+        deadline = time.time() + 60
+        while True:  # two scrapes of every target, and a minute's rates to take
+            assert prometheus.poll() is None, prometheus.stderr.read()
+            assert time.time() < deadline, "Prometheus did not scrape every target twice"
+            try:
+                scraped = query('count_over_time(up[5m]) >= 2 and up == 1')
+                rates = query('rate(herd_steps_total[1m]) > 0')
+                if len(scraped) == 3 and len(rates) == 2:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+
+        dash = json.loads((DEPLOY / "grafana" / "herd.json").read_text())
+        exprs, variables = dashboard_queries(dash)
+        names = set()
+        for expr in exprs:
+            names |= set(re.findall(r"\b((?:herd|DCGM)_\w+)", expr))
+            result = query(as_evaluated(expr))
+            assert result or "DCGM_" in expr, expr  # DCGM's exporter does not run here: its queries must parse
+        for v in variables:  # label_values(SELECTOR, LABEL)
+            selector, label = re.fullmatch(r"label_values\((.*), (\w+)\)", v).groups()
+            values = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/label/{label}/values?" +
+                                                      urllib.parse.urlencode({"match[]": as_evaluated(selector)})))
+            assert values["data"], v
+        rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+        for rule in (r for g in rules["groups"] for r in g["rules"]):
+            query(rule["expr"])  # it evaluates; and each series it reads has data
+            for name in set(re.findall(r"\b(herd_\w+|up)\{?", rule["expr"])):
+                assert query(name), (rule["alert"], name)
+
+        # Every metric the dashboard names is in the catalogue and was scraped from the run.
+        want = catalogue()
+        stored = {n for n in query('group by (__name__) ({__name__=~"herd_.+"})') for n in [n["metric"]["__name__"]]}
+        for name in names - {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE"}:
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert base in want["worker"] or base in want["coordinator"], name
+            assert name in stored, name
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+
+
+def test_the_dashboard_uses_its_variables_and_no_fixed_datasource():
+    dash = json.loads((DEPLOY / "grafana" / "herd.json").read_text())
+    assert dash["schemaVersion"] >= 39
+    text = json.dumps(dash["panels"])
+    uids = {d["uid"] for p in dash["panels"] for d in [p.get("datasource")] + [t.get("datasource") for t in
+                                                                                p.get("targets", [])] if d}
+    assert uids == {"${datasource}"}
+    exprs, variables = dashboard_queries(dash)
+    used = text + " ".join(variables)
+    for v in dash["templating"]["list"]:
+        assert f"${v['name']}" in used or f"${{{v['name']}}}" in used, v["name"]
+    titles = {p["title"] for p in dash["panels"]}
+    for wanted in ("Loss", "Learning rate", "Tokens per second", "MFU", "Step time", "Share of step time", "Memory",
+                   "Workers", "Attempts", "ETA", "Checkpoint age", "GPU utilisation", "GPU memory used", "GPU power"):
+        assert wanted in titles, wanted
+    assert all(p.get("targets") for p in dash["panels"] if p["type"] != "row")
+
+
+def test_sigint_stops_the_run_and_tensorboard_reads_the_events(run):
+    out = run.stop()
+    assert run.proc.returncode == 130, out
+    steps = events(run.dir)
     assert len(steps) >= 2
-    runs = list((tmp_path / "trainer" / "runs").glob("events.out.tfevents.*"))
-    assert len(runs) == 1, runs
-    acc = EventAccumulator(str(runs[0].parent))
+    files = list((run.dir / "trainer" / "runs").glob("events.out.tfevents.*"))
+    assert len(files) == 1, files
+    acc = EventAccumulator(str(files[0].parent))
     acc.Reload()
     as_float32 = lambda v: float(np.float32(v))  # a TensorBoard scalar is a float32
     for tag, key in [("train/loss", "loss"), ("train/learning_rate", "learning_rate"),
                      ("train/grad_norm", "grad_norm"), ("train/tokens_per_second", "tokens_per_second"),
                      ("train/mfu", "mfu")]:
         assert [(e.step, e.value) for e in acc.Scalars(tag)] == [(s["step"], as_float32(s[key])) for s in steps], tag
-    evals = events(tmp_path, "eval")
+    evals = events(run.dir, "eval")
     assert evals and [(e.step, e.value) for e in acc.Scalars("eval/loss")] == \
         [(e["step"], as_float32(e["eval_loss"])) for e in evals]
     for s in steps:  # MFU: the step's model FLOPs over its time and the two ranks' peak
-        assert s["mfu"] == s["model_flops"] / s["seconds"] / (2 * 0.5e12)
+        assert s["mfu"] == s["model_flops"] / s["seconds"] / (2 * PEAK)
         assert s["hardware_flops"] > s["model_flops"] > 0

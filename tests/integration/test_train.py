@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runs import events, losses
+from runs import events, free_port, losses
 
 BIN = Path(os.environ["HERD_BIN"])
 SRC = Path(os.environ["HERD_SOURCE_DIR"])
@@ -93,7 +93,8 @@ def test_the_demo_config_learns(tmp_path):
     config = tmp_path / "demo.yaml"
     config.write_text(text.replace("build/demo/tiny-llama", str(model))
                       .replace("data/sample-vicuna.json", str(SRC / "data" / "sample-vicuna.json"))
-                      .replace("build/demo/", f"{tmp_path}/"))
+                      .replace("build/demo/", f"{tmp_path}/")
+                      .replace("  enabled: true", f"  enabled: true\n  port: {free_port()}\n  worker_port: {free_port()}"))
     out = herd("train", config)
     assert out.returncode == 0, out.stderr
     every = [r["loss"] for r in events(tmp_path, trainer_dir="trainer_outputs")]

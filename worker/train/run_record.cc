@@ -68,8 +68,12 @@ void RunRecord::begin(const client::Gang& gang) {
   if (!tensorboard_ && !tensorboard_dir_.empty()) tensorboard_ = std::make_unique<EventWriter>(tensorboard_dir_);
 }
 
-void RunRecord::scalar(const std::string& tag, uint64_t step, double value) {
-  if (lead_ && tensorboard_) tensorboard_->scalar(tag, step, value);
+void RunRecord::tensorboard(uint64_t step, const std::vector<std::pair<const char*, double>>& scalars) {
+  if (!lead_ || !tensorboard_) return;
+  const auto start = std::chrono::steady_clock::now();
+  for (const auto& [tag, value] : scalars) tensorboard_->scalar(tag, step, value);
+  tensorboard_->flush();
+  export_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 void RunRecord::write(const std::string& event, json record) {
@@ -107,12 +111,12 @@ void RunRecord::step(const StepLog& s, double seconds, uint64_t run_tokens) {
     record["mfu"] = *mfu;
   }
   write("step", std::move(record));
-  scalar("train/loss", s.step, s.loss);
-  scalar("train/learning_rate", s.step, s.learning_rate);
-  scalar("train/grad_norm", s.step, s.grad_norm);
-  scalar("train/tokens_per_second", s.step, tokens_per_second);
-  if (mfu) scalar("train/mfu", s.step, *mfu);
-  if (lead_ && tensorboard_) tensorboard_->flush();
+  std::vector<std::pair<const char*, double>> scalars = {{"train/loss", s.loss},
+                                                         {"train/learning_rate", s.learning_rate},
+                                                         {"train/grad_norm", s.grad_norm},
+                                                         {"train/tokens_per_second", tokens_per_second}};
+  if (mfu) scalars.emplace_back("train/mfu", *mfu);
+  tensorboard(s.step, scalars);
   window_loss_ += s.loss;
   ++window_steps_;
   const uint64_t total = gang_.total_steps;
@@ -138,8 +142,7 @@ void RunRecord::step(const StepLog& s, double seconds, uint64_t run_tokens) {
 
 void RunRecord::eval(uint64_t step, double loss, uint64_t samples) {
   write("eval", {{"step", step}, {"eval_loss", loss}, {"samples", samples}});
-  scalar("eval/loss", step, loss);
-  if (lead_ && tensorboard_) tensorboard_->flush();
+  tensorboard(step, {{"eval/loss", loss}});
   print(fmt::format("eval  step {}/{}  eval_loss {:.4f}  ({} held-out samples)", step, gang_.total_steps, loss,
                     samples));
 }

@@ -17,6 +17,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -61,10 +63,12 @@ class RunRecord {
   void end(const std::string& event, nlohmann::json figures, const std::string& line);
 
   static std::filesystem::path events_file(const Config& config);
+  // Seconds this process spent writing TensorBoard files.
+  double export_seconds() const { return export_seconds_; }
 
  private:
   void write(const std::string& event, nlohmann::json record);
-  void scalar(const std::string& tag, uint64_t step, double value);
+  void tensorboard(uint64_t step, const std::vector<std::pair<const char*, double>>& scalars);
 
   const std::filesystem::path file_;
   const int64_t logging_steps_;
@@ -72,6 +76,7 @@ class RunRecord {
   const std::optional<double> peak_flops_;
   const std::filesystem::path tensorboard_dir_;  // empty: none
   std::unique_ptr<EventWriter> tensorboard_;
+  double export_seconds_ = 0;
   bool lead_ = false;
   client::Gang gang_;
   std::ofstream events_;

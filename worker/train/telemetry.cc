@@ -1,6 +1,6 @@
 #include "worker/train/telemetry.h"
 
-#include <algorithm>
+#include <functional>
 #include <iostream>
 #include <vector>
 
@@ -88,37 +88,48 @@ struct WorkerMetrics::Series {
   Family<Gauge>& mfu;
   Family<Gauge>& peak;
 
-  std::string rank;  // the label of the series below; empty: none yet
-  std::vector<std::pair<Family<Counter>*, Counter*>> counters;
-  std::vector<std::pair<Family<Gauge>*, Gauge*>> gauges;
-  std::vector<std::pair<Family<Histogram>*, Histogram*>> histograms;
+  // The series of the current rank, made once per rank; those with a second label
+  // (an operation, a kind of memory) as they first appear.
+  std::string rank;  // empty: none yet
+  Counter *tokens_of = nullptr, *samples_of = nullptr, *steps_of = nullptr, *model_flops_of = nullptr,
+          *hardware_flops_of = nullptr;
+  Gauge *loss_of = nullptr, *eval_loss_of = nullptr, *learning_rate_of = nullptr, *grad_norm_of = nullptr,
+        *step_of = nullptr, *epoch_of = nullptr, *attempt_of = nullptr, *mfu_of = nullptr;
+  Histogram *step_seconds_of = nullptr, *data_wait_of = nullptr, *checkpoint_of = nullptr;
+  std::map<std::string, Histogram*> collective_of;
+  std::map<std::string, Gauge*> memory_of;
+  std::vector<std::function<void()>> remove;  // of every series made for `rank`
 
-  template <class T>
-  static T& remember(std::vector<std::pair<Family<T>*, T*>>& made, Family<T>& f, T& m) {
-    if (std::find(made.begin(), made.end(), std::pair{&f, &m}) == made.end()) made.emplace_back(&f, &m);
-    return m;
+  template <class T, class... Args>
+  T* make(Family<T>& f, prometheus::Labels labels, Args&&... args) {
+    labels["rank"] = rank;
+    T& m = f.Add(labels, std::forward<Args>(args)...);
+    remove.emplace_back([&f, &m] { f.Remove(&m); });
+    return &m;
   }
-  Counter& counter(Family<Counter>& f, prometheus::Labels extra = {}) {
-    extra["rank"] = rank;
-    return remember(counters, f, f.Add(extra));
-  }
-  Gauge& gauge(Family<Gauge>& f, prometheus::Labels extra = {}) {
-    extra["rank"] = rank;
-    return remember(gauges, f, f.Add(extra));
-  }
-  Histogram& histogram(Family<Histogram>& f, const Histogram::BucketBoundaries& b, prometheus::Labels extra = {}) {
-    extra["rank"] = rank;
-    return remember(histograms, f, f.Add(extra, b));
-  }
-  // Series of a label the first call creates; later calls find them.
-  void relabel(const std::string& r) {
-    for (auto [f, m] : counters) f->Remove(m);
-    for (auto [f, m] : gauges) f->Remove(m);
-    for (auto [f, m] : histograms) f->Remove(m);
-    counters.clear();
-    gauges.clear();
-    histograms.clear();
+
+  void set_rank(const std::string& r) {
+    for (auto& f : remove) f();
+    remove.clear();
+    collective_of.clear();
+    memory_of.clear();
     rank = r;
+    tokens_of = make(tokens, {});
+    samples_of = make(samples, {});
+    steps_of = make(steps, {});
+    model_flops_of = make(model_flops, {});
+    hardware_flops_of = make(hardware_flops, {});
+    loss_of = make(loss, {});
+    learning_rate_of = make(learning_rate, {});
+    grad_norm_of = make(grad_norm, {});
+    step_of = make(step, {});
+    epoch_of = make(epoch, {});
+    attempt_of = make(attempt, {});
+    step_seconds_of = make(step_seconds, {}, seconds_buckets(0.01, 15));
+    data_wait_of = make(data_wait, {}, seconds_buckets(0.0001, 15));
+    eval_loss_of = nullptr;  // once there is an eval
+    checkpoint_of = nullptr;  // once there is a checkpoint
+    mfu_of = nullptr;         // where the peak is known
   }
 };
 
@@ -146,40 +157,54 @@ int WorkerMetrics::port() const {
 }
 
 void WorkerMetrics::attempt(uint64_t attempt, uint32_t rank) {
-  attempt_ = attempt;
   Series& s = *series_;
   if (s.rank != std::to_string(rank)) {
-    s.relabel(std::to_string(rank));
-    if (peak_flops_) s.gauge(s.peak).Set(*peak_flops_);
+    s.set_rank(std::to_string(rank));
+    if (peak_flops_) {
+      s.make(s.peak, {})->Set(*peak_flops_);
+      s.mfu_of = s.make(s.mfu, {});
+    }
   }
-  s.gauge(s.attempt).Set(static_cast<double>(attempt));
+  s.attempt_of->Set(static_cast<double>(attempt));
 }
 
 void WorkerMetrics::step(const StepFigures& f) {
   Series& s = *series_;
-  s.counter(s.tokens).Increment(static_cast<double>(f.tokens));
-  s.counter(s.samples).Increment(static_cast<double>(f.samples));
-  s.counter(s.steps).Increment();
-  s.counter(s.model_flops).Increment(f.model_flops);
-  s.counter(s.hardware_flops).Increment(f.hardware_flops);
-  s.gauge(s.loss).Set(f.loss);
-  s.gauge(s.learning_rate).Set(f.learning_rate);
-  s.gauge(s.grad_norm).Set(f.grad_norm);
-  s.gauge(s.step).Set(static_cast<double>(f.step));
-  s.gauge(s.epoch).Set(f.epoch);
-  s.histogram(s.step_seconds, seconds_buckets(0.01, 15)).Observe(f.seconds);
-  s.histogram(s.data_wait, seconds_buckets(0.0001, 15)).Observe(f.data_wait_seconds);
+  s.tokens_of->Increment(static_cast<double>(f.tokens));
+  s.samples_of->Increment(static_cast<double>(f.samples));
+  s.steps_of->Increment();
+  s.model_flops_of->Increment(f.model_flops);
+  s.hardware_flops_of->Increment(f.hardware_flops);
+  s.loss_of->Set(f.loss);
+  s.learning_rate_of->Set(f.learning_rate);
+  s.grad_norm_of->Set(f.grad_norm);
+  s.step_of->Set(static_cast<double>(f.step));
+  s.epoch_of->Set(f.epoch);
+  s.step_seconds_of->Observe(f.seconds);
+  s.data_wait_of->Observe(f.data_wait_seconds);
   for (const auto& [op, seconds] : f.collective_seconds) {
-    s.histogram(s.collective, seconds_buckets(0.0001, 15), {{"op", op}}).Observe(seconds);
+    auto& h = s.collective_of[op];
+    if (!h) h = s.make(s.collective, {{"op", op}}, seconds_buckets(0.0001, 15));
+    h->Observe(seconds);
   }
-  for (const auto& [kind, bytes] : f.memory_bytes) s.gauge(s.memory, {{"kind", kind}}).Set(bytes);
-  if (peak_flops_ && f.seconds > 0) s.gauge(s.mfu).Set(model::mfu(f.model_flops, f.seconds, *peak_flops_));
+  for (const auto& [kind, bytes] : f.memory_bytes) {
+    auto& g = s.memory_of[kind];
+    if (!g) g = s.make(s.memory, {{"kind", kind}});
+    g->Set(bytes);
+  }
+  if (s.mfu_of && f.seconds > 0) s.mfu_of->Set(model::mfu(f.model_flops, f.seconds, *peak_flops_));
 }
 
-void WorkerMetrics::eval(double loss) { series_->gauge(series_->eval_loss).Set(loss); }
+void WorkerMetrics::eval(double loss) {
+  Series& s = *series_;
+  if (!s.eval_loss_of) s.eval_loss_of = s.make(s.eval_loss, {});
+  s.eval_loss_of->Set(loss);
+}
 
 void WorkerMetrics::checkpoint(double seconds) {
-  series_->histogram(series_->checkpoint, seconds_buckets(0.01, 15)).Observe(seconds);
+  Series& s = *series_;
+  if (!s.checkpoint_of) s.checkpoint_of = s.make(s.checkpoint, {}, seconds_buckets(0.01, 15));
+  s.checkpoint_of->Observe(seconds);
 }
 
 }  // namespace herd::train

@@ -47,7 +47,6 @@ class WorkerMetrics {
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<Series> series_;
   const std::optional<double> peak_flops_;
-  uint64_t attempt_ = 0;
 };
 
 }  // namespace herd::train

@@ -162,6 +162,8 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
   const std::optional<double> peak = peak_flops(config, device);
   RunRecord record(config, options.progress_bar, peak);
   std::optional<WorkerMetrics> metrics;
+  double metrics_seconds = 0;  // the training thread's time in the exporter
+  auto export_seconds = [&] { return metrics_seconds + record.export_seconds(); };
   if (config.metrics.enabled && config.metrics.worker_port > 0) {
     metrics.emplace(static_cast<int>(config.metrics.worker_port) + options.local_rank, peak);
   }
@@ -236,8 +238,10 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
         const auto collectives = timed->take();
         for (const auto& [op, s] : collectives) timings.set_communication_seconds(timings.communication_seconds() + s);
         if (metrics) {
+          const auto export_start = std::chrono::steady_clock::now();
           metrics->step({step, log.epoch, o.loss, lr, o.grad_norm, o.rank_tokens, o.rank_samples, o.rank_flops.model,
                          o.rank_flops.hardware, step_seconds, data_wait, collectives, memory_bytes(device)});
+          metrics_seconds += seconds_since(export_start);
         }
         session.report_step(step, log.loss, o.rank_tokens, timings);
         result.steps.push_back(log);
@@ -261,7 +265,8 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
           result.interrupted = true;
           result.seconds = seconds();
           session.close_stream();
-          record.end("interrupted", {{"step", step}, {"checkpoint", last_checkpoint}},
+          record.end("interrupted",
+                     {{"step", step}, {"checkpoint", last_checkpoint}, {"export_seconds", export_seconds()}},
                      fmt::format("interrupted after step {}: `herd train CONFIG --resume` continues from checkpoint-{}",
                                  step, last_checkpoint));
           return result;
@@ -291,6 +296,7 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
                 {"tokens", result.tokens},
                 {"seconds", result.seconds},
                 {"peak_memory_bytes", result.peak_memory_bytes},
+                {"export_seconds", export_seconds()},
                 {"adapter", result.adapter_dir.string()}},
                fmt::format("done: {} steps in {}, {} tokens, {:.0f} tokens/s, peak memory {:.0f} MiB",
                            result.steps.size(), clock_time(result.seconds), result.tokens,
