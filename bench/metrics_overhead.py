@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
