@@ -1,9 +1,13 @@
 // `herd-coordinator`: the job's coordinator as its own process. Links no libtorch,
-// so it runs in a small CPU-only container.
+// so it runs in a small CPU-only container. A batch job's: once the job has ended
+// and every live worker knows it, it exits — 0 when DONE, 1 when FAILED (or
+// cancelled), 130 when STOPPED (drained) or stopped by a signal first; with --stay
+// it serves until a signal (a Deployment) and then exits 0.
 #include <csignal>
 #include <fstream>
 #include <iostream>
 #include <numeric>
+#include <optional>
 #include <thread>
 
 #include <fmt/format.h>
@@ -38,7 +42,7 @@ int main(int argc, char** argv) {
   app.set_version_flag(
       "--version", [] { return fmt::format("herd-coordinator {} (git {})", herd::version(), herd::git_revision()); });
   std::string config_path, listen = "0.0.0.0:29400", port_file, token_file, state_dir, metrics_listen;
-  bool sample_log = false;
+  bool sample_log = false, stay = false;
   std::vector<uint32_t> synthetic;
   app.add_option("--config", config_path, "The job's YAML config")->required();
   app.add_option("--listen", listen, "HOST:PORT to serve on (port 0 picks a free one)")->capture_default_str();
@@ -51,6 +55,7 @@ int main(int argc, char** argv) {
                  "Serve COUNT synthetic samples of MIN..MAX tokens instead of the config's dataset (load tests)")
       ->expected(3)
       ->delimiter(',');
+  app.add_flag("--stay", stay, "Keep serving after the job has ended, until SIGINT or SIGTERM (a Deployment)");
   app.add_flag("--sample-log", sample_log, "Print the samples of every committed step from the journal, and exit");
   try {
     app.parse(argc, argv);
@@ -109,6 +114,10 @@ int main(int argc, char** argv) {
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     herd::v1::JobStatus last;
+    std::optional<std::chrono::steady_clock::time_point> ended;
+    // Every live worker calls within its heartbeat interval (at most 1 s); one that
+    // does not within the heartbeat timeout is not waited for.
+    const auto grace = std::chrono::duration<double>(config.distributed.heartbeat_timeout_s);
     while (!g_stop) {
       herd::v1::JobStatus now;
       job->GetStatus(&now, false);
@@ -119,9 +128,27 @@ int main(int argc, char** argv) {
                   << std::flush;
         last = now;
       }
+      const bool over = now.state() == herd::v1::DONE || now.state() == herd::v1::FAILED ||
+                        now.state() == herd::v1::STOPPED;
+      if (over && !ended) ended = std::chrono::steady_clock::now();
+      if (over && !stay) {
+        const bool told = job->everyone_told();
+        if (told || std::chrono::steady_clock::now() - *ended > grace) {
+          const int code = co::exit_status(now.state());
+          std::cout << fmt::format("herd-coordinator: the job is {}; {}; exiting {}\n",
+                                   herd::v1::JobState_Name(now.state()),
+                                   told ? "every live worker knows"
+                                        : fmt::format("a worker did not call within {} s", grace.count()),
+                                   code)
+                    << std::flush;
+          server.shutdown();
+          return code;
+        }
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     server.shutdown();
+    return stay ? 0 : ended ? co::exit_status(last.state()) : co::kExitStopped;
   } catch (const std::exception& e) {
     std::cerr << "herd-coordinator: " << e.what() << "\n";
     return 1;

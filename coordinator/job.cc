@@ -268,6 +268,7 @@ Status Job::Heartbeat(const herd::v1::HeartbeatRequest& request, herd::v1::Heart
   Worker* w = nullptr;
   if (auto s = roster_.find(request.worker_id(), &w); !s.ok()) return s;
   w->last_heartbeat = clock_();
+  w->told = terminal_locked();
   w->tokens_per_second = request.stats().tokens_per_second();
   response->set_state(state_);
   response->set_attempt(attempt_);
@@ -342,6 +343,7 @@ Status Job::WaitForGang(const herd::v1::WaitForGangRequest& request, herd::v1::W
     Worker* w = nullptr;
     if (auto s = roster_.find(request.worker_id(), &w); !s.ok()) return s;
     if (terminal_locked()) {
+      w->told = true;
       return error(StatusCode::FAILED_PRECONDITION,
                    fmt::format("the job is {}{}", state_name(state_), message_.empty() ? "" : ": " + message_));
     }
@@ -505,6 +507,9 @@ Job::StreamStep Job::NextStep(const herd::v1::StreamBatchesRequest& request, uin
       return out;
     };
     if (shutdown_) return end(error(StatusCode::UNAVAILABLE, "the coordinator is shutting down"));
+    if (terminal_locked()) {  // the stream's end tells the worker
+      if (Worker* w = nullptr; roster_.find(request.worker_id(), &w).ok()) w->told = true;
+    }
     if (state_ == herd::v1::DONE || state_ == herd::v1::STOPPED || step > total_steps_) return end(Status::OK);
     if (request.attempt() != attempt_ || state_ == herd::v1::RECOVERING) {
       return end(error(StatusCode::ABORTED, fmt::format("attempt {} is over{}: call WaitForGang", request.attempt(),
@@ -617,6 +622,10 @@ Status Job::CommitCheckpoint(const herd::v1::CommitCheckpointRequest& request,
   ledger_.commit_checkpoint(shares->front());
   response->set_committed(true);
   if (step == total_steps_) {
+    for (const auto& id : roster_.gang()) {  // each reported its share of the last step's checkpoint
+      Worker* member = nullptr;
+      if (roster_.find(id, &member).ok()) member->told = true;
+    }
     journal_locked(kDone, json{{"step", step}}.dump());
     set_state_locked(herd::v1::DONE, "");
   } else if (drain_requested_) {
@@ -699,6 +708,11 @@ void Job::tick() {
   }
   roster_.forget_dead(attempt_, now);
   try_form_gang_locked(now);
+}
+
+bool Job::everyone_told() const {
+  std::lock_guard lock(mutex_);
+  return terminal_locked() && roster_.all_told();
 }
 
 void Job::shutdown() {

@@ -68,6 +68,13 @@ enum RecordType : uint32_t {
 // dropped, so over a finished job each sample of an epoch appears exactly once.
 std::map<uint64_t, std::vector<uint64_t>> trained_samples(const std::vector<JournalRecord>& records);
 
+// How a job's end reads as a process's exit status (herd-coordinator's, a worker's):
+// DONE 0, STOPPED (drained, or stopped by a signal at a checkpoint) 130, FAILED 1.
+constexpr int kExitStopped = 130;
+inline int exit_status(herd::v1::JobState state) {
+  return state == herd::v1::DONE ? 0 : state == herd::v1::STOPPED ? kExitStopped : 1;
+}
+
 class Job;
 
 // The job a config describes: its train split of the tokenized dataset (built
@@ -141,6 +148,11 @@ class Job {
   void GetStatus(herd::v1::JobStatus* response, bool ranks = true) const;
   grpc::Status Drain(herd::v1::OperatorResponse* response);
   grpc::Status Cancel(const herd::v1::CancelRequest& request, herd::v1::OperatorResponse* response);
+
+  // The job has ended and every live worker knows it (a heartbeat, a gang wait or
+  // its stream answered the end; or, DONE, it reported its share of the last
+  // checkpoint): the coordinator of a batch job may exit.
+  bool everyone_told() const;
 
   // Declares workers whose heartbeat is overdue dead and forms a smaller gang when
   // the replacement wait is over. The service calls it several times a second.

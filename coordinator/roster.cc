@@ -46,6 +46,10 @@ size_t Roster::alive() const {
   return std::count_if(workers_.begin(), workers_.end(), [](const auto& kv) { return kv.second.alive; });
 }
 
+bool Roster::all_told() const {
+  return std::all_of(workers_.begin(), workers_.end(), [](const auto& kv) { return !kv.second.alive || kv.second.told; });
+}
+
 std::vector<Roster::Worker*> Roster::alive_by_arrival() {
   std::vector<Worker*> out;
   for (auto& [id, w] : workers_) {

@@ -24,6 +24,7 @@ class Roster {
     uint32_t rank = 0;
     uint64_t reported = 0;  // last step it reported in that attempt
     double tokens_per_second = 0;
+    bool told = false;  // knows the job has ended
   };
 
   // Worker ids carry the coordinator's incarnation ("w{incarnation}-{seq}"), so a
@@ -35,6 +36,8 @@ class Roster {
   // The live worker `id`, or the status that explains why there is none.
   grpc::Status find(const std::string& id, Worker** out);
   size_t alive() const;
+  // Whether every live worker knows the job has ended.
+  bool all_told() const;
   // The live workers, earliest registered first.
   std::vector<Worker*> alive_by_arrival();
   // Live workers silent for longer than `timeout_s`.

@@ -72,11 +72,6 @@ int64_t resident_mib() {
 
 std::string port_of(const std::string& address) { return address.substr(address.rfind(':') + 1); }
 
-// The exit status of a job that ended for this worker.
-int exit_status(v1::JobState state) {
-  return state == v1::DONE ? 0 : state == v1::STOPPED ? kInterrupted : 1;
-}
-
 // One worker: trains until the job ends for it; answers the exit status.
 int train_as_worker(const Config& config, const client::ClientOptions& client, int local_rank,
                     const volatile std::sig_atomic_t* stop) {
@@ -101,7 +96,7 @@ int train_as_worker(const Config& config, const client::ClientOptions& client, i
   } catch (const client::JobOver& e) {
     // The job ended without this worker (a spare), or otherwise.
     std::cout << "herd worker: " << e.what() << std::endl;
-    return exit_status(e.state());
+    return coordinator::exit_status(e.state());
   }
 }
 
@@ -257,7 +252,7 @@ int supervise(HostedCoordinator& hosted, const std::string& config_path, int wor
                              status.message().empty() ? "" : ": " + status.message());
     return 1;
   }
-  return failed ? 1 : exit_status(status.state());
+  return failed ? 1 : coordinator::exit_status(status.state());
 }
 
 }  // namespace

@@ -123,19 +123,25 @@ metrics: {{enabled: false}}
     return config
 
 
-@pytest.fixture
-def coordinator(tiny_job, tmp_path):
-    """herd-coordinator for the tiny job on a free loopback port: yields HOST:PORT."""
+def start_coordinator(tiny_job, tmp_path, *flags):
+    """herd-coordinator for the tiny job on a free loopback port: the process and HOST:PORT."""
     port_file = tmp_path / "port"
     proc = subprocess.Popen([str(BIN / "herd-coordinator"), "--config", str(tiny_job), "--listen", "127.0.0.1:0",
-                             "--port-file", str(port_file), "--state-dir", str(tmp_path / "state")],
+                             "--port-file", str(port_file), "--state-dir", str(tmp_path / "state"), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not port_file.exists() and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    return proc, f"127.0.0.1:{int(port_file.read_text())}"
+
+
+@pytest.fixture
+def coordinator(tiny_job, tmp_path):
+    """A coordinator that serves after its job has ended (--stay, as a Deployment): yields HOST:PORT."""
+    proc, address = start_coordinator(tiny_job, tmp_path, "--stay")
     try:
-        deadline = time.time() + 60
-        while not port_file.exists() and time.time() < deadline:
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.05)
-        yield f"127.0.0.1:{int(port_file.read_text())}"
+        yield address
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
@@ -176,6 +182,21 @@ def test_operators_drain_and_cancel(coordinator, tiny_job):
     assert out.stdout.startswith("job tiny-job: FAILED") and "message: cancelled: bad data" in out.stdout
     out = herd("cancel", "--coordinator", coordinator, env=token_env())
     assert out.returncode == 1 and "answered FAILED_PRECONDITION: the job is FAILED" in out.stderr
+
+
+@pytest.mark.parametrize("operator, code, state", [("drain", 130, "STOPPED"), ("cancel", 1, "FAILED")])
+def test_a_batch_coordinator_exits_when_its_job_ends(tiny_job, tmp_path, operator, code, state):
+    """Without --stay, once the job has ended and every live worker knows it (here there are none),
+    herd-coordinator exits: 130 for a drained job, 1 for a cancelled one (0 for DONE: test_distributed)."""
+    proc, address = start_coordinator(tiny_job, tmp_path)
+    try:
+        out = herd(operator, "--coordinator", address, env=token_env())
+        assert out.returncode == 0, out.stderr
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, out + err
+    assert f"herd-coordinator: the job is {state}; every live worker knows; exiting {code}" in out
 
 
 def test_status_with_a_wrong_or_missing_token_is_refused(coordinator, tmp_path):

@@ -158,9 +158,15 @@ class Coordinator:
         assert out.returncode == 0, out.stderr
         return {int(l.split()[0]): [int(x) for x in l.split()[1:]] for l in out.stdout.splitlines()}
 
+    def ended(self):
+        """A batch coordinator exits by itself once its job has ended: its status and what it printed."""
+        out = self.proc.communicate(timeout=60)[0]
+        return self.proc.returncode, out
+
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.communicate(timeout=30)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.communicate(timeout=30)
 
 
 def logs(tmp_path, *names):
@@ -175,10 +181,28 @@ def test_coordinator_launched_workers_equal_one_rank(model, tmp_path, one_rank):
         workers = [coord.worker(tmp_path / f"w{i}.log", with_config=i == 0) for i in range(2)]
         for w in workers:
             assert w.wait(timeout=300) == 0
-        assert coord.status()["state"] == "DONE"
+        code, out = coord.ended()
+        assert code == 0 and "herd-coordinator: the job is DONE; every live worker knows; exiting 0" in out, out
     finally:
         coord.stop()
     assert_same((losses(tmp_path), adapter(tmp_path)), one_rank)
+
+
+def test_a_cancelled_job_fails_its_workers_and_its_coordinator(model, tmp_path):
+    """Exit statuses a batch system reads: `herd cancel` mid-run makes both workers and the
+    herd-coordinator exit 1 (a Job's failure policy applies); DONE is 0 (the test above)."""
+    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, steps=200, extra="distributed: {world_size: 2}\n")
+    coord = Coordinator(c, tmp_path / "state")
+    try:
+        workers = [coord.worker(tmp_path / f"w{i}.log") for i in range(2)]
+        wait_for_recorded_step(2, tmp_path, workers)
+        out = herd("cancel", "--coordinator", coord.address, "--reason", "test", env=dict(os.environ, HERD_JOB_TOKEN=TOKEN))
+        assert out.returncode == 0, out.stderr
+        assert [w.wait(timeout=60) for w in workers] == [1, 1], logs(tmp_path, "w0", "w1")
+        code, text = coord.ended()
+        assert code == 1 and "herd-coordinator: the job is FAILED; every live worker knows; exiting 1" in text, text
+    finally:
+        coord.stop()
 
 
 def wait_for_recorded_step(step, out, procs):
@@ -213,8 +237,9 @@ def disrupted_run(model, tmp_path, distributed, at_step, disrupt):
         wait_for_recorded_step(at_step, tmp_path, [a, b])
         for w in disrupt(coord, a, b):
             assert w.wait(timeout=300) == 0, "".join(f.read_text() for f in tmp_path.glob("*.log"))
-        status = coord.status()
-        assert status["state"] == "DONE" and int(status["attempt"]) >= 2, status
+        code, out = coord.ended()
+        assert code == 0 and "the job is DONE; every live worker knows; exiting 0" in out, out
+        assert int(re.findall(r"^herd-coordinator: DONE attempt (\d+)", out, re.M)[-1]) >= 2, out
     finally:
         coord.stop()
     return coord

@@ -280,7 +280,10 @@ def test_herd_coordinator_and_two_workers(model, tls, reference, tmp_path, index
                        for _ in range(2)]
         codes, outs = finish(workers)
         assert codes == [0, 0], outs
+        out = coordinator.communicate(timeout=60)[0]  # a batch coordinator exits by itself: DONE is 0
+        assert coordinator.returncode == 0 and "the job is DONE; every live worker knows; exiting 0" in out, out
     finally:
-        coordinator.send_signal(signal.SIGTERM)
-        coordinator.communicate(timeout=30)
+        if coordinator.poll() is None:
+            coordinator.send_signal(signal.SIGTERM)
+            coordinator.communicate(timeout=30)
     assert_same(tmp_path, reference)

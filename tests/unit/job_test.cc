@@ -395,17 +395,42 @@ TEST(Job, DrainingAMemberThatReportedItsCheckpointMayLeaveFirst) {
   EXPECT_EQ(g.status().checkpoint_step(), 2u);
 }
 
-TEST(Job, DoneWhenTheLastStepsCheckpointIsCommitted) {
+TEST(Job, DoneWhenTheLastStepsCheckpointIsCommittedAndTheSpareIsToldByItsHeartbeat) {
   Fixture f(1, 4);
   f.settings.num_train_epochs = 1;
   f.reopen({});
-  const auto a = f.add();
+  const auto a = f.add(), spare = f.add();
   ASSERT_EQ(f.job->total_steps(), 2u);  // 4 samples, global batch 2
   ASSERT_TRUE(f.report(a, 1, 1).ok());
   ASSERT_TRUE(f.report(a, 1, 2).ok());
   EXPECT_EQ(f.status().state(), v1::RUNNING);
+  ASSERT_TRUE(f.beat(spare).ok());
+  EXPECT_FALSE(f.job->everyone_told());  // not ended
   ASSERT_TRUE(f.checkpoint(a, 1, 2).ok());
   EXPECT_EQ(f.status().state(), v1::DONE);
+  EXPECT_FALSE(f.job->everyone_told());  // a knows (it committed the last checkpoint); the spare does not yet
+  v1::HeartbeatResponse r;
+  ASSERT_TRUE(f.beat(spare, &r).ok());
+  EXPECT_EQ(r.state(), v1::DONE);
+  EXPECT_TRUE(f.job->everyone_told());
+}
+
+TEST(Job, ACancelledJobsMembersAreToldByTheirStreamOrByDyingSilent) {
+  Fixture f(2);
+  const auto a = f.add();
+  f.add();  // b: silent from here on
+  f.now += 8;
+  ASSERT_TRUE(f.beat(a).ok());
+  v1::OperatorResponse r;
+  ASSERT_TRUE(f.job->Cancel(v1::CancelRequest(), &r).ok());
+  v1::StreamBatchesRequest q;
+  q.set_worker_id(a);
+  q.set_attempt(1);
+  ASSERT_TRUE(f.job->NextStep(q, 1).end);  // a's stream ends: a knows
+  EXPECT_FALSE(f.job->everyone_told());    // b does not
+  f.now += 3;
+  f.job->tick();  // b missed its heartbeats (11 s), a has not (3 s): the dead need not be told
+  EXPECT_TRUE(f.job->everyone_told());
 }
 
 }  // namespace
