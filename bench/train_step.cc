@@ -296,6 +296,9 @@ int main(int argc, char** argv) {
     if (!config_path.empty()) return train_config(config_path, steps);
     torch::Device device(device_name);
     if (device.is_cuda() && !device.has_index()) device = torch::Device(torch::kCUDA, 0);
+    if (device.is_cuda() && !torch::cuda::is_available()) {
+      throw std::runtime_error("--device " + device_name + ": no CUDA GPU is visible here; use --device cpu");
+    }
     const Shape shape = named_shape(shape_name);
     per_layer = per_layer || shape_name == "70b-layer";
     const double t_build = now();
