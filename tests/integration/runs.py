@@ -1,8 +1,28 @@
-"""What a run left behind, read as values: its events file and its adapter; and free ports for one."""
+"""A tiny job's config; what a run left behind, read as values (its events file, its adapter); free
+ports for one."""
 import json
+import os
 import socket
+from pathlib import Path
 
 from safetensors.torch import load_file
+
+
+def config(path, model, out, accumulation, steps=12, extra=""):
+    """Global batch 2 x accumulation x ranks; dropout 0 so that ranks draw nothing."""
+    path.write_text(f"""model_name: t
+base_model: {model}
+model_context_window: 128
+data: {{type: vicuna, dataset: {Path(os.environ['HERD_SOURCE_DIR']) / 'data' / 'sample-vicuna.json'}}}
+lora: {{r: 8, lora_alpha: 16, target_modules: all-linear, lora_dropout: 0.0, bias: none, task_type: CAUSAL_LM}}
+trainer: {{device: cpu, batch_size: 2, gradient_accumulation_steps: {accumulation}, warmup_steps: 3, num_train_epochs: 1,
+          max_steps: {steps}, learning_rate: 0.01, logging_steps: 1, seed: 7}}
+trainer_output_dir: {out}/trainer
+model_output_dir: {out}/models
+quantization: {{enabled: true, compute_dtype: float32}}
+metrics: {{enabled: false}}
+""" + extra)
+    return path
 
 
 def events(run_dir, event="step", trainer_dir="trainer"):

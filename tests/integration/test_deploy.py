@@ -7,28 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from runs import adapter, losses
+from runs import adapter, config, losses
 
 BIN = Path(os.environ["HERD_BIN"])
 SRC = Path(os.environ["HERD_SOURCE_DIR"])
-
-
-def config(d, model):
-    path = d / "c.yaml"
-    path.write_text(f"""model_name: t
-base_model: {model}
-model_context_window: 128
-data: {{type: vicuna, dataset: {SRC / 'data' / 'sample-vicuna.json'}}}
-lora: {{r: 8, lora_alpha: 16, target_modules: all-linear, lora_dropout: 0.0, bias: none, task_type: CAUSAL_LM}}
-trainer: {{device: cpu, batch_size: 2, gradient_accumulation_steps: 2, warmup_steps: 3, num_train_epochs: 1,
-          max_steps: 8, learning_rate: 0.01, logging_steps: 1, seed: 7}}
-trainer_output_dir: {d}/trainer
-model_output_dir: {d}/models
-quantization: {{enabled: true, compute_dtype: float32}}
-distributed: {{world_size: 2}}
-metrics: {{enabled: false}}
-""")
-    return path
 
 
 def documented(section, program):
@@ -42,9 +24,10 @@ def documented(section, program):
 def test_the_mpirun_line_trains_as_herd_train_workers_2(model, tmp_path):
     line = documented("mpirun", "deploy/mpi/herd-mpirun")
     assert re.fullmatch(r"HERD_BIN=build/bin/herd deploy/mpi/herd-mpirun hostfile \d+ job.yaml", line), line
+    job = lambda d: config(d / "c.yaml", model, d, accumulation=2, steps=8, extra="distributed: {world_size: 2}\n")
     ref = tmp_path / "ref"
     ref.mkdir()
-    out = subprocess.run([str(BIN / "herd"), "train", str(config(ref, model)), "--workers", "2"], capture_output=True,
+    out = subprocess.run([str(BIN / "herd"), "train", str(job(ref)), "--workers", "2"], capture_output=True,
                          text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr
 
@@ -53,7 +36,7 @@ def test_the_mpirun_line_trains_as_herd_train_workers_2(model, tmp_path):
     (run / "hostfile").write_text("localhost slots=2\n")
     # As docs/deploy.md runs it, on 2 ranks of this host: MPI over loopback, root allowed in a container.
     out = subprocess.run([str(SRC / "deploy" / "mpi" / "herd-mpirun"), str(run / "hostfile"), "2",
-                          str(config(run, model))], capture_output=True, text=True, timeout=300, cwd=SRC,
+                          str(job(run))], capture_output=True, text=True, timeout=300, cwd=SRC,
                          env=dict(os.environ, HERD_BIN=str(BIN / "herd"), HERD_MPI_IFACE="lo",
                                   HERD_MPIRUN_ARGS="--allow-run-as-root", OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stdout + out.stderr

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from runs import adapter, events, free_port, losses
+from runs import adapter, config, events, free_port, losses
 
 BIN = Path(os.environ["HERD_BIN"])
-SRC = Path(os.environ["HERD_SOURCE_DIR"])
 HELD = re.compile(r"^rank (\d+) of (\d+) \(attempt (\d+)\): base weights held (\d+) of (\d+) bytes; resident \d+ MiB$", re.M)
 TOKEN = "distributed-test-token"
 # Sums over ranks happen in another order than one rank's accumulation: fp32 rounding.
@@ -25,23 +24,6 @@ LOSS_RTOL, ADAPTER_ATOL = 1e-5, 2e-5
 def herd(*args, timeout=300, env=None):
     return subprocess.run([str(BIN / "herd"), *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env=env)
-
-
-def config(path, model, out, accumulation, steps=12, extra=""):
-    """Global batch 2 x accumulation x ranks; dropout 0 so that ranks draw nothing."""
-    path.write_text(f"""model_name: t
-base_model: {model}
-model_context_window: 128
-data: {{type: vicuna, dataset: {SRC / 'data' / 'sample-vicuna.json'}}}
-lora: {{r: 8, lora_alpha: 16, target_modules: all-linear, lora_dropout: 0.0, bias: none, task_type: CAUSAL_LM}}
-trainer: {{device: cpu, batch_size: 2, gradient_accumulation_steps: {accumulation}, warmup_steps: 3, num_train_epochs: 1,
-          max_steps: {steps}, learning_rate: 0.01, logging_steps: 1, seed: 7}}
-trainer_output_dir: {out}/trainer
-model_output_dir: {out}/models
-quantization: {{enabled: true, compute_dtype: float32}}
-metrics: {{enabled: false}}
-""" + extra)
-    return path
 
 
 def assert_same(run, reference):
