@@ -125,10 +125,10 @@ std::optional<double> peak_flops(const Config& config, torch::Device device) {
   return std::nullopt;
 }
 
-// This rank of `gang`: its collective over `store` (timed by operation), and the
-// base model read from `base`.
-comm::Timed* join_gang(Replica& r, const Config& config, const std::filesystem::path& base, comm::Store& store,
-                       const client::Gang& gang, const WorkerOptions& options) {
+// This rank of `gang` on `device`: its collective over `store` (timed by
+// operation), and the base model read from `base`.
+comm::Timed* join_gang(Replica& r, const Config& config, torch::Device device, const std::filesystem::path& base,
+                       comm::Store& store, const client::Gang& gang, const WorkerOptions& options) {
   comm::CollectiveOptions co;
   co.rank = static_cast<int>(gang.rank);
   co.size = static_cast<int>(gang.world_size);
@@ -137,7 +137,6 @@ comm::Timed* join_gang(Replica& r, const Config& config, const std::filesystem::
   co.hostname = options.gloo_hostname;
   co.device = options.local_rank;
   if (const char* iface = std::getenv("GLOO_SOCKET_IFNAME")) co.iface = iface;
-  const torch::Device device = training_device(config, options.local_rank);
   auto timed = std::make_unique<comm::Timed>(
       comm::connect(co.size > 1 ? collective_backend(config, device) : "local", store, co));
   comm::Timed* out = timed.get();
@@ -180,7 +179,7 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
     Replica r;
     comm::Timed* timed = nullptr;
     try {
-      timed = join_gang(r, config, base, store, gang, options);
+      timed = join_gang(r, config, device, base, store, gang, options);
     } catch (const comm::CommError& e) {
       std::cout << fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()) << std::endl;
       session.report_failure(e.what());
