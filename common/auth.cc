@@ -1,5 +1,6 @@
 #include "common/auth.h"
 
+#include <cctype>
 #include <fstream>
 #include <sstream>
 
@@ -18,20 +19,29 @@ std::string read_secret_file(const std::string& path, const char* what) {
 }
 
 namespace {
-std::string token_from_file(const std::string& path) {
-  std::string t = read_secret_file(path, "the job token");
-  while (!t.empty() && (t.back() == '\n' || t.back() == '\r' || t.back() == ' ')) t.pop_back();
-  if (t.empty()) throw AuthError(fmt::format("{}: the job token file is empty", path));
+// A token as gRPC can send it: trailing white space (a file or Secret made with
+// `openssl rand -hex 32 >`, `echo`) dropped, then visible ASCII only.
+std::string checked_token(std::string t, const std::string& from) {
+  while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+  if (t.empty()) throw AuthError(fmt::format("{}: the job token is empty", from));
+  for (char c : t) {
+    if (c < 0x21 || c > 0x7e) {
+      throw AuthError(fmt::format("{}: the job token may hold only visible ASCII characters (e.g. hex), found "
+                                  "byte 0x{:02x}", from, static_cast<unsigned char>(c)));
+    }
+  }
   return t;
 }
 }  // namespace
 
 std::optional<std::string> resolve_token(const std::string& token_file, const SecurityConfig* security,
                                          const EnvLookup& env) {
-  if (!token_file.empty()) return token_from_file(token_file);
-  if (auto t = env("HERD_JOB_TOKEN"); t && !t->empty()) return *t;
-  if (security && !security->token_file.empty()) return token_from_file(security->token_file);
-  if (security && !security->token.empty()) return security->token;
+  if (!token_file.empty()) return checked_token(read_secret_file(token_file, "the job token"), token_file);
+  if (auto t = env("HERD_JOB_TOKEN"); t && !t->empty()) return checked_token(*t, "HERD_JOB_TOKEN");
+  if (security && !security->token_file.empty()) {
+    return checked_token(read_secret_file(security->token_file, "the job token"), security->token_file);
+  }
+  if (security && !security->token.empty()) return checked_token(security->token, "security.token");
   return std::nullopt;
 }
 

@@ -20,8 +20,9 @@ class AuthError : public std::runtime_error {
 };
 
 // The token, from the first of: `token_file` (a flag), $HERD_JOB_TOKEN,
-// security.token_file, security.token. nullopt when none is given; AuthError for
-// an unreadable or empty file.
+// security.token_file, security.token, trailing white space dropped. nullopt when
+// none is given; AuthError for an unreadable file, an empty token, or one with a
+// byte outside visible ASCII (gRPC cannot send it).
 std::optional<std::string> resolve_token(const std::string& token_file, const SecurityConfig* security,
                                          const EnvLookup& env);
 
