@@ -41,8 +41,9 @@ int main(int argc, char** argv) {
   CLI::App app{"herd-coordinator: owns a herd job, schedules its workers and streams their data"};
   app.set_version_flag(
       "--version", [] { return fmt::format("herd-coordinator {} (git {})", herd::version(), herd::git_revision()); });
-  std::string config_path, listen = "0.0.0.0:29400", port_file, token_file, state_dir, metrics_listen;
+  std::string config_path, listen = "0.0.0.0:29400", port_file, token_file, state_dir, metrics_listen, health_listen;
   bool sample_log = false, stay = false;
+  int64_t world_size = 0;
   std::vector<uint32_t> synthetic;
   app.add_option("--config", config_path, "The job's YAML config")->required();
   app.add_option("--listen", listen, "HOST:PORT to serve on (port 0 picks a free one)")->capture_default_str();
@@ -51,6 +52,12 @@ int main(int argc, char** argv) {
   app.add_option("--state-dir", state_dir, "Where the journal lives (default: {trainer_output_dir}/coordinator)");
   app.add_option("--metrics-listen", metrics_listen,
                  "HOST:PORT of the Prometheus endpoint (default: 0.0.0.0:{metrics.port} when metrics.enabled)");
+  app.add_option("--health-listen", health_listen,
+                 "HOST:PORT of a plaintext port that serves only the gRPC health service (for probes that speak no "
+                 "TLS, as Kubernetes' do)");
+  app.add_option("--world-size", world_size, "Workers in the gang, in place of distributed.world_size (a Job's "
+                 "completions)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--synthetic-data", synthetic,
                  "Serve COUNT synthetic samples of MIN..MAX tokens instead of the config's dataset (load tests)")
       ->expected(3)
@@ -70,6 +77,7 @@ int main(int argc, char** argv) {
     std::cerr << e.what() << "\n";
     return 1;
   }
+  if (world_size > 0) config.set_world_size(world_size);
   const std::filesystem::path dir =
       state_dir.empty() ? std::filesystem::path(config.trainer_output_dir) / "coordinator" : std::filesystem::path(state_dir);
   const auto journal_file = dir / "journal.log";
@@ -84,6 +92,7 @@ int main(int argc, char** argv) {
     }
     auto options = co::ServerOptions::from_config(config, listen, *token);
     if (!metrics_listen.empty()) options.metrics_listen = metrics_listen;
+    options.health_listen = health_listen;
 
     std::unique_ptr<co::Job> job;
     if (synthetic.empty()) {
@@ -101,9 +110,12 @@ int main(int argc, char** argv) {
                              "{:.3f} at worst, {:.3f} on average\n",
                              job->settings().global_batch(), most, mean);
     co::CoordinatorServer server(*job, options);
-    std::cout << fmt::format("herd-coordinator: job {}: {} steps ({} per epoch); journal {}; serving on port {}{}{}\n",
-                             config.model_name, job->total_steps(), job->steps_per_epoch(), journal_file.string(),
-                             server.port(), options.tls_cert_pem.empty() ? "" : " (TLS)",
+    std::cout << fmt::format("herd-coordinator: job {}: {} steps ({} per epoch) for {} workers; journal {}; serving on "
+                             "port {}{}{}{}\n",
+                             config.model_name, job->total_steps(), job->steps_per_epoch(),
+                             config.distributed.world_size, journal_file.string(), server.port(),
+                             options.tls_cert_pem.empty() ? "" : " (TLS)",
+                             server.health_port() ? fmt::format("; health on port {}", server.health_port()) : "",
                              server.metrics_port() ? fmt::format("; metrics on port {}", server.metrics_port()) : "")
               << std::flush;
     if (!port_file.empty()) {

@@ -26,6 +26,14 @@ std::filesystem::path Config::adapter_dir() const {
   return std::filesystem::path(model_output_dir) / (model_name + "_adapter");
 }
 
+void Config::set_world_size(int64_t n) {
+  const bool min_given = std::any_of(resolved.begin(), resolved.end(), [](const ResolvedValue& v) {
+    return v.key == "distributed.min_workers" && v.origin != "default";
+  });
+  distributed.world_size = n;
+  distributed.min_workers = min_given ? std::min(distributed.min_workers, n) : n;
+}
+
 std::string ConfigDiagnostic::str() const {
   std::string where = file;
   if (line > 0) where += fmt::format(":{}:{}", line, column);

@@ -131,6 +131,10 @@ struct Config {
 
   // {model_output_dir}/{model_name}_adapter, as the seed's trainer saved it.
   std::filesystem::path adapter_dir() const;
+  // The gang size a launcher gives (mpirun's -np, a Job's completions) in place of
+  // distributed.world_size: min_workers follows it when the file leaves it unset,
+  // and is capped by it otherwise.
+  void set_world_size(int64_t n);
 };
 
 struct ConfigDiagnostic {

@@ -368,6 +368,19 @@ CoordinatorServer::CoordinatorServer(Job& job, const ServerOptions& options)
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
   server_ = builder.BuildAndStart();
   if (!server_ || port_ == 0) throw std::runtime_error(fmt::format("coordinator: cannot listen on {}", options.listen));
+  if (!options.health_listen.empty()) {
+    // The default health service, and UNIMPLEMENTED for any other method (a server
+    // needs a service of its own to serve the default one).
+    grpc::ServerBuilder health;
+    unimplemented_ = std::make_unique<grpc::CallbackGenericService>();
+    health.RegisterCallbackGenericService(unimplemented_.get());
+    health.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(), &health_port_);
+    health_server_ = health.BuildAndStart();
+    if (!health_server_ || health_port_ == 0) {
+      server_->Shutdown();
+      throw std::runtime_error(fmt::format("coordinator: cannot serve health on {}", options.health_listen));
+    }
+  }
   if (!options.metrics_listen.empty()) {
     try {
       exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_listen);
@@ -379,6 +392,7 @@ CoordinatorServer::CoordinatorServer(Job& job, const ServerOptions& options)
     exposer_->RegisterCollectable(metrics_->registry());
   }
   server_->GetHealthCheckService()->SetServingStatus(true);
+  if (health_server_) health_server_->GetHealthCheckService()->SetServingStatus(true);
   pump_ = std::thread([this] { service_->pump(pump_stop_); });
   reaper_ = std::thread([this] {
     const auto period = std::chrono::duration<double>(std::clamp(job_.settings().heartbeat_timeout_s / 4, 0.02, 0.25));
@@ -403,11 +417,13 @@ int CoordinatorServer::metrics_port() const {
 void CoordinatorServer::shutdown() {
   if (stop_.exchange(true)) return;
   server_->GetHealthCheckService()->SetServingStatus(false);
+  if (health_server_) health_server_->GetHealthCheckService()->SetServingStatus(false);
   if (reaper_.joinable()) reaper_.join();
   job_.shutdown();  // ends the blocking calls and the streams, so the server can finish them
   pump_stop_ = true;
   if (pump_.joinable()) pump_.join();
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (health_server_) health_server_->Shutdown(std::chrono::system_clock::now());
 }
 
 }  // namespace herd::coordinator

@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 
 #include "coordinator/job.h"
@@ -31,6 +32,8 @@ struct ServerOptions {
   std::string token;                      // required
   std::string tls_cert_pem, tls_key_pem;  // TLS when set
   std::string metrics_listen;             // HOST:PORT of the Prometheus endpoint; empty: none
+  std::string health_listen;              // HOST:PORT of a plaintext port serving only the health service
+                                          // (Kubernetes' gRPC probes speak no TLS); empty: none
   std::string config_yaml, config_source; // served by GetJobConfig
   size_t max_message_bytes = 1 << 20;     // larger requests are refused (RESOURCE_EXHAUSTED)
 };
@@ -101,8 +104,9 @@ class CoordinatorService final : public ServiceBase {
 };
 
 // A running coordinator: the job's service bound to an address, the standard gRPC
-// health service (SERVING while it serves: what a Kubernetes probe asks), its
-// reaper thread (heartbeat deadlines) and its metrics endpoint.
+// health service (SERVING while it serves: what a Kubernetes probe asks; also on a
+// plaintext port of its own when asked), its reaper thread (heartbeat deadlines)
+// and its metrics endpoint.
 class CoordinatorServer {
  public:
   CoordinatorServer(Job& job, const ServerOptions& options);  // throws on failure
@@ -110,6 +114,7 @@ class CoordinatorServer {
 
   int port() const { return port_; }
   int metrics_port() const;  // 0 without an endpoint
+  int health_port() const { return health_port_; }  // 0 without a health port of its own
   void shutdown();
 
  private:
@@ -117,8 +122,9 @@ class CoordinatorServer {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<CoordinatorService> service_;
-  std::unique_ptr<grpc::Server> server_;
-  int port_ = 0;
+  std::unique_ptr<grpc::CallbackGenericService> unimplemented_;  // the health port's every other method
+  std::unique_ptr<grpc::Server> server_, health_server_;
+  int port_ = 0, health_port_ = 0;
   std::atomic<bool> stop_{false}, pump_stop_{false};
   std::thread reaper_, pump_;
 };

@@ -36,8 +36,7 @@ client::ClientOptions worker_client_options(const Config& config, const std::str
 
 HostedCoordinator::HostedCoordinator(const Config& config, const HostOptions& options)
     : config_(config), token_(options.token) {
-  config_.distributed.world_size = options.world_size;
-  if (config_.distributed.min_workers > options.world_size) config_.distributed.min_workers = options.world_size;
+  config_.set_world_size(options.world_size);
   const fs::path journal = fs::path(config_.trainer_output_dir) / "coordinator" / "journal.log";
   if (options.fresh) fs::remove(journal);
   job_ = coordinator::load_job(config_, journal);

@@ -255,10 +255,10 @@ def test_herd_coordinator_and_two_workers(model, tls, reference, tmp_path, index
     """Workers given the coordinator by flag, or as a Kubernetes Indexed Job's pods (JOB_COMPLETION_INDEX
     and HERD_COORDINATOR, no config: they fetch the coordinator's)."""
     cfg = config(tmp_path, model, tls, 2)
-    port_file = tmp_path / "port"
+    port_file, health_port = tmp_path / "port", free_port()
     coordinator = subprocess.Popen([str(BIN / "herd-coordinator"), "--config", str(cfg), "--listen", "127.0.0.1:0",
-                                    "--port-file", str(port_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
+                                    "--port-file", str(port_file), "--health-listen", f"127.0.0.1:{health_port}"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 60
         while not port_file.exists():
@@ -267,6 +267,11 @@ def test_herd_coordinator_and_two_workers(model, tls, reference, tmp_path, index
         port = int(port_file.read_text())
         metrics_port = yaml.safe_load(cfg.read_text())["metrics"]["port"]
         probe(port, metrics_port, cfg, tls)
+        # The health port speaks plaintext (Kubernetes' probes), and only health.
+        plain_health = herd("status", "--coordinator", f"127.0.0.1:{health_port}", "--health", "--json")
+        assert plain_health.returncode == 0 and json.loads(plain_health.stdout) == {"health": "SERVING"}
+        status = herd("status", "--coordinator", f"127.0.0.1:{health_port}", "--token-file", tls / "token")
+        assert status.returncode == 1 and "UNIMPLEMENTED" in status.stderr, status.stderr
         address = f"localhost:{port}"
         if indexed_job:
             workers = [subprocess.Popen([str(BIN / "herd"), "worker"], stdout=subprocess.PIPE,

@@ -112,6 +112,18 @@ TEST(Config, HerdSectionsOverrideDefaults) {
   EXPECT_EQ(value_of(c, "distributed.world_size"), "8 @ x.yaml:31");
 }
 
+TEST(Config, ALaunchersWorldSizeCarriesMinWorkersUnlessTheFileSetsIt) {
+  Config unset = parse_config(seed_text(), "x.yaml");  // world_size 1, min_workers left to follow it
+  unset.set_world_size(4);
+  EXPECT_EQ(unset.distributed.world_size, 4);
+  EXPECT_EQ(unset.distributed.min_workers, 4);
+  Config set = parse_config(seed_text() + "distributed:\n  world_size: 8\n  min_workers: 6\n", "x.yaml");
+  set.set_world_size(16);
+  EXPECT_EQ(set.distributed.min_workers, 6);
+  set.set_world_size(4);
+  EXPECT_EQ(set.distributed.min_workers, 4);
+}
+
 struct BrokenCase {
   const char* name;
   std::string yaml;
