@@ -55,10 +55,21 @@ std::string local_address_towards(const std::string& host) {
   return out;
 }
 
+// This host's name as other hosts can resolve it: the canonical name (a pod's
+// /etc/hosts gives POD.SUBDOMAIN.NAMESPACE.svc... for its short host name, which
+// the other pods cannot resolve), else the host name.
 std::string host_name() {
   char name[256] = {};
   ::gethostname(name, sizeof name - 1);
-  return name;
+  addrinfo hints{};
+  hints.ai_flags = AI_CANONNAME;
+  addrinfo* found = nullptr;
+  std::string out = name;
+  if (::getaddrinfo(name, nullptr, &hints, &found) == 0) {
+    if (found->ai_canonname && *found->ai_canonname) out = found->ai_canonname;
+    ::freeaddrinfo(found);
+  }
+  return out;
 }
 
 // This process's resident memory now (VmRSS), in MiB.
