@@ -64,6 +64,14 @@ if(NOT Torch_DIR)
     message(FATAL_ERROR "${HERD_PYTHON} cannot import torch: run scripts/install-deps")
   endif()
   list(APPEND CMAKE_PREFIX_PATH "${_torch_prefix}")
+  # Without a system CUDA toolkit, the one from NVIDIA's wheels next to torch
+  # (scripts/install-deps --cuda), for torch's CUDA config and herd's kernels alike.
+  get_filename_component(_wheel_cuda "${_torch_prefix}/../../../nvidia/cu13" ABSOLUTE)
+  if(NOT CMAKE_CUDA_COMPILER AND NOT EXISTS /usr/local/cuda/bin/nvcc AND EXISTS "${_wheel_cuda}/bin/nvcc")
+    set(CUDAToolkit_ROOT "${_wheel_cuda}")
+    set(CUDA_TOOLKIT_ROOT_DIR "${_wheel_cuda}")  # torch's config still asks FindCUDA too
+    set(CMAKE_CUDA_COMPILER "${_wheel_cuda}/bin/nvcc")
+  endif()
 endif()
 # herd builds its own CUDA code for these; torch's own flags only need a list so
 # that it does not probe for a GPU.
