@@ -18,6 +18,7 @@
 #include "worker/model/hf_checkpoint.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
+#include "worker/train/memory_plan.h"
 
 namespace herd::cli {
 
@@ -200,6 +201,41 @@ void add_model_commands(CLI::App& app, int& rc) {
       spec->text = *text;
       herd::model::make_tiny_model(*spec, *tiny_out, executable_dir() / "herd-spm-train");
       std::cout << fmt::format("herd tools make-tiny-model: wrote {}\n", *tiny_out);
+    });
+  });
+
+  auto make = std::make_shared<herd::model::MakeModelSpec>();
+  auto make_shape = std::make_shared<std::string>(), make_out = std::make_shared<std::string>();
+  auto make_text = std::make_shared<std::string>();
+  auto make_layers = std::make_shared<int64_t>(0);
+  auto make_plain = std::make_shared<bool>(false);
+  auto* made = tools->add_subcommand(
+      "make-model", "Write a random model of a published shape (bfloat16, or NF4 pre-quantized) with a tokenizer of "
+                    "its vocabulary");
+  made->add_option("out", *make_out, "Output directory")->required();
+  made->add_option("--shape", *make_shape, "llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b or llama-3-70b")
+      ->required();
+  made->add_flag("--nf4", make->nf4, "The linear weights in NF4, as a bitsandbytes 4-bit model saves them");
+  made->add_flag("--no-double-quant", *make_plain, "With --nf4: float32 absmax instead of double quantization");
+  made->add_option("--layers", *make_layers, "Keep only this many decoder layers (default: the shape's)")
+      ->check(CLI::PositiveNumber);
+  made->add_option("--seed", make->seed)->capture_default_str();
+  made->add_option("--text", *make_text, "Tokenizer training text (default: built in)")->check(CLI::ExistingFile);
+  made->callback([&rc, make, make_shape, make_out, make_text, make_layers, make_plain] {
+    rc = guarded("tools make-model", [&] {
+      auto known = herd::train::known_shape(*make_shape);
+      if (!known) {
+        throw std::invalid_argument(fmt::format(
+            "--shape {}: not a shape herd knows (llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, llama-3-70b)",
+            *make_shape));
+      }
+      make->shape = known->second;
+      if (*make_layers > 0) make->shape.num_hidden_layers = *make_layers;
+      make->double_quant = !*make_plain;
+      make->text = *make_text;
+      herd::model::make_model(*make, *make_out, executable_dir() / "herd-spm-train");
+      std::cout << fmt::format("herd tools make-model: wrote {} ({}, {} layers{})\n", *make_out, known->first,
+                               make->shape.num_hidden_layers, make->nf4 ? ", NF4" : "");
     });
   });
 

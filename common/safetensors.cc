@@ -272,15 +272,26 @@ SafetensorsWriter::~SafetensorsWriter() {
   if (spill_fd_ >= 0) ::close(spill_fd_);
 }
 
-void SafetensorsWriter::add(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data,
-                            size_t nbytes) {
+size_t SafetensorsWriter::checked_bytes(const std::string& name, DType dtype, const std::vector<int64_t>& shape) {
   int64_t numel = 1;
   for (int64_t s : shape) numel *= s;
-  if (static_cast<size_t>(numel) * dtype_size(dtype) != nbytes) {
-    throw SafetensorsError(
-        fmt::format("tensor '{}': {} bytes given for {} elements of {}", name, nbytes, numel, dtype_name(dtype)));
-  }
   if (!names_.insert(name).second) throw SafetensorsError(fmt::format("tensor '{}' added twice", name));
+  return static_cast<size_t>(numel) * dtype_size(dtype);
+}
+
+void SafetensorsWriter::add_generated(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                                      std::function<void(void*)> fill) {
+  const size_t nbytes = checked_bytes(name, dtype, shape);
+  entries_.push_back({name, dtype, std::move(shape), 0, nbytes, std::move(fill)});
+}
+
+void SafetensorsWriter::add(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data,
+                            size_t nbytes) {
+  if (const size_t want = checked_bytes(name, dtype, shape); want != nbytes) {
+    names_.erase(name);
+    throw SafetensorsError(fmt::format("tensor '{}': {} bytes given for {} bytes of {}", name, nbytes, want,
+                                       dtype_name(dtype)));
+  }
   if (spill_fd_ < 0) {
     fs::create_directories(spill_dir_);
     std::string pattern = (spill_dir_ / ".herd-spill-XXXXXX").string();
@@ -295,7 +306,7 @@ void SafetensorsWriter::add(const std::string& name, DType dtype, std::vector<in
     if (n <= 0) throw SafetensorsError(fmt::format("tensor '{}': spill write failed: {}", name, std::strerror(errno)));
     done += static_cast<size_t>(n);
   }
-  entries_.push_back({name, dtype, std::move(shape), spilled_, nbytes});
+  entries_.push_back({name, dtype, std::move(shape), spilled_, nbytes, nullptr});
   spilled_ += nbytes;
 }
 
@@ -318,6 +329,12 @@ void SafetensorsWriter::write_file(const fs::path& file, const std::vector<const
     out.write(text.data(), static_cast<std::streamsize>(text.size()));
     std::vector<char> buffer(size_t{4} << 20);
     for (const Entry* e : entries) {
+      if (e->fill) {
+        std::vector<char> bytes(e->size);
+        e->fill(bytes.data());
+        out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        continue;
+      }
       for (uint64_t done = 0; done < e->size;) {
         const size_t want = static_cast<size_t>(std::min<uint64_t>(buffer.size(), e->size - done));
         ssize_t n = ::pread(spill_fd_, buffer.data(), want, static_cast<off_t>(e->offset + done));

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -84,6 +85,11 @@ class SafetensorsWriter {
   SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
 
   void add(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data, size_t nbytes);
+  // A tensor whose bytes `fill` writes into the buffer it is given (exactly the
+  // shape's bytes) when its file is written: nothing is kept or spilled before, so
+  // a model larger than memory and than twice the disk can be made.
+  void add_generated(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                     std::function<void(void*)> fill);
   void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
 
   void write(const std::filesystem::path& file) const;
@@ -99,7 +105,9 @@ class SafetensorsWriter {
     std::vector<int64_t> shape;
     uint64_t offset;  // in the spill file
     uint64_t size;
+    std::function<void(void*)> fill;  // a generated tensor's bytes, instead of the spill file's
   };
+  size_t checked_bytes(const std::string& name, DType dtype, const std::vector<int64_t>& shape);
   void write_file(const std::filesystem::path& file, const std::vector<const Entry*>& entries) const;
   std::filesystem::path spill_dir_;
   int spill_fd_ = -1;

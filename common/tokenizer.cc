@@ -229,4 +229,22 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   return text;
 }
 
+void pad_tokenizer_model(const fs::path& path, int32_t vocab) {
+  herd::spm::ModelProto model;
+  {
+    std::ifstream in(path, std::ios::binary);
+    if (!in || !model.ParseFromIstream(&in)) {
+      throw TokenizerError(fmt::format("{}: not a SentencePiece model (tokenizer.model)", path.string()));
+    }
+  }
+  for (int32_t n = 0; model.pieces_size() < vocab; ++n) {
+    auto* piece = model.add_pieces();
+    piece->set_piece(fmt::format("<unused{}>", n));
+    piece->set_score(0);
+    piece->set_type(herd::spm::ModelProto::SentencePiece::UNUSED);
+  }
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!model.SerializeToOstream(&out)) throw TokenizerError(fmt::format("{}: write failed", path.string()));
+}
+
 }  // namespace herd

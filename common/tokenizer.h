@@ -68,4 +68,9 @@ class Tokenizer {
   int32_t unk_id_ = 0, bos_id_ = 1, eos_id_ = 2;
 };
 
+// Appends UNUSED pieces (<unused0>, <unused1>, ...) to a SentencePiece model until
+// it holds `vocab` pieces: a vocabulary of a model's size whose encoder emits only
+// the pieces it was trained with.
+void pad_tokenizer_model(const std::filesystem::path& tokenizer_model, int32_t vocab);
+
 }  // namespace herd

@@ -91,6 +91,29 @@ TEST_F(Safetensors, ShardedCheckpointThroughTheIndex) {
   EXPECT_EQ(reinterpret_cast<const float*>(c.tensor("layers.1.w").data)[999], 1.5f);
 }
 
+TEST_F(Safetensors, GeneratedTensorsAreFilledAsTheirShardIsWrittenBesideAddedOnes) {
+  SafetensorsWriter w(dir_ / "spill");
+  int filled = 0;
+  w.add_generated("layers.0.w", DType::I32, {1000}, [&](void* p) {
+    ++filled;
+    for (int i = 0; i < 1000; ++i) static_cast<int32_t*>(p)[i] = 3 * i;
+  });
+  const std::vector<float> norm(10, 2.5f);
+  w.add("norm", DType::F32, {10}, norm.data(), 40);
+  w.add_generated("layers.1.w", DType::U8, {3000}, [&](void* p) { std::memset(p, 7, 3000); ++filled; });
+  EXPECT_EQ(filled, 0);  // nothing is made before it is written
+  EXPECT_THROW(w.add_generated("norm", DType::F32, {1}, [](void*) {}), SafetensorsError);
+  EXPECT_THROW(w.add("short", DType::F32, {4}, norm.data(), 8), SafetensorsError);
+  w.add("short", DType::F32, {2}, norm.data(), 8);  // a refused tensor's name stays free
+  w.write_sharded(dir_ / "model", 4000);
+  EXPECT_EQ(filled, 2);
+  auto c = SafetensorsCheckpoint::open(dir_ / "model");
+  EXPECT_EQ(reinterpret_cast<const int32_t*>(c.tensor("layers.0.w").data)[999], 2997);
+  EXPECT_EQ(c.tensor("layers.1.w").data[2999], 7);
+  EXPECT_EQ(reinterpret_cast<const float*>(c.tensor("norm").data)[9], 2.5f);
+  EXPECT_TRUE(fs::exists(dir_ / "model" / "model-00002-of-00002.safetensors"));
+}
+
 TEST_F(Safetensors, TensorsWaitOnDiskAndLeaveNothingBehind) {
   const auto spill = dir_ / "spill";
   std::vector<float> big(1 << 20);

@@ -32,6 +32,29 @@ struct TinyModelSpec {
 void make_tiny_model(const TinyModelSpec& spec, const std::filesystem::path& out,
                      const std::filesystem::path& spm_train);
 
+struct MakeModelSpec {
+  LlamaConfig shape;           // a published shape (train::known_shape), its depth maybe cut
+  bool nf4 = false;            // the linear weights pre-quantized, as write_quantized_checkpoint lays them out
+  bool double_quant = true;
+  uint64_t seed = 0;
+  double init_std = 0.02;      // the linear weights' and embeddings' standard deviation
+  std::filesystem::path text;  // tokenizer training text; empty: herd's built-in text
+  size_t shard_bytes = 5'000'000'000;  // transformers' save_pretrained default
+};
+
+// A random model of a published shape, sharded as save_pretrained writes it, with a
+// tokenizer of the shape's vocabulary (SentencePiece BPE trained on the text, the
+// rest of the vocabulary unused pieces). Weights are bfloat16: normal(0, init_std),
+// norms near 1. With nf4 the seven linear weights of every layer are NF4 codes and
+// absmax drawn independently from what quantizing normal(0, init_std) values gives
+// (each code's share, each block's absmax; measured once on 2^22 values): the
+// dequantized weight has the standard deviation, code use and absmax spread of a
+// quantized normal weight, without one being made. Every tensor is generated as
+// its shard is written: no float copy of a weight, no spill file, so a 70B model
+// (36 GB in NF4) needs its own size on disk and about one tensor of memory.
+void make_model(const MakeModelSpec& spec, const std::filesystem::path& out,
+                const std::filesystem::path& spm_train);
+
 struct QuantizeSpec {
   bool double_quant = true;
   std::string compute_dtype = "bfloat16";  // recorded in quantization_config

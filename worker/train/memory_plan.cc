@@ -66,8 +66,13 @@ std::vector<PlanItem> memory_plan(const PlanInput& in) {
 std::optional<std::pair<std::string, model::LlamaConfig>> known_shape(const std::string& base_model) {
   std::string name = base_model;
   std::transform(name.begin(), name.end(), name.begin(), [](unsigned char ch) { return std::tolower(ch); });
-  auto shape = [](int64_t vocab, int64_t hidden, int64_t inter, int64_t layers, int64_t heads, int64_t kv) {
+  const bool llama3 = name.find("llama-3") != std::string::npos || name.find("llama3") != std::string::npos;
+  const bool llama2 = name.find("llama-2") != std::string::npos || name.find("llama2") != std::string::npos;
+  auto shape = [llama3](int64_t vocab, int64_t hidden, int64_t inter, int64_t layers, int64_t heads, int64_t kv) {
     model::LlamaConfig c;
+    c.max_position_embeddings = llama3 ? 8192 : 4096;
+    c.rope_theta = llama3 ? 500000.0 : 10000.0;
+    c.rms_norm_eps = 1e-5;
     c.vocab_size = vocab;
     c.hidden_size = hidden;
     c.intermediate_size = inter;
@@ -77,8 +82,6 @@ std::optional<std::pair<std::string, model::LlamaConfig>> known_shape(const std:
     c.head_dim = hidden / heads;
     return c;
   };
-  const bool llama3 = name.find("llama-3") != std::string::npos || name.find("llama3") != std::string::npos;
-  const bool llama2 = name.find("llama-2") != std::string::npos || name.find("llama2") != std::string::npos;
   auto has = [&](const char* size) { return name.find(size) != std::string::npos; };
   if (llama2 && has("70b")) return std::pair{std::string("Llama-2-70B"), shape(32000, 8192, 28672, 80, 64, 8)};
   if (llama2 && has("13b")) return std::pair{std::string("Llama-2-13B"), shape(32000, 5120, 13824, 40, 40, 40)};
