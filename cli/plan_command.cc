@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "common/config.h"
 #include "common/hf_cache.h"
@@ -12,7 +13,7 @@ namespace herd::cli {
 
 namespace {
 
-int plan(const std::string& path, int64_t workers, const std::string& gpu_mem, int64_t tokens) {
+int plan(const std::string& path, int64_t workers, const std::string& gpu_mem, int64_t tokens, bool json) {
   try {
     const Config config = load_config(path);
     train::PlanInput in;
@@ -47,15 +48,24 @@ int plan(const std::string& path, int64_t workers, const std::string& gpu_mem, i
     }
     in.gpu = capacity.has_value() || config.distributed.backend == "nccl";
     const auto items = train::memory_plan(in);
+    double total = 0;
+    for (const auto& item : items) total += item.bytes;
+    if (json) {
+      nlohmann::json out = {{"workers", in.workers}, {"batch_size", in.batch_size}, {"tokens", in.tokens},
+                            {"shape", shape_from}, {"total_bytes", total}, {"items", nlohmann::json::array()}};
+      for (const auto& item : items) out["items"].push_back({{"what", item.what}, {"bytes", item.bytes}});
+      if (capacity) {
+        out["capacity_bytes"] = *capacity;
+        out["fits"] = total <= *capacity;
+      }
+      std::cout << out.dump() << "\n";
+      return 0;
+    }
     const double gib = 1024.0 * 1024 * 1024;
     std::cout << fmt::format("{}: {} on {} worker{} ({}), batch {} x {} tokens\nshape: {}\n\n", path,
                              config.model_name, in.workers, in.workers == 1 ? "" : "s", config.distributed.sharding,
                              in.batch_size, in.tokens, shape_from);
-    double total = 0;
-    for (const auto& item : items) {
-      std::cout << fmt::format("  {:<72} {:>8.2f} GiB\n", item.what, item.bytes / gib);
-      total += item.bytes;
-    }
+    for (const auto& item : items) std::cout << fmt::format("  {:<72} {:>8.2f} GiB\n", item.what, item.bytes / gib);
     std::cout << fmt::format("  {:<72} {:>8.2f} GiB ({:.1f} GB)\n", "per rank", total / gib, total / 1e9);
     if (capacity) {
       std::cout << fmt::format("{} in {:.1f} GiB per GPU ({:.0f}% used)\n",
@@ -82,7 +92,9 @@ void add_plan_command(CLI::App& app, int& rc) {
   cmd->add_option("--gpu-mem", *gpu_mem, "Memory of one GPU, e.g. 80GiB or 24GB: says whether a rank fits");
   cmd->add_option("--tokens", *tokens, "Tokens per row (default: model_context_window, the longest)")
       ->check(CLI::Range(1, 1 << 24));
-  cmd->callback([=, &rc] { rc = plan(*path, *workers, *gpu_mem, *tokens); });
+  auto json = std::make_shared<bool>(false);
+  cmd->add_flag("--json", *json, "The items and the total as one JSON object, in bytes");
+  cmd->callback([=, &rc] { rc = plan(*path, *workers, *gpu_mem, *tokens, *json); });
 }
 
 }  // namespace herd::cli

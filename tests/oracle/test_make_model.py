@@ -2,11 +2,10 @@
 real one quantized. With --nf4 it has the layout `herd quantize` gives a bfloat16 model of the same
 shape (checked against bitsandbytes by test_nf4_vs_bitsandbytes.py), NF4 codes and absmax distributed
 as quantizing a normal weight of the same standard deviation gives them; its tokenizer has the
-shape's vocabulary as SentencePiece (the peer) reads it; `herd train` trains it; and a 70B model
-comes to about 36 GB (the depth measured at 1 and 2 layers, extrapolated to 80)."""
+shape's vocabulary as SentencePiece (the peer) reads it; and a 70B model comes to about 36 GB (the
+depth measured at 1 and 2 layers, extrapolated to 80). tests/integration/test_plan.py trains such
+models."""
 import json
-import os
-import subprocess
 
 import pytest
 import sentencepiece
@@ -14,7 +13,7 @@ import torch
 from bitsandbytes.functional import create_dynamic_map
 from safetensors import safe_open
 
-from conftest import BIN, herd
+from conftest import herd
 
 STD = 0.02  # make-model's default init_std
 
@@ -98,34 +97,6 @@ def test_the_tokenizer_has_the_shapes_vocabulary(made):
     assert ids and max(ids) < 8000 and sp.decode(ids) == \
         "### HUMAN:\nWhat does the coordinator do?\n\n### RESPONSE:\nIt checks the data."
     assert sp.id_to_piece(31999).startswith("<unused") and sp.is_unused(31999)
-
-
-def test_herd_trains_the_nf4_model(made, tmp_path):
-    data = tmp_path / "data.json"
-    data.write_text(json.dumps([{"id": str(i), "conversations": [
-        {"from": "human", "value": f"How many steps does worker {i} train?"},
-        {"from": "gpt", "value": f"Worker {i} trains {i * 7} steps and checks the loss."}]} for i in range(8)]))
-    config = tmp_path / "c.yaml"
-    config.write_text(f"""model_name: m
-base_model: {made / 'nf4'}
-model_context_window: 64
-data: {{type: vicuna, dataset: {data}}}
-lora: {{r: 8, lora_alpha: 32, target_modules: [q_proj, k_proj, v_proj], lora_dropout: 0.0, bias: none,
-       task_type: CAUSAL_LM}}
-trainer: {{device: cpu, batch_size: 1, gradient_accumulation_steps: 1, warmup_steps: 1, num_train_epochs: 1,
-          max_steps: 2, learning_rate: 0.0001, logging_steps: 1}}
-trainer_output_dir: {tmp_path}/trainer
-model_output_dir: {tmp_path}/models
-quantization: {{compute_dtype: float32}}
-metrics: {{enabled: false}}
-""")
-    out = subprocess.run([str(BIN / "herd"), "train", str(config)], capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, OMP_NUM_THREADS="2"))
-    assert out.returncode == 0, out.stdout + out.stderr
-    steps = [json.loads(line) for line in (tmp_path / "trainer" / "events.jsonl").read_text().splitlines()]
-    losses = [s["loss"] for s in steps if s["event"] == "step"]
-    # Random logits of standard deviation ~1.3 over 32,000 tokens: about ln(32000) + 1.3^2 / 2.
-    assert len(losses) == 2 and all(9.5 < l < 13 for l in losses), losses
 
 
 def test_a_70b_model_comes_to_about_36_gb(tmp_path):

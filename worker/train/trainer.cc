@@ -1,5 +1,6 @@
 #include "worker/train/trainer.h"
 
+#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -40,6 +41,54 @@ uint64_t peak_rss_bytes() {
   getrusage(RUSAGE_SELF, &u);
   return static_cast<uint64_t>(u.ru_maxrss) * 1024;
 }
+
+// What training holds, counted as `herd plan` counts it: from just before the model
+// is loaded to the peak after it is (the load's own transients left out). On a CPU
+// the resident set: VmRSS before, VmHWM after (reset once the model is in, through
+// /proc/self/clear_refs); on a GPU the caching allocator's allocated bytes.
+class TrainingMemory {
+ public:
+  explicit TrainingMemory(torch::Device device) : device_(device), baseline_(in_use(false)) {}
+
+  void loaded() {
+#ifdef HERD_CUDA
+    if (device_.is_cuda()) {
+      c10::cuda::CUDACachingAllocator::resetPeakStats(device_.index());
+      return;
+    }
+#endif
+    ::malloc_trim(0);  // what the load freed goes back, so that it does not count as training's
+    load_peak_ = status_bytes("VmHWM:");
+    std::ofstream("/proc/self/clear_refs") << "5";  // also resets getrusage's ru_maxrss
+  }
+
+  double bytes() const { return in_use(true) - baseline_; }
+  // The process's peak resident set, the load's included.
+  uint64_t process_peak() const { return std::max(peak_rss_bytes(), static_cast<uint64_t>(load_peak_)); }
+
+ private:
+  // In use now, or the peak since the last reset.
+  double in_use(bool peak) const {
+#ifdef HERD_CUDA
+    if (device_.is_cuda()) {
+      const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index());
+      return static_cast<double>(peak ? stats.allocated_bytes[0].peak : stats.allocated_bytes[0].current);
+    }
+#endif
+    return status_bytes(peak ? "VmHWM:" : "VmRSS:");
+  }
+  static double status_bytes(const std::string& key) {
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind(key, 0) == 0) return std::stod(line.substr(key.size())) * 1024;
+    }
+    return 0;
+  }
+
+  torch::Device device_;
+  double baseline_;
+  double load_peak_ = 0;
+};
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -178,8 +227,10 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
     const uint64_t total = gang.total_steps;
     Replica r;
     comm::Timed* timed = nullptr;
+    TrainingMemory memory(device);
     try {
       timed = join_gang(r, config, device, base, store, gang, options);
+      memory.loaded();
     } catch (const comm::CommError& e) {
       std::cout << fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()) << std::endl;
       session.report_failure(e.what());
@@ -288,13 +339,14 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
       model::save_adapter(*r.model, result.adapter_dir, config.base_model, config.lora.task_type, config.lora.bias);
     }
     result.seconds = seconds();
-    result.peak_memory_bytes = peak_rss_bytes();
+    result.peak_memory_bytes = memory.process_peak();
     record.end("done",
                {{"step", total},
                 {"steps", result.steps.size()},
                 {"tokens", result.tokens},
                 {"seconds", result.seconds},
                 {"peak_memory_bytes", result.peak_memory_bytes},
+                {"training_memory_bytes", memory.bytes()},
                 {"export_seconds", export_seconds()},
                 {"adapter", result.adapter_dir.string()}},
                fmt::format("done: {} steps in {}, {} tokens, {:.0f} tokens/s, peak memory {:.0f} MiB",
