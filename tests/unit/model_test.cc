@@ -42,6 +42,28 @@ TEST(Llama, ChangingATokenLeavesEarlierLogitsUnchanged) {
   EXPECT_GT((a.slice(1, 4) - b.slice(1, 4)).abs().max().item<float>(), 1e-3);  // and later ones do change
 }
 
+// With a bfloat16 hidden stream the frozen embedding and lm_head are only used in
+// bfloat16, so they are kept so: half the memory, and the very logits the float32
+// copies (cast at each use) gave.
+TEST(Llama, ABfloat16StreamKeepsTheFrozenHeadInBfloat16WithTheSameLogits) {
+  auto config = tiny_config();
+  auto tensors = random_tensors(config, 1);
+  LoadOptions o = plain();
+  o.activation_dtype = torch::kBFloat16;
+  auto model = Llama::from_tensors(config, tensors, o);
+  const auto embed = tensors.at("model.embed_tokens.weight"), head = tensors.at("lm_head.weight");
+  ASSERT_EQ(model.embed_tokens().scalar_type(), torch::kBFloat16);
+  ASSERT_EQ(model.lm_head().scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(model.embed_tokens(), embed.to(torch::kBFloat16)));
+  auto ids = torch::tensor({{1, 5, 9, 33, 70, 2, 11}}, torch::kInt64);
+  torch::NoGradGuard g;
+  auto kept = model.forward(ids);
+  model.embed_tokens() = embed.clone();  // float32, as before
+  model.lm_head() = head.clone();
+  EXPECT_TRUE(torch::equal(model.forward(ids), kept));
+  EXPECT_EQ(Llama::from_tensors(config, tensors, plain()).lm_head().scalar_type(), torch::kFloat32);  // a float32 stream
+}
+
 // Position t's loss is -log softmax(logits[t])[ids[t + 1]], by hand in float64.
 TEST(Llama, NextTokenLossIsTheShiftedCrossEntropy) {
   auto config = tiny_config();

@@ -146,7 +146,7 @@ Llama Llama::from_tensors(const LlamaConfig& config, const std::map<std::string,
     return it->second;
   };
   torch::Generator rng = at::detail::createCPUGenerator(options.lora ? options.lora->seed : 0);
-  m.embed_tokens_ = get("model.embed_tokens.weight").to(torch::kFloat32);
+  m.embed_tokens_ = get("model.embed_tokens.weight").to(m.head_dtype());
   m.layers_.reserve(static_cast<size_t>(config.num_hidden_layers));
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     m.add_layer(
@@ -167,8 +167,7 @@ Llama Llama::load(const fs::path& dir, const LoadOptions& options) {
     return read_prequantized(ckpt, name, shape);
   };
   torch::Generator rng = at::detail::createCPUGenerator(options.lora ? options.lora->seed : 0);
-  // As prepare_model_for_kbit_training does: everything not quantized in float32.
-  m.embed_tokens_ = get("model.embed_tokens.weight").to(torch::kFloat32);
+  m.embed_tokens_ = get("model.embed_tokens.weight").to(m.head_dtype());
   m.layers_.reserve(static_cast<size_t>(m.config_.num_hidden_layers));  // on_layer keeps pointers into them
   for (int64_t i = 0; i < m.config_.num_hidden_layers; ++i) {
     m.add_layer(i, get, prequantized, &rng);
@@ -187,7 +186,15 @@ void Llama::place_head(const std::function<torch::Tensor(const std::string&)>& g
   const auto device = options_.device;
   embed_tokens_ = embed_tokens_.to(device);
   norm_ = get("model.norm.weight").to(device, torch::kFloat32);
-  lm_head_ = config_.tie_word_embeddings ? embed_tokens_ : get("lm_head.weight").to(device, torch::kFloat32);
+  lm_head_ = config_.tie_word_embeddings ? embed_tokens_ : get("lm_head.weight").to(device, head_dtype());
+}
+
+torch::ScalarType Llama::head_dtype() const {
+  // As prepare_model_for_kbit_training does, everything not quantized is float32;
+  // but with a bfloat16 hidden stream the frozen embedding and lm_head are only ever
+  // used in bfloat16 (the lookup and the logits are cast to it), so they are kept so:
+  // the same numbers in half the memory.
+  return options_.activation_dtype == torch::kBFloat16 ? torch::kBFloat16 : torch::kFloat32;
 }
 
 void Llama::add_layer(int64_t index, const std::function<torch::Tensor(const std::string&)>& get,

@@ -161,6 +161,8 @@ class Llama {
       std::function<std::optional<FrozenWeight>(const std::string&, std::pair<int64_t, int64_t>)>;
   // The embedding (already read), the final norm and lm_head, on the device.
   void place_head(const std::function<torch::Tensor(const std::string&)>& get);
+  // The frozen embedding's and lm_head's: bfloat16 with a bfloat16 hidden stream, else float32.
+  torch::ScalarType head_dtype() const;
   void add_layer(int64_t index, const std::function<torch::Tensor(const std::string&)>& get,
                  const PrequantizedLookup& prequantized, torch::Generator* rng);
   // forward's logits in the hidden stream's dtype.
@@ -187,10 +189,10 @@ class Llama {
 
   LlamaConfig config_;
   LoadOptions options_;
-  torch::Tensor embed_tokens_;  // float32 [vocab, hidden]
+  torch::Tensor embed_tokens_;  // [vocab, hidden] in head_dtype()
   std::vector<DecoderLayer> layers_;
   torch::Tensor norm_;     // float32 [hidden]
-  torch::Tensor lm_head_;  // float32 [vocab, hidden] (the embedding when tied)
+  torch::Tensor lm_head_;  // [vocab, hidden] in head_dtype() (the embedding when tied)
   bool training_ = false;
   bool activation_checkpointing_ = false;
   WeightSource* source_ = nullptr;

@@ -20,7 +20,9 @@ std::vector<PlanItem> memory_plan(const PlanInput& in) {
                             : in.double_quant ? 0.5 + 1.0 / 64 + 4.0 / (64 * 256)
                                               : 0.5 + 4.0 / 64;
   const double layer_bytes = per_layer_weights * per_weight + 2 * H * 4;
-  const double head_bytes = V * H * 4 * (s.tie_word_embeddings ? 1 : 2) + H * 4;
+  // The frozen embedding and lm_head are kept in the hidden stream's dtype when it is
+  // bfloat16 (Llama::head_dtype), the final norm in float32.
+  const double head_bytes = V * H * static_cast<double>(in.stream_bytes) * (s.tie_word_embeddings ? 1 : 2) + H * 4;
   const double n = static_cast<double>(in.workers);
   const bool sharded = in.full_shard && in.workers > 1;
   const double share = in.full_shard ? 1.0 / n : 1.0;
@@ -38,9 +40,9 @@ std::vector<PlanItem> memory_plan(const PlanInput& in) {
                                                  : "base weights: NF4 codes and float32 absmax")
                               : "base weights: dense, in the compute dtype",
                  L * layer_bytes * share);
-  add(s.tie_word_embeddings ? "embedding (tied lm_head) and final norm, float32"
-                                       : "embedding, lm_head and final norm, float32",
-                 head_bytes * share);
+  add(fmt::format("{} and final norm, {}", s.tie_word_embeddings ? "embedding (tied lm_head)" : "embedding, lm_head",
+                  stream),
+      head_bytes * share);
   add("gathered: 2 layers in flight and the embedding/lm_head buffer",
                  sharded ? 2 * layer_bytes + head_bytes : 0.0);
   add(fmt::format("LoRA: {} parameters, gradients and AdamW moments (float32)", in.lora_parameters),

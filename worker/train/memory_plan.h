@@ -2,7 +2,8 @@
 // model's shape and the config, as herd lays it out:
 // - the frozen base: NF4 codes (half a byte a weight) and their absmax (double
 //   quantization: 1 byte per 64 weights + 4 bytes per 64 x 256), or dense weights in
-//   the compute dtype; embedding, lm_head and norms in float32; 1/N of each with
+//   the compute dtype; embedding and lm_head in the hidden stream's dtype (float32,
+//   or bfloat16 with trainer.bf16), norms in float32; 1/N of each with
 //   full_shard, plus the gathered layers in flight (the one computing and the one
 //   prefetched) and the embedding/lm_head buffer;
 // - LoRA parameters in float32 with their gradients and AdamW's two moments;
