@@ -138,6 +138,7 @@ SCHEMAS = {
 
 
 def check(value, schema, where="", errors=None):
+    """Where `value` departs from `schema` (the conventions above), as a list of messages."""
     errors = [] if errors is None else errors
     if schema is object:
         ok = isinstance(value, dict)
@@ -152,9 +153,9 @@ def check(value, schema, where="", errors=None):
             check(v, schema[0], f"{where}[{i}]", errors)
     elif isinstance(schema, dict):
         ok = isinstance(value, dict)
-        [(key_schema, value_schema)] = schema.items() if len(schema) == 1 and not isinstance(
-            next(iter(schema)), str) else [(None, None)]
-        if ok and key_schema is not None:  # a map: every key allowed by key_schema
+        keys = list(schema)
+        if ok and len(keys) == 1 and not isinstance(keys[0], str):  # a map: {key type or allowed keys: values}
+            key_schema, value_schema = keys[0], schema[keys[0]]
             for k, v in value.items():
                 if not (isinstance(k, key_schema) if isinstance(key_schema, type) else k in key_schema):
                     errors.append(f"{where}.{k}: not an allowed key")
