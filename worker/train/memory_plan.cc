@@ -48,8 +48,11 @@ std::vector<PlanItem> memory_plan(const PlanInput& in) {
   add(fmt::format("LoRA: {} parameters, gradients and AdamW moments (float32)", in.lora_parameters),
                  static_cast<double>(in.lora_parameters) * 16);
   // One layer's forward and backward: q/k/v/o, the MLP's three projections and
-  // their gradients, in the compute dtype; the largest weight dequantized.
-  const double layer_work = B * T * (4 * H + 2 * kv + 3 * I) * c * 2 + H * I * c;
+  // their gradients, in the compute dtype; two of the largest weights dequantized at
+  // once (measured: integration.plan), each in the wider of the compute and the
+  // stream dtype (a weight is dequantized in the compute dtype, then cast to the
+  // stream's).
+  const double layer_work = B * T * (4 * H + 2 * kv + 3 * I) * c * 2 + 2 * H * I * std::max(c, a);
   if (in.checkpointing) {
     add(fmt::format("activations: each layer's input ({}, checkpointing)", stream), L * B * T * H * a);
     add("one layer recomputed and back-propagated", layer_work);

@@ -9,7 +9,7 @@
 // - LoRA parameters in float32 with their gradients and AdamW's two moments;
 // - activations: with checkpointing each layer's input (in the hidden stream's
 //   dtype), plus one layer's recomputation and backward (in the compute dtype) and
-//   the largest weight dequantized; without, every layer's;
+//   two of the largest weights dequantized; without, every layer's;
 // - the logits: on a GPU (the fused loss) they and their gradient in the hidden
 //   stream's dtype; on the CPU in float32, with their softmax and gradient;
 // - on a GPU, the CUDA context and the allocator's reserve (1 GiB, a round figure).
