@@ -1,10 +1,12 @@
-"""A tiny job's config; what a run left behind, read as values (its events file, its adapter); free
-ports for one."""
+"""A tiny job's config; what a run left behind, read as values (its events file, its adapter), and
+whether two runs trained alike; free ports for one; the commands docs/deploy.md gives."""
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 
@@ -40,6 +42,28 @@ def losses(run_dir):
 
 def adapter(run_dir, name="t"):
     return load_file(str(run_dir / "models" / f"{name}_adapter" / "adapter_model.safetensors"))
+
+
+def assert_trains_as(run, want_losses, want_adapter, steps=8):
+    """The run's losses (rel 1e-5) and adapter (abs 2e-5) are another's: sums over ranks round in an
+    order of their own."""
+    got = losses(run)
+    assert sorted(got) == sorted(want_losses) == list(range(1, steps + 1))
+    for step in want_losses:
+        assert got[step] == pytest.approx(want_losses[step], rel=1e-5), step
+    theirs = adapter(run)
+    assert theirs.keys() == want_adapter.keys()
+    for k in want_adapter:
+        assert (theirs[k] - want_adapter[k]).abs().max().item() <= 2e-5, k
+
+
+def documented(section, program):
+    """The lines of docs/deploy.md's fenced blocks in SECTION that run PROGRAM."""
+    text = (Path(os.environ["HERD_SOURCE_DIR"]) / "docs" / "deploy.md").read_text()
+    body = text[text.index(f"## {section}"):]
+    body = body[:body.index("\n## ", 1)] if "\n## " in body[1:] else body
+    blocks = re.findall(r"^```\n(.*?)^```", body, re.M | re.S)
+    return [line for b in blocks for line in b.splitlines() if program in line]
 
 
 def free_ports(n=1):

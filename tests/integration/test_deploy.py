@@ -10,18 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from runs import adapter, config, free_port, losses
+from runs import adapter, assert_trains_as, config, documented, free_port, losses
 
 BIN = Path(os.environ["HERD_BIN"])
 SRC = Path(os.environ["HERD_SOURCE_DIR"])
-
-
-def documented(section, program):
-    """The command of docs/deploy.md's SECTION that runs PROGRAM."""
-    text = (SRC / "docs" / "deploy.md").read_text()
-    body = text[text.index(f"## {section}"):]
-    blocks = re.findall(r"^```\n(.*?)^```", body, re.M | re.S)
-    return next(line for b in blocks for line in b.splitlines() if program in line)
 
 
 def job(d, model):
@@ -39,20 +31,8 @@ def reference(model, tmp_path_factory):
     return losses(d), adapter(d)
 
 
-def assert_trains_as(run, reference):
-    want, weights = reference
-    got = losses(run)
-    assert sorted(got) == sorted(want) == list(range(1, 9))
-    for step in want:
-        assert got[step] == pytest.approx(want[step], rel=1e-5), step
-    theirs = adapter(run)
-    assert theirs.keys() == weights.keys()
-    for k in weights:
-        assert (theirs[k] - weights[k]).abs().max().item() <= 2e-5, k
-
-
 def test_the_mpirun_line_trains_as_herd_train_workers_2(model, tmp_path, reference):
-    line = documented("mpirun", "deploy/mpi/herd-mpirun")
+    line = documented("mpirun", "deploy/mpi/herd-mpirun")[0]
     assert re.fullmatch(r"HERD_BIN=build/bin/herd deploy/mpi/herd-mpirun hostfile \d+ job.yaml", line), line
     (tmp_path / "hostfile").write_text("localhost slots=2\n")
     # As docs/deploy.md runs it, on 2 ranks of this host: MPI over loopback, root allowed in a container.
@@ -63,7 +43,7 @@ def test_the_mpirun_line_trains_as_herd_train_workers_2(model, tmp_path, referen
     assert out.returncode == 0, out.stdout + out.stderr
     assert "launched by openmpi (rank 0 of 2)" in out.stdout, out.stdout
     assert "Warning" not in out.stderr, out.stderr  # every -x names a variable that is set
-    assert_trains_as(tmp_path, reference)
+    assert_trains_as(tmp_path, *reference)
 
 
 @pytest.fixture
@@ -128,7 +108,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 
 def test_the_sbatch_script_trains_as_herd_train_workers_2_on_a_real_slurm(model, tmp_path, reference, slurm):
-    line = documented("SLURM", "deploy/slurm/herd.sbatch")
+    line = documented("SLURM", "deploy/slurm/herd.sbatch")[0]
     assert re.fullmatch(r"HERD_BIN=\S+ sbatch --nodes=\d+ --ntasks-per-node=\d+ --gpus-per-node=\d+ "
                         r"deploy/slurm/herd.sbatch job.yaml", line), line
     # As docs/deploy.md submits it, with this node's resources: 2 tasks, no GPUs.
@@ -144,4 +124,4 @@ def test_the_sbatch_script_trains_as_herd_train_workers_2_on_a_real_slurm(model,
                            env=slurm)
     assert state.stdout.strip() == "COMPLETED", state.stdout + state.stderr
     assert "launched by slurm (rank 0 of 2)" in log and "(hosted here)" in log, log
-    assert_trains_as(tmp_path, reference)
+    assert_trains_as(tmp_path, *reference)

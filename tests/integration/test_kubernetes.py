@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runs import adapter, free_port, losses
+from runs import adapter, assert_trains_as, documented, free_port, losses
 
 BIN = Path(os.environ["HERD_BIN"])
 SRC = Path(os.environ["HERD_SOURCE_DIR"])
@@ -30,21 +30,12 @@ KITS = ["overlays/single-gpu", "overlays/multi-gpu", "overlays/multi-node", "job
 CORE = {"v1", "batch/v1", "apps/v1"}
 
 
-def documented(program):
-    """The line of docs/deploy.md's Kubernetes section that runs PROGRAM."""
-    text = (SRC / "docs" / "deploy.md").read_text()
-    body = text[text.index("## Kubernetes"):]
-    body = body[:body.index("\n## ", 1)] if "\n## " in body[1:] else body
-    blocks = re.findall(r"^```\n(.*?)^```", body, re.M | re.S)
-    return [line for b in blocks for line in b.splitlines() if program in line]
-
-
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
     """deploy/ copied as a user's checkout, with the job token made as docs/deploy.md makes it."""
     root = tmp_path_factory.mktemp("kit")
     shutil.copytree(SRC / "deploy", root / "deploy")
-    [make_token] = documented("job-token")
+    [make_token] = documented("Kubernetes", "job-token")
     subprocess.run(make_token, shell=True, check=True, cwd=root)
     return root
 
@@ -176,7 +167,7 @@ def check(value, schema, where="", errors=None):
 
 
 def test_the_documented_kits_are_the_tested_ones():
-    applied = [line.split("deploy/k8s/", 1)[1] for line in documented("kubectl apply -k")]
+    applied = [line.split("deploy/k8s/", 1)[1] for line in documented("Kubernetes", "kubectl apply -k")]
     assert applied and set(applied) <= set(KITS), applied
 
 
@@ -494,11 +485,4 @@ patches:
     out = subprocess.run([str(BIN / "herd"), "train", str(cfg), "--workers", "2"], capture_output=True, text=True,
                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr
-    want, got = losses(reference), losses(run)
-    assert sorted(got) == sorted(want) == list(range(1, 9))
-    for step in want:
-        assert got[step] == pytest.approx(want[step], rel=1e-5), step
-    theirs, ours = adapter(reference), adapter(run)
-    assert ours.keys() == theirs.keys()
-    for k in theirs:
-        assert (ours[k] - theirs[k]).abs().max().item() <= 2e-5, k
+    assert_trains_as(run, losses(reference), adapter(reference))
