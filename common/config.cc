@@ -399,6 +399,8 @@ void read_all(Reader& r, Section& root, Config& c) {
   r.get(t, "adam_epsilon", c.trainer.adam_epsilon, Need::Optional, above(0.0));
   r.get(t, "eval_steps", c.trainer.eval_steps, Need::Optional, at_least<int64_t>(0));
   r.get(t, "gradient_checkpointing", c.trainer.gradient_checkpointing, Need::Optional);
+  r.get(t, "loss_chunk_tokens", c.trainer.loss_chunk_tokens, Need::Optional, at_least<int64_t>(0));
+  r.get(t, "offload_activations", c.trainer.offload_activations, Need::Optional);
   r.get(t, "device", c.trainer.device, Need::Optional, one_of({"auto", "cpu", "cuda"}));
   r.get(t, "bf16", c.trainer.bf16, Need::Optional);
 
@@ -462,6 +464,10 @@ void read_all(Reader& r, Section& root, Config& c) {
     r.error_key(d, "min_workers",
                 fmt::format("must be <= distributed.world_size ({}), got {}", c.distributed.world_size,
                             c.distributed.min_workers));
+  }
+  if (c.trainer.offload_activations && !c.trainer.gradient_checkpointing) {
+    r.error_key(t, "offload_activations", "offloads the inputs gradient_checkpointing keeps: needs "
+                                          "trainer.gradient_checkpointing: true");
   }
   if (c.trainer.eval_steps > 0 && c.data.eval_fraction == 0) {
     r.error_key(t, "eval_steps", "needs data.eval_fraction > 0 to hold out an eval split");

@@ -52,6 +52,12 @@ struct TrainerConfig {
   double adam_epsilon = 1e-8;
   int64_t eval_steps = 0;  // 0: evaluate only at the end (needs data.eval_fraction)
   bool gradient_checkpointing = true;
+  // The next-token loss over this many positions at a time (worker/model/chunked_loss.h):
+  // the full logits and their gradient never exist. 0: all positions at once.
+  int64_t loss_chunk_tokens = 0;
+  // On a GPU with gradient_checkpointing: each layer's checkpointed input goes to
+  // pinned host memory in the forward and comes back, prefetched, for its backward.
+  bool offload_activations = false;
   // auto: the GPU named by LOCAL_RANK when this build has CUDA and sees one, else the CPU.
   std::string device = "auto";  // auto | cpu | cuda
   // The hidden stream in bfloat16 (transformers' bf16 mixed precision); off, it is

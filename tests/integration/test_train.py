@@ -192,6 +192,30 @@ def test_activation_checkpointing_changes_memory_not_numbers(model, tmp_path):
     assert max(float(abs(ta[k] - tb[k]).max()) for k in ta) < 1e-6
 
 
+def test_a_chunked_loss_changes_memory_not_numbers(model, tmp_path):
+    """trainer.loss_chunk_tokens: the loss over 7 positions at a time trains as the whole rows' loss does."""
+    whole = herd("train", write_config(tmp_path / "whole.yaml", model, tmp_path / "whole"))
+    config = write_config(tmp_path / "chunked.yaml", model, tmp_path / "chunked")
+    config.write_text(config.read_text().replace("seed: 7}", "seed: 7, loss_chunk_tokens: 7}"))
+    chunked = herd("train", config)
+    assert whole.returncode == 0 and chunked.returncode == 0, whole.stderr + chunked.stderr
+    assert losses(tmp_path / "chunked") == pytest.approx(losses(tmp_path / "whole"), rel=1e-5)
+    from safetensors.numpy import load_file
+    a, b = (load_file(str(tmp_path / r / "models" / "t_adapter" / "adapter_model.safetensors"))
+            for r in ("whole", "chunked"))
+    assert a.keys() == b.keys()
+    assert max(float(abs(a[k] - b[k]).max()) for k in a) < 1e-5
+
+
+def test_offloading_activations_on_the_cpu_is_refused_clearly(model, tmp_path):
+    config = write_config(tmp_path / "o.yaml", model, tmp_path / "o")
+    config.write_text(config.read_text().replace("seed: 7}", "seed: 7, offload_activations: true}"))
+    out = herd("train", config)
+    assert out.returncode == 1
+    assert "trainer.offload_activations moves activations from a GPU to host memory, and this worker trains on " \
+           "the CPU" in out.stderr
+
+
 def test_eval_loss_on_the_held_out_split(model, tmp_path):
     config = write_config(tmp_path / "c.yaml", model, tmp_path)
     text = config.read_text().replace("sample-vicuna.json}", "sample-vicuna.json, eval_fraction: 0.1}")

@@ -85,6 +85,8 @@ TEST(Config, DefaultsAreWhatTheSeedsStackDid) {
   EXPECT_TRUE(c.trainer.gradient_checkpointing);
   EXPECT_EQ(c.trainer.device, "auto");
   EXPECT_FALSE(c.trainer.bf16);
+  EXPECT_EQ(c.trainer.loss_chunk_tokens, 0);
+  EXPECT_FALSE(c.trainer.offload_activations);
   EXPECT_EQ(c.distributed.world_size, 1);
   EXPECT_EQ(c.distributed.min_workers, 1);
 }
@@ -212,7 +214,14 @@ INSTANTIATE_TEST_SUITE_P(
                    "trainer.device", "must be one of auto, cpu, cuda"},
         BrokenCase{"eval_steps_without_split",
                    seed_with("  logging_steps: 20\n", "  logging_steps: 20\n  eval_steps: 10\n"), 25,
-                   "trainer.eval_steps", "needs data.eval_fraction"}),
+                   "trainer.eval_steps", "needs data.eval_fraction"},
+        BrokenCase{"negative_loss_chunk",
+                   seed_with("  logging_steps: 20\n", "  logging_steps: 20\n  loss_chunk_tokens: -1\n"), 25,
+                   "trainer.loss_chunk_tokens", "must be >= 0"},
+        BrokenCase{"offload_without_checkpointing",
+                   seed_with("  logging_steps: 20\n",
+                             "  logging_steps: 20\n  gradient_checkpointing: false\n  offload_activations: true\n"),
+                   26, "trainer.offload_activations", "needs trainer.gradient_checkpointing: true"}),
     [](const ::testing::TestParamInfo<BrokenCase>& p) { return std::string(p.param.name); });
 
 TEST(Config, ManyErrorsAreReportedTogetherInLineOrder) {

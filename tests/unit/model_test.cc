@@ -8,6 +8,7 @@
 
 #include <ATen/core/PhiloxRNGEngine.h>
 #include <ATen/record_function.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -376,6 +377,70 @@ TEST(Llama, KeptAttentionGivesTheRecomputesGradientsWithoutRunningItAgain) {
     }
   }
   at::removeCallback(handle);
+}
+
+// trainer.loss_chunk_tokens and trainer.offload_activations change where the
+// logits and the layer inputs live, not what is computed: the loss and LoRA
+// gradients equal the plain path's (float32: to rounding; a bfloat16 stream: to
+// bfloat16's, the chunked gradient being rounded once more), with and without a
+// padding mask, and without gradients (evaluation).
+TEST(Llama, ChunkedLossAndActivationOffloadGiveThePlainPathsLossAndGradients) {
+  const auto config = tiny_config();
+  for (const auto stream : {torch::kFloat32, torch::kBFloat16}) {
+    const bool bf16 = stream == torch::kBFloat16;
+    auto make = [&](int64_t chunk, bool offload) {
+      LoadOptions o = plain();
+      o.activation_dtype = stream;
+      LoraOptions lora;
+      lora.r = 4;
+      lora.dropout = 0.1;
+      lora.target_modules = {"q_proj", "v_proj", "down_proj"};
+      o.lora = lora;
+      auto m = Llama::from_tensors(config, random_tensors(config, 15), o);
+      set_lora_b(m, 4);
+      m.set_training(true);
+      m.set_activation_checkpointing(true);
+      m.set_loss_chunk(chunk);
+      m.set_activation_offload(offload);
+      return m;
+    };
+    const auto ids = torch::randint(0, config.vocab_size, {2, 11}, torch::kInt64);
+    auto padding = torch::ones({2, 11}, torch::kInt64);
+    padding.slice(1, 8).select(0, 1).zero_();
+    auto plain_model = make(0, false);
+    for (const auto& [chunk, offload] : {std::pair{int64_t{5}, false}, {int64_t{0}, true}, {int64_t{64}, true}}) {
+      auto changed = make(chunk, offload);
+      for (const bool masked : {false, true}) {
+        SCOPED_TRACE(fmt::format("{} chunk {} offload {} {}", bf16 ? "bfloat16" : "float32", chunk, offload,
+                                 masked ? "masked" : "causal"));
+        auto run = [&](Llama& m) {
+          for (auto& p : m.trainable_parameters()) p.mutable_grad() = torch::Tensor();
+          torch::manual_seed(5);
+          auto losses = m.next_token_loss(ids, masked ? padding : torch::Tensor());
+          if (m.activation_offload()) EXPECT_EQ(m.activation_offload()->held(), 2u);  // one input a layer
+          (losses * torch::linspace(0.5, 1.5, losses.numel()).view(losses.sizes())).sum().backward();
+          if (m.activation_offload()) EXPECT_EQ(m.activation_offload()->held(), 0u);
+          std::vector<torch::Tensor> out = {losses.detach()};
+          for (auto& p : m.trainable_parameters()) out.push_back(p.grad());
+          return out;
+        };
+        const auto expected = run(plain_model), got = run(changed);
+        ASSERT_EQ(got.size(), expected.size());
+        for (size_t i = 0; i < got.size(); ++i) {
+          const double scale = expected[i].abs().max().item<double>(), tolerance = bf16 ? 2e-2 : 1e-5;
+          EXPECT_GT(scale, 0) << i;
+          EXPECT_LE((got[i] - expected[i]).abs().max().item<double>(), tolerance * scale) << i;
+        }
+        torch::NoGradGuard no_grad;
+        auto evaluate = [&](Llama& m) {
+          torch::manual_seed(6);
+          return m.next_token_loss(ids, masked ? padding : torch::Tensor());
+        };
+        const auto want = evaluate(plain_model);
+        EXPECT_LE((evaluate(changed) - want).abs().max().item<double>(), 1e-5 * want.abs().max().item<double>());
+      }
+    }
+  }
 }
 
 TEST(LoraLinear, InitIsPeftsKaimingUniformAndZeroB) {

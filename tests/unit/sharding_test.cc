@@ -2,6 +2,7 @@
 // holds half of the frozen bytes, computes the logits one whole model computes,
 // and ends a step with the sum over ranks of the LoRA gradients one model gets
 // from both ranks' inputs.
+#include <functional>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -36,6 +37,31 @@ torch::Tensor loss_of(const torch::Tensor& logits) {
   return (logits * torch::randn(logits.sizes(), g)).sum();
 }
 
+// fn(rank, its group) on two ranks as threads, Gloo between them: what each
+// returned, or the exception it threw.
+std::vector<std::string> two_ranks(const std::function<std::string(int, comm::Collective&)>& fn) {
+  comm::InMemoryStore store;
+  std::vector<std::string> failures(2);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      try {
+        comm::CollectiveOptions co;
+        co.rank = r;
+        co.size = 2;
+        co.hostname = "127.0.0.1";
+        co.timeout = std::chrono::seconds(30);
+        auto group = comm::connect("gloo", store, co);
+        failures[static_cast<size_t>(r)] = fn(r, *group);
+      } catch (const std::exception& e) {
+        failures[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  }
+  for (auto& t : ranks) t.join();
+  return failures;
+}
+
 class Sharded : public ::testing::TestWithParam<Sharding> {};
 
 TEST_P(Sharded, TwoRanksComputeWhatOneModelDoes) {
@@ -55,56 +81,91 @@ TEST_P(Sharded, TwoRanksComputeWhatOneModelDoes) {
   for (auto& p : params) p.set_requires_grad(true);
   (loss_of(reference.forward(batch(0))) + loss_of(reference.forward(batch(1)))).backward();
 
-  comm::InMemoryStore store;
-  std::vector<std::string> failures(2);
   std::vector<int64_t> held(2), whole(2);
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < 2; ++r) {
-    ranks.emplace_back([&, r] {
-      try {
-        comm::CollectiveOptions co;
-        co.rank = r;
-        co.size = 2;
-        co.hostname = "127.0.0.1";
-        co.timeout = std::chrono::seconds(30);
-        auto group = comm::connect("gloo", store, co);
-        ShardedWeights weights(*group, GetParam());
-        auto options = nf4_with_lora();
-        options.on_layer = [&](int64_t i, model::DecoderLayer& layer) { weights.adopt_layer(i, layer); };
-        auto m = Llama::from_tensors(config, tensors, options);
-        weights.attach(m);
-        held[static_cast<size_t>(r)] = weights.shard_bytes();
-        whole[static_cast<size_t>(r)] = weights.model_bytes();
-        model::set_lora_b(m, 11);
-        m.set_training(true);
-        m.set_activation_checkpointing(true);
-        {
-          torch::NoGradGuard no_grad;
-          if (!torch::equal(m.forward(batch(0)), logits)) failures[static_cast<size_t>(r)] += "logits differ; ";
-        }
-        auto mine = m.trainable_parameters();
-        for (auto& p : mine) p.set_requires_grad(true);
-        weights.set_sync_gradients(true);
-        loss_of(m.forward(batch(r))).backward();
-        weights.finish_gradients();
-        for (size_t i = 0; i < mine.size(); ++i) {
-          if (!torch::allclose(mine[i].grad(), params[i].grad(), 1e-5, 1e-6)) {
-            failures[static_cast<size_t>(r)] += "gradient " + std::to_string(i) + " differs; ";
-          }
-        }
-      } catch (const std::exception& e) {
-        failures[static_cast<size_t>(r)] = e.what();
+  const auto failures = two_ranks([&](int r, comm::Collective& group) {
+    std::string failure;
+    ShardedWeights weights(group, GetParam());
+    auto options = nf4_with_lora();
+    options.on_layer = [&](int64_t i, model::DecoderLayer& layer) { weights.adopt_layer(i, layer); };
+    auto m = Llama::from_tensors(config, tensors, options);
+    weights.attach(m);
+    held[static_cast<size_t>(r)] = weights.shard_bytes();
+    whole[static_cast<size_t>(r)] = weights.model_bytes();
+    model::set_lora_b(m, 11);
+    m.set_training(true);
+    m.set_activation_checkpointing(true);
+    {
+      torch::NoGradGuard no_grad;
+      if (!torch::equal(m.forward(batch(0)), logits)) failure += "logits differ; ";
+    }
+    auto mine = m.trainable_parameters();
+    for (auto& p : mine) p.set_requires_grad(true);
+    weights.set_sync_gradients(true);
+    loss_of(m.forward(batch(r))).backward();
+    weights.finish_gradients();
+    for (size_t i = 0; i < mine.size(); ++i) {
+      if (!torch::allclose(mine[i].grad(), params[i].grad(), 1e-5, 1e-6)) {
+        failure += "gradient " + std::to_string(i) + " differs; ";
       }
-    });
-  }
-  for (auto& t : ranks) t.join();
+    }
+    return failure;
+  });
   EXPECT_EQ(failures, (std::vector<std::string>{"", ""}));
   EXPECT_EQ(held[0], held[1]);
   if (GetParam() == Sharding::kFullShard) {
     EXPECT_GE(held[0] * 2, whole[0]);
-    EXPECT_LE(held[0] * 2, whole[0] + 64 * 2 * 3 * 30);  // 64-byte alignment of each tensor, 3 buffers
+    EXPECT_LE(held[0] * 2, whole[0] + 64 * 2 * 4 * 30);  // 64-byte alignment of each tensor, 4 buffers
   } else {
     EXPECT_EQ(held[0], whole[0]);
+  }
+}
+
+// With a chunked loss the sharded lm_head is released as soon as the loss's forward
+// is done (its backward reads neither the logits nor lm_head), and two ranks' summed
+// LoRA gradients are one model's with the plain loss, tied embeddings included.
+TEST(Sharded, ChunkedLossGivesOneModelsGradients) {
+  for (const bool tied : {false, true}) {
+    SCOPED_TRACE(tied ? "tied" : "untied");
+    auto config = model::tiny_config();
+    config.tie_word_embeddings = tied;
+    auto tensors = model::random_tensors(config, 6);
+    if (tied) tensors.erase("lm_head.weight");
+    auto reference = Llama::from_tensors(config, tensors, nf4_with_lora());
+    model::set_lora_b(reference, 12);
+    reference.set_training(true);
+    reference.set_activation_checkpointing(true);
+    auto params = reference.trainable_parameters();
+    for (auto& p : params) p.set_requires_grad(true);
+    (reference.next_token_loss(batch(0)).sum() + reference.next_token_loss(batch(1)).sum()).backward();
+
+    const auto failures = two_ranks([&](int r, comm::Collective& group) {
+      std::string failure;
+      ShardedWeights weights(group, Sharding::kFullShard);
+      auto options = nf4_with_lora();
+      options.on_layer = [&](int64_t i, model::DecoderLayer& layer) { weights.adopt_layer(i, layer); };
+      auto m = Llama::from_tensors(config, tensors, options);
+      weights.attach(m);
+      model::set_lora_b(m, 12);
+      m.set_training(true);
+      m.set_activation_checkpointing(true);
+      m.set_loss_chunk(5);
+      auto mine = m.trainable_parameters();
+      for (auto& p : mine) p.set_requires_grad(true);
+      weights.set_sync_gradients(true);
+      auto loss = m.next_token_loss(batch(r)).sum();
+      if (m.lm_head().defined() || m.embed_tokens().defined()) failure += "lm_head or embedding still gathered; ";
+      loss.backward();
+      weights.finish_gradients();
+      for (size_t i = 0; i < mine.size(); ++i) {
+        // float32 rounding apart: the chunked gradient is scaled by the loss's after the product with lm_head
+        const double scale = params[i].grad().abs().max().item<double>();
+        if ((mine[i].grad() - params[i].grad()).abs().max().item<double>() > 1e-5 * scale) {
+          failure += "gradient " + std::to_string(i) + " differs; ";
+        }
+      }
+      return failure;
+    });
+    EXPECT_EQ(failures, (std::vector<std::string>{"", ""}));
   }
 }
 

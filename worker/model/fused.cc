@@ -237,14 +237,37 @@ bool fused_lora_input_grad(torch::Tensor& dx, const std::vector<LoraInputTerm>& 
   return true;
 }
 
+namespace {
+bool cross_entropy_takes(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return takes(logits) && logits.dim() == 2 && logits.size(1) % 8 == 0 && logits.size(1) > 0 &&
+         targets.scalar_type() == torch::kInt64 && targets.device() == logits.device() &&
+         targets.sizes() == torch::IntArrayRef{logits.size(0)};
+}
+}  // namespace
+
 torch::Tensor fused_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets) {
-  if (!takes(logits) || logits.dim() != 2 || logits.size(1) % 8 != 0 || logits.size(1) == 0 ||
-      targets.scalar_type() != torch::kInt64 || targets.device() != logits.device() ||
-      targets.sizes() != torch::IntArrayRef{logits.size(0)}) {
-    return {};
-  }
+  if (!cross_entropy_takes(logits, targets)) return {};
   const c10::cuda::CUDAGuard guard(logits.device());
   return CrossEntropy::apply(logits.contiguous(), targets.contiguous());
+}
+
+std::vector<torch::Tensor> fused_cross_entropy_and_grad(const torch::Tensor& logits, const torch::Tensor& targets) {
+  if (!cross_entropy_takes(logits, targets)) return {};
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const auto x = logits.contiguous();
+  const auto t = targets.contiguous();
+  const auto rows = static_cast<size_t>(x.size(0)), vocab = static_cast<size_t>(x.size(1));
+  auto f32 = x.options().dtype(torch::kFloat32);
+  auto loss = torch::empty({x.size(0)}, f32), lse = torch::empty({x.size(0)}, f32);
+  auto ones = torch::ones({x.size(0)}, f32);
+  auto d = torch::empty_like(x);
+  check(k::cross_entropy_cuda(x.data_ptr(), t.data_ptr<int64_t>(), rows, vocab, loss.data_ptr<float>(),
+                              lse.data_ptr<float>(), float_type(x), stream()),
+        "cross-entropy");
+  check(k::cross_entropy_backward_cuda(x.data_ptr(), t.data_ptr<int64_t>(), lse.data_ptr<float>(),
+                                       ones.data_ptr<float>(), rows, vocab, d.data_ptr(), float_type(x), stream()),
+        "cross-entropy backward");
+  return {loss, d};
 }
 
 #else
@@ -255,6 +278,7 @@ torch::Tensor fused_rotary(const torch::Tensor&, const torch::Tensor&, const tor
 torch::Tensor fused_silu_mul(const torch::Tensor&, const torch::Tensor&) { return {}; }
 bool fused_lora_input_grad(torch::Tensor&, const std::vector<LoraInputTerm>&) { return false; }
 torch::Tensor fused_cross_entropy(const torch::Tensor&, const torch::Tensor&) { return {}; }
+std::vector<torch::Tensor> fused_cross_entropy_and_grad(const torch::Tensor&, const torch::Tensor&) { return {}; }
 
 #endif
 

@@ -44,5 +44,9 @@ bool fused_lora_input_grad(torch::Tensor& dx, const std::vector<LoraInputTerm>& 
 // targets [rows], computed in float32 from the logits as they are (bfloat16 logits
 // are not copied to float32 first).
 torch::Tensor fused_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets);
+// {fused_cross_entropy's loss, softmax(logits) - onehot(targets) in the logits' dtype}:
+// the loss and its gradient for a gradient of one, no autograd. Empty where
+// fused_cross_entropy does not apply.
+std::vector<torch::Tensor> fused_cross_entropy_and_grad(const torch::Tensor& logits, const torch::Tensor& targets);
 
 }  // namespace herd::model

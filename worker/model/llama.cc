@@ -8,6 +8,7 @@
 
 #include "common/safetensors.h"
 #include "kernels/nf4.h"
+#include "worker/model/chunked_loss.h"
 #include "worker/model/fused.h"
 #include "worker/model/linear_group.h"
 #include "worker/model/rng.h"
@@ -354,7 +355,11 @@ torch::Tensor Llama::CheckpointedLayer::forward(torch::autograd::AutogradContext
   ctx->saved_data["cos"] = cos;
   ctx->saved_data["sin"] = sin;
   ctx->saved_data["mask"] = mask;
-  ctx->save_for_backward({hidden});
+  if (model->offload_) {
+    model->offload_->save(layer, hidden);
+  } else {
+    ctx->save_for_backward({hidden});
+  }
   torch::NoGradGuard no_grad;
   const auto& block = model->layers_[static_cast<size_t>(layer)];
   if (!model->options_.keep_attention) return model->decoder_layer(block, hidden, cos, sin, causal_if_empty(mask));
@@ -369,7 +374,9 @@ torch::autograd::variable_list Llama::CheckpointedLayer::backward(torch::autogra
   const auto* model = reinterpret_cast<const Llama*>(ctx->saved_data["model"].toInt());
   const int64_t layer = ctx->saved_data["layer"].toInt();
   if (model->source_) model->source_->acquire(layer, /*backward=*/true);
-  auto hidden = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+  auto hidden = (model->offload_ ? model->offload_->load(layer) : ctx->get_saved_variables()[0])
+                    .detach()
+                    .requires_grad_(true);
   const auto device = model->device();
   const auto after = rng_state(device);
   set_rng_state(ctx->saved_data["rng"].toTensor(), device);
@@ -395,6 +402,10 @@ torch::autograd::variable_list Llama::CheckpointedLayer::backward(torch::autogra
   return {hidden.grad(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
 }
 
+void Llama::set_activation_offload(bool on) {
+  offload_ = on ? std::make_shared<ActivationOffload>() : nullptr;
+}
+
 torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                              const torch::Tensor& segment_ids) const {
   return stream_logits(input_ids, attention_mask, segment_ids).to(torch::kFloat32);
@@ -402,11 +413,21 @@ torch::Tensor Llama::forward(const torch::Tensor& input_ids, const torch::Tensor
 
 torch::Tensor Llama::next_token_loss(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                      const torch::Tensor& segment_ids) const {
-  auto logits = stream_logits(input_ids, attention_mask, segment_ids);
-  const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
-  auto ids = input_ids.to(logits.device(), torch::kInt64);
-  if (options_.fused_kernels && T > 1) {
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  auto ids = input_ids.to(device(), torch::kInt64);
+  if (loss_chunk_ > 0 && T > 1) {
+    auto h = final_hidden(input_ids, attention_mask, segment_ids);
     // Every position at once; the last one's target is a placeholder, dropped.
+    auto targets = torch::cat({ids.slice(1, 1), torch::zeros({B, 1}, ids.options())}, 1).reshape({-1});
+    if (source_) source_->acquire_lm_head();
+    auto loss = chunked_cross_entropy(h.view({B * T, -1}), lm_head_.to(options_.activation_dtype), targets,
+                                      loss_chunk_, options_.fused_kernels);
+    if (source_) source_->release_lm_head();
+    return loss.view({B, T}).slice(1, 0, T - 1);
+  }
+  auto logits = stream_logits(input_ids, attention_mask, segment_ids);
+  const int64_t V = logits.size(2);
+  if (options_.fused_kernels && T > 1) {
     auto targets = torch::cat({ids.slice(1, 1), torch::zeros({B, 1}, ids.options())}, 1).reshape({-1});
     if (auto loss = fused_cross_entropy(logits.view({B * T, V}), targets); loss.defined()) {
       return loss.view({B, T}).slice(1, 0, T - 1);
@@ -420,6 +441,16 @@ torch::Tensor Llama::next_token_loss(const torch::Tensor& input_ids, const torch
 
 torch::Tensor Llama::stream_logits(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                    const torch::Tensor& segment_ids) const {
+  auto h = final_hidden(input_ids, attention_mask, segment_ids);
+  if (source_) source_->acquire_lm_head();
+  // The graph keeps lm_head for backward.
+  auto logits = torch::matmul(h, lm_head_.to(options_.activation_dtype).t());
+  if (source_) source_->release_lm_head();
+  return logits;
+}
+
+torch::Tensor Llama::final_hidden(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                                  const torch::Tensor& segment_ids) const {
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens]");
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   if (input_ids.numel() > 0) {
@@ -429,10 +460,11 @@ torch::Tensor Llama::stream_logits(const torch::Tensor& input_ids, const torch::
           fmt::format("token id {} is outside the vocabulary (0..{})", lo < 0 ? lo : hi, config_.vocab_size - 1));
     }
   }
-  if (source_) source_->acquire_head();
   const auto device = options_.device;
   const auto act = options_.activation_dtype;
+  if (source_) source_->acquire_embedding();
   auto h = embed_tokens_.index_select(0, input_ids.reshape({-1}).to(device)).view({B, T, -1}).to(act);
+  if (source_) source_->release_embedding();
 
   // Rotary embeddings computed in float32, then in the hidden stream's dtype, as HF
   // does (positions 0..T-1: with right padding, real tokens keep their positions).
@@ -495,11 +527,10 @@ torch::Tensor Llama::stream_logits(const torch::Tensor& input_ids, const torch::
                   : decoder_layer(layers_[i], h, cos, sin, mask);
     if (source_ && release) source_->release(index);
   }
-  h = rms_norm(h, norm_, config_.rms_norm_eps, options_.fused_kernels);
-  // The graph keeps lm_head for backward.
-  auto logits = torch::matmul(h, lm_head_.to(act).t());
-  if (source_) source_->release_head();
-  return logits;
+  if (source_) source_->acquire_lm_head();  // the final norm comes with it
+  // A copy of the norm's weight (hidden floats) for the graph, which would otherwise
+  // keep the whole gathered lm_head buffer until the norm's backward.
+  return rms_norm(h, source_ ? norm_.clone() : norm_, config_.rms_norm_eps, options_.fused_kernels);
 }
 
 std::pair<double, int64_t> Llama::sequence_loss(const std::vector<int32_t>& ids) const {

@@ -15,6 +15,7 @@
 
 #include <torch/torch.h>
 
+#include "worker/model/activation_offload.h"
 #include "worker/model/llama_config.h"
 #include "worker/model/lora_linear.h"
 
@@ -52,9 +53,13 @@ class WeightSource {
   virtual void release(int64_t layer) = 0;
   // Layer i's backward is done: its LoRA gradients of this micro-batch are final.
   virtual void backward_done(int64_t layer) = 0;
-  // The embedding, final norm and lm_head: resident for a forward, then released.
-  virtual void acquire_head() = 0;
-  virtual void release_head() = 0;
+  // The embedding: resident for the lookup at the start of a forward.
+  virtual void acquire_embedding() = 0;
+  virtual void release_embedding() = 0;
+  // The final norm and lm_head: resident from the end of a forward until the
+  // logits are made (with a chunked loss) or their backward is done (without).
+  virtual void acquire_lm_head() = 0;
+  virtual void release_lm_head() = 0;
 };
 
 struct LoadOptions {
@@ -126,7 +131,8 @@ class Llama {
   // Next-token cross-entropy at each position, float32 [B, T - 1] (position t
   // predicts ids[t + 1]); the arguments are forward's. On a GPU with the fused
   // kernels the logits stay in the hidden stream's dtype and the loss and its
-  // gradient are one kernel each (no float32 copy of the logits).
+  // gradient are one kernel each (no float32 copy of the logits). With a loss
+  // chunk (set_loss_chunk) the logits exist a chunk of positions at a time.
   torch::Tensor next_token_loss(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
                                 const torch::Tensor& segment_ids = {}) const;
 
@@ -143,6 +149,17 @@ class Llama {
   // backward (trainer.gradient_checkpointing): activation memory of one layer.
   void set_activation_checkpointing(bool on) { activation_checkpointing_ = on; }
   bool activation_checkpointing() const { return activation_checkpointing_; }
+  // The loss over `positions` positions at a time (trainer.loss_chunk_tokens; 0: all
+  // at once): each chunk's logits, loss and gradient with respect to the final
+  // hidden state are made in the forward and the logits dropped, so the full
+  // [B, T, vocab] logits and their gradient never exist and lm_head is not needed
+  // in backward (worker/model/chunked_loss.h).
+  // With activation checkpointing on a GPU: each layer's input in pinned host memory
+  // between its forward and its backward (worker/model/activation_offload.h).
+  void set_activation_offload(bool on);
+  const ActivationOffload* activation_offload() const { return offload_.get(); }
+  void set_loss_chunk(int64_t positions) { loss_chunk_ = positions; }
+  int64_t loss_chunk() const { return loss_chunk_; }
   void set_weight_source(WeightSource* source) { source_ = source; }
   // The frozen tensors outside the decoder layers (a WeightSource swaps them).
   torch::Tensor& embed_tokens() { return embed_tokens_; }
@@ -165,6 +182,10 @@ class Llama {
   torch::ScalarType head_dtype() const;
   void add_layer(int64_t index, const std::function<torch::Tensor(const std::string&)>& get,
                  const PrequantizedLookup& prequantized, torch::Generator* rng);
+  // The decoder's output after the final norm, [B, T, hidden] in the hidden
+  // stream's dtype.
+  torch::Tensor final_hidden(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                             const torch::Tensor& segment_ids) const;
   // forward's logits in the hidden stream's dtype.
   torch::Tensor stream_logits(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                               const torch::Tensor& segment_ids) const;
@@ -195,6 +216,8 @@ class Llama {
   torch::Tensor lm_head_;  // [vocab, hidden] in head_dtype() (the embedding when tied)
   bool training_ = false;
   bool activation_checkpointing_ = false;
+  int64_t loss_chunk_ = 0;
+  std::shared_ptr<ActivationOffload> offload_;
   WeightSource* source_ = nullptr;
 };
 

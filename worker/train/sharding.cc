@@ -81,9 +81,10 @@ void ShardedWeights::attach(model::Llama& model) {
     throw std::logic_error(fmt::format("{} of {} layers adopted", layers_.size(), model.layers().size()));
   }
   tied_ = model.lm_head().defined() && model.lm_head().is_same(model.embed_tokens());
-  std::vector<torch::Tensor*> head = {&model.embed_tokens(), &model.final_norm()};
-  if (!tied_) head.push_back(&model.lm_head());
-  head_ = make_flat(head);
+  embedding_ = make_flat({&model.embed_tokens()});
+  std::vector<torch::Tensor*> out = {&model.final_norm()};
+  if (!tied_) out.push_back(&model.lm_head());
+  lm_head_ = make_flat(out);
   if (tied_ && mode_ == Sharding::kFullShard) model.lm_head() = torch::Tensor();
   synced_.assign(layers_.size(), false);
   model_ = &model;
@@ -92,7 +93,8 @@ void ShardedWeights::attach(model::Llama& model) {
 
 int64_t ShardedWeights::shard_bytes() const {
   if (mode_ == Sharding::kNoShard) return model_bytes_;
-  int64_t total = head_.shard.defined() ? static_cast<int64_t>(head_.shard.nbytes()) : 0;
+  int64_t total = 0;
+  for (const auto* f : {&embedding_, &lm_head_}) total += f->shard.defined() ? static_cast<int64_t>(f->shard.nbytes()) : 0;
   for (const auto& f : layers_) total += static_cast<int64_t>(f.shard.nbytes());
   return total;
 }
@@ -130,6 +132,10 @@ void ShardedWeights::drop(Flat& f) {
 
 void ShardedWeights::prefetch(int64_t layer) {
   if (layer >= 0 && layer < static_cast<int64_t>(layers_.size())) gather(layers_[static_cast<size_t>(layer)]);
+  if (layer == static_cast<int64_t>(layers_.size())) {  // after the last layer: the final norm and lm_head
+    gather(lm_head_);
+    if (tied_) gather(embedding_);
+  }
 }
 
 void ShardedWeights::acquire(int64_t layer, bool backward) {
@@ -139,16 +145,26 @@ void ShardedWeights::acquire(int64_t layer, bool backward) {
 
 void ShardedWeights::release(int64_t layer) { drop(layers_.at(static_cast<size_t>(layer))); }
 
-void ShardedWeights::acquire_head() {
-  gather(head_);
+void ShardedWeights::acquire_embedding() {
+  gather(embedding_);
   prefetch(0);
-  ensure(head_);
-  if (tied_) model_->lm_head() = model_->embed_tokens();
+  ensure(embedding_);
 }
 
-void ShardedWeights::release_head() {
-  drop(head_);
-  if (tied_ && mode_ == Sharding::kFullShard) model_->lm_head() = torch::Tensor();
+void ShardedWeights::release_embedding() { drop(embedding_); }
+
+void ShardedWeights::acquire_lm_head() {
+  ensure(lm_head_);
+  if (!tied_) return;
+  ensure(embedding_);
+  model_->lm_head() = model_->embed_tokens();
+}
+
+void ShardedWeights::release_lm_head() {
+  drop(lm_head_);
+  if (!tied_) return;
+  drop(embedding_);
+  if (mode_ == Sharding::kFullShard) model_->lm_head() = torch::Tensor();
 }
 
 void ShardedWeights::release_all() {

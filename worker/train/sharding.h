@@ -6,8 +6,10 @@
 // its buffer is all-gathered (the packed 4-bit bytes: a quarter of bf16's traffic)
 // and the layer's tensors become views into it; after, they are dropped. The next
 // layer's gather is issued before the current one computes (forward: i+1;
-// backward's recomputation: i-1). The embedding, final norm and lm_head are one
-// more flat buffer, gathered for each forward.
+// backward's recomputation: i-1). The embedding is one more flat buffer, gathered
+// for the lookup at the start of a forward; the final norm and lm_head another,
+// prefetched with the last layer and released once the logits are made (a tied
+// lm_head gathers the embedding again). The two are never resident at once.
 // no_shard: every rank holds the whole model (plain data parallel).
 // Either way LoRA parameters are replicated: on a step's last micro-batch each
 // layer's LoRA gradients are summed over the ranks in one bucket, launched as soon
@@ -53,8 +55,10 @@ class ShardedWeights : public model::WeightSource {
   void acquire(int64_t layer, bool backward) override;
   void release(int64_t layer) override;
   void backward_done(int64_t layer) override;
-  void acquire_head() override;
-  void release_head() override;
+  void acquire_embedding() override;
+  void release_embedding() override;
+  void acquire_lm_head() override;
+  void release_lm_head() override;
 
  private:
   struct Slot {
@@ -81,7 +85,7 @@ class ShardedWeights : public model::WeightSource {
   const Sharding mode_;
   model::Llama* model_ = nullptr;
   std::vector<Flat> layers_;
-  Flat head_;
+  Flat embedding_, lm_head_;  // lm_head_: the final norm and, untied, lm_head
   bool tied_ = false;
   std::vector<std::vector<torch::Tensor>> lora_;  // per layer
   bool sync_ = false;

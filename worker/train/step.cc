@@ -80,6 +80,8 @@ void build_replica(Replica& r, const Config& config, std::unique_ptr<comm::Colle
   ::malloc_trim(0);  // hand the freed parts of every layer back to the system
   r.model->set_training(true);
   r.model->set_activation_checkpointing(config.trainer.gradient_checkpointing);
+  r.model->set_loss_chunk(config.trainer.loss_chunk_tokens);
+  r.model->set_activation_offload(config.trainer.offload_activations);
   r.flops = {r.model->config(), config.lora.r, config.lora.target_modules, config.trainer.gradient_checkpointing};
   r.params = r.model->trainable_parameters();
   for (auto& p : r.params) p.set_requires_grad(true);
