@@ -1,6 +1,7 @@
 #include "cli/plan_command.h"
 
 #include <iostream>
+#include <optional>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -37,6 +38,8 @@ int plan(const std::string& path, int64_t workers, const std::string& gpu_mem, i
     in.batch_size = config.trainer.batch_size;
     in.tokens = tokens > 0 ? tokens : config.model_context_window;
     in.checkpointing = config.trainer.gradient_checkpointing;
+    in.loss_chunk = config.trainer.loss_chunk_tokens;
+    in.offload_activations = config.trainer.offload_activations;
     in.lora_parameters = in.shape.lora_parameters(config.lora.r, config.lora.target_modules);
     std::optional<double> capacity;
     if (!gpu_mem.empty()) {
@@ -48,8 +51,9 @@ int plan(const std::string& path, int64_t workers, const std::string& gpu_mem, i
     }
     in.gpu = capacity.has_value() || config.distributed.backend == "nccl";
     const auto items = train::memory_plan(in);
-    double total = 0;
-    for (const auto& item : items) total += item.bytes;
+    const double total = train::plan_total(in);
+    std::optional<train::Fit> fit;
+    if (capacity && total > *capacity) fit = train::fit(in, *capacity);
     if (json) {
       nlohmann::json out = {{"workers", in.workers}, {"batch_size", in.batch_size}, {"tokens", in.tokens},
                             {"shape", shape_from}, {"total_bytes", total}, {"items", nlohmann::json::array()}};
@@ -57,6 +61,11 @@ int plan(const std::string& path, int64_t workers, const std::string& gpu_mem, i
       if (capacity) {
         out["capacity_bytes"] = *capacity;
         out["fits"] = total <= *capacity;
+      }
+      if (fit && !fit->changes.empty()) {
+        nlohmann::json changes = nlohmann::json::object();
+        for (const auto& [key, value] : fit->changes) changes[key] = value;
+        out["to_fit"] = {{"changes", changes}, {"total_bytes", train::plan_total(fit->input)}, {"fits", fit->fits}};
       }
       std::cout << out.dump() << "\n";
       return 0;
@@ -71,6 +80,19 @@ int plan(const std::string& path, int64_t workers, const std::string& gpu_mem, i
       std::cout << fmt::format("{} in {:.1f} GiB per GPU ({:.0f}% used)\n",
                                total <= *capacity ? "fits" : "does not fit", *capacity / gib,
                                100 * total / *capacity);
+    }
+    if (fit && !fit->changes.empty()) {
+      std::string changes;
+      for (const auto& [key, value] : fit->changes) changes += fmt::format("\n  {}: {}", key, value);
+      const double with = train::plan_total(fit->input);
+      if (fit->fits) {
+        std::cout << fmt::format("to fit, set:{}\nthen a rank holds {:.2f} GiB, {:.2f} GiB ({:.0f}%) to spare\n",
+                                 changes, with / gib, (*capacity - with) / gib, 100 * (*capacity - with) / *capacity);
+      } else {
+        std::cout << fmt::format("with every memory feature on:{}\na rank still holds {:.2f} GiB, {:.2f} GiB over: "
+                                 "more workers, shorter rows or a larger GPU\n",
+                                 changes, with / gib, (with - *capacity) / gib);
+      }
     }
     return 0;
   } catch (const std::exception& e) {

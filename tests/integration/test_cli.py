@@ -273,6 +273,23 @@ def test_plan_for_the_seed_on_one_and_many_gpus():
     assert float(re.search(r"per rank +([\d.]+) GiB", eight.stdout).group(1)) < total / 2
     two = herd("plan", SEED, "--workers", "2", "--gpu-mem", "24GB")
     assert "does not fit in 22.4 GiB per GPU" in two.stdout
+    assert "with every memory feature on:" in two.stdout  # 4,096-token rows: still over
+
+
+def test_plan_says_which_memory_features_fit_the_seed_on_two_24gb_gpus(tmp_path):
+    plan = json.loads(herd("plan", SEED, "--workers", "2", "--gpu-mem", "24GB", "--tokens", "2048", "--json").stdout)
+    assert not plan["fits"]
+    fit = plan["to_fit"]
+    assert fit["changes"] == {"trainer.loss_chunk_tokens": "1024", "trainer.bf16": "true",
+                              "trainer.offload_activations": "true"}
+    assert fit["fits"] and 0.95 * 24e9 < fit["total_bytes"] < 24e9
+    # The seed's YAML with those keys set plans what the advice said, and fits.
+    changed = tmp_path / "seed.yaml"
+    changed.write_text(SEED.read_text().replace(
+        "  logging_steps: 20\n", "  logging_steps: 20\n  loss_chunk_tokens: 1024\n  bf16: true\n  offload_activations: true\n"))
+    again = json.loads(herd("plan", changed, "--workers", "2", "--gpu-mem", "24GB", "--tokens", "2048", "--json").stdout)
+    assert again["fits"] and "to_fit" not in again
+    assert again["total_bytes"] == pytest.approx(fit["total_bytes"])
     bad = herd("plan", SEED, "--gpu-mem", "lots")
     assert bad.returncode == 1 and "--gpu-mem 'lots' is not a size" in bad.stderr
 

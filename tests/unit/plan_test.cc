@@ -52,11 +52,56 @@ TEST(MemoryPlan, FullShardHoldsOneNthAndTwoLayersInFlight) {
   const auto one = memory_plan(seed(1)), eight = memory_plan(seed(8));
   EXPECT_DOUBLE_EQ(item(eight, "base weights") * 8, item(one, "base weights"));
   EXPECT_DOUBLE_EQ(item(eight, "embedding") * 8, item(one, "embedding"));
-  EXPECT_DOUBLE_EQ(item(eight, "gathered"), item(one, "base weights") / 80 * 2 + item(one, "embedding"));
+  // lm_head and the final norm: the embedding's buffer, as large, is never gathered with it
+  EXPECT_DOUBLE_EQ(item(eight, "gathered"), item(one, "base weights") / 80 * 2 + 32000.0 * 8192 * 4 + 8192 * 4);
   EXPECT_DOUBLE_EQ(item(eight, "LoRA"), item(one, "LoRA"));  // replicated
   auto no_shard = seed(8);
   no_shard.full_shard = false;
   EXPECT_DOUBLE_EQ(item(memory_plan(no_shard), "base weights"), item(one, "base weights"));
+}
+
+TEST(MemoryPlan, ChunkedLossKeepsAChunksLogitsAndTheHiddenStatesGradient) {
+  auto in = seed(1);
+  in.loss_chunk = 1024;
+  auto items = memory_plan(in);
+  EXPECT_DOUBLE_EQ(item(items, "loss in chunks of 1024"), 2.0 * 1024 * 32000 * 4 + 4096.0 * 8192 * 4);
+  in.loss_chunk = 100000;  // more than the row: the row's
+  EXPECT_DOUBLE_EQ(item(memory_plan(in), "loss in chunks"), 2.0 * 4096 * 32000 * 4 + 4096.0 * 8192 * 4);
+  in.loss_chunk = 512;
+  in.gpu = false;  // the CPU's loss: float32 logits, softmax and gradient
+  EXPECT_DOUBLE_EQ(item(memory_plan(in), "loss in chunks"), 3.0 * 512 * 32000 * 4 + 4096.0 * 8192 * 4);
+}
+
+TEST(MemoryPlan, OffloadedActivationsKeepTwoLayerInputsOnTheGpu) {
+  auto in = seed(1);
+  in.offload_activations = true;
+  EXPECT_DOUBLE_EQ(item(memory_plan(in), "activations: 2 layers' inputs (float32; 10.00 GiB in pinned host"),
+                   2.0 * 4096 * 8192 * 4);
+}
+
+// The seed's job on two 24 GB GPUs at 2,048-token rows needs all three features;
+// on one 80 GiB GPU none.
+TEST(MemoryPlan, FitTurnsOnTheCheapestFeaturesFirstAndOnlyAsNeeded) {
+  auto in = seed(2);
+  in.tokens = 2048;
+  const double capacity = 24e9;  // --gpu-mem 24GB
+  const auto f = fit(in, capacity);
+  ASSERT_TRUE(f.fits);
+  EXPECT_EQ(f.changes, (std::vector<std::pair<std::string, std::string>>{
+                           {"trainer.loss_chunk_tokens", "1024"}, {"trainer.bf16", "true"},
+                           {"trainer.offload_activations", "true"}}));
+  EXPECT_EQ(f.input.loss_chunk, 1024);
+  EXPECT_EQ(f.input.stream_bytes, 2);
+  EXPECT_TRUE(f.input.offload_activations);
+  EXPECT_LE(plan_total(f.input), capacity);
+  auto without_offload = f.input;
+  without_offload.offload_activations = false;
+  EXPECT_GT(plan_total(without_offload), capacity);
+  EXPECT_TRUE(fit(seed(1), 80.0 * (1 << 30)).changes.empty());
+  // Nothing makes 4,096-token rows of 70B fit on one 24 GB GPU: every feature is on, and it says so.
+  const auto alone = fit(seed(1), capacity);
+  EXPECT_FALSE(alone.fits);
+  EXPECT_EQ(alone.changes.size(), 3u);
 }
 
 TEST(MemoryPlan, SizesAndNames) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <functional>
 
 #include <fmt/format.h>
 
@@ -22,7 +23,8 @@ std::vector<PlanItem> memory_plan(const PlanInput& in) {
   const double layer_bytes = per_layer_weights * per_weight + 2 * H * 4;
   // The frozen embedding and lm_head are kept in the hidden stream's dtype when it is
   // bfloat16 (Llama::head_dtype), the final norm in float32.
-  const double head_bytes = V * H * static_cast<double>(in.stream_bytes) * (s.tie_word_embeddings ? 1 : 2) + H * 4;
+  const double matrix_bytes = V * H * static_cast<double>(in.stream_bytes);
+  const double head_bytes = matrix_bytes * (s.tie_word_embeddings ? 1 : 2) + H * 4;
   const double n = static_cast<double>(in.workers);
   const bool sharded = in.full_shard && in.workers > 1;
   const double share = in.full_shard ? 1.0 / n : 1.0;
@@ -43,8 +45,7 @@ std::vector<PlanItem> memory_plan(const PlanInput& in) {
   add(fmt::format("{} and final norm, {}", s.tie_word_embeddings ? "embedding (tied lm_head)" : "embedding, lm_head",
                   stream),
       head_bytes * share);
-  add("gathered: 2 layers in flight and the embedding/lm_head buffer",
-                 sharded ? 2 * layer_bytes + head_bytes : 0.0);
+  add("gathered: 2 layers in flight and the lm_head buffer", sharded ? 2 * layer_bytes + matrix_bytes + H * 4 : 0.0);
   add(fmt::format("LoRA: {} parameters, gradients and AdamW moments (float32)", in.lora_parameters),
                  static_cast<double>(in.lora_parameters) * 16);
   // One layer's forward and backward: q/k/v/o, the MLP's three projections and
@@ -53,19 +54,53 @@ std::vector<PlanItem> memory_plan(const PlanInput& in) {
   // stream dtype (a weight is dequantized in the compute dtype, then cast to the
   // stream's).
   const double layer_work = B * T * (4 * H + 2 * kv + 3 * I) * c * 2 + 2 * H * I * std::max(c, a);
-  if (in.checkpointing) {
-    add(fmt::format("activations: each layer's input ({}, checkpointing)", stream), L * B * T * H * a);
+  const double layer_input = B * T * H * a;
+  if (in.checkpointing && in.offload_activations) {
+    add(fmt::format("activations: 2 layers' inputs ({}; {:.2f} GiB in pinned host memory)", stream,
+                    L * layer_input / (1024.0 * 1024 * 1024)),
+        2 * layer_input);
+    add("one layer recomputed and back-propagated", layer_work);
+  } else if (in.checkpointing) {
+    add(fmt::format("activations: each layer's input ({}, checkpointing)", stream), L * layer_input);
     add("one layer recomputed and back-propagated", layer_work);
   } else {
     add("activations: every layer's (no checkpointing)", L * layer_work);
   }
-  if (in.gpu) {
-    add(fmt::format("logits and their gradient ({}, the fused loss)", stream), 2 * B * T * V * a);
+  const double rows = in.loss_chunk > 0 ? std::min(B * T, static_cast<double>(in.loss_chunk)) : B * T;
+  const double logits = in.gpu ? 2 * rows * V * a : 3 * rows * V * 4;
+  if (in.loss_chunk > 0) {
+    add(fmt::format("loss in chunks of {}: a chunk's logits and gradient, the hidden state's", in.loss_chunk),
+        logits + layer_input);
+  } else if (in.gpu) {
+    add(fmt::format("logits and their gradient ({}, the fused loss)", stream), logits);
   } else {
-    add("logits, their softmax and gradient (float32)", 3 * B * T * V * 4);
+    add("logits, their softmax and gradient (float32)", logits);
   }
   if (in.gpu) add("CUDA context and allocator reserve", 1024.0 * 1024 * 1024);
   return out;
+}
+
+double plan_total(const PlanInput& input) {
+  double total = 0;
+  for (const auto& item : memory_plan(input)) total += item.bytes;
+  return total;
+}
+
+Fit fit(const PlanInput& input, double capacity) {
+  Fit f;
+  f.input = input;
+  auto turn_on = [&](bool possible, const char* key, const char* value, const std::function<void(PlanInput&)>& set) {
+    if (plan_total(f.input) <= capacity || !possible) return;
+    set(f.input);
+    f.changes.emplace_back(key, value);
+  };
+  turn_on(input.loss_chunk == 0, "trainer.loss_chunk_tokens", "1024",
+          [](PlanInput& in) { in.loss_chunk = 1024; });
+  turn_on(input.stream_bytes == 4, "trainer.bf16", "true", [](PlanInput& in) { in.stream_bytes = 2; });
+  turn_on(input.gpu && input.checkpointing && !input.offload_activations, "trainer.offload_activations", "true",
+          [](PlanInput& in) { in.offload_activations = true; });
+  f.fits = plan_total(f.input) <= capacity;
+  return f;
 }
 
 std::optional<std::pair<std::string, model::LlamaConfig>> known_shape(const std::string& base_model) {

@@ -5,13 +5,17 @@
 //   the compute dtype; embedding and lm_head in the hidden stream's dtype (float32,
 //   or bfloat16 with trainer.bf16), norms in float32; 1/N of each with
 //   full_shard, plus the gathered layers in flight (the one computing and the one
-//   prefetched) and the embedding/lm_head buffer;
+//   prefetched) and the larger of the embedding's and lm_head's buffers (never
+//   gathered at once);
 // - LoRA parameters in float32 with their gradients and AdamW's two moments;
 // - activations: with checkpointing each layer's input (in the hidden stream's
 //   dtype), plus one layer's recomputation and backward (in the compute dtype) and
-//   two of the largest weights dequantized; without, every layer's;
+//   two of the largest weights dequantized; without, every layer's; with
+//   trainer.offload_activations the inputs are in pinned host memory, two on the GPU;
 // - the logits: on a GPU (the fused loss) they and their gradient in the hidden
-//   stream's dtype; on the CPU in float32, with their softmax and gradient;
+//   stream's dtype; on the CPU in float32, with their softmax and gradient; with
+//   trainer.loss_chunk_tokens a chunk's, plus the gradient the chunked loss keeps
+//   for the final hidden state;
 // - on a GPU, the CUDA context and the allocator's reserve (1 GiB, a round figure).
 #pragma once
 
@@ -33,6 +37,8 @@ struct PlanInput {
   int64_t stream_bytes = 4;   // the hidden stream: float32, or bfloat16 (trainer.bf16)
   int64_t batch_size = 1, tokens = 4096;
   bool checkpointing = true;
+  int64_t loss_chunk = 0;  // trainer.loss_chunk_tokens
+  bool offload_activations = false;
   int64_t lora_parameters = 0;
   bool gpu = true;
 };
@@ -43,6 +49,19 @@ struct PlanItem {
 };
 
 std::vector<PlanItem> memory_plan(const PlanInput& input);
+double plan_total(const PlanInput& input);
+
+// The memory features to turn on so that a rank fits in `capacity` bytes, cheapest
+// first, each only if the rank does not fit yet: trainer.loss_chunk_tokens (1024;
+// no extra work), trainer.bf16 (faster; bfloat16 rounding in the hidden stream),
+// trainer.offload_activations (GPU, with checkpointing: host copies that overlap
+// compute).
+struct Fit {
+  std::vector<std::pair<std::string, std::string>> changes;  // config key, value
+  PlanInput input;                                           // with the changes
+  bool fits = false;
+};
+Fit fit(const PlanInput& input, double capacity);
 
 // Llama shapes herd knows by name, for a base model that is not on this machine
 // (e.g. "TheBloke/Llama-2-70B-fp16": Llama-2-70B). Matched case-insensitively.
