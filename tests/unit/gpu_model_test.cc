@@ -3,6 +3,8 @@
 // recompute replaying the GPU's dropout draws, the fused element-wise kernels
 // against the formulas they replace (alone and in a model), the batch-1 NF4 gemv
 // against the dequantized product, and NCCL's operations with one rank.
+#include <thread>
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -305,6 +307,35 @@ TEST(GpuModel, KeptAttentionGivesTheRecomputesGradients) {
   }
 }
 
+// trainer.loss_chunk_tokens (the fused loss kernels a chunk at a time) and
+// trainer.offload_activations (layer inputs through pinned host memory on a copy
+// stream) on the GPU: the plain path's LoRA gradients, in float32 and bfloat16.
+TEST(GpuModel, ChunkedLossAndActivationOffloadGiveThePlainPathsGradients) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU here";
+  auto ids = torch::randint(0, 96, {2, 40}, torch::kInt64);
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    SCOPED_TRACE(testing::Message() << dtype);
+    auto grads = [&](int64_t chunk, bool offload) {
+      auto m = fusable(kGpu, true, dtype, 0.1);
+      m.set_loss_chunk(chunk);
+      m.set_activation_offload(offload);
+      torch::manual_seed(18);
+      auto g = lora_grads(m, ids, true);
+      if (offload) EXPECT_EQ(m.activation_offload()->held(), 0u);
+      return g;
+    };
+    const auto expected = grads(0, false);
+    for (const auto& [chunk, offload] : {std::pair{int64_t{24}, false}, {int64_t{0}, true}, {int64_t{24}, true}}) {
+      SCOPED_TRACE(testing::Message() << "chunk " << chunk << " offload " << offload);
+      const auto got = grads(chunk, offload);
+      ASSERT_EQ(got.size(), expected.size());
+      for (size_t i = 0; i < got.size(); ++i) {
+        EXPECT_LT(rel_err(got[i], expected[i]), dtype == torch::kFloat32 ? 1e-5 : 2e-2) << i;
+      }
+    }
+  }
+}
+
 // The fused AdamW step against torch::optim::AdamW's, from the same state.
 TEST(FusedAdamW, StepsLikeTorchsAdamWOnTheGpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU here";
@@ -385,6 +416,48 @@ TEST(Nccl, EveryOperationWithOneRank) {
   c->broadcast(t, 0).wait();
   EXPECT_TRUE(torch::equal(t.cpu(), torch::full({3}, 1.5, torch::kBFloat16)));
   c->barrier();
+}
+
+// Gloo with GPU tensors (two ranks on one GPU, as threads): each operation goes
+// through host copies and its result lands in the GPU tensor.
+TEST(Gloo, StagesGpuTensorsThroughHostMemory) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU here";
+  comm::InMemoryStore store;
+  std::vector<std::string> failures(2);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      try {
+        comm::CollectiveOptions o;
+        o.rank = r;
+        o.size = 2;
+        o.hostname = "127.0.0.1";
+        auto c = comm::connect("gloo", store, o);
+        auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(kGpu);
+        auto out = torch::zeros({8}, opts);
+        c->all_gather(out, torch::full({4}, r + 1.0, opts)).wait();
+        auto sum = torch::zeros({2}, opts);
+        c->reduce_scatter(sum, torch::arange(4, opts) * (r + 1)).wait();
+        auto t = torch::full({3}, r + 1.0, opts);
+        c->all_reduce(t).wait();
+        auto b = torch::full({2}, static_cast<double>(r), opts.dtype(torch::kBFloat16));
+        c->broadcast(b, 1).wait();
+        std::string& f = failures[static_cast<size_t>(r)];
+        if (!out.is_cuda() || !torch::equal(out.cpu(), torch::tensor({1.f, 1.f, 1.f, 1.f, 2.f, 2.f, 2.f, 2.f}))) {
+          f += "all_gather; ";
+        }
+        if (!torch::equal(sum.cpu(), (torch::arange(4, torch::kFloat32) * 3).slice(0, 2 * r, 2 * r + 2))) {
+          f += "reduce_scatter; ";
+        }
+        if (!torch::equal(t.cpu(), torch::full({3}, 3.0f))) f += "all_reduce; ";
+        if (!torch::equal(b.cpu(), torch::full({2}, 1.0, torch::kBFloat16))) f += "broadcast; ";
+      } catch (const std::exception& e) {
+        failures[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  }
+  for (auto& t : ranks) t.join();
+  EXPECT_EQ(failures, (std::vector<std::string>{"", ""}));
 }
 
 }  // namespace

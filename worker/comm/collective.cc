@@ -20,10 +20,20 @@ namespace herd::comm {
 
 namespace {
 
-void check_cpu(const torch::Tensor& t, const char* op) {
-  if (!t.defined() || !t.is_contiguous() || !t.device().is_cpu()) {
-    throw std::invalid_argument(fmt::format("{}: the Gloo backend takes contiguous CPU tensors", op));
+void check_contiguous(const torch::Tensor& t, const char* op) {
+  if (!t.defined() || !t.is_contiguous()) {
+    throw std::invalid_argument(fmt::format("{}: the Gloo backend takes contiguous tensors", op));
   }
+}
+
+// Gloo moves host memory. A GPU tensor goes through a host copy, as PyTorch's Gloo
+// backend stages CUDA tensors: `work` ran on `host`; once it is done, its result is
+// copied into `device`.
+Work copied_back(Work work, torch::Tensor device, torch::Tensor host) {
+  return Work([work = std::move(work), device, host]() mutable {
+    work.wait();
+    device.copy_(host);
+  });
 }
 
 gloo_api::DType reduce_dtype(const torch::Tensor& t, const char* op) {
@@ -126,33 +136,49 @@ class GlooCollective : public Collective {
   std::string backend() const override { return "gloo"; }
 
   Work all_gather(torch::Tensor out, torch::Tensor in) override {
-    check_cpu(out, "all_gather");
-    check_cpu(in, "all_gather");
+    check_contiguous(out, "all_gather");
+    check_contiguous(in, "all_gather");
     if (out.numel() != in.numel() * size() || out.scalar_type() != in.scalar_type()) {
       throw std::invalid_argument(fmt::format("all_gather: output of {} elements for {} ranks of {}", out.numel(),
                                               size(), in.numel()));
     }
+    if (!out.is_cpu() || !in.is_cpu()) {
+      auto host = torch::empty_like(out, out.options().device(torch::kCPU));
+      return copied_back(all_gather(host, in.cpu()), out, host);
+    }
     return enqueue("all_gather", [this, out, in] { group_->all_gather(in.data_ptr(), out.data_ptr(), in.nbytes()); });
   }
   Work reduce_scatter(torch::Tensor out, torch::Tensor in) override {
-    check_cpu(out, "reduce_scatter");
-    check_cpu(in, "reduce_scatter");
+    check_contiguous(out, "reduce_scatter");
+    check_contiguous(in, "reduce_scatter");
     const auto dtype = reduce_dtype(in, "reduce_scatter");
     if (in.numel() != out.numel() * size() || out.scalar_type() != in.scalar_type()) {
       throw std::invalid_argument("reduce_scatter: input must hold size() chunks of the output's shape and dtype");
+    }
+    if (!out.is_cpu() || !in.is_cpu()) {
+      auto host = torch::empty_like(out, out.options().device(torch::kCPU));
+      return copied_back(reduce_scatter(host, in.cpu()), out, host);
     }
     return enqueue("reduce_scatter", [this, out, in, dtype] {
       group_->reduce_scatter_sum(in.data_ptr(), out.data_ptr(), static_cast<size_t>(out.numel()), dtype);
     });
   }
   Work all_reduce(torch::Tensor t) override {
-    check_cpu(t, "all_reduce");
+    check_contiguous(t, "all_reduce");
     const auto dtype = reduce_dtype(t, "all_reduce");
+    if (!t.is_cpu()) {
+      auto host = t.cpu();
+      return copied_back(all_reduce(host), t, host);
+    }
     return enqueue("all_reduce",
                    [this, t, dtype] { group_->all_reduce_sum(t.data_ptr(), static_cast<size_t>(t.numel()), dtype); });
   }
   Work broadcast(torch::Tensor t, int root) override {
-    check_cpu(t, "broadcast");
+    check_contiguous(t, "broadcast");
+    if (!t.is_cpu()) {
+      auto host = t.cpu();
+      return copied_back(broadcast(host, root), t, host);
+    }
     return enqueue("broadcast", [this, t, root] { group_->broadcast(t.data_ptr(), t.nbytes(), root); });
   }
   void barrier() override { enqueue("barrier", [this] { group_->barrier(); }).wait(); }

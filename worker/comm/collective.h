@@ -1,5 +1,6 @@
 // Collectives over the ranks of one gang, behind one interface with two backends:
-// Gloo (CPU tensors over TCP) and NCCL (CUDA tensors). A world of one rank gets a
+// Gloo (host memory over TCP; a CUDA tensor goes through a host copy, as PyTorch's
+// Gloo backend does it) and NCCL (CUDA tensors). A world of one rank gets a
 // local implementation whose operations are copies. Every operation is
 // asynchronous: it is queued to the backend's own thread (Gloo) or stream (NCCL) and
 // returns a Work to wait on, so communication overlaps compute. Operations must be

@@ -4,8 +4,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <optional>
 #include <stdexcept>
@@ -22,6 +24,7 @@
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
 #include "worker/train/checkpoint.h"
+#include "worker/train/memory_plan.h"
 #include "worker/train/step.h"
 #include "worker/train/telemetry.h"
 
@@ -117,7 +120,13 @@ std::map<std::string, double> memory_bytes(torch::Device device) {
 // LOCAL_RANK when one is visible.
 torch::Device training_device(const Config& config, int local_rank) {
   const auto& d = config.trainer.device;
-  if (d == "cpu" || (d == "auto" && !torch::cuda::is_available())) return torch::kCPU;
+  if (d == "cpu" || (d == "auto" && !torch::cuda::is_available())) {
+    if (config.trainer.offload_activations) {
+      throw std::runtime_error("trainer.offload_activations moves activations from a GPU to host memory, and this "
+                               "worker trains on the CPU, where they already are; set it to false");
+    }
+    return torch::kCPU;
+  }
   const int64_t gpus = static_cast<int64_t>(torch::cuda::device_count());
   if (local_rank >= gpus) {
     const std::string visible = gpus == 0 ? "no GPU is" : gpus == 1 ? "only 1 is" : fmt::format("only {} are", gpus);
@@ -127,17 +136,15 @@ torch::Device training_device(const Config& config, int local_rank) {
   return {torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank)};
 }
 
-// Gloo moves CPU tensors, NCCL CUDA tensors.
+// NCCL moves CUDA tensors; Gloo host memory, a GPU's tensors through host copies
+// (slower: for GPUs NCCL cannot join, such as two ranks on one GPU).
 std::string collective_backend(const Config& config, torch::Device device) {
   const auto& b = config.distributed.backend;
   if (b == "nccl" && device.is_cpu()) {
     throw std::runtime_error("distributed.backend: nccl needs the model on a GPU, and this worker trains on the "
                              "CPU (trainer.device); use gloo or auto");
   }
-  if (b == "gloo" && device.is_cuda()) {
-    throw std::runtime_error("distributed.backend: gloo moves CPU tensors, and this worker trains on " +
-                             device.str() + "; use nccl or auto, or trainer.device: cpu");
-  }
+  if (b == "gloo") return b;
   return device.is_cuda() ? "nccl" : "gloo";
 }
 
@@ -194,6 +201,24 @@ comm::Timed* join_gang(Replica& r, const Config& config, torch::Device device, c
   return out;
 }
 
+// HERD_GPU_MEMORY_LIMIT (a size such as 22.4GiB): the caching allocator holds no
+// more than this on the worker's GPU, as on a card of that size (to rehearse a
+// smaller GPU, or to share one between ranks); beyond it allocations fail as out of
+// memory.
+void limit_gpu_memory(torch::Device device) {
+  const char* text = std::getenv("HERD_GPU_MEMORY_LIMIT");
+  if (text == nullptr || *text == '\0' || !device.is_cuda()) return;
+  const auto bytes = parse_bytes(text);
+  if (!bytes) throw std::runtime_error(fmt::format("HERD_GPU_MEMORY_LIMIT '{}' is not a size such as 22.4GiB", text));
+#ifdef HERD_CUDA
+  const auto total = static_cast<double>(at::cuda::getDeviceProperties(device.index())->totalGlobalMem);
+  c10::cuda::CUDACachingAllocator::setMemoryFraction(std::min(1.0, *bytes / total), device.index());
+  std::cout << fmt::format("{}: at most {:.2f} GiB of its {:.2f} GiB (HERD_GPU_MEMORY_LIMIT)", device.str(),
+                           std::min(*bytes, total) / (1 << 30), total / (1 << 30))
+            << std::endl;
+#endif
+}
+
 }  // namespace
 
 std::string training_device_name(const Config& config, int local_rank) {
@@ -207,6 +232,7 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
   session.join();
   SessionStore store(session);
   const torch::Device device = training_device(config, options.local_rank);
+  limit_gpu_memory(device);
   const std::optional<double> peak = peak_flops(config, device);
   RunRecord record(config, options.progress_bar, peak);
   std::optional<WorkerMetrics> metrics;
