@@ -1,6 +1,7 @@
 #include "cli/config_report.h"
 
 #include <algorithm>
+#include <filesystem>
 
 #include <fmt/format.h>
 
@@ -29,7 +30,16 @@ std::vector<PathReport> resolve_paths(const Config& c) {
     out.push_back(std::move(r));
   };
   one("base_model", c.base_model, HubRepoType::Model);
-  one("data.dataset", c.data.dataset, HubRepoType::Dataset);
+  if (c.data.type != "raw_text") {
+    one("data.dataset", c.data.dataset, HubRepoType::Dataset);
+    return out;
+  }
+  for (size_t i = 0; i < c.data.text_files.size(); ++i) {
+    const std::string& f = c.data.text_files[i];
+    const std::string key = fmt::format("data.text_files[{}]", i);
+    out.push_back({key, f, std::filesystem::is_regular_file(f) ? std::filesystem::absolute(f).string() : "",
+                   std::filesystem::is_regular_file(f) ? "" : fmt::format("{}: {}: no such file", key, f)});
+  }
   return out;
 }
 

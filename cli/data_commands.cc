@@ -52,7 +52,8 @@ std::string show_mask(const Tokenizer& tok, const FormattedConversation& f, cons
 
 // What a config (or the flags) say about the data: the files and the settings.
 struct DataInputs {
-  fs::path data_file, tokenizer_model, cache_dir;
+  std::vector<fs::path> data_files;
+  fs::path tokenizer_model, cache_dir;
   DatasetSettings settings;
   bool packing = false;
   double eval_fraction = 0;
@@ -65,7 +66,7 @@ DataInputs resolve_inputs(const InspectFlags& flags) {
   if (!flags.config.empty()) {
     const Config c = load_config(flags.config);
     JobData d = job_data(c);
-    in.data_file = d.data_file;
+    in.data_files = d.data_files;
     in.tokenizer_model = d.tokenizer_model;
     in.cache_dir = d.cache_dir;
     in.settings = d.settings;
@@ -76,7 +77,7 @@ DataInputs resolve_inputs(const InspectFlags& flags) {
     throw std::invalid_argument("give a CONFIG, or both --data FILE and --tokenizer MODEL");
   }
   // Flags override the config.
-  if (!flags.data.empty()) in.data_file = data_file(flags.data);
+  if (!flags.data.empty()) in.data_files = {in.settings.type == "raw_text" ? fs::path(flags.data) : data_file(flags.data)};
   if (!flags.tokenizer.empty()) {
     const fs::path t = flags.tokenizer;
     in.tokenizer_model = fs::is_directory(t) ? t / "tokenizer.model" : t;
@@ -95,16 +96,18 @@ int inspect(const InspectFlags& flags) {
   format.eos = tok.piece(tok.eos_id());
   const bool train_on_inputs = in.settings.train_on_inputs;
   const size_t context = in.settings.context_window;
-  const fs::path& data = in.data_file;
+  std::string data;
+  for (const auto& f : in.data_files) data += (data.empty() ? "" : ", ") + f.string();
 
   ReadReport report;
-  const auto conversations = read_conversations(data, in.settings.skip_invalid, &report);
+  const auto samples =
+      read_samples(in.settings.type, in.data_files, format, in.settings.raw, in.settings.skip_invalid, &report);
   std::vector<size_t> lengths;
   size_t truncated = 0, targets = 0;
   nlohmann::json all = nlohmann::json::array();
-  for (size_t i = 0; i < conversations.size(); ++i) {
-    const auto& c = conversations[i];
-    const auto f = format_conversation(c, format);
+  for (size_t i = 0; i < samples.size(); ++i) {
+    const auto& c = samples[i];
+    const auto& f = c.formatted;
     const auto s = tokenize_conversation(tok, f, train_on_inputs, context);
     lengths.push_back(s.ids.size());
     truncated += s.truncated;
@@ -132,7 +135,8 @@ int inspect(const InspectFlags& flags) {
   for (size_t l : lengths) total += l;
   std::cout << fmt::format("«…» marks tokens outside the loss (data.train_on_inputs: {})\n\n",
                            train_on_inputs ? "true" : "false");
-  std::cout << fmt::format("{}: {} records, {} samples", data.string(), report.records, conversations.size());
+  std::cout << fmt::format("{}: {} records, {} samples (data.type {})", data, report.records, samples.size(),
+                           in.settings.type);
   for (const auto& [reason, n] : report.skipped) std::cout << fmt::format(", {} skipped ({})", n, reason);
   if (!sorted.empty()) {
     std::cout << fmt::format(
@@ -142,7 +146,7 @@ int inspect(const InspectFlags& flags) {
         total, targets, context, truncated);
   }
   if (in.eval_fraction > 0) {
-    const auto split = split_eval(conversations.size(), in.eval_fraction, in.seed);
+    const auto split = split_eval(samples.size(), in.eval_fraction, in.seed);
     std::cout << fmt::format("eval split (data.eval_fraction {}, seed {}): {} eval, {} train samples\n",
                              in.eval_fraction, in.seed, split.eval.size(), split.train.size());
   }
@@ -161,15 +165,20 @@ int tokenize(const InspectFlags& flags) {
   const Tokenizer tok = Tokenizer::load(in.tokenizer_model);
   in.settings.format.eos = tok.piece(tok.eos_id());
   const auto start = std::chrono::steady_clock::now();
-  auto loaded = load_tokenized_dataset(in.data_file, in.tokenizer_model, in.settings, in.cache_dir);
+  auto loaded = load_tokenized_dataset(in.data_files, in.tokenizer_model, in.settings, in.cache_dir);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double mb = static_cast<double>(fs::file_size(in.data_file)) / 1e6;
+  double mb = 0;
+  std::string data;
+  for (const auto& f : in.data_files) {
+    mb += static_cast<double>(fs::file_size(f)) / 1e6;
+    data += (data.empty() ? "" : ", ") + f.string();
+  }
   if (!loaded.rebuilt_because.empty()) {
     std::cerr << fmt::format("herd data tokenize: warning: {} was not used ({}); rebuilt it\n", loaded.file.string(),
                              loaded.rebuilt_because);
   }
   std::cout << fmt::format("{}: {} samples, {} tokens in {:.2f} s ({:.1f} MB/s of data): {} {}\n",
-                           in.data_file.string(), loaded.cache->samples(), loaded.cache->tokens(), seconds,
+                           data, loaded.cache->samples(), loaded.cache->tokens(), seconds,
                            mb / seconds, loaded.built ? "tokenized into" : "cache hit:", loaded.file.string());
   std::cout << "read: " << loaded.cache->report() << "\n";
   return 0;
@@ -183,7 +192,8 @@ void add_data_commands(CLI::App& app, int& rc) {
   auto flags = std::make_shared<InspectFlags>();
   auto* inspect_cmd = data->add_subcommand("inspect", "Formatted samples, token counts, masked spans and lengths");
   inspect_cmd->add_option("config", flags->config, "The job's YAML config")->check(CLI::ExistingFile);
-  inspect_cmd->add_option("--data", flags->data, "A conversation file (JSON array or JSON Lines)");
+  inspect_cmd->add_option("--data", flags->data,
+                          "A data file of the config's data.type (without a config: Vicuna conversations)");
   inspect_cmd->add_option("--tokenizer", flags->tokenizer, "tokenizer.model or a model directory");
   inspect_cmd->add_option("--samples", flags->samples, "Samples to print")->capture_default_str();
   inspect_cmd->add_option("--context", flags->context, "Context window (default: the config's, else the model's)");
@@ -192,7 +202,8 @@ void add_data_commands(CLI::App& app, int& rc) {
   auto* tokenize_cmd = data->add_subcommand("tokenize", "Tokenize a dataset once into the cache (keyed by its inputs)");
   auto tflags = std::make_shared<InspectFlags>();
   tokenize_cmd->add_option("config", tflags->config, "The job's YAML config")->check(CLI::ExistingFile);
-  tokenize_cmd->add_option("--data", tflags->data, "A conversation file (JSON array or JSON Lines)");
+  tokenize_cmd->add_option("--data", tflags->data,
+                           "A data file of the config's data.type (without a config: Vicuna conversations)");
   tokenize_cmd->add_option("--tokenizer", tflags->tokenizer, "tokenizer.model or a model directory");
   tokenize_cmd->add_option("--context", tflags->context, "Context window");
   tokenize_cmd->add_flag("--mask-inputs", tflags->mask_inputs, "Without a config: as data.train_on_inputs: false");

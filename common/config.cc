@@ -99,6 +99,16 @@ std::optional<std::string> convert(const YAML::Node& n, std::string& out) {
   return std::nullopt;
 }
 
+std::optional<std::string> convert(const YAML::Node& n, std::vector<std::string>& out) {
+  if (!n.IsSequence()) return "expected a list of strings";
+  out.clear();
+  for (const auto& item : n) {
+    if (!item.IsScalar()) return fmt::format("item {} is not a string", out.size());
+    out.push_back(item.Scalar());
+  }
+  return std::nullopt;
+}
+
 std::optional<std::string> convert(const YAML::Node& n, int64_t& out) {
   if (!n.IsScalar()) return "expected an integer";
   const std::string& s = n.Scalar();
@@ -363,12 +373,53 @@ void read_all(Reader& r, Section& root, Config& c) {
   r.get(root, "model_family", c.model_family, Need::Optional, one_of({"llama"}));
   r.get(root, "model_context_window", c.model_context_window, Need::Optional, at_least<int64_t>(1));
 
+  // Each data type reads its own keys (the seed's processors); another type's key is
+  // refused, not ignored.
   Section& data = r.open(root, "data", Need::Required);
   r.get(data, "type", c.data.type, Need::Required, one_of({"vicuna", "orca", "raw_text"}));
-  r.get(data, "dataset", c.data.dataset, Need::Required, not_empty());
+  const std::string& type = c.data.type;
+  auto need = [&](std::initializer_list<const char*> types) {
+    return std::find(types.begin(), types.end(), type) != types.end() ? Need::Required : Need::Optional;
+  };
+  r.get(data, "dataset", c.data.dataset, need({"vicuna", "orca"}), not_empty());
   r.get(data, "user_header", c.data.user_header, Need::Optional);
-  r.get(data, "response_header", c.data.response_header, Need::Optional);
+  r.get(data, "response_header", c.data.response_header, need({"orca"}));
+  r.get(data, "system_header", c.data.system_header, need({"orca"}));
+  r.get(data, "instruction_header", c.data.instruction_header, need({"orca"}));
+  r.get(data, "text_files", c.data.text_files, need({"raw_text"}),
+        Check<std::vector<std::string>>([](const std::vector<std::string>& v) -> std::optional<std::string> {
+          if (v.empty()) return "needs at least one file";
+          for (const auto& f : v) {
+            if (f.empty()) return "a file name is empty";
+          }
+          return std::nullopt;
+        }));
+  r.get(data, "chunk_char_len", c.data.chunk_char_len, need({"raw_text"}), at_least<int64_t>(1));
+  r.get(data, "chunk_char_overlap", c.data.chunk_char_overlap, need({"raw_text"}), at_least<int64_t>(0));
+  r.get(data, "chunk_prefix", c.data.chunk_prefix, Need::Optional);
   r.get(data, "train_on_inputs", c.data.train_on_inputs, Need::Optional);
+  static const std::vector<std::pair<const char*, std::vector<std::string>>> owners = {
+      {"dataset", {"vicuna", "orca"}},        {"user_header", {"vicuna"}},
+      {"response_header", {"vicuna", "orca"}}, {"system_header", {"orca"}},
+      {"instruction_header", {"orca"}},       {"text_files", {"raw_text"}},
+      {"chunk_char_len", {"raw_text"}},       {"chunk_char_overlap", {"raw_text"}},
+      {"chunk_prefix", {"raw_text"}}};
+  for (const auto& [key, types] : owners) {
+    if (type.empty() || std::find(types.begin(), types.end(), type) != types.end() || !key_node(data.node, key)) {
+      continue;
+    }
+    r.error_key(data, key,
+                fmt::format("is read by data.type {} only, and this config's type is {}", join(types, " and "), type));
+  }
+  if (type == "raw_text" && !c.data.train_on_inputs) {
+    r.error_key(data, "train_on_inputs", "raw_text has no inputs to leave out of the loss: every token is trained on");
+  }
+  if (type == "raw_text" && c.data.chunk_char_len > 0 && c.data.chunk_char_overlap >= c.data.chunk_char_len) {
+    r.error_key(data, "chunk_char_overlap",
+                fmt::format("must be < data.chunk_char_len ({}), got {}: each chunk starts this many characters "
+                            "before the last one ended, so the chunks would never advance",
+                            c.data.chunk_char_len, c.data.chunk_char_overlap));
+  }
   r.get(data, "packing", c.data.packing, Need::Optional);
   r.get(data, "eval_fraction", c.data.eval_fraction, Need::Optional, in_unit_interval());
   r.get(data, "skip_invalid", c.data.skip_invalid, Need::Optional);

@@ -13,9 +13,13 @@ namespace herd {
 
 struct DataConfig {
   std::string type;     // vicuna | orca | raw_text (the seed's data processors)
-  std::string dataset;  // local path or Hugging Face dataset id
-  std::string user_header = "### HUMAN:\n";
-  std::string response_header = "### RESPONSE:\n";
+  std::string dataset;  // local path or Hugging Face dataset id (vicuna, orca)
+  std::string user_header = "### HUMAN:\n";         // vicuna
+  std::string response_header = "### RESPONSE:\n";  // vicuna (this default), orca (required)
+  std::string system_header, instruction_header;    // orca (required)
+  std::vector<std::string> text_files;              // raw_text (required)
+  int64_t chunk_char_len = 0, chunk_char_overlap = 0;  // raw_text (required): code points
+  std::string chunk_prefix;                            // raw_text
   bool train_on_inputs = true;  // the seed's loss covered human turns too
   bool packing = false;
   double eval_fraction = 0.0;

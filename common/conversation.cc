@@ -1,6 +1,8 @@
 #include "common/conversation.h"
 
+#include <algorithm>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <sstream>
 
@@ -22,7 +24,13 @@ struct BadRecord {
 
 std::optional<BadRecord> to_conversation(const json& j, size_t index, Conversation& out) {
   if (!j.is_object()) return BadRecord{"not an object", "a record must be a JSON object"};
-  if (!j.contains("conversations")) return BadRecord{"missing conversations", "no \"conversations\" key"};
+  if (!j.contains("conversations")) {
+    const bool orca = j.contains("question") && j.contains("response");
+    return BadRecord{"missing conversations",
+                     orca ? "no \"conversations\" key: it is an Orca record (question, response), which data.type "
+                            "orca reads, and this data is read as data.type vicuna"
+                          : "no \"conversations\" key"};
+  }
   const json& turns = j["conversations"];
   if (!turns.is_array()) return BadRecord{"conversations not a list", "\"conversations\" must be a list of turns"};
   if (turns.empty()) return BadRecord{"empty conversation", "\"conversations\" is empty"};
@@ -47,9 +55,11 @@ std::optional<BadRecord> to_conversation(const json& j, size_t index, Conversati
 
 bool utf8_error(const json::parse_error& e) { return std::string(e.what()).find("UTF-8") != std::string::npos; }
 
-}  // namespace
-
-std::vector<Conversation> read_conversations(const fs::path& file, bool skip_invalid, ReadReport* report) {
+// Every record of a JSON array or JSON Lines file, each made a T by `take` (which
+// returns the record's problem, if it has one).
+template <class T>
+std::vector<T> read_records(const fs::path& file, bool skip_invalid, ReadReport* report,
+                            const std::function<std::optional<BadRecord>(const json&, size_t, T&)>& take) {
   std::ifstream in(file, std::ios::binary);
   if (!in) throw DatasetError(fmt::format("{}: cannot read", file.string()));
   std::stringstream buffer;
@@ -58,7 +68,7 @@ std::vector<Conversation> read_conversations(const fs::path& file, bool skip_inv
   ReadReport local;
   ReadReport& r = report ? *report : local;
   r = {};
-  std::vector<Conversation> out;
+  std::vector<T> out;
 
   auto bad = [&](size_t index, const BadRecord& b) {
     if (!skip_invalid) {
@@ -82,8 +92,8 @@ std::vector<Conversation> read_conversations(const fs::path& file, bool skip_inv
     }
     r.records = doc.size();
     for (size_t i = 0; i < doc.size(); ++i) {
-      Conversation c;
-      if (auto b = to_conversation(doc[i], i, c)) {
+      T c;
+      if (auto b = take(doc[i], i, c)) {
         bad(i, *b);
       } else {
         out.push_back(std::move(c));
@@ -98,10 +108,10 @@ std::vector<Conversation> read_conversations(const fs::path& file, bool skip_inv
     if (end == std::string::npos) end = text.size();
     const std::string_view line(text.data() + pos, end - pos);
     if (line.find_first_not_of(" \t\r") != std::string_view::npos) {
-      Conversation c;
+      T c;
       try {
         json j = json::parse(line);
-        if (auto b = to_conversation(j, index, c)) {
+        if (auto b = take(j, index, c)) {
           bad(index, *b);
         } else {
           out.push_back(std::move(c));
@@ -121,6 +131,39 @@ std::vector<Conversation> read_conversations(const fs::path& file, bool skip_inv
   return out;
 }
 
+std::optional<BadRecord> to_orca(const json& j, size_t index, OrcaRecord& out) {
+  if (!j.is_object()) return BadRecord{"not an object", "a record must be a JSON object"};
+  out.record = index;
+  out.id = j.contains("id") ? (j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump()) : "";
+  for (auto [key, field] : {std::pair{"system_prompt", &out.system_prompt}, std::pair{"question", &out.question},
+                            std::pair{"response", &out.response}}) {
+    if (!j.contains(key)) {
+      return BadRecord{fmt::format("missing {}", key),
+                       j.contains("conversations")
+                           ? fmt::format("no \"{}\" key: it is a Vicuna conversation, which data.type vicuna reads, "
+                                         "and this data is read as data.type orca",
+                                         key)
+                           : fmt::format("no \"{}\" key", key)};
+    }
+    if (!j[key].is_string()) {
+      return BadRecord{fmt::format("non-string {}", key),
+                       fmt::format("\"{}\" is {}, not a string", key, j[key].type_name())};
+    }
+    *field = j[key].get<std::string>();
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::vector<Conversation> read_conversations(const fs::path& file, bool skip_invalid, ReadReport* report) {
+  return read_records<Conversation>(file, skip_invalid, report, to_conversation);
+}
+
+std::vector<OrcaRecord> read_orca(const fs::path& file, bool skip_invalid, ReadReport* report) {
+  return read_records<OrcaRecord>(file, skip_invalid, report, to_orca);
+}
+
 FormattedConversation format_conversation(const Conversation& c, const FormatOptions& o) {
   FormattedConversation f;
   for (const auto& turn : c.turns) {
@@ -138,6 +181,125 @@ FormattedConversation format_conversation(const Conversation& c, const FormatOpt
     }
   }
   return f;
+}
+
+FormattedConversation format_orca(const OrcaRecord& r, const FormatOptions& o) {
+  FormattedConversation f;
+  f.text = o.system_header + r.system_prompt + "\n\n" + o.instruction_header + r.question + "\n\n" +
+           o.response_header;
+  const auto begin = static_cast<uint32_t>(f.text.size());
+  f.text += r.response + o.eos + "\n";
+  f.responses.emplace_back(begin, static_cast<uint32_t>(f.text.size()));
+  return f;
+}
+
+namespace {
+// Bytes in a UTF-8 sequence that starts with `lead`; 0 for a byte that cannot start one.
+size_t sequence_length(unsigned char lead) {
+  if (lead < 0x80) return 1;
+  if (lead >= 0xC2 && lead <= 0xDF) return 2;
+  if (lead >= 0xE0 && lead <= 0xEF) return 3;
+  if (lead >= 0xF0 && lead <= 0xF4) return 4;
+  return 0;
+}
+
+// The byte offset of every code point of valid UTF-8 `text`, and text.size() last.
+std::vector<size_t> code_point_offsets(const std::string& text) {
+  std::vector<size_t> at;
+  at.reserve(text.size() + 1);
+  for (size_t i = 0; i < text.size(); i += sequence_length(static_cast<unsigned char>(text[i]))) at.push_back(i);
+  at.push_back(text.size());
+  return at;
+}
+
+// The offset of the first byte that is not valid UTF-8 (overlong forms, surrogates
+// and values past U+10FFFF included), or npos.
+size_t invalid_utf8(const std::string& text) {
+  for (size_t i = 0; i < text.size();) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    const size_t n = sequence_length(lead);
+    if (n == 0 || i + n > text.size()) return i;
+    for (size_t k = 1; k < n; ++k) {
+      if ((static_cast<unsigned char>(text[i + k]) & 0xC0) != 0x80) return i;
+    }
+    const auto second = static_cast<unsigned char>(text[i + 1 < text.size() ? i + 1 : i]);
+    if ((lead == 0xE0 && second < 0xA0) || (lead == 0xED && second > 0x9F) || (lead == 0xF0 && second < 0x90) ||
+        (lead == 0xF4 && second > 0x8F)) {
+      return i;
+    }
+    i += n;
+  }
+  return std::string::npos;
+}
+}  // namespace
+
+std::string read_text_file(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw DatasetError(fmt::format("{}: cannot read", file.string()));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  const std::string bytes = buffer.str();
+  if (const size_t bad = invalid_utf8(bytes); bad != std::string::npos) {
+    throw DatasetError(fmt::format("{}: invalid UTF-8 at byte {}", file.string(), bad));
+  }
+  std::string text;
+  text.reserve(bytes.size());
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    if (bytes[i] != '\r') {
+      text += bytes[i];
+    } else {
+      text += '\n';
+      if (i + 1 < bytes.size() && bytes[i + 1] == '\n') ++i;
+    }
+  }
+  return text;
+}
+
+std::vector<std::string> chunk_text(const std::string& text, const RawTextOptions& o) {
+  if (o.chunk_len == 0 || o.overlap >= o.chunk_len) {
+    throw std::invalid_argument(fmt::format("chunks of {} characters overlapping by {}: the overlap must be smaller",
+                                            o.chunk_len, o.overlap));
+  }
+  const auto at = code_point_offsets(text);
+  const size_t n = at.size() - 1;
+  std::vector<std::string> chunks;
+  for (size_t i = 0; i < n;) {
+    i = i > o.overlap ? i - o.overlap : 0;
+    const size_t end = std::min(n, i + o.chunk_len);
+    chunks.push_back(o.prefix + text.substr(at[i], at[end] - at[i]));
+    i += o.chunk_len;
+  }
+  return chunks;
+}
+
+std::vector<TextSample> read_samples(const std::string& type, const std::vector<fs::path>& files,
+                                     const FormatOptions& format, const RawTextOptions& raw, bool skip_invalid,
+                                     ReadReport* report) {
+  ReadReport local;
+  ReadReport& r = report ? *report : local;
+  std::vector<TextSample> out;
+  if (type == "raw_text") {
+    r = {};
+    for (const auto& file : files) {
+      const auto chunks = chunk_text(read_text_file(file), raw);
+      for (size_t k = 0; k < chunks.size(); ++k) {
+        out.push_back({out.size(), fmt::format("{}#{}", file.string(), k), {chunks[k], {}}});
+      }
+    }
+    r.records = out.size();
+    return out;
+  }
+  if (files.size() != 1) throw std::invalid_argument(fmt::format("data.type {} reads one file", type));
+  if (type == "orca") {
+    for (auto& rec : read_orca(files[0], skip_invalid, &r)) out.push_back({rec.record, rec.id, format_orca(rec, format)});
+  } else if (type == "vicuna") {
+    for (auto& c : read_conversations(files[0], skip_invalid, &r)) {
+      out.push_back({c.record, c.id, format_conversation(c, format)});
+    }
+  } else {
+    throw std::invalid_argument(fmt::format("data.type '{}': vicuna, orca or raw_text", type));
+  }
+  return out;
 }
 
 TokenizedSample tokenize_conversation(const Tokenizer& tokenizer, const FormattedConversation& f, bool train_on_inputs,

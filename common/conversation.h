@@ -1,6 +1,10 @@
-// Conversation data in the Vicuna / ShareGPT format, formatted byte for byte as the
-// seed's trainer (llm_qlora's VicunaDataProcessor) did, and tokenized with a loss
-// mask. Records are validated where they are read: a bad one is an error with its
+// The seed trainer's three data types, each read and formatted byte for byte as its
+// processor in llm_qlora did, and tokenized with a loss mask:
+// - vicuna: conversations in the Vicuna / ShareGPT format (VicunaDataProcessor);
+// - orca: records of system_prompt, question and response (OrcaDataProcessor);
+// - raw_text: text files cut into overlapping chunks of characters
+//   (RawTextDataProcessor).
+// Records are validated where they are read: a bad one is an error with its file,
 // record index and reason, or skipped and counted with data.skip_invalid.
 #pragma once
 
@@ -45,9 +49,10 @@ std::vector<Conversation> read_conversations(const std::filesystem::path& file, 
                                              ReadReport* report = nullptr);
 
 struct FormatOptions {
-  std::string user_header = "### HUMAN:\n";
+  std::string user_header = "### HUMAN:\n";  // vicuna
   std::string response_header = "### RESPONSE:\n";
-  std::string eos = "</s>";  // the tokenizer's EOS string, written after each gpt value
+  std::string system_header, instruction_header;  // orca
+  std::string eos = "</s>";  // the tokenizer's EOS string, written after each response
 };
 
 // The text, and the byte ranges that are responses (value, EOS and the "\n\n" of
@@ -60,6 +65,51 @@ struct FormattedConversation {
 // human: user_header + value + "\n\n"; gpt: response_header + value + EOS + "\n\n";
 // any other role R: "### " + upper(R) + ":\n" + value + "\n\n".
 FormattedConversation format_conversation(const Conversation& c, const FormatOptions& options);
+
+// An Orca record (OpenOrca's columns).
+struct OrcaRecord {
+  size_t record = 0;
+  std::string id;
+  std::string system_prompt, question, response;
+};
+
+// A JSON array or JSON Lines of {"system_prompt", "question", "response"} strings
+// ("id" optional), with read_conversations' errors.
+std::vector<OrcaRecord> read_orca(const std::filesystem::path& file, bool skip_invalid, ReadReport* report = nullptr);
+
+// system_header + system_prompt + "\n\n" + instruction_header + question + "\n\n" +
+// response_header + response + EOS + "\n"; the response is the span from the
+// response's value to the end.
+FormattedConversation format_orca(const OrcaRecord& r, const FormatOptions& options);
+
+struct RawTextOptions {
+  size_t chunk_len = 0;  // characters: Unicode code points, as Python's str counts them
+  size_t overlap = 0;    // < chunk_len
+  std::string prefix;    // prepended to every chunk
+};
+
+// A text file as Python's open() in text mode reads it: UTF-8 (invalid bytes are an
+// error naming the file and the byte offset), "\r\n" and a lone "\r" read as "\n".
+std::string read_text_file(const std::filesystem::path& file);
+
+// The chunks RawTextDataProcessor cut: chunk 0 is characters [0, chunk_len); each
+// next one starts `overlap` characters before the previous one ended and runs
+// chunk_len characters (or to the end); cutting stops once a chunk reaches the end.
+// Empty text: no chunks.
+std::vector<std::string> chunk_text(const std::string& text, const RawTextOptions& options);
+
+// One sample before tokenization.
+struct TextSample {
+  size_t record = 0;  // the record's index in its file; raw_text: the chunk's, over all files in order
+  std::string id;     // the record's "id"; raw_text: FILE#CHUNK (the chunk's index within its file)
+  FormattedConversation formatted;
+};
+
+// Every sample of a dataset of `type` (vicuna, orca: one file; raw_text: its files in
+// order), formatted.
+std::vector<TextSample> read_samples(const std::string& type, const std::vector<std::filesystem::path>& files,
+                                     const FormatOptions& format, const RawTextOptions& raw, bool skip_invalid,
+                                     ReadReport* report = nullptr);
 
 struct TokenizedSample {
   std::vector<int32_t> ids;   // BOS first

@@ -32,6 +32,16 @@ fs::path data_file(const fs::path& p) {
     auto ext = e.path().extension();
     if (e.is_regular_file() && (ext == ".json" || ext == ".jsonl")) found.push_back(e.path());
   }
+  if (found.empty()) {
+    for (const auto& e : fs::recursive_directory_iterator(p)) {
+      if (e.is_regular_file() && e.path().extension() == ".parquet") {
+        throw DatasetError(fmt::format(
+            "{}: holds Parquet files ({}), which herd does not read; convert them to JSON Lines, e.g. python3 -c "
+            "\"import pandas; pandas.read_parquet('{}').to_json('data.jsonl', orient='records', lines=True)\"",
+            p.string(), e.path().filename().string(), e.path().string()));
+      }
+    }
+  }
   if (found.size() != 1) {
     throw DatasetError(fmt::format("{}: expected one .json or .jsonl file, found {}", p.string(), found.size()));
   }
@@ -40,11 +50,26 @@ fs::path data_file(const fs::path& p) {
 
 JobData job_data(const Config& c) {
   JobData d;
+  d.settings.type = c.data.type;
   d.settings.format.user_header = c.data.user_header;
   d.settings.format.response_header = c.data.response_header;
+  d.settings.format.system_header = c.data.system_header;
+  d.settings.format.instruction_header = c.data.instruction_header;
+  d.settings.raw = {static_cast<size_t>(c.data.chunk_char_len), static_cast<size_t>(c.data.chunk_char_overlap),
+                    c.data.chunk_prefix};
   d.settings.train_on_inputs = c.data.train_on_inputs;
   d.settings.skip_invalid = c.data.skip_invalid;
-  d.data_file = data_file(resolve_hub_path(c.data.dataset, HubRepoType::Dataset, "data.dataset"));
+  if (c.data.type == "raw_text") {
+    for (size_t i = 0; i < c.data.text_files.size(); ++i) {
+      const fs::path f = c.data.text_files[i];
+      if (!fs::is_regular_file(f)) {
+        throw DatasetError(fmt::format("data.text_files[{}]: {}: no such file", i, f.string()));
+      }
+      d.data_files.push_back(f);
+    }
+  } else {
+    d.data_files = {data_file(resolve_hub_path(c.data.dataset, HubRepoType::Dataset, "data.dataset"))};
+  }
   const fs::path model = resolve_hub_path(c.base_model, HubRepoType::Model, "base_model");
   d.tokenizer_model = fs::is_directory(model) ? model / "tokenizer.model" : model;
   d.settings.context_window = c.model_context_window > 0 ? static_cast<size_t>(c.model_context_window)

@@ -1,10 +1,12 @@
-// Where a job's data comes from, as its config says: the conversation file, the
-// tokenizer, the context window, the formatting and the token cache directory.
+// Where a job's data comes from, as its config says: the data file (raw_text: the
+// text files), the tokenizer, the context window, the formatting and the token cache
+// directory.
 // `herd data` and the coordinator read the data through this one resolution.
 #pragma once
 
 #include <cstddef>
 #include <filesystem>
+#include <vector>
 
 #include "common/token_cache.h"
 
@@ -13,7 +15,8 @@ namespace herd {
 struct Config;
 
 struct JobData {
-  std::filesystem::path data_file, tokenizer_model, cache_dir;
+  std::vector<std::filesystem::path> data_files;
+  std::filesystem::path tokenizer_model, cache_dir;
   DatasetSettings settings;  // format.eos is left to the caller (it needs the tokenizer)
 };
 
@@ -25,7 +28,9 @@ JobData job_data(const Config& config);
 // max_position_embeddings, else 4096.
 size_t default_context(const std::filesystem::path& model_dir);
 
-// A dataset directory (a hub snapshot) must hold exactly one .json or .jsonl file.
+// A dataset directory (a hub snapshot) must hold exactly one .json or .jsonl file
+// (Parquet files are refused with a way to convert them: no Parquet reader ships
+// with Debian 12).
 std::filesystem::path data_file(const std::filesystem::path& path);
 
 }  // namespace herd

@@ -76,22 +76,29 @@ uint64_t hash_file(const fs::path& file) {
 }
 
 std::string DatasetSettings::describe() const {
-  return fmt::format("format=1 user={} response={} eos={} train_on_inputs={} skip_invalid={} context={}",
-                     nlohmann::json(format.user_header).dump(), nlohmann::json(format.response_header).dump(),
-                     nlohmann::json(format.eos).dump(), train_on_inputs, skip_invalid, context_window);
+  auto q = [](const std::string& v) { return nlohmann::json(v).dump(); };
+  std::string d = fmt::format("format=2 type={} eos={} train_on_inputs={} skip_invalid={} context={}", type,
+                              q(format.eos), train_on_inputs, skip_invalid, context_window);
+  if (type == "vicuna") d += fmt::format(" user={} response={}", q(format.user_header), q(format.response_header));
+  if (type == "orca") {
+    d += fmt::format(" system={} instruction={} response={}", q(format.system_header), q(format.instruction_header),
+                     q(format.response_header));
+  }
+  if (type == "raw_text") d += fmt::format(" chunk={} overlap={} prefix={}", raw.chunk_len, raw.overlap, q(raw.prefix));
+  return d;
 }
 
-TokenizedData tokenize_dataset(const std::vector<Conversation>& conversations, const Tokenizer& tokenizer,
+TokenizedData tokenize_dataset(const std::vector<TextSample>& samples, const Tokenizer& tokenizer,
                                const DatasetSettings& settings) {
-  const size_t n = conversations.size();
+  const size_t n = samples.size();
   const size_t threads = std::max<size_t>(1, std::min<size_t>(std::thread::hardware_concurrency(), n / 64 + 1));
   std::vector<std::vector<TokenizedSample>> parts(threads);
   std::vector<std::thread> pool;
   for (size_t t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
       for (size_t i = t * n / threads; i < (t + 1) * n / threads; ++i) {
-        parts[t].push_back(tokenize_conversation(tokenizer, format_conversation(conversations[i], settings.format),
-                                                 settings.train_on_inputs, settings.context_window));
+        parts[t].push_back(
+            tokenize_conversation(tokenizer, samples[i].formatted, settings.train_on_inputs, settings.context_window));
       }
     });
   }
@@ -103,7 +110,7 @@ TokenizedData tokenize_dataset(const std::vector<Conversation>& conversations, c
       d.ids.insert(d.ids.end(), s.ids.begin(), s.ids.end());
       d.mask.insert(d.mask.end(), s.mask.begin(), s.mask.end());
       d.offsets.push_back(d.ids.size());
-      d.records.push_back(conversations[i++].record);
+      d.records.push_back(samples[i++].record);
       d.truncated.push_back(s.truncated);
     }
   }
@@ -210,10 +217,12 @@ std::pair<const int32_t*, size_t> TokenCache::ids(size_t sample) const {
 
 const uint8_t* TokenCache::mask(size_t sample) const { return mask_ + offsets_[sample]; }
 
-LoadedDataset load_tokenized_dataset(const fs::path& data_file, const fs::path& tokenizer_model,
+LoadedDataset load_tokenized_dataset(const std::vector<fs::path>& data_files, const fs::path& tokenizer_model,
                                      const DatasetSettings& settings, const fs::path& cache_dir) {
   const Tokenizer tokenizer = Tokenizer::load(tokenizer_model);
-  const uint64_t key = TokenCache::key(hash_file(data_file), hash_file(tokenizer_model), settings);
+  uint64_t data_hash = 0;
+  for (const auto& f : data_files) data_hash = data_hash * kP1 + hash_file(f);
+  const uint64_t key = TokenCache::key(data_hash, hash_file(tokenizer_model), settings);
   LoadedDataset out;
   out.file = cache_dir / fmt::format("{:016x}.herdtok", key);
   std::string problem;
@@ -221,8 +230,9 @@ LoadedDataset load_tokenized_dataset(const fs::path& data_file, const fs::path& 
   if (out.cache) return out;
   if (fs::exists(out.file)) out.rebuilt_because = problem;
   ReadReport report;
-  const auto conversations = read_conversations(data_file, settings.skip_invalid, &report);
-  TokenizedData t = tokenize_dataset(conversations, tokenizer, settings);
+  const auto samples = read_samples(settings.type, data_files, settings.format, settings.raw, settings.skip_invalid,
+                                    &report);
+  TokenizedData t = tokenize_dataset(samples, tokenizer, settings);
   t.report = report;
   TokenCache::write(out.file, t, key, tokenizer.vocab_size());
   out.cache = TokenCache::open(out.file, key, tokenizer.vocab_size(), &problem);

@@ -21,7 +21,9 @@ uint64_t hash_bytes(std::string_view bytes, uint64_t seed = 0);
 uint64_t hash_file(const std::filesystem::path& file);
 
 struct DatasetSettings {
+  std::string type = "vicuna";  // vicuna | orca | raw_text
   FormatOptions format;
+  RawTextOptions raw;  // raw_text
   bool train_on_inputs = true;
   bool skip_invalid = false;
   size_t context_window = 4096;
@@ -29,7 +31,7 @@ struct DatasetSettings {
   std::string describe() const;  // everything that changes the tokens, as text
 };
 
-// Tokenizes every conversation of `data` (on all cores).
+// Tokenizes every sample (on all cores).
 struct TokenizedData {
   std::vector<uint64_t> offsets{0};  // sample i is tokens [offsets[i], offsets[i+1])
   std::vector<int32_t> ids;
@@ -40,7 +42,7 @@ struct TokenizedData {
 
   size_t samples() const { return records.size(); }
 };
-TokenizedData tokenize_dataset(const std::vector<Conversation>& conversations, const Tokenizer& tokenizer,
+TokenizedData tokenize_dataset(const std::vector<TextSample>& samples, const Tokenizer& tokenizer,
                                const DatasetSettings& settings);
 
 // A mapped cache file.
@@ -76,14 +78,15 @@ class TokenCache {
   std::string_view report_;
 };
 
-// The whole path: read (or reuse the cache for) `data_file` under `cache_dir`.
+// The whole path: read (or reuse the cache for) `data_files` (one file; raw_text: its
+// files in order) under `cache_dir`.
 struct LoadedDataset {
   std::unique_ptr<TokenCache> cache;
   bool built = false;           // false: a cache hit
   std::string rebuilt_because;  // why an existing cache file was not used
   std::filesystem::path file;
 };
-LoadedDataset load_tokenized_dataset(const std::filesystem::path& data_file,
+LoadedDataset load_tokenized_dataset(const std::vector<std::filesystem::path>& data_files,
                                      const std::filesystem::path& tokenizer_model, const DatasetSettings& settings,
                                      const std::filesystem::path& cache_dir);
 

@@ -64,7 +64,7 @@ std::unique_ptr<Job> load_job(const Config& config, const std::filesystem::path&
   JobData data = job_data(config);
   const Tokenizer tokenizer = Tokenizer::load(data.tokenizer_model);
   data.settings.format.eos = tokenizer.piece(tokenizer.eos_id());
-  auto loaded = load_tokenized_dataset(data.data_file, data.tokenizer_model, data.settings, data.cache_dir);
+  auto loaded = load_tokenized_dataset(data.data_files, data.tokenizer_model, data.settings, data.cache_dir);
   auto samples = std::make_shared<CachedSamples>(std::move(loaded.cache));
   auto split = split_eval(samples->size(), config.data.eval_fraction, static_cast<uint64_t>(config.trainer.seed));
   auto job = std::make_unique<Job>(JobSettings::from_config(config), std::move(samples), std::move(split.train),

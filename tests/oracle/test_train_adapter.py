@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 from transformers import LlamaForCausalLM
 
-from conftest import herd
+from conftest import herd, make_tiny_model
 from test_eval import LINES, reference_loss
 
 SRC = Path(__file__).resolve().parents[2]
@@ -45,3 +45,72 @@ metrics: {{enabled: false}}
     assert got["tokens"] == tokens
     assert abs(got["loss"] - expected) < 1e-5
     assert abs(expected - plain) > 1e-3  # training moved the adapter off its zero start
+
+
+def orca_and_raw_text_data(tmp_path):
+    """The sample conversations as Orca records (system turn, first question, first answer) and as one text file."""
+    records = json.loads((SRC / "data" / "sample-vicuna.json").read_text())
+    orca = []
+    for r in records:
+        turns = {}
+        for t in r["conversations"]:
+            turns.setdefault(t["from"], t["value"])
+        orca.append({"id": r["id"], "system_prompt": turns.get("system", ""), "question": turns["human"],
+                     "response": turns["gpt"]})
+    (tmp_path / "orca.json").write_text(json.dumps(orca))
+    (tmp_path / "text.txt").write_text("\n\n".join(t["value"] for r in records for t in r["conversations"]))
+    return {
+        "orca": f"""  type: orca
+  dataset: {tmp_path / 'orca.json'}
+  system_header: "### System:\\n"
+  instruction_header: "### Instruction:\\n"
+  response_header: "### Response:\\n"
+""",
+        "raw_text": f"""  type: raw_text
+  text_files: [{tmp_path / 'text.txt'}]
+  chunk_char_len: 300
+  chunk_char_overlap: 50
+  chunk_prefix: "Notes: "
+""",
+    }
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory):
+    """The demo's model (weights of std 0.1: its frozen output layer can express a peaked distribution)."""
+    return make_tiny_model(tmp_path_factory.mktemp("learnable") / "m", "--layers", "2", "--hidden", "64", "--heads",
+                           "4", "--kv-heads", "2", "--intermediate", "128", "--seed", "0", "--init-std", "0.1")
+
+
+@pytest.mark.parametrize("data_type", ["orca", "raw_text"])
+def test_orca_and_raw_text_configs_train_and_the_adapter_loads_in_peft(learnable, tmp_path, data_type):
+    tiny_gqa = learnable
+    config = tmp_path / "c.yaml"
+    config.write_text(f"""model_name: t
+base_model: {tiny_gqa}
+model_context_window: 96
+data:
+{orca_and_raw_text_data(tmp_path)[data_type]}lora: {{r: 8, lora_alpha: 16, target_modules: all-linear, lora_dropout: 0.0, bias: none,
+       task_type: CAUSAL_LM}}
+trainer: {{device: cpu, batch_size: 2, gradient_accumulation_steps: 1, warmup_steps: 2, num_train_epochs: 1, max_steps: 60,
+          learning_rate: 0.01, logging_steps: 10}}
+trainer_output_dir: {tmp_path}/trainer
+model_output_dir: {tmp_path}/models
+quantization: {{enabled: false}}
+metrics: {{enabled: false}}
+""")
+    herd("train", config)
+    steps = [json.loads(line) for line in (tmp_path / "trainer" / "events.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in steps if e["event"] == "step"]
+    assert len(losses) == 60
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    print(f"{data_type}: mean loss of steps 1-10 {first:.3f}, of steps 51-60 {last:.3f}")
+    assert last < first - 0.5, (first, last)
+
+    data = tmp_path / "lines.txt"
+    data.write_text("\n".join(LINES) + "\n")
+    adapter = tmp_path / "models" / "t_adapter"
+    base = LlamaForCausalLM.from_pretrained(str(tiny_gqa), torch_dtype=torch.float32).eval()
+    expected, tokens = reference_loss(tiny_gqa, PeftModel.from_pretrained(base, str(adapter)).eval())
+    got = json.loads(herd("eval", tiny_gqa, "--data", data, "--no-quantize", "--adapter", adapter, "--json").stdout)
+    assert got["tokens"] == tokens and abs(got["loss"] - expected) < 1e-5

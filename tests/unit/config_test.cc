@@ -101,6 +101,27 @@ TEST(Config, EveryValueCarriesItsOrigin) {
   EXPECT_EQ(value_of(c, "trainer.max_grad_norm"), "1 @ default");
 }
 
+TEST(Config, OrcaAndRawTextReadTheirOwnKeys) {
+  Config orca = parse_config(seed_with("  type: vicuna\n", "  type: orca\n  system_header: \"### System:\\n\"\n"
+                                                           "  instruction_header: \"### Instruction:\\n\"\n"
+                                                           "  response_header: \"### Response:\\n\"\n"),
+                             "orca.yaml");
+  EXPECT_EQ(orca.data.type, "orca");
+  EXPECT_EQ(orca.data.system_header, "### System:\n");
+  EXPECT_EQ(orca.data.instruction_header, "### Instruction:\n");
+  EXPECT_EQ(orca.data.response_header, "### Response:\n");
+  Config raw = parse_config(
+      seed_with("  type: vicuna\n  dataset: ehartford/wizard_vicuna_70k_unfiltered  # HuggingFace hub\n",
+                "  type: raw_text\n  text_files: [a.txt, b.txt]\n  chunk_char_len: 2000\n  chunk_char_overlap: 200\n"
+                "  chunk_prefix: \"Book: \"\n"),
+      "raw.yaml");
+  EXPECT_EQ(raw.data.text_files, (std::vector<std::string>{"a.txt", "b.txt"}));
+  EXPECT_EQ(raw.data.chunk_char_len, 2000);
+  EXPECT_EQ(raw.data.chunk_char_overlap, 200);
+  EXPECT_EQ(raw.data.chunk_prefix, "Book: ");
+  EXPECT_EQ(raw.data.dataset, "");
+}
+
 TEST(Config, HerdSectionsOverrideDefaults) {
   Config c = parse_config(seed_text() +
                               "quantization:\n  enabled: false\n  compute_dtype: float32\n"
@@ -215,6 +236,32 @@ INSTANTIATE_TEST_SUITE_P(
         BrokenCase{"eval_steps_without_split",
                    seed_with("  logging_steps: 20\n", "  logging_steps: 20\n  eval_steps: 10\n"), 25,
                    "trainer.eval_steps", "needs data.eval_fraction"},
+        BrokenCase{"orca_without_system_header",
+                   seed_with("  type: vicuna\n", "  type: orca\n  instruction_header: \"I\"\n  response_header: \"R\"\n"),
+                   5, "data.system_header", "missing required key in section 'data'"},
+        BrokenCase{"orca_key_in_vicuna", seed_with("  type: vicuna\n", "  type: vicuna\n  system_header: \"S\"\n"), 7,
+                   "data.system_header", "is read by data.type orca only, and this config's type is vicuna"},
+        BrokenCase{"dataset_in_raw_text",
+                   seed_with("  type: vicuna\n", "  type: raw_text\n  text_files: [a.txt]\n  chunk_char_len: 100\n"
+                                                 "  chunk_char_overlap: 10\n"),
+                   10, "data.dataset", "is read by data.type vicuna and orca only, and this config's type is raw_text"},
+        BrokenCase{"raw_text_without_files",
+                   seed_with("  type: vicuna\n  dataset: ehartford/wizard_vicuna_70k_unfiltered  # HuggingFace hub\n",
+                             "  type: raw_text\n  chunk_char_len: 100\n  chunk_char_overlap: 10\n"),
+                   5, "data.text_files", "missing required key in section 'data'"},
+        BrokenCase{"raw_text_overlap_not_below_length",
+                   seed_with("  type: vicuna\n  dataset: ehartford/wizard_vicuna_70k_unfiltered  # HuggingFace hub\n",
+                             "  type: raw_text\n  text_files: [a.txt]\n  chunk_char_len: 100\n  chunk_char_overlap: 100\n"),
+                   9, "data.chunk_char_overlap", "must be < data.chunk_char_len (100), got 100"},
+        BrokenCase{"raw_text_files_not_a_list",
+                   seed_with("  type: vicuna\n  dataset: ehartford/wizard_vicuna_70k_unfiltered  # HuggingFace hub\n",
+                             "  type: raw_text\n  text_files: a.txt\n  chunk_char_len: 100\n  chunk_char_overlap: 1\n"),
+                   7, "data.text_files", "expected a list of strings"},
+        BrokenCase{"raw_text_masking_inputs",
+                   seed_with("  type: vicuna\n  dataset: ehartford/wizard_vicuna_70k_unfiltered  # HuggingFace hub\n",
+                             "  type: raw_text\n  text_files: [a.txt]\n  chunk_char_len: 100\n  chunk_char_overlap: 1\n"
+                             "  train_on_inputs: false\n"),
+                   10, "data.train_on_inputs", "raw_text has no inputs to leave out of the loss"},
         BrokenCase{"negative_loss_chunk",
                    seed_with("  logging_steps: 20\n", "  logging_steps: 20\n  loss_chunk_tokens: -1\n"), 25,
                    "trainer.loss_chunk_tokens", "must be >= 0"},

@@ -28,7 +28,10 @@ TEST(Format, OtherRolesAreUpperCasedHeaders) {
 }
 
 TEST(Format, CustomHeadersAndEos) {
-  FormatOptions o{"<|user|>\n", "<|assistant|>\n", "<|end|>"};
+  FormatOptions o;
+  o.user_header = "<|user|>\n";
+  o.response_header = "<|assistant|>\n";
+  o.eos = "<|end|>";
   auto f = format_conversation(convo({{"human", "a"}, {"gpt", "b"}}), o);
   EXPECT_EQ(f.text, "<|user|>\na\n\n<|assistant|>\nb<|end|>\n\n");
   EXPECT_EQ(f.responses[0], (std::pair<uint32_t, uint32_t>{26, 36}));  // "b<|end|>\n\n"
@@ -140,6 +143,93 @@ TEST_F(Records, SkipCountsEveryReason) {
   EXPECT_EQ(report.records, 6u);
   EXPECT_EQ(report.skipped, (std::map<std::string, size_t>{
                                 {"empty conversation", 2}, {"non-string value", 1}, {"JSON syntax error", 1}}));
+}
+
+// llm_qlora's OrcaDataProcessor: f"{system_header}{system_prompt}\n\n{instruction_header}{question}\n\n"
+// f"{response_header}{response}{eos}\n" with the published headers, written out here by hand.
+TEST(Format, OrcaIsTheSeedsPromptByteForByte) {
+  FormatOptions o;
+  o.system_header = "### System:\n";
+  o.instruction_header = "### Instruction:\n";
+  o.response_header = "### Response:\n";
+  auto f = format_orca({0, "", "Sei hilfreich.", "Wo liegt Z\u00fcrich? \U0001F680", "In der Schweiz."}, o);
+  EXPECT_EQ(f.text,
+            "### System:\nSei hilfreich.\n\n### Instruction:\nWo liegt Z\xc3\xbcrich? \xf0\x9f\x9a\x80\n\n"
+            "### Response:\nIn der Schweiz.</s>\n");
+  ASSERT_EQ(f.responses.size(), 1u);
+  EXPECT_EQ(f.text.substr(f.responses[0].first), "In der Schweiz.</s>\n");
+  // Empty fields (OpenOrca has many empty system prompts) keep every separator.
+  auto e = format_orca({0, "", "", "", ""}, o);
+  EXPECT_EQ(e.text, "### System:\n\n\n### Instruction:\n\n\n### Response:\n</s>\n");
+  EXPECT_EQ(e.text.substr(e.responses[0].first), "</s>\n");
+}
+
+// RawTextDataProcessor's loop, worked out by hand: i = 0; while i < len(text):
+// i = max(i - overlap, 0); chunk = prefix + text[i:i + len]; i += len.
+TEST(RawText, ChunksAreTheSeedsCountedInCodePoints) {
+  using V = std::vector<std::string>;
+  EXPECT_EQ(chunk_text("abcdefghij", {4, 0, ""}), (V{"abcd", "efgh", "ij"}));
+  EXPECT_EQ(chunk_text("abcdefghij", {4, 1, ""}), (V{"abcd", "defg", "ghij"}));
+  EXPECT_EQ(chunk_text("abcdefghij", {5, 0, ""}), (V{"abcde", "fghij"}));
+  EXPECT_EQ(chunk_text("abcdefghij", {5, 4, ""}), (V{"abcde", "bcdef", "cdefg", "defgh", "efghi", "fghij"}));
+  // Greek letters are two bytes, the rocket four: slices are by character, never inside one.
+  EXPECT_EQ(chunk_text("\u03b1\u03b2\u03b3\u03b4\u03b5", {2, 1, ""}),
+            (V{"\u03b1\u03b2", "\u03b2\u03b3", "\u03b3\u03b4", "\u03b4\u03b5"}));
+  EXPECT_EQ(chunk_text("a\U0001F680b\U0001F680c", {2, 0, "> "}),
+            (V{"> a\U0001F680", "> b\U0001F680", "> c"}));
+  EXPECT_EQ(chunk_text("short", {100, 10, "P: "}), (V{"P: short"}));  // shorter than one chunk
+  EXPECT_EQ(chunk_text("", {4, 1, "P: "}), V{});
+  EXPECT_THROW(chunk_text("abc", {3, 3, ""}), std::invalid_argument);  // would never advance
+}
+
+TEST_F(Records, TextFilesReadAsPythonsTextModeDoes) {
+  EXPECT_EQ(read_text_file(write("t.txt", "a\r\nb\rc\n\r\n\xc3\xa9")), "a\nb\nc\n\n\xc3\xa9");
+  for (const std::string bad : {"ok\xc3\x28", "\xed\xa0\x80", "\xc0\xaf", "x\xf0\x9f"}) {
+    try {
+      read_text_file(write("bad.txt", bad));
+      ADD_FAILURE() << "read invalid UTF-8";
+    } catch (const DatasetError& e) {
+      EXPECT_NE(std::string(e.what()).find("bad.txt: invalid UTF-8 at byte"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST_F(Records, OrcaRecordsAreValidatedAndSkippedByReason) {
+  const std::string good = R"({"id": "o1", "system_prompt": "", "question": "q", "response": "r"})";
+  auto read = read_orca(write("o.jsonl", good + "\n" + good + "\n"), false);
+  ASSERT_EQ(read.size(), 2u);
+  EXPECT_EQ(read[1].record, 1u);
+  EXPECT_EQ(read[0].id, "o1");
+  EXPECT_EQ(read[0].question, "q");
+  const std::string text = "[" + good + R"(, {"question": "q", "response": "r"}, {"system_prompt": "", "question": 3,
+      "response": "r"}, )" + good + "]";
+  try {
+    read_orca(write("o.json", text), false);
+    ADD_FAILURE() << "read a record without system_prompt";
+  } catch (const DatasetError& e) {
+    EXPECT_NE(std::string(e.what()).find("o.json: record 1: no \"system_prompt\" key (missing system_prompt;"),
+              std::string::npos)
+        << e.what();
+  }
+  ReadReport report;
+  auto kept = read_orca(write("o.json", text), true, &report);
+  EXPECT_EQ(kept.size(), 2u);
+  EXPECT_EQ(kept[1].record, 3u);
+  EXPECT_EQ(report.skipped, (std::map<std::string, size_t>{{"missing system_prompt", 1}, {"non-string question", 1}}));
+}
+
+TEST_F(Records, RawTextSamplesRunOverTheFilesInOrder) {
+  const auto a = write("a.txt", "abcdef"), b = write("b.txt", "xyz");
+  ReadReport report;
+  auto samples = read_samples("raw_text", {a, b}, {}, {4, 1, ""}, false, &report);
+  ASSERT_EQ(samples.size(), 3u);
+  EXPECT_EQ(report.records, 3u);
+  EXPECT_EQ(samples[0].formatted.text, "abcd");
+  EXPECT_EQ(samples[1].formatted.text, "def");
+  EXPECT_EQ(samples[2].formatted.text, "xyz");
+  EXPECT_EQ(samples[2].record, 2u);
+  EXPECT_EQ(samples[2].id, b.string() + "#0");
+  EXPECT_TRUE(samples[0].formatted.responses.empty());
 }
 
 }  // namespace
