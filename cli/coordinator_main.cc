@@ -106,9 +106,12 @@ int main(int argc, char** argv) {
       job = std::make_unique<co::Job>(co::JobSettings::from_config(config), samples, std::move(train), journal_file);
     }
     const auto [most, mean] = job->epoch_imbalance(0);
-    std::cout << fmt::format("herd-coordinator: plan: global batch {}, epoch 0 tokens per rank per step: max/mean "
+    std::cout << fmt::format("herd-coordinator: plan: global batch {} rows, epoch 0 tokens per rank per step: max/mean "
                              "{:.3f} at worst, {:.3f} on average\n",
                              job->settings().global_batch(), most, mean);
+    if (const auto packing = job->packing_summary(); !packing.empty()) {
+      std::cout << "herd-coordinator: " << packing << "\n";
+    }
     co::CoordinatorServer server(*job, options);
     std::cout << fmt::format("herd-coordinator: job {}: {} steps ({} per epoch) for {} workers; journal {}; serving on "
                              "port {}{}{}{}\n",

@@ -145,16 +145,20 @@ int inspect(const InspectFlags& flags) {
         static_cast<double>(total) / static_cast<double>(sorted.size()), sorted[sorted.size() / 2], sorted.back(),
         total, targets, context, truncated);
   }
+  const auto split = split_eval(samples.size(), in.eval_fraction, in.seed);
   if (in.eval_fraction > 0) {
-    const auto split = split_eval(samples.size(), in.eval_fraction, in.seed);
     std::cout << fmt::format("eval split (data.eval_fraction {}, seed {}): {} eval, {} train samples\n",
                              in.eval_fraction, in.seed, split.eval.size(), split.train.size());
   }
-  if (in.packing && !lengths.empty()) {
-    const auto windows = pack_samples(lengths, context);
-    std::cout << fmt::format("packing (data.packing): {} samples in {} windows of up to {} tokens, {:.1f}% full\n",
-                             lengths.size(), windows.size(), context,
-                             100.0 * static_cast<double>(total) / static_cast<double>(windows.size() * context));
+  if (in.packing && !split.train.empty()) {
+    // The rows the coordinator trains: the train split, packed with the run's seed.
+    const std::vector<uint32_t> lengths32(lengths.begin(), lengths.end());
+    const auto rows = pack_train_split(split.train, lengths32, context, in.seed);
+    size_t train_tokens = 0;
+    for (size_t s : split.train) train_tokens += lengths[s];
+    std::cout << fmt::format(
+        "packing (data.packing): {} train samples in {} rows of {} tokens, {:.1f}% full\n", split.train.size(),
+        rows.size(), context, 100.0 * static_cast<double>(train_tokens) / static_cast<double>(rows.size() * context));
   }
   return 0;
 }

@@ -2,29 +2,45 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <random>
+#include <stdexcept>
 
 namespace herd {
 
-std::vector<PackedWindow> pack_samples(const std::vector<size_t>& lengths, size_t window) {
-  std::vector<PackedWindow> out;
-  size_t used = 0;
-  for (size_t i = 0; i < lengths.size(); ++i) {
+std::vector<std::vector<size_t>> pack_rows(const std::vector<size_t>& lengths, size_t window, uint64_t seed) {
+  if (window == 0) throw std::invalid_argument("pack_rows: the window must hold at least one token");
+  std::vector<std::vector<size_t>> rows;
+  // Open rows by the room they have left; among rows with equal room, the first
+  // opened comes first (a multimap keeps equal keys in insertion order).
+  std::multimap<size_t, size_t> room;
+  for (size_t i : seeded_permutation(lengths.size(), seed)) {
     const size_t len = std::min(lengths[i], window);
-    if (out.empty() || used + len > window) {
-      out.emplace_back();
-      used = 0;
+    auto fit = room.lower_bound(len);
+    size_t row = rows.size(), left = window;
+    if (fit != room.end()) {
+      row = fit->second;
+      left = fit->first;
+      room.erase(fit);
+    } else {
+      rows.emplace_back();
     }
-    PackedWindow& w = out.back();
-    w.samples.push_back(i);
-    const auto segment = static_cast<int32_t>(w.samples.size());
-    for (size_t p = 0; p < len; ++p) {
-      w.segment_ids.push_back(segment);
-      w.positions.push_back(static_cast<int32_t>(p));
-    }
-    used += len;
+    rows[row].push_back(i);
+    if (left > len) room.emplace(left - len, row);
   }
-  return out;
+  return rows;
+}
+
+std::vector<std::vector<size_t>> pack_train_split(const std::vector<size_t>& train,
+                                                  const std::vector<uint32_t>& lengths, size_t window,
+                                                  uint64_t seed) {
+  std::vector<size_t> mine;
+  for (size_t s : train) mine.push_back(lengths.at(s));
+  auto rows = pack_rows(mine, window, seed ^ 0xC2B2AE3D27D4EB4FULL);  // not the split's or an epoch's order
+  for (auto& row : rows) {
+    for (size_t& s : row) s = train[s];
+  }
+  return rows;
 }
 
 std::vector<size_t> seeded_permutation(size_t n, uint64_t seed) {

@@ -7,15 +7,20 @@
 
 namespace herd {
 
-// Samples packed into windows of at most `window` tokens, in order: each window
-// takes samples while they fit (a sample is never split; one longer than the
-// window was already truncated to it).
-struct PackedWindow {
-  std::vector<size_t> samples;       // indices into the input
-  std::vector<int32_t> segment_ids;  // per token: 1, 2, ... for the k-th sample of the window
-  std::vector<int32_t> positions;    // per token: position within its own sample (RoPE restarts)
-};
-std::vector<PackedWindow> pack_samples(const std::vector<size_t>& lengths, size_t window);
+// Samples packed into rows of at most `window` tokens (data.packing): visited in an
+// order shuffled by `seed`, each sample goes to the fullest row it still fits in
+// (best fit), else it opens a row. A sample is never split (one longer than the
+// window was already truncated to it). Rows are in the order they were opened, each
+// row's samples in the order they joined it; the result indexes `lengths`. The
+// same (lengths, window, seed) give the same rows on every machine.
+std::vector<std::vector<size_t>> pack_rows(const std::vector<size_t>& lengths, size_t window, uint64_t seed);
+
+// The rows a job trains (the coordinator's, and `herd data inspect`'s figures): the
+// train split's sample ids, packed by pack_rows with the run's seed (trainer.seed)
+// turned into a stream of its own. `lengths` is per sample id.
+std::vector<std::vector<size_t>> pack_train_split(const std::vector<size_t>& train,
+                                                  const std::vector<uint32_t>& lengths, size_t window,
+                                                  uint64_t seed);
 
 // 0..n-1 in an order fixed by `seed` on every machine: Fisher-Yates driven by
 // mt19937_64 with rejection sampling (std::shuffle's order is not portable).

@@ -57,18 +57,15 @@ JobSettings JobSettings::from_config(const Config& c) {
 }
 
 std::unique_ptr<Job> load_job(const Config& config, const std::filesystem::path& journal_file) {
-  if (config.data.packing) {
-    throw std::invalid_argument(
-        "data.packing: the coordinator streams one conversation per row; packed streaming is not built yet");
-  }
   JobData data = job_data(config);
   const Tokenizer tokenizer = Tokenizer::load(data.tokenizer_model);
   data.settings.format.eos = tokenizer.piece(tokenizer.eos_id());
   auto loaded = load_tokenized_dataset(data.data_files, data.tokenizer_model, data.settings, data.cache_dir);
   auto samples = std::make_shared<CachedSamples>(std::move(loaded.cache));
   auto split = split_eval(samples->size(), config.data.eval_fraction, static_cast<uint64_t>(config.trainer.seed));
-  auto job = std::make_unique<Job>(JobSettings::from_config(config), std::move(samples), std::move(split.train),
-                                   journal_file);
+  JobSettings settings = JobSettings::from_config(config);
+  if (config.data.packing) settings.pack_window = data.settings.context_window;
+  auto job = std::make_unique<Job>(std::move(settings), std::move(samples), std::move(split.train), journal_file);
   job->eval_ = std::move(split.eval);
   return job;
 }
@@ -101,17 +98,22 @@ Job::Job(JobSettings settings, std::shared_ptr<const SampleSource> samples, std:
   if (train.empty()) throw std::invalid_argument("job: the train split has no samples");
   planner_ = std::make_unique<StepPlanner>(
       std::move(samples), std::move(train), settings_.seed,
-      PlanShape{settings_.batch_size, settings_.gradient_accumulation_steps, settings_.world_size});
+      PlanShape{settings_.batch_size, settings_.gradient_accumulation_steps, settings_.world_size},
+      static_cast<size_t>(settings_.pack_window));
   const double epochs = settings_.num_train_epochs * static_cast<double>(planner_->steps_per_epoch());
   total_steps_ = std::max<uint64_t>(settings_.max_steps > 0 ? settings_.max_steps : static_cast<uint64_t>(std::ceil(epochs)), 1);
 
-  const json fingerprint = {{"job_id", settings_.job_id},
+  json fingerprint = {{"job_id", settings_.job_id},
                             {"global_batch", settings_.global_batch()},
                             {"train_samples", planner_->train_samples()},
                             {"train_tokens", planner_->train_tokens()},
                             {"seed", settings_.seed},
                             {"total_steps", total_steps_},
                             {"batch_size", settings_.batch_size}};
+  if (settings_.pack_window > 0) {
+    fingerprint["pack_window"] = settings_.pack_window;
+    fingerprint["rows"] = planner_->rows_per_epoch();
+  }
   if (!journal_file.empty()) {
     std::filesystem::create_directories(journal_file.parent_path().empty() ? "." : journal_file.parent_path());
     journal_ = std::make_unique<Journal>(journal_file);
@@ -163,6 +165,12 @@ void Job::replay(const std::vector<JournalRecord>& records) {
 JobState Job::state() const {
   std::lock_guard lock(mutex_);
   return state_;
+}
+
+std::string Job::packing_summary() const {
+  if (settings_.pack_window == 0) return "";
+  return fmt::format("packing: {} samples in {} rows of {} tokens, {:.1f}% full", planner_->train_samples(),
+                     planner_->rows_per_epoch(), settings_.pack_window, 100.0 * planner_->packing_efficiency());
 }
 
 std::pair<double, double> Job::epoch_imbalance(uint64_t epoch) {
@@ -470,16 +478,7 @@ Status Job::EvalBatches(const herd::v1::EvalBatchesRequest& request, std::vector
     rank = w->rank;
     world = planner_->shape().world_size;
   }
-  const size_t rows = settings_.batch_size;
-  const size_t per_rank = (eval_.size() + world - 1) / world;
-  std::vector<size_t> mine;
-  for (size_t i = rank; i < eval_.size(); i += world) mine.push_back(eval_[i]);
-  out->clear();
-  for (size_t first = 0; first < per_rank; first += rows) {
-    std::vector<size_t> batch;
-    for (size_t i = first; i < std::min(first + rows, mine.size()); ++i) batch.push_back(mine[i]);
-    out->push_back(batch.empty() ? herd::v1::MicroBatch() : micro_batch(batch));
-  }
+  *out = eval_micro_batches(planner_->samples(), eval_, rank, world, settings_.batch_size);
   return Status::OK;
 }
 
@@ -571,12 +570,7 @@ Status Job::ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::Rep
 
   // Every rank reported this step (ranks report in order, so steps commit in order).
   const StepPlan& plan = planner_->step(step).plan;
-  json samples = json::array();
-  for (const auto& rank : plan.ranks) {
-    for (const auto& m : rank) {
-      for (size_t s : m) samples.push_back(s);
-    }
-  }
+  const json samples = planner_->samples_of(plan);
   journal_locked(kStep, json{{"step", step}, {"attempt", attempt_}, {"loss", totals->loss}, {"tokens", totals->tokens},
                              {"samples", samples}}
                             .dump());

@@ -47,9 +47,10 @@ struct JobSettings {
   double heartbeat_timeout_s = 30;
   double replacement_timeout_s = 60;
   uint32_t lookahead_steps = 2;  // how far a stream runs ahead of the last committed step
+  uint64_t pack_window = 0;      // data.packing: rows packed to this many tokens (the context window)
 
   static JobSettings from_config(const Config& config);
-  uint64_t global_batch() const { return uint64_t{batch_size} * gradient_accumulation_steps * world_size; }
+  uint64_t global_batch() const { return uint64_t{batch_size} * gradient_accumulation_steps * world_size; }  // rows
 };
 
 // Journal record types (payloads are JSON).
@@ -96,12 +97,16 @@ class Job {
       const std::filesystem::path& journal_file, Clock clock = steady_clock());
   ~Job();
 
-  // Samples as one right-padded micro-batch (what the stream sends; step_planner.h).
+  // Rows of a plan as one right-padded micro-batch (what the stream sends; step_planner.h).
   herd::v1::MicroBatch micro_batch(const std::vector<size_t>& rows) const;
 
   uint64_t total_steps() const { return total_steps_; }
   uint64_t steps_per_epoch() const { return planner_->steps_per_epoch(); }
   size_t train_samples() const { return planner_->train_samples(); }
+  size_t rows_per_epoch() const { return planner_->rows_per_epoch(); }
+  double packing_efficiency() const { return planner_->packing_efficiency(); }
+  // "packing: N samples in R rows of W tokens, E% full"; empty when the job is not packed.
+  std::string packing_summary() const;
   const JobSettings& settings() const { return settings_; }
   herd::v1::JobState state() const;
   // Max and mean over an epoch's steps of max / mean tokens per rank, under the

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/token_cache.h"
+#include "herd/proto/herd.pb.h"
 
 namespace herd::coordinator {
 
@@ -44,5 +45,18 @@ class SyntheticSamples final : public SampleSource {
  private:
   std::vector<uint32_t> lengths_;
 };
+
+// Rows of samples as one right-padded micro-batch (what a stream sends): a row's
+// samples follow each other; `packed` sets row_samples (proto/herd.proto, MicroBatch).
+herd::v1::MicroBatch make_micro_batch(const SampleSource& samples, const std::vector<std::vector<size_t>>& rows,
+                                      bool packed);
+
+// The held-out split's share of rank `rank` of `world`, a sample a row: every
+// world-th sample from `rank`, `rows` of them a micro-batch. Every rank gets as many
+// micro-batches (the last ones may be empty), so that ranks sharing the model's
+// layers make the same collective calls. The coordinator streams these, and
+// `herd eval CONFIG` evaluates them (one rank).
+std::vector<herd::v1::MicroBatch> eval_micro_batches(const SampleSource& samples, const std::vector<size_t>& eval,
+                                                     size_t rank, size_t world, size_t rows);
 
 }  // namespace herd::coordinator

@@ -41,6 +41,7 @@ HostedCoordinator::HostedCoordinator(const Config& config, const HostOptions& op
   if (options.fresh) fs::remove(journal);
   job_ = coordinator::load_job(config_, journal);
   for (const auto& w : job_->resume_warnings()) std::cerr << "herd: warning: " << w << "\n";
+  if (const auto packing = job_->packing_summary(); !packing.empty()) std::cout << "herd: " << packing << "\n";
   server_ = std::make_unique<coordinator::CoordinatorServer>(
       *job_, coordinator::ServerOptions::from_config(config_, options.listen, token_));
   // Where it serves, for people and scripts (`herd status --coordinator HOST:PORT`).

@@ -147,7 +147,7 @@ def coordinator(tiny_job, tmp_path):
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err
         assert TOKEN not in out + err
-        assert "herd-coordinator: plan: global batch 12, epoch 0 tokens per rank per step: max/mean" in out
+        assert "herd-coordinator: plan: global batch 12 rows, epoch 0 tokens per rank per step: max/mean" in out
 
 
 def token_env(**extra):

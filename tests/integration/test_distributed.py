@@ -78,6 +78,36 @@ def test_eval_loss_over_ranks_equals_one_rank(model, tmp_path):
         assert evals[2][step] == pytest.approx(loss, rel=LOSS_RTOL)
 
 
+def sample_log(config_file, state_dir=None):
+    """The journal's lineage of a finished run: step -> the samples it trained."""
+    state = ["--state-dir", str(state_dir)] if state_dir else []
+    out = subprocess.run([str(BIN / "herd-coordinator"), "--config", str(config_file), *state, "--sample-log"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return {int(l.split()[0]): [int(x) for x in l.split()[1:]] for l in out.stdout.splitlines()}
+
+
+def test_packed_rows_train_every_sample_once_alike_at_1_2_and_4_workers(model, tmp_path):
+    """data.packing: one epoch in rows of several conversations; each sample is trained once, and
+    1, 2 and 4 workers (the same global batch of rows) give the same losses and adapter."""
+    runs = {}
+    for workers in (1, 2, 4):
+        d = tmp_path / f"w{workers}"
+        c = config(d.with_suffix(".yaml"), model, d, accumulation=4 // workers, steps=0)
+        c.write_text(c.read_text().replace("sample-vicuna.json}", "sample-vicuna.json, packing: true}")
+                     .replace("model_context_window: 128", "model_context_window: 512"))  # none truncated
+        out = herd("train", c, *(["--workers", workers] if workers > 1 else []))
+        assert out.returncode == 0, out.stdout + out.stderr
+        lineage = sample_log(c)
+        assert sorted(s for ids in lineage.values() for s in ids) == list(range(240))
+        rows = int(re.search(r"^herd: packing: 240 samples in (\d+) rows of 512 tokens, [\d.]+% full$", out.stdout,
+                             re.M).group(1))
+        assert len(lineage) == -(-rows // 8) < 240 / 8  # 8 rows a step: fewer steps than 8 samples a step take
+        runs[workers] = losses(d), adapter(d)
+    for workers in (2, 4):
+        assert_same(runs[workers], runs[1])
+
+
 def test_mpirun_two_ranks_equal_one_rank(model, tmp_path, one_rank):
     c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2)
     out = subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "OMP_NUM_THREADS=1",
@@ -135,10 +165,7 @@ class Coordinator:
         return json.loads(out.stdout) if out.returncode == 0 else {}
 
     def samples(self):
-        out = subprocess.run([str(BIN / "herd-coordinator"), "--config", str(self.config), "--state-dir",
-                              str(self.state), "--sample-log"], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return {int(l.split()[0]): [int(x) for x in l.split()[1:]] for l in out.stdout.splitlines()}
+        return sample_log(self.config, self.state)
 
     def ended(self):
         """A batch coordinator exits by itself once its job has ended: its status and what it printed."""

@@ -82,10 +82,19 @@ def test_inspect_with_a_config_on_the_sample_data(tiny_gqa, tmp_path):
     assert out.count("== record") == 2
     assert "sample-vicuna.json: 240 records, 240 samples" in out
     assert "truncated at the context window (256):" in out
+    config = re.sub(r"  eval_fraction: .*\n", "", config)
     path.write_text(config.replace("  type: vicuna\n", "  type: vicuna\n  packing: true\n  eval_fraction: 0.1\n"))
     out = herd("data", "inspect", path, "--samples", "0").stdout
     assert "eval split (data.eval_fraction 0.1, seed 42): 24 eval, 216 train samples" in out
-    assert re.search(r"packing \(data.packing\): 240 samples in \d+ windows of up to 256 tokens", out)
+    assert re.search(r"packing \(data.packing\): 216 train samples in \d+ rows of 256 tokens", out)
+    # Without a split every sample is packed: the figures follow from the samples' lengths.
+    path.write_text(config.replace("  type: vicuna\n", "  type: vicuna\n  packing: true\n"))
+    tokens = sum(len(s["token_ids"]) for s in json.loads(herd("data", "inspect", path, "--json").stdout))
+    m = re.search(r"packing \(data.packing\): 240 train samples in (\d+) rows of 256 tokens, ([\d.]+)% full",
+                  herd("data", "inspect", path, "--samples", "0").stdout)
+    rows = int(m.group(1))
+    assert -(-tokens // 256) <= rows < 240
+    assert float(m.group(2)) == round(100 * tokens / (rows * 256), 1)
 
 
 def test_bad_records_are_named_and_skipped(tiny_gqa, tmp_path):

@@ -1,9 +1,12 @@
 // The coordinator's job state machine without a network: a fake clock, direct calls.
 #include "coordinator/job.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <map>
 #include <numeric>
 #include <set>
 #include <tuple>
@@ -308,6 +311,83 @@ TEST(Job, JournalRestartResumesAndLineageDropsRolledBackSteps) {
   f.job.reset();
   f.settings.gradient_accumulation_steps = 4;
   EXPECT_THROW(f.reopen(file), JournalError);
+  std::filesystem::remove_all(dir);
+}
+
+// data.packing: rows of several samples, each sample of an epoch streamed once and
+// journaled once, in rows that fit the window with the samples' own tokens.
+TEST(Job, PackedRowsStreamEverySampleOfAnEpochOnce) {
+  const auto dir = std::filesystem::temp_directory_path() / ("herd-job-pack-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  const auto file = dir / "journal.log";
+  Fixture f(2, 40);
+  f.settings.pack_window = 24;  // samples of 4..12 tokens: two to five a row
+  f.reopen(file);
+  const size_t rows = f.job->rows_per_epoch();
+  EXPECT_LT(rows, 40u);
+  EXPECT_EQ(f.job->steps_per_epoch(), (rows + 3) / 4);  // global batch: 4 rows
+  uint64_t tokens = 0;
+  for (size_t s = 0; s < 40; ++s) tokens += f.samples->length(s);
+  EXPECT_DOUBLE_EQ(f.job->packing_efficiency(), static_cast<double>(tokens) / static_cast<double>(rows * 24));
+  EXPECT_EQ(f.job->packing_summary(),
+            fmt::format("packing: 40 samples in {} rows of 24 tokens, {:.1f}% full", rows,
+                        100.0 * static_cast<double>(tokens) / static_cast<double>(rows * 24)));
+
+  const std::string ids[2] = {f.add(), f.add()};
+  const uint64_t attempt = f.gang(ids[0]).attempt();
+  v1::StreamBatchesRequest q[2];
+  for (int r = 0; r < 2; ++r) {
+    q[r].set_worker_id(ids[r]);
+    q[r].set_attempt(attempt);
+    q[r].set_from_step(1);
+    ASSERT_TRUE(f.job->OpenStream(q[r]).ok());
+  }
+  std::map<uint64_t, std::vector<uint64_t>> streamed;  // epoch -> samples
+  for (uint64_t step = 1; step <= f.job->total_steps(); ++step) {
+    uint64_t step_predicted = 0, loss_tokens = 0;
+    for (int r = 0; r < 2; ++r) {
+      const auto next = f.job->NextStep(q[r], step);
+      ASSERT_EQ(next.batches.size(), 2u);
+      for (const auto& b : next.batches) {
+        loss_tokens = b.step_loss_tokens();
+        if (b.sample_ids_size() == 0) continue;
+        const int width = b.token_ids_size() / b.row_samples_size();
+        int sample = 0;
+        for (int row = 0; row < b.row_samples_size(); ++row) {
+          int at = row * width;
+          for (uint32_t k = 0; k < b.row_samples(row); ++k, ++sample) {
+            const uint64_t id = b.sample_ids(sample);
+            ASSERT_EQ(b.lengths(sample), f.samples->length(id));
+            for (uint32_t j = 0; j < b.lengths(sample); ++j) {
+              ASSERT_EQ(b.token_ids(at + static_cast<int>(j)), static_cast<int32_t>((id * 31 + j) % 32000));
+            }
+            at += static_cast<int>(b.lengths(sample));
+            step_predicted += b.lengths(sample) - 1;
+            streamed[b.epoch()].push_back(id);
+          }
+          ASSERT_LE(at - row * width, 24);
+          for (int p = at; p < (row + 1) * width; ++p) EXPECT_EQ(b.loss_mask()[static_cast<size_t>(p)], 0) << p;
+        }
+        EXPECT_EQ(sample, b.sample_ids_size());
+      }
+    }
+    EXPECT_EQ(loss_tokens, step_predicted) << "step " << step;  // the normaliser counts every sample's targets
+    ASSERT_TRUE(f.report(ids[0], attempt, step).ok());
+    ASSERT_TRUE(f.report(ids[1], attempt, step).ok());
+  }
+  ASSERT_EQ(streamed.size(), 2u);
+  for (auto& [epoch, samples] : streamed) {
+    std::sort(samples.begin(), samples.end());
+    EXPECT_EQ(samples, std::vector<uint64_t>(f.train.begin(), f.train.end())) << "epoch " << epoch;
+  }
+  Journal journal(file);
+  std::map<uint64_t, int> journaled;
+  for (const auto& [step, samples] : trained_samples(journal.records())) {
+    for (auto id : samples) ++journaled[id];
+  }
+  ASSERT_EQ(journaled.size(), 40u);
+  for (const auto& [id, n] : journaled) EXPECT_EQ(n, 2) << "sample " << id;  // once an epoch
+  f.job.reset();
   std::filesystem::remove_all(dir);
 }
 

@@ -2,6 +2,7 @@
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "common/config.h"
@@ -25,9 +26,14 @@ torch::ScalarType compute_dtype(const std::string& name) {
 // A micro-batch without rows (this rank ran out in an epoch's short last step)
 // becomes one row whose loss counts nothing, so the rank still takes part in every
 // collective of the forward and backward.
+//
+// A packed micro-batch (row_samples set) gives each token its sample's segment id
+// (1, 2, ... within its row; 0 for padding): attention stays inside a sample and its
+// positions restart, so each sample's losses are the ones it gets alone.
 torch::Tensor micro_batch_loss(const model::Llama& model, const v1::MicroBatch& batch, uint64_t* tokens,
                                uint64_t* predicted = nullptr) {
-  const int64_t rows = batch.sample_ids_size();
+  const bool packed = batch.row_samples_size() > 0;
+  const int64_t rows = packed ? batch.row_samples_size() : batch.sample_ids_size();
   if (rows == 0) {
     auto ids = torch::zeros({1, 2}, torch::TensorOptions().dtype(torch::kInt64).device(model.device()));
     auto logits = model.forward(ids);
@@ -41,12 +47,28 @@ torch::Tensor micro_batch_loss(const model::Llama& model, const v1::MicroBatch& 
                   .to(device, torch::kFloat32)
                   .slice(1, 1)
                   .reshape({-1});
-  for (int64_t r = 0; r < rows; ++r) *tokens += batch.lengths(static_cast<int>(r));
+  for (uint32_t length : batch.lengths()) *tokens += length;
   if (predicted) *predicted += static_cast<uint64_t>(mask.sum().item<double>());
-  // Rows are right-padded: under the causal mask no real token sees the padding, so
-  // the plain causal attention gives every counted position the logits that an
-  // attention mask would (and runs the fused kernels).
-  return (model.next_token_loss(ids).reshape({-1}) * mask).sum();
+  torch::Tensor segments;
+  if (packed) {
+    segments = torch::zeros({rows, width}, torch::kInt32);
+    int32_t* seg = segments.data_ptr<int32_t>();
+    int sample = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      int64_t at = r * width;
+      for (uint32_t k = 1; k <= batch.row_samples(static_cast<int>(r)); ++k, ++sample) {
+        TORCH_CHECK(sample < batch.lengths_size() && at + batch.lengths(sample) <= (r + 1) * width,
+                    "a packed micro-batch whose row_samples and lengths do not fit its rows");
+        const int64_t length = batch.lengths(sample);
+        std::fill(seg + at, seg + at + length, static_cast<int32_t>(k));
+        at += length;
+      }
+    }
+  }
+  // Unpacked rows are right-padded: under the causal mask no real token sees the
+  // padding, so the plain causal attention gives every counted position the logits
+  // that an attention mask would (and runs the fused kernels).
+  return (model.next_token_loss(ids, {}, segments).reshape({-1}) * mask).sum();
 }
 
 }  // namespace
@@ -132,8 +154,7 @@ StepOutcome train_step(Replica& r, const Config& config, const std::vector<v1::M
   return out;
 }
 
-std::pair<double, uint64_t> eval_loss(model::Llama& model, comm::Collective& comm,
-                                      const std::vector<v1::MicroBatch>& batches) {
+EvalResult eval_loss(model::Llama& model, comm::Collective& comm, const std::vector<v1::MicroBatch>& batches) {
   torch::NoGradGuard no_grad;
   model.set_training(false);
   double sum = 0;
@@ -147,7 +168,7 @@ std::pair<double, uint64_t> eval_loss(model::Llama& model, comm::Collective& com
   comm.all_reduce(totals).wait();
   const double all_predicted = totals[1].item<double>();
   return {all_predicted > 0 ? totals[0].item<double>() / all_predicted : 0.0,
-          static_cast<uint64_t>(totals[2].item<double>())};
+          static_cast<uint64_t>(totals[2].item<double>()), static_cast<uint64_t>(all_predicted)};
 }
 
 }  // namespace herd::train

@@ -59,7 +59,7 @@ struct StepOutcome {
   double loss = 0;  // token-weighted mean over the step's predicted tokens, every rank's
   uint64_t tokens = 0;       // every rank's tokens (padding excluded)
   uint64_t rank_tokens = 0;  // this rank's
-  uint64_t rank_samples = 0;  // this rank's rows
+  uint64_t rank_samples = 0;  // this rank's samples
   model::Flops flops;         // every rank's (worker/model/flops.h)
   model::Flops rank_flops;    // this rank's
   double grad_norm = 0;      // before clipping
@@ -70,9 +70,13 @@ StepOutcome train_step(Replica& r, const Config& config, const std::vector<herd:
                        bool stop_requested);
 
 // Mean next-token loss over the held-out split (masked tokens only), without
-// dropout or gradients: each rank's share, summed over the ranks; and how many
-// samples the split has.
-std::pair<double, uint64_t> eval_loss(model::Llama& model, comm::Collective& comm,
-                                      const std::vector<herd::v1::MicroBatch>& batches);
+// dropout or gradients: each rank's share, summed over the ranks. The trainer's
+// periodic eval and `herd eval CONFIG` both take this path.
+struct EvalResult {
+  double loss = 0;         // over every rank's predicted tokens
+  uint64_t samples = 0;    // the split's
+  uint64_t predicted = 0;  // tokens counted in the loss
+};
+EvalResult eval_loss(model::Llama& model, comm::Collective& comm, const std::vector<herd::v1::MicroBatch>& batches);
 
 }  // namespace herd::train

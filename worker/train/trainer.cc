@@ -328,10 +328,10 @@ TrainResult run_worker(const Config& config, client::WorkerSession& session, con
                                   : step == total;
         // Every rank gets as many eval micro-batches: none on one means none on all.
         if (!held_out.empty() && (eval_due || step == total)) {
-          const auto [loss, samples] = eval_loss(*r.model, *r.comm, held_out);
-          result.evals.emplace_back(step, loss);
-          if (metrics) metrics->eval(loss);
-          record.eval(step, loss, samples);
+          const EvalResult e = eval_loss(*r.model, *r.comm, held_out);
+          result.evals.emplace_back(step, e.loss);
+          if (metrics) metrics->eval(e.loss);
+          record.eval(step, e.loss, e.samples);
         }
         if (o.stop && step < total) {
           // Every rank saw the flag in this step's sums: drain, then commit the
