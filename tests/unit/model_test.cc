@@ -1,6 +1,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
 #include <filesystem>
 #include <limits>
 #include <string_view>
@@ -125,6 +126,53 @@ TEST(Llama, PackedConversationsGetTheLogitsTheyGetAlone) {
   EXPECT_LT((out[0].slice(0, 5, 8) - model.forward(b)[0]).abs().max().item<float>(), 1e-5);
   // Without segments, b would see a: its logits differ.
   EXPECT_GT((model.forward(packed)[0].slice(0, 5, 8) - model.forward(b)[0]).abs().max().item<float>(), 1e-3);
+}
+
+// A packed row's summed loss has the LoRA gradients of its samples' losses summed
+// alone, with and without recompute (each segment is attended alone).
+TEST(Llama, PackedRowsGetTheGradientsOfTheirSamplesAlone) {
+  const auto config = tiny_config();
+  LoadOptions o = plain();
+  LoraOptions lora;
+  lora.r = 4;
+  lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj"};
+  o.lora = lora;
+  auto model = Llama::from_tensors(config, random_tensors(config, 5), o);
+  set_lora_b(model, 6);
+  model.set_training(true);
+  auto a = torch::tensor({{1, 7, 8, 9, 10}}, torch::kInt64), b = torch::tensor({{1, 30, 31, 32}}, torch::kInt64),
+       c = torch::tensor({{1, 50, 51}}, torch::kInt64);
+  // Row 0: a then b; row 1: c then padding. Positions that predict across a boundary
+  // or from padding are left out of the sum, as the loss mask leaves them out.
+  auto ids = torch::zeros({2, 9}, torch::kInt64);
+  ids[0].slice(0, 0, 5).copy_(a[0]);
+  ids[0].slice(0, 5, 9).copy_(b[0]);
+  ids[1].slice(0, 0, 3).copy_(c[0]);
+  auto segments = torch::tensor({{1, 1, 1, 1, 1, 2, 2, 2, 2}, {1, 1, 1, 0, 0, 0, 0, 0, 0}}, torch::kInt64);
+  auto counted = torch::ones({2, 8});
+  counted[0][4] = 0;  // the last token of a would predict b's BOS
+  counted[1].slice(0, 2, 8).fill_(0);
+  for (const bool recompute : {false, true}) {
+    SCOPED_TRACE(recompute ? "recompute" : "no recompute");
+    model.set_activation_checkpointing(recompute);
+    auto grads = [&](const std::function<torch::Tensor()>& loss) {
+      for (auto& p : model.trainable_parameters()) p.mutable_grad() = torch::Tensor();
+      loss().backward();
+      std::vector<torch::Tensor> out;
+      for (auto& p : model.trainable_parameters()) out.push_back(p.grad().clone());
+      return out;
+    };
+    const auto packed = grads([&] { return (model.next_token_loss(ids, {}, segments) * counted).sum(); });
+    const auto alone = grads([&] {
+      return model.next_token_loss(a).sum() + model.next_token_loss(b).sum() + model.next_token_loss(c).sum();
+    });
+    ASSERT_EQ(packed.size(), alone.size());
+    for (size_t i = 0; i < packed.size(); ++i) {
+      const double scale = alone[i].abs().max().item<double>();
+      EXPECT_GT(scale, 0) << i;
+      EXPECT_LT((packed[i] - alone[i]).abs().max().item<double>(), 1e-5 * scale) << i;
+    }
+  }
 }
 
 TEST(FrozenWeight, MaterializeIsTheKernelsDequantizeOnEveryPath) {

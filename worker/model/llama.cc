@@ -283,15 +283,37 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
   // Grouped-query attention: each KV head serves H / KV query heads. On a GPU with
   // plain causal attention SDPA does that itself (its kernels read the shared
   // heads); otherwise the heads are copied.
-  const bool sdpa_gqa = fused && x.is_cuda() && !mask.defined();
+  //
+  // A packed batch's `mask` is its segment ids (int64 [B, T] in host memory, 0 =
+  // padding): each segment is attended alone with causal attention, so a row costs
+  // the sum of its samples' squared lengths, not its own, and padding gives zeros.
+  const bool segmented = mask.defined() && mask.scalar_type() == torch::kLong;
+  const bool sdpa_gqa = fused && x.is_cuda() && (!mask.defined() || segmented);
+  auto causal = [&](const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value) {
+    return at::scaled_dot_product_attention(query, key, value, {}, 0.0, /*is_causal=*/true, std::nullopt,
+                                            /*enable_gqa=*/sdpa_gqa && KV != H);
+  };
   auto sdpa = [&](const torch::Tensor& query, torch::Tensor key, torch::Tensor value) {
     if (KV != H && !sdpa_gqa) {
       key = key.repeat_interleave(H / KV, 1);
       value = value.repeat_interleave(H / KV, 1);
     }
-    return mask.defined() ? at::scaled_dot_product_attention(query, key, value, mask)
-                          : at::scaled_dot_product_attention(query, key, value, {}, 0.0, /*is_causal=*/true,
-                                                             std::nullopt, /*enable_gqa=*/sdpa_gqa && KV != H);
+    if (!segmented) {
+      return mask.defined() ? at::scaled_dot_product_attention(query, key, value, mask) : causal(query, key, value);
+    }
+    const int64_t* seg = mask.data_ptr<int64_t>();
+    std::vector<torch::Tensor> rows;
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<torch::Tensor> parts;
+      for (int64_t t = 0, end = 0; t < T; t = end) {
+        for (end = t + 1; end < T && seg[b * T + end] == seg[b * T + t];) ++end;
+        auto part = [&](const torch::Tensor& m) { return m.slice(0, b, b + 1).slice(2, t, end); };
+        parts.push_back(seg[b * T + t] == 0 ? torch::zeros_like(part(query))
+                                            : causal(part(query), part(key), part(value)));
+      }
+      rows.push_back(parts.size() == 1 ? parts[0] : torch::cat(parts, 2));
+    }
+    return rows.size() == 1 ? rows[0] : torch::cat(rows, 0);
   };
   torch::Tensor out;
   if (stash == nullptr) {
@@ -489,7 +511,9 @@ torch::Tensor Llama::final_hidden(const torch::Tensor& input_ids, const torch::T
   auto emb = torch::cat({freqs, freqs}, -1).to(device);
   auto cos = emb.cos().to(act), sin = emb.sin().to(act);  // [T, D]: row t is position t
 
-  torch::Tensor mask;  // [B, 1, T, T], true = may attend; none: plain causal attention
+  // [B, 1, T, T], true = may attend; packed: the segment ids, int64 [B, T] on the
+  // host (attention() attends each segment alone); none: plain causal attention.
+  torch::Tensor mask;
   auto causal = [&] { return torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril(); };
   if (segment_ids.defined()) {
     TORCH_CHECK(segment_ids.sizes() == input_ids.sizes(), "segment_ids must have the shape of input_ids");
@@ -506,9 +530,7 @@ torch::Tensor Llama::final_hidden(const torch::Tensor& input_ids, const torch::T
     pos = pos.to(device);
     cos = cos.index_select(0, pos.view({-1})).view({B, 1, T, -1});
     sin = sin.index_select(0, pos.view({-1})).view({B, 1, T, -1});
-    auto sg = seg.to(device);
-    auto same = sg.view({B, 1, T, 1}) == sg.view({B, 1, 1, T});
-    mask = causal().view({1, 1, T, T}) & same & (sg.view({B, 1, 1, T}) > 0);
+    mask = seg;
   } else if (attention_mask.defined()) {
     auto keys = attention_mask.to(device).to(torch::kBool).view({B, 1, 1, T});
     mask = causal().view({1, 1, T, T}) & keys;

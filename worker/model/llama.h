@@ -122,9 +122,10 @@ class Llama {
 
   // logits [B, T, vocab] in float32, on the model's device (the inputs may be on
   // any). attention_mask [B, T] (1 = token, 0 = right padding) is optional.
-  // segment_ids [B, T] (packing: 1, 2, ... per conversation, 0 = padding) keeps
-  // attention inside each conversation and restarts its positions, so each packed
-  // conversation gets the logits it would get alone.
+  // segment_ids [B, T] (packing: 1, 2, ... per conversation, each a run of
+  // consecutive tokens; 0 = padding) keeps attention inside each conversation (each
+  // run is attended alone) and restarts its positions, so each packed conversation
+  // gets the logits it would get alone; padding positions get the attention output 0.
   torch::Tensor forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
                         const torch::Tensor& segment_ids = {}) const;
 
