@@ -11,10 +11,13 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "common/config.h"
 #include "common/safetensors.h"
 #include "common/tokenizer.h"
+#include "launch/evaluate.h"
 #include "worker/model/hf_checkpoint.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
@@ -72,13 +75,18 @@ struct ModelFlags {
   std::string dir, adapter, dtype = "float32", device = "cpu";
   bool plain = false, bf16 = false;
 
-  void add_to(CLI::App* cmd) {
-    cmd->add_option("model", dir, "Model directory (config.json, safetensors, tokenizer.model)")->required();
+  CLI::Option* device_option = nullptr;
+  std::vector<CLI::Option*> loading;  // what a config says instead (herd eval CONFIG)
+
+  void add_to(CLI::App* cmd, bool positional = true) {
+    if (positional) cmd->add_option("model", dir, "Model directory (config.json, safetensors, tokenizer.model)")->required();
     cmd->add_option("--adapter", adapter, "A peft LoRA adapter directory")->check(CLI::ExistingDirectory);
-    cmd->add_flag("--no-quantize", plain, "Use the plain weights instead of NF4 (as training would use them)");
-    cmd->add_option("--compute-dtype", dtype)->check(CLI::IsMember({"float32", "bfloat16"}))->capture_default_str();
-    cmd->add_option("--device", device, "cpu, cuda or cuda:N")->capture_default_str();
-    cmd->add_flag("--bf16", bf16, "The hidden stream in bfloat16 (trainer.bf16)");
+    loading.push_back(
+        cmd->add_flag("--no-quantize", plain, "Use the plain weights instead of NF4 (as training would use them)"));
+    loading.push_back(
+        cmd->add_option("--compute-dtype", dtype)->check(CLI::IsMember({"float32", "bfloat16"}))->capture_default_str());
+    device_option = cmd->add_option("--device", device, "cpu, cuda or cuda:N")->capture_default_str();
+    loading.push_back(cmd->add_flag("--bf16", bf16, "The hidden stream in bfloat16 (trainer.bf16)"));
   }
 
   herd::model::Llama load() const {
@@ -123,18 +131,52 @@ void add_model_commands(CLI::App& app, int& rc) {
     });
   });
 
-  // herd eval MODEL [--adapter DIR] --data FILE: mean next-token loss and perplexity.
+  // herd eval CONFIG [--adapter DIR] [--data FILE]: the held-out loss as training measures it;
+  // herd eval MODEL [--adapter DIR] --data TEXT: mean next-token loss over a text file's lines.
   auto e_model = std::make_shared<ModelFlags>();
-  auto e_data = std::make_shared<std::string>();
+  auto e_target = std::make_shared<std::string>(), e_data = std::make_shared<std::string>();
   auto e_json = std::make_shared<bool>(false);
-  auto* eval = app.add_subcommand("eval", "Mean token loss and perplexity of a model (and adapter) over a text file");
-  e_model->add_to(eval);
-  eval->add_option("--data", *e_data, "Text file: one sample per line (conversation files come with the data work)")
+  auto* eval = app.add_subcommand("eval", "Mean token loss and perplexity of a model (and adapter): a config's "
+                                          "held-out conversations, or a text file");
+  eval->add_option("target", *e_target,
+                   "A job's YAML config (its data formatted, masked and batched as training does), or a model "
+                   "directory (config.json, safetensors, tokenizer.model)")
       ->required()
-      ->check(CLI::ExistingFile);
+      ->check(CLI::ExistingPath);
+  e_model->add_to(eval, /*positional=*/false);
+  eval->add_option("--data", *e_data,
+                   "With a CONFIG: a data file of its data.type, every sample of it instead of the eval split; with a "
+                   "MODEL: a text file, one sample per line")
+      ->check(CLI::ExistingPath);
   eval->add_flag("--json", *e_json, "Print JSON");
-  eval->callback([&rc, e_model, e_data, e_json] {
+  eval->callback([&rc, e_model, e_target, e_data, e_json] {
     rc = guarded("eval", [&] {
+      if (fs::is_regular_file(*e_target)) {
+        for (const CLI::Option* o : e_model->loading) {
+          if (o->count() > 0) {
+            throw std::invalid_argument(fmt::format(
+                "{} picks how a model directory is loaded; with a CONFIG its quantization and trainer keys do",
+                o->get_name()));
+          }
+        }
+        const Config config = load_config(*e_target);
+        const auto r = herd::launch::evaluate(
+            config, {e_model->adapter, *e_data, e_model->device_option->count() > 0 ? e_model->device : ""});
+        std::vector<std::string> files;
+        for (const auto& f : r.data_files) files.push_back(f.string());
+        if (*e_json) {
+          nlohmann::json doc = {{"config", *e_target}, {"adapter", e_model->adapter}, {"data", files},
+                                {"split", r.split},     {"device", r.device},          {"samples", r.samples},
+                                {"tokens", r.predicted}, {"loss", r.loss},             {"perplexity", std::exp(r.loss)}};
+          std::cout << doc.dump(2) << "\n";
+        } else {
+          std::cout << fmt::format("eval: {} of {}: {} samples, {} predicted tokens: loss {:.6f}, perplexity {:.4f}\n",
+                                   r.split, fmt::join(files, ", "), r.samples, r.predicted, r.loss, std::exp(r.loss));
+        }
+        return;
+      }
+      if (e_data->empty()) throw std::invalid_argument("with a MODEL directory, --data TEXT_FILE is required");
+      e_model->dir = *e_target;
       auto model = e_model->load();
       auto tokenizer = herd::Tokenizer::load(fs::path(e_model->dir) / "tokenizer.model");
       std::ifstream in(*e_data);

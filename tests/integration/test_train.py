@@ -98,10 +98,31 @@ def test_the_demo_config_learns(tmp_path):
     out = herd("train", config)
     assert out.returncode == 0, out.stderr
     every = [r["loss"] for r in events(tmp_path, trainer_dir="trainer_outputs")]
-    assert len(every) == 600
-    logged = [sum(every[i:i + 20]) / 20 for i in range(0, 600, 20)]  # what the log shows: logging_steps 20
+    assert len(every) == 570  # 228 train conversations (12 held out), 4 a step, 10 epochs
+    logged = [sum(every[i:i + 20]) / 20 for i in range(0, 560, 20)]  # what the log shows: logging_steps 20
     assert logged[-1] <= 0.7 * logged[0], (logged[0], logged[-1])
-    assert (tmp_path / "models" / "tiny-demo_adapter" / "adapter_model.safetensors").exists()
+    adapter_dir = tmp_path / "models" / "tiny-demo_adapter"
+    assert (adapter_dir / "adapter_model.safetensors").exists()
+
+    # herd eval CONFIG --adapter: the trainer's last eval (the same held-out split), on the same path.
+    last = events(tmp_path, "eval", trainer_dir="trainer_outputs")[-1]
+    assert last["step"] == 570 and last["samples"] == 12
+    out = herd("eval", config, "--adapter", adapter_dir, "--json")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["samples"] == 12 and got["split"] == "eval split (data.eval_fraction 0.05, seed 42)"
+    assert abs(got["loss"] - last["eval_loss"]) <= 1e-6, (got["loss"], last["eval_loss"])
+    base = json.loads(herd("eval", config, "--json").stdout)
+    assert base["tokens"] == got["tokens"] and base["loss"] > got["loss"] + 0.5  # the adapter learned something
+    # A data file of another type is refused, naming what it holds.
+    orca = tmp_path / "orca.jsonl"
+    orca.write_text(json.dumps({"system_prompt": "", "question": "q", "response": "r"}) + "\n")
+    out = herd("eval", config, "--adapter", adapter_dir, "--data", orca)
+    assert out.returncode == 1
+    assert f"herd eval: {orca}: record 0: no \"conversations\" key: it is an Orca record (question, response), " \
+        "which data.type orca reads, and this data is read as data.type vicuna" in out.stderr, out.stderr
+    out = herd("eval", config, "--no-quantize")
+    assert out.returncode == 1 and "--no-quantize picks how a model directory is loaded" in out.stderr, out.stderr
 
 
 def run_until(config, step, sig):
