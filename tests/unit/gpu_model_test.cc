@@ -3,12 +3,12 @@
 // recompute replaying the GPU's dropout draws, the fused element-wise kernels
 // against the formulas they replace (alone and in a model), the batch-1 NF4 gemv
 // against the dequantized product, and NCCL's operations with one rank.
-#include <thread>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "tests/unit/tiny_llama.h"
+#include "tests/unit/two_ranks.h"
 #include "worker/comm/collective.h"
 #include "worker/comm/store.h"
 #include "worker/model/dropout.h"
@@ -422,41 +422,27 @@ TEST(Nccl, EveryOperationWithOneRank) {
 // through host copies and its result lands in the GPU tensor.
 TEST(Gloo, StagesGpuTensorsThroughHostMemory) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU here";
-  comm::InMemoryStore store;
-  std::vector<std::string> failures(2);
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < 2; ++r) {
-    ranks.emplace_back([&, r] {
-      try {
-        comm::CollectiveOptions o;
-        o.rank = r;
-        o.size = 2;
-        o.hostname = "127.0.0.1";
-        auto c = comm::connect("gloo", store, o);
-        auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(kGpu);
-        auto out = torch::zeros({8}, opts);
-        c->all_gather(out, torch::full({4}, r + 1.0, opts)).wait();
-        auto sum = torch::zeros({2}, opts);
-        c->reduce_scatter(sum, torch::arange(4, opts) * (r + 1)).wait();
-        auto t = torch::full({3}, r + 1.0, opts);
-        c->all_reduce(t).wait();
-        auto b = torch::full({2}, static_cast<double>(r), opts.dtype(torch::kBFloat16));
-        c->broadcast(b, 1).wait();
-        std::string& f = failures[static_cast<size_t>(r)];
-        if (!out.is_cuda() || !torch::equal(out.cpu(), torch::tensor({1.f, 1.f, 1.f, 1.f, 2.f, 2.f, 2.f, 2.f}))) {
-          f += "all_gather; ";
-        }
-        if (!torch::equal(sum.cpu(), (torch::arange(4, torch::kFloat32) * 3).slice(0, 2 * r, 2 * r + 2))) {
-          f += "reduce_scatter; ";
-        }
-        if (!torch::equal(t.cpu(), torch::full({3}, 3.0f))) f += "all_reduce; ";
-        if (!torch::equal(b.cpu(), torch::full({2}, 1.0, torch::kBFloat16))) f += "broadcast; ";
-      } catch (const std::exception& e) {
-        failures[static_cast<size_t>(r)] = e.what();
-      }
-    });
-  }
-  for (auto& t : ranks) t.join();
+  const auto failures = comm::two_ranks([](int r, comm::Collective& c) {
+    auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(kGpu);
+    auto out = torch::zeros({8}, opts);
+    c.all_gather(out, torch::full({4}, r + 1.0, opts)).wait();
+    auto sum = torch::zeros({2}, opts);
+    c.reduce_scatter(sum, torch::arange(4, opts) * (r + 1)).wait();
+    auto t = torch::full({3}, r + 1.0, opts);
+    c.all_reduce(t).wait();
+    auto b = torch::full({2}, static_cast<double>(r), opts.dtype(torch::kBFloat16));
+    c.broadcast(b, 1).wait();
+    std::string f;
+    if (!out.is_cuda() || !torch::equal(out.cpu(), torch::tensor({1.f, 1.f, 1.f, 1.f, 2.f, 2.f, 2.f, 2.f}))) {
+      f += "all_gather; ";
+    }
+    if (!torch::equal(sum.cpu(), (torch::arange(4, torch::kFloat32) * 3).slice(0, 2 * r, 2 * r + 2))) {
+      f += "reduce_scatter; ";
+    }
+    if (!torch::equal(t.cpu(), torch::full({3}, 3.0f))) f += "all_reduce; ";
+    if (!torch::equal(b.cpu(), torch::full({2}, 1.0, torch::kBFloat16))) f += "broadcast; ";
+    return f;
+  });
   EXPECT_EQ(failures, (std::vector<std::string>{"", ""}));
 }
 

@@ -2,13 +2,12 @@
 // holds half of the frozen bytes, computes the logits one whole model computes,
 // and ends a step with the sum over ranks of the LoRA gradients one model gets
 // from both ranks' inputs.
-#include <functional>
-#include <thread>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "tests/unit/tiny_llama.h"
+#include "tests/unit/two_ranks.h"
 #include "worker/comm/collective.h"
 #include "worker/train/sharding.h"
 
@@ -37,30 +36,7 @@ torch::Tensor loss_of(const torch::Tensor& logits) {
   return (logits * torch::randn(logits.sizes(), g)).sum();
 }
 
-// fn(rank, its group) on two ranks as threads, Gloo between them: what each
-// returned, or the exception it threw.
-std::vector<std::string> two_ranks(const std::function<std::string(int, comm::Collective&)>& fn) {
-  comm::InMemoryStore store;
-  std::vector<std::string> failures(2);
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < 2; ++r) {
-    ranks.emplace_back([&, r] {
-      try {
-        comm::CollectiveOptions co;
-        co.rank = r;
-        co.size = 2;
-        co.hostname = "127.0.0.1";
-        co.timeout = std::chrono::seconds(30);
-        auto group = comm::connect("gloo", store, co);
-        failures[static_cast<size_t>(r)] = fn(r, *group);
-      } catch (const std::exception& e) {
-        failures[static_cast<size_t>(r)] = e.what();
-      }
-    });
-  }
-  for (auto& t : ranks) t.join();
-  return failures;
-}
+using comm::two_ranks;
 
 class Sharded : public ::testing::TestWithParam<Sharding> {};
 
