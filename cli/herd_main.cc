@@ -165,7 +165,6 @@ int main(int argc, char** argv) {
 
   // Planned subcommands: each exists so that --help lists the whole tool.
   const std::pair<const char*, const char*> planned[] = {
-      {"merge", "Merge an adapter into the base model's weights"},
       {"chat", "Talk to a model with an adapter"},
   };
   for (const auto& [name, help] : planned) {

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -15,10 +16,12 @@
 #include <nlohmann/json.hpp>
 
 #include "common/config.h"
+#include "common/hf_cache.h"
 #include "common/safetensors.h"
 #include "common/tokenizer.h"
 #include "launch/evaluate.h"
 #include "worker/model/hf_checkpoint.h"
+#include "worker/model/merge.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
 #include "worker/train/memory_plan.h"
@@ -212,6 +215,96 @@ void add_model_commands(CLI::App& app, int& rc) {
       } else {
         std::cout << fmt::format("eval: {} samples, {} predicted tokens: loss {:.6f}, perplexity {:.4f}\n", samples,
                                  tokens, loss, std::exp(loss));
+      }
+    });
+  });
+
+  // herd merge CONFIG | --base DIR --adapter DIR --out DIR: the adapter folded into the base, streamed.
+  struct MergeFlags {
+    std::string config, base, adapter, out, dtype, shard_size = "5GB";
+    bool json = false;
+  };
+  auto mf = std::make_shared<MergeFlags>();
+  auto* merge = app.add_subcommand(
+      "merge", "Merge a LoRA adapter into its base model's weights, tensor by tensor (memory: about one tensor)");
+  merge->add_option("config", mf->config,
+                    "A job's YAML config: its base_model and {model_output_dir}/{model_name}_adapter, merged into "
+                    "{model_output_dir}/{model_name}")
+      ->check(CLI::ExistingFile);
+  merge->add_option("--base", mf->base, "Base model directory (safetensors: bf16/fp16/fp32, or 4-bit bitsandbytes)")
+      ->check(CLI::ExistingDirectory);
+  merge->add_option("--adapter", mf->adapter, "A peft LoRA adapter directory")->check(CLI::ExistingDirectory);
+  merge->add_option("--out", mf->out, "Output directory (must not exist, or be empty)");
+  merge->add_option("--dtype", mf->dtype, "float16, bfloat16 or float32 (default: the base's)")
+      ->check(CLI::IsMember({"float16", "bfloat16", "float32"}));
+  merge->add_option("--shard-size", mf->shard_size, "Largest shard, as transformers' max_shard_size (5GB = 5e9 bytes)")
+      ->capture_default_str();
+  merge->add_flag("--json", mf->json, "Print JSON");
+  merge->callback([&rc, mf] {
+    rc = guarded("merge", [&] {
+      herd::model::MergeSpec spec;
+      const bool flags = !mf->base.empty() || !mf->adapter.empty() || !mf->out.empty();
+      if (!mf->config.empty() && flags) throw std::invalid_argument("give a CONFIG, or --base, --adapter and --out");
+      if (!mf->config.empty()) {
+        const Config c = load_config(mf->config);
+        spec.base = resolve_hub_path(c.base_model, HubRepoType::Model, "base_model");
+        spec.adapter = fs::path(c.model_output_dir) / (c.model_name + "_adapter");
+        spec.out = fs::path(c.model_output_dir) / c.model_name;
+        if (!fs::is_directory(spec.adapter)) {
+          throw std::invalid_argument(
+              fmt::format("{}: no adapter there (herd train writes it)", spec.adapter.string()));
+        }
+      } else if (mf->base.empty() || mf->adapter.empty() || mf->out.empty()) {
+        throw std::invalid_argument("give a CONFIG, or --base, --adapter and --out");
+      } else {
+        spec.base = mf->base;
+        spec.adapter = mf->adapter;
+        spec.out = mf->out;
+      }
+      spec.dtype = mf->dtype;
+      const auto shard = herd::train::parse_bytes(mf->shard_size);
+      if (!shard || *shard < 1) throw std::invalid_argument("--shard-size " + mf->shard_size + ": e.g. 5GB or 512MiB");
+      spec.shard_bytes = static_cast<uint64_t>(*shard);
+
+      const auto start = std::chrono::steady_clock::now();
+      auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+      const bool bar = ::isatty(2) != 0;
+      double drawn = -1;
+      const auto report = herd::model::merge_adapter(spec, [&](uint64_t done, uint64_t total) {
+        const double now = seconds();
+        if (!bar || (now - drawn < 0.2 && done < total)) return;
+        drawn = now;
+        const double share = total ? static_cast<double>(done) / static_cast<double>(total) : 1.0;
+        const int eta = share > 0 ? static_cast<int>(now / share - now) : 0;
+        std::cerr << fmt::format("\r\033[Kmerge [{:<30}] {:.2f} / {:.2f} GB  eta {}:{:02d}",
+                                 std::string(static_cast<size_t>(share * 30), '#'), static_cast<double>(done) / 1e9,
+                                 static_cast<double>(total) / 1e9, eta / 60, eta % 60)
+                  << (done == total ? "\n" : "") << std::flush;
+      });
+      const double took = seconds();
+      uint64_t peak = 0;  // VmHWM: the process's peak resident set
+      std::ifstream status("/proc/self/status");
+      for (std::string line; std::getline(status, line);) {
+        if (line.rfind("VmHWM:", 0) == 0) peak = std::stoull(line.substr(6)) * 1024;
+      }
+      if (mf->json) {
+        nlohmann::json doc = {{"out", spec.out.string()},   {"base", spec.base.string()},
+                              {"adapter", spec.adapter.string()}, {"dtype", report.dtype},
+                              {"tensors", report.tensors},  {"merged", report.merged},
+                              {"bytes", report.bytes},      {"largest_tensor_bytes", report.largest},
+                              {"files", report.files},      {"from_4bit", report.from_4bit},
+                              {"seconds", took},            {"peak_rss_bytes", peak}};
+        std::cout << doc.dump(2) << "\n";
+        return;
+      }
+      std::cout << fmt::format(
+          "herd merge: wrote {}: {} tensors ({} with the adapter's delta) in {}, {:.2f} GB in {} files, {:.1f} s; "
+          "peak resident memory {:.0f} MiB\n",
+          spec.out.string(), report.tensors, report.merged, report.dtype, static_cast<double>(report.bytes) / 1e9,
+          report.files.size(), took, static_cast<double>(peak) / (1 << 20));
+      if (report.from_4bit) {
+        std::cout << "herd merge: note: the base is 4-bit (NF4): its weights were dequantized, so the merged model "
+                     "carries their quantization error; merging into the original 16-bit base does not\n";
       }
     });
   });

@@ -15,6 +15,14 @@
 
 namespace herd {
 
+void release_pages(const TensorView& v) {
+  if (v.data == nullptr || v.nbytes == 0) return;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(v.data) / page * page;
+  const auto end = reinterpret_cast<uintptr_t>(v.data) + v.nbytes;
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // advice: a failure only costs memory
+}
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 

@@ -36,6 +36,11 @@ struct TensorView {
   int64_t numel() const;
 };
 
+// Drops a tensor's pages from this process's resident memory (they stay in the page
+// cache; a later read maps them again). Streaming a model larger than memory reads
+// each tensor once and releases it, so the process's peak stays at one tensor.
+void release_pages(const TensorView& v);
+
 // One mapped .safetensors file.
 class SafetensorsFile {
  public:

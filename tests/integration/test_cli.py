@@ -254,7 +254,7 @@ def test_every_subcommand_has_help(sub):
     assert "Usage" in out.stdout or "usage" in out.stdout.lower()
 
 
-@pytest.mark.parametrize("sub", ["merge", "chat"])
+@pytest.mark.parametrize("sub", ["chat"])
 def test_planned_subcommands_fail_clearly(sub):
     out = herd(sub, "x")
     assert out.returncode == 2

@@ -53,7 +53,8 @@ namespace {
 // The mapping is read-only and outlives nothing: copy.
 torch::Tensor to_tensor(const TensorView& v) { return view_tensor(v).clone(); }
 
-// A weight stored as transformers saves bitsandbytes 4-bit layers (see herd quantize).
+}  // namespace
+
 std::optional<FrozenWeight> read_prequantized(const SafetensorsCheckpoint& ckpt, const std::string& name,
                                               std::pair<int64_t, int64_t> shape) {
   const std::string state_name = name + ".quant_state.bitsandbytes__nf4";
@@ -108,6 +109,8 @@ std::optional<FrozenWeight> read_prequantized(const SafetensorsCheckpoint& ckpt,
   }
   return f;
 }
+
+namespace {
 
 // HF's LlamaRMSNorm: normalize in float32, then scale (float32 weights, as
 // prepare_model_for_kbit_training keeps them), in the input's dtype.

@@ -19,6 +19,10 @@
 #include "worker/model/llama_config.h"
 #include "worker/model/lora_linear.h"
 
+namespace herd {
+class SafetensorsCheckpoint;
+}
+
 namespace herd::model {
 
 inline const std::vector<std::string>& linear_modules() {
@@ -224,5 +228,10 @@ class Llama {
 
 // "model.layers.{i}.self_attn.q_proj" / "model.layers.{i}.mlp.gate_proj"
 std::string module_path(int64_t layer, const std::string& module);
+
+// A weight `name` [out, in] stored as transformers saves bitsandbytes 4-bit layers
+// (herd quantize): its codes and scales, validated; none when `name` is not stored so.
+std::optional<FrozenWeight> read_prequantized(const SafetensorsCheckpoint& ckpt, const std::string& name,
+                                              std::pair<int64_t, int64_t> shape);
 
 }  // namespace herd::model

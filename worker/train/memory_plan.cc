@@ -146,6 +146,7 @@ std::optional<double> parse_bytes(const std::string& text) {
   if (unit == "gib" || unit == "g" || unit == "") scale = gib;
   if (unit == "gb") scale = 1e9;
   if (unit == "mib" || unit == "m") scale = 1024.0 * 1024;
+  if (unit == "mb") scale = 1e6;
   if (unit == "tib" || unit == "t") scale = gib * 1024;
   if (scale == 0 || value <= 0) return std::nullopt;
   return value * scale;

@@ -67,7 +67,7 @@ Fit fit(const PlanInput& input, double capacity);
 // (e.g. "TheBloke/Llama-2-70B-fp16": Llama-2-70B). Matched case-insensitively.
 std::optional<std::pair<std::string, model::LlamaConfig>> known_shape(const std::string& base_model);
 
-// "80GiB", "24GB", "24G" (GiB), "512MiB" -> bytes; nullopt when malformed.
+// "80GiB", "24GB", "24G" (GiB), "512MiB", "500MB" -> bytes; nullopt when malformed.
 std::optional<double> parse_bytes(const std::string& text);
 
 }  // namespace herd::train

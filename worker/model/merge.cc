@@ -1,0 +1,257 @@
+#include "worker/model/merge.h"
+
+#include <sys/statvfs.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <set>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "common/safetensors.h"
+#include "worker/model/llama.h"
+#include "worker/model/peft_adapter.h"
+#include "worker/model/tensor_view.h"
+
+namespace herd::model {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kQuantState = ".quant_state.bitsandbytes__nf4";
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// The tensors that travel with a 4-bit weight W: W.absmax, W.quant_map, ...
+bool quantization_part(const std::string& name) {
+  for (const char* tail : {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map"}) {
+    if (ends_with(name, tail)) return true;
+  }
+  return name.find(".quant_state.") != std::string::npos;
+}
+
+DType output_dtype(const std::string& name) {
+  if (name == "float16") return DType::F16;
+  if (name == "bfloat16") return DType::BF16;
+  if (name == "float32") return DType::F32;
+  throw std::invalid_argument(fmt::format("--dtype {}: float16, bfloat16 or float32", name));
+}
+
+const char* dtype_word(DType d) { return d == DType::F16 ? "float16" : d == DType::BF16 ? "bfloat16" : "float32"; }
+
+// A 4-bit weight's [out, in], from its quant_state.
+std::pair<int64_t, int64_t> quantized_shape(const SafetensorsCheckpoint& ckpt, const std::string& name) {
+  const TensorView& state = ckpt.tensor(name + kQuantState);
+  const json s = json::parse(std::string(reinterpret_cast<const char*>(state.data), state.nbytes), nullptr, false);
+  if (s.is_discarded() || !s.contains("shape") || !s["shape"].is_array() || s["shape"].size() != 2) {
+    throw SafetensorsError(fmt::format("pre-quantized tensor '{}': quant_state has no [out, in] shape", name));
+  }
+  return {s["shape"][0].get<int64_t>(), s["shape"][1].get<int64_t>()};
+}
+
+struct Delta {
+  std::string a, b;  // the adapter's tensor names
+};
+
+}  // namespace
+
+MergeReport merge_adapter(const MergeSpec& spec, const std::function<void(uint64_t, uint64_t)>& progress) {
+  const LlamaConfig config = LlamaConfig::from_file(spec.base / "config.json");
+  const SafetensorsCheckpoint base = SafetensorsCheckpoint::open(spec.base);
+  const LoraOptions lora = read_adapter_config(spec.adapter);
+  fs::path adapter_file = spec.adapter / "adapter_model.safetensors";
+  if (!fs::exists(adapter_file) && fs::exists(spec.adapter / "adapter_model.bin")) {
+    adapter_file = spec.adapter / "adapter_model.bin";  // refused by open() with the conversion
+  }
+  const auto adapter = SafetensorsFile::open(adapter_file);
+
+  // The adapter against the base, before anything is written.
+  std::map<std::string, Delta> deltas;  // base weight name -> its adapter tensors
+  std::set<std::string> used;
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
+    for (const auto& m : lora.target_modules) {
+      const std::string module = module_path(i, m), weight = module + ".weight";
+      const auto [out, in] = config.linear_shape(m);
+      const Delta d{"base_model.model." + module + ".lora_A.weight", "base_model.model." + module + ".lora_B.weight"};
+      const std::pair<std::string, std::vector<int64_t>> want[] = {{d.a, {lora.r, in}}, {d.b, {out, lora.r}}};
+      for (const auto& [name, shape] : want) {
+        if (!adapter->contains(name)) {
+          throw ModelConfigError(fmt::format("{}: tensor '{}' is missing (target_modules {} at r {} on {} layers)",
+                                             adapter_file.string(), name, fmt::join(lora.target_modules, ", "),
+                                             lora.r, config.num_hidden_layers));
+        }
+        const TensorView& v = adapter->tensor(name);
+        if (v.shape != shape || !is_float(v.dtype)) {
+          throw ModelConfigError(fmt::format("{}: tensor '{}' is {} [{}]; the base ({}) needs float [{}] at r {}",
+                                             adapter_file.string(), name, dtype_name(v.dtype),
+                                             fmt::join(v.shape, ", "), spec.base.string(), fmt::join(shape, ", "),
+                                             lora.r));
+        }
+        used.insert(name);
+      }
+      if (!base.contains(weight)) {
+        throw ModelConfigError(fmt::format("{}: has no tensor '{}', which the adapter changes", spec.base.string(),
+                                           weight));
+      }
+      const bool quantized = base.contains(weight + kQuantState);
+      const auto shape = quantized ? std::vector<int64_t>{quantized_shape(base, weight).first,
+                                                          quantized_shape(base, weight).second}
+                                   : base.tensor(weight).shape;
+      if (shape != std::vector<int64_t>{out, in}) {
+        throw ModelConfigError(fmt::format("{}: '{}' is [{}], but its config.json makes it [{}, {}]",
+                                           spec.base.string(), weight, fmt::join(shape, ", "), out, in));
+      }
+      deltas[weight] = d;
+    }
+  }
+  for (const auto& name : adapter->names()) {
+    if (!used.count(name)) {
+      throw ModelConfigError(fmt::format("{}: tensor '{}' matches no module of the base model at r {}",
+                                         adapter_file.string(), name, lora.r));
+    }
+  }
+
+  MergeReport report;
+  const std::string embed = "model.embed_tokens.weight";
+  if (!base.contains(embed)) throw ModelConfigError(fmt::format("{}: has no '{}'", spec.base.string(), embed));
+  const DType out_dtype = spec.dtype.empty() ? base.tensor(embed).dtype : output_dtype(spec.dtype);
+  if (!is_float(out_dtype)) {
+    throw ModelConfigError(fmt::format("{}: '{}' is {}; give --dtype", spec.base.string(), embed,
+                                       dtype_name(out_dtype)));
+  }
+  report.dtype = dtype_word(out_dtype);
+  const double scaling = lora.scaling();
+
+  // What will be written, and how many bytes.
+  struct Item {
+    std::string name;
+    std::vector<int64_t> shape;
+    bool quantized;
+    uint64_t bytes;
+  };
+  std::vector<Item> items;
+  for (const auto& name : base.names()) {
+    if (quantization_part(name)) continue;
+    const bool quantized = base.contains(name + kQuantState);
+    std::vector<int64_t> shape;
+    if (quantized) {
+      const auto [o, i] = quantized_shape(base, name);
+      shape = {o, i};
+      report.from_4bit = true;
+    } else {
+      shape = base.tensor(name).shape;
+    }
+    const DType dtype = is_float(base.tensor(name).dtype) || quantized ? out_dtype : base.tensor(name).dtype;
+    uint64_t bytes = dtype_size(dtype);
+    for (int64_t d : shape) bytes *= static_cast<uint64_t>(d);
+    items.push_back({name, shape, quantized, bytes});
+    report.bytes += bytes;
+    report.largest = std::max(report.largest, bytes);
+  }
+
+  // The output directory: new, on a disk with room, written under a temporary name.
+  if (fs::exists(spec.out) && !(fs::is_directory(spec.out) && fs::is_empty(spec.out))) {
+    throw std::invalid_argument(fmt::format("{} exists: remove it, or merge to another --out", spec.out.string()));
+  }
+  const fs::path parent = fs::absolute(spec.out).parent_path();
+  fs::create_directories(parent);
+  const fs::path tmp = parent / fmt::format(".{}.herd-merge", spec.out.filename().string());
+  fs::remove_all(tmp);  // an interrupted merge's
+  fs::create_directories(tmp);
+  struct statvfs disk {};
+  const uint64_t need = report.bytes + (uint64_t{64} << 20);
+  if (::statvfs(tmp.c_str(), &disk) == 0 && uint64_t{disk.f_bavail} * disk.f_frsize < need) {
+    fs::remove_all(tmp);
+    throw std::runtime_error(fmt::format("{}: the merged model needs {:.2f} GB of free disk, and {:.2f} GB are free",
+                                         parent.string(), static_cast<double>(need) / 1e9,
+                                         static_cast<double>(uint64_t{disk.f_bavail} * disk.f_frsize) / 1e9));
+  }
+
+  try {
+    SafetensorsWriter writer(tmp);
+    writer.set_metadata("format", "pt");
+    uint64_t done = 0;
+    for (const Item& item : items) {
+      const DType dtype = is_float(base.tensor(item.name).dtype) || item.quantized ? out_dtype
+                                                                                    : base.tensor(item.name).dtype;
+      const auto delta = deltas.find(item.name);
+      report.merged += delta != deltas.end();
+      writer.add_generated(item.name, dtype, item.shape, [&, item, dtype, delta](void* dst) {
+        torch::NoGradGuard no_grad;
+        const TensorView& stored = base.tensor(item.name);
+        auto finish = [&] {
+          release_pages(stored);
+          done += item.bytes;
+          if (progress) progress(done, report.bytes);
+        };
+        if (!item.quantized && delta == deltas.end()) {
+          // Copied (or cast) a slice at a time, each slice's pages released: the
+          // process holds the output buffer and one slice, not the tensor twice.
+          const auto flat = view_tensor(stored).view({-1});
+          const int64_t n = flat.numel(), slice = int64_t{1} << 24;
+          const size_t out_size = dtype_size(dtype);
+          for (int64_t first = 0; first < n; first += slice) {
+            const auto part = flat.slice(0, first, std::min(n, first + slice)).to(torch_dtype(dtype)).contiguous();
+            std::memcpy(static_cast<char*>(dst) + static_cast<size_t>(first) * out_size, part.data_ptr(),
+                        part.nbytes());
+            TensorView read = stored;
+            read.data = stored.data + static_cast<size_t>(first) * dtype_size(stored.dtype);
+            read.nbytes = static_cast<size_t>(part.numel()) * dtype_size(stored.dtype);
+            release_pages(read);
+          }
+          finish();
+          return;
+        }
+        torch::Tensor w;
+        if (item.quantized) {
+          const auto f = read_prequantized(base, item.name, {item.shape[0], item.shape[1]});
+          w = f->materialize(f->dtype);
+          for (const char* part : {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map"}) {
+            if (base.contains(item.name + part)) release_pages(base.tensor(item.name + part));
+          }
+        } else {
+          w = view_tensor(stored);
+        }
+        if (delta != deltas.end()) {
+          const auto a = view_tensor(adapter->tensor(delta->second.a)).to(torch::kFloat32);
+          const auto b = view_tensor(adapter->tensor(delta->second.b)).to(torch::kFloat32);
+          w = w.to(torch::kFloat32) + torch::matmul(b, a) * scaling;
+        }
+        w = w.to(torch_dtype(dtype)).contiguous();
+        std::memcpy(dst, w.data_ptr(), item.bytes);
+        finish();
+      });
+    }
+    report.tensors = items.size();
+    writer.write_sharded(tmp, spec.shard_bytes);
+
+    json cfg = json::parse(std::ifstream(spec.base / "config.json"));
+    cfg.erase("quantization_config");
+    cfg["torch_dtype"] = report.dtype;
+    std::ofstream(tmp / "config.json") << cfg.dump(2) << "\n";
+    for (const char* file : {"generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                             "special_tokens_map.json", "added_tokens.json"}) {
+      if (fs::exists(spec.base / file)) fs::copy_file(spec.base / file, tmp / file);
+    }
+    for (const auto& e : fs::directory_iterator(tmp)) report.files.push_back(e.path().filename().string());
+    std::sort(report.files.begin(), report.files.end());
+    if (fs::exists(spec.out)) fs::remove(spec.out);  // an empty directory
+    fs::rename(tmp, spec.out);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);
+    throw;
+  }
+  return report;
+}
+
+}  // namespace herd::model
