@@ -104,12 +104,12 @@ Job::Job(JobSettings settings, std::shared_ptr<const SampleSource> samples, std:
   total_steps_ = std::max<uint64_t>(settings_.max_steps > 0 ? settings_.max_steps : static_cast<uint64_t>(std::ceil(epochs)), 1);
 
   json fingerprint = {{"job_id", settings_.job_id},
-                            {"global_batch", settings_.global_batch()},
-                            {"train_samples", planner_->train_samples()},
-                            {"train_tokens", planner_->train_tokens()},
-                            {"seed", settings_.seed},
-                            {"total_steps", total_steps_},
-                            {"batch_size", settings_.batch_size}};
+                      {"global_batch", settings_.global_batch()},
+                      {"train_samples", planner_->train_samples()},
+                      {"train_tokens", planner_->train_tokens()},
+                      {"seed", settings_.seed},
+                      {"total_steps", total_steps_},
+                      {"batch_size", settings_.batch_size}};
   if (settings_.pack_window > 0) {
     fingerprint["pack_window"] = settings_.pack_window;
     fingerprint["rows"] = planner_->rows_per_epoch();

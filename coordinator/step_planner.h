@@ -34,7 +34,6 @@ class StepPlanner {
   size_t train_samples() const { return train_.size(); }
   uint64_t train_tokens() const { return train_tokens_; }
   size_t rows_per_epoch() const { return units_.size(); }
-  size_t pack_window() const { return pack_window_; }
   // Packed: real tokens / (rows × window); unpacked: 1.
   double packing_efficiency() const;
   const PlanShape& shape() const { return shape_; }

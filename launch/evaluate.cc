@@ -24,7 +24,6 @@ namespace {
 // --data FILE for the config's data type: a JSON data file is not raw text, and a
 // dataset directory holds one data file (job_data.h).
 fs::path data_for_type(const std::string& type, const fs::path& path) {
-  if (!fs::exists(path)) throw std::invalid_argument(fmt::format("--data {}: no such file", path.string()));
   if (type != "raw_text") return data_file(path);
   const auto ext = path.extension();
   if (fs::is_directory(path) || ext == ".json" || ext == ".jsonl") {
@@ -72,14 +71,11 @@ EvalReport evaluate(const Config& config, const EvalOptions& options) {
   report.device = device.str();
   model::LoadOptions load = train::load_options(config, device);
   if (!options.adapter.empty()) load.lora = model::read_adapter_config(options.adapter);
+  const fs::path base = resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");
   comm::InMemoryStore store;
   train::Replica r;
   train::build_replica(r, config, comm::connect("local", store, comm::CollectiveOptions{}), load,
-                       [&](const model::LoadOptions& o) {
-                         return model::Llama::load(resolve_hub_path(config.base_model, HubRepoType::Model,
-                                                                    "base_model"),
-                                                   o);
-                       });
+                       [&](const model::LoadOptions& o) { return model::Llama::load(base, o); });
   if (!options.adapter.empty()) model::load_adapter_weights(*r.model, options.adapter);
   const train::EvalResult e = train::eval_loss(*r.model, *r.comm, batches);
   report.samples = e.samples;
