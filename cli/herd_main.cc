@@ -23,12 +23,6 @@ namespace {
 
 constexpr int kOk = 0;
 constexpr int kUserError = 1;    // bad config, missing file, unreachable service
-constexpr int kNotBuiltYet = 2;  // a subcommand that exists in the plan, not yet in code
-
-int not_built_yet(const std::string& name) {
-  std::cerr << fmt::format("herd {}: not built yet in herd {}\n", name, herd::version());
-  return kNotBuiltYet;
-}
 
 // Loads a config, printing every error; nullopt on failure.
 std::optional<herd::Config> load(const std::string& path) {
@@ -163,16 +157,6 @@ int main(int argc, char** argv) {
   herd::cli::add_plan_command(app, rc);
   herd::cli::add_data_commands(app, rc);
 
-  // Planned subcommands: each exists so that --help lists the whole tool.
-  const std::pair<const char*, const char*> planned[] = {
-      {"chat", "Talk to a model with an adapter"},
-  };
-  for (const auto& [name, help] : planned) {
-    auto* cmd = app.add_subcommand(name, std::string(help) + " (not built yet)");
-    cmd->allow_extras();
-    std::string n = name;
-    cmd->callback([&rc, n] { rc = not_built_yet(n); });
-  }
 
   try {
     app.parse(argc, argv);

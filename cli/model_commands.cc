@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -20,11 +21,13 @@
 #include "common/safetensors.h"
 #include "common/tokenizer.h"
 #include "launch/evaluate.h"
+#include "worker/model/generate.h"
 #include "worker/model/hf_checkpoint.h"
 #include "worker/model/merge.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
 #include "worker/train/memory_plan.h"
+#include "worker/train/step.h"
 
 namespace herd::cli {
 
@@ -305,6 +308,101 @@ void add_model_commands(CLI::App& app, int& rc) {
       if (report.from_4bit) {
         std::cout << "herd merge: note: the base is 4-bit (NF4): its weights were dequantized, so the merged model "
                      "carries their quantization error; merging into the original 16-bit base does not\n";
+      }
+    });
+  });
+
+  // herd chat CONFIG | MODEL [--adapter DIR] [--prompt TEXT]: the seed's prompt style, streamed.
+  struct ChatFlags {
+    std::string target, prompt;
+    herd::model::SamplingOptions sampling;
+    bool json = false;
+  };
+  auto cf = std::make_shared<ChatFlags>();
+  auto c_model = std::make_shared<ModelFlags>();
+  auto* chat = app.add_subcommand("chat", "Talk to a model (NF4 base + adapter, or a merged model) in the seed's "
+                                          "prompt style; one-shot with --prompt");
+  chat->add_option("target", cf->target,
+                   "A job's YAML config (its base_model, quantization and {model_output_dir}/{model_name}_adapter), "
+                   "or a model directory")
+      ->required()
+      ->check(CLI::ExistingPath);
+  c_model->add_to(chat, /*positional=*/false);
+  chat->add_option("--prompt", cf->prompt, "One prompt: print the reply and exit");
+  auto& so = cf->sampling;
+  chat->add_option("--max-length", so.max_length, "Prompt + reply tokens, as transformers counts max_length")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  chat->add_option("--max-new-tokens", so.max_new_tokens, "Reply tokens (instead of --max-length)")
+      ->check(CLI::PositiveNumber);
+  chat->add_option("--temperature", so.temperature)->capture_default_str()->check(CLI::PositiveNumber);
+  chat->add_option("--top-p", so.top_p)->capture_default_str()->check(CLI::Range(1e-9, 1.0));
+  chat->add_option("--top-k", so.top_k, "0: off (transformers' default: 50)")->capture_default_str()->check(
+      CLI::NonNegativeNumber);
+  chat->add_option("--repetition-penalty", so.repetition_penalty, "1: off (transformers' semantics)")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 100.0));
+  chat->add_flag("--greedy", so.greedy, "The most likely token each time (after the repetition penalty)");
+  chat->add_option("--seed", so.seed, "Sampling seed: the same seed gives the same reply")->capture_default_str();
+  chat->add_flag("--json", cf->json, "Each reply as a JSON line (the prompt's and the reply's token ids, its text)");
+  chat->callback([&rc, cf, c_model] {
+    rc = guarded("chat", [&] {
+      std::optional<herd::model::Llama> model;
+      fs::path dir = cf->target;
+      if (fs::is_regular_file(cf->target)) {  // a config: as training loads the model
+        for (const CLI::Option* o : c_model->loading) {
+          if (o->count() > 0) {
+            throw std::invalid_argument(fmt::format(
+                "{} picks how a model directory is loaded; with a CONFIG its quantization and trainer keys do",
+                o->get_name()));
+          }
+        }
+        const Config c = load_config(cf->target);
+        dir = resolve_hub_path(c.base_model, HubRepoType::Model, "base_model");
+        if (c_model->adapter.empty()) {
+          const fs::path trained = fs::path(c.model_output_dir) / (c.model_name + "_adapter");
+          if (fs::is_directory(trained)) c_model->adapter = trained.string();
+        }
+        auto options = herd::train::load_options(c, torch::Device(c_model->device));
+        options.lora.reset();
+        if (!c_model->adapter.empty()) options.lora = herd::model::read_adapter_config(c_model->adapter);
+        model.emplace(herd::model::Llama::load(dir, options));
+        if (!c_model->adapter.empty()) herd::model::load_adapter_weights(*model, c_model->adapter);
+      } else {
+        c_model->dir = cf->target;
+        model.emplace(c_model->load());
+      }
+      model->set_training(false);
+      const auto tokenizer = herd::Tokenizer::load(dir / "tokenizer.model");
+      herd::model::Chat conversation(*model, tokenizer, cf->sampling);
+      // Streamed to the terminal as it comes, or a JSON line when the reply is done.
+      auto turn = [&](const std::string& prompt) {
+        const auto r = conversation.reply(prompt, cf->json ? std::function<void(const std::string&)>()
+                                                           : [](const std::string& text) { std::cout << text << std::flush; });
+        if (cf->json) {
+          const nlohmann::json doc = {{"prompt_tokens", r.prompt}, {"tokens", r.tokens}, {"text", r.text},
+                                      {"dropped_turns", r.dropped}};
+          // a reply may end inside a character (byte-fallback pieces): shown as U+FFFD
+          std::cout << doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+        }
+        std::cout << "\n" << std::flush;
+        return r;
+      };
+      if (!cf->prompt.empty()) {
+        turn(cf->prompt);
+        return;
+      }
+      std::cerr << fmt::format("herd chat: {}{}; an empty line or Ctrl-D ends, /reset forgets the conversation\n",
+                               dir.string(), c_model->adapter.empty() ? "" : " + " + c_model->adapter);
+      for (std::string line;;) {
+        std::cout << "> " << std::flush;
+        if (!std::getline(std::cin, line) || line.empty()) break;
+        if (line == "/reset") {
+          conversation.reset();
+          continue;
+        }
+        const auto r = turn(line);
+        if (r.dropped > 0) std::cerr << fmt::format("herd chat: the {} oldest turns no longer fit; left out\n", r.dropped);
       }
     });
   });

@@ -275,7 +275,8 @@ struct KeptAttention : public torch::autograd::Function<KeptAttention> {
 }  // namespace
 
 torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x, const torch::Tensor& cos,
-                               const torch::Tensor& sin, const torch::Tensor& mask, AttentionStash* stash) const {
+                               const torch::Tensor& sin, const torch::Tensor& mask, AttentionStash* stash,
+                               KVCache* cache, size_t cached) const {
   const int64_t B = x.size(0), T = x.size(1), H = config_.num_attention_heads, KV = config_.num_key_value_heads,
                 D = config_.head_dim;
   const bool fused = options_.fused_kernels;
@@ -283,6 +284,16 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
   auto q = rotary(qkv[0].view({B, T, H, D}), cos, sin, fused);
   auto k = rotary(qkv[1].view({B, T, KV, D}), cos, sin, fused);
   auto v = qkv[2].view({B, T, KV, D}).transpose(1, 2);
+  int64_t past = 0;  // cached positions before these
+  if (cache != nullptr) {
+    auto& ck = cache->k[cached];
+    auto& cv = cache->v[cached];
+    past = ck.defined() ? ck.size(2) : 0;
+    ck = past > 0 ? torch::cat({ck, k}, 2) : k.contiguous();
+    cv = past > 0 ? torch::cat({cv, v}, 2) : v.contiguous();
+    k = ck;
+    v = cv;
+  }
   // Grouped-query attention: each KV head serves H / KV query heads. On a GPU with
   // plain causal attention SDPA does that itself (its kernels read the shared
   // heads); otherwise the heads are copied.
@@ -291,7 +302,7 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
   // padding): each segment is attended alone with causal attention, so a row costs
   // the sum of its samples' squared lengths, not its own, and padding gives zeros.
   const bool segmented = mask.defined() && mask.scalar_type() == torch::kLong;
-  const bool sdpa_gqa = fused && x.is_cuda() && (!mask.defined() || segmented);
+  const bool sdpa_gqa = fused && x.is_cuda() && (!mask.defined() || segmented) && past == 0;
   auto causal = [&](const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value) {
     return at::scaled_dot_product_attention(query, key, value, {}, 0.0, /*is_causal=*/true, std::nullopt,
                                             /*enable_gqa=*/sdpa_gqa && KV != H);
@@ -300,6 +311,11 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
     if (KV != H && !sdpa_gqa) {
       key = key.repeat_interleave(H / KV, 1);
       value = value.repeat_interleave(H / KV, 1);
+    }
+    if (past > 0) {  // T new queries after `past` cached keys: query i sees keys 0..past+i
+      if (T == 1) return at::scaled_dot_product_attention(query, key, value);
+      auto sees = torch::ones({T, past + T}, torch::TensorOptions().dtype(torch::kBool).device(query.device()));
+      return at::scaled_dot_product_attention(query, key, value, sees.tril(past));
     }
     if (!segmented) {
       return mask.defined() ? at::scaled_dot_product_attention(query, key, value, mask) : causal(query, key, value);
@@ -348,12 +364,13 @@ std::pair<torch::Tensor, torch::Tensor> pre_norm(const torch::Tensor& x, const t
 }  // namespace
 
 torch::Tensor Llama::decoder_layer(const DecoderLayer& layer, const torch::Tensor& hidden, const torch::Tensor& cos,
-                                   const torch::Tensor& sin, const torch::Tensor& mask, AttentionStash* stash) const {
+                                   const torch::Tensor& sin, const torch::Tensor& mask, AttentionStash* stash,
+                                   KVCache* cache, size_t cached) const {
   const bool fused = options_.fused_kernels;
   const double eps = config_.rms_norm_eps;
   const bool sums = fused && options_.fused_gradient_sums;
   const auto [residual, x] = pre_norm(hidden, layer.input_layernorm, eps, fused, sums);
-  const auto h = residual + attention(layer, x, cos, sin, mask, stash);
+  const auto h = residual + attention(layer, x, cos, sin, mask, stash, cache, cached);
   const auto [residual2, x2] = pre_norm(h, layer.post_attention_layernorm, eps, fused, sums);
   const auto gate_up = linears(layer, {"gate_proj", "up_proj"}, x2);
   auto act = fused ? fused_silu_mul(gate_up[0], gate_up[1]) : torch::Tensor();
@@ -475,7 +492,7 @@ torch::Tensor Llama::stream_logits(const torch::Tensor& input_ids, const torch::
 }
 
 torch::Tensor Llama::final_hidden(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
-                                  const torch::Tensor& segment_ids) const {
+                                  const torch::Tensor& segment_ids, KVCache* cache) const {
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens]");
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   if (input_ids.numel() > 0) {
@@ -509,7 +526,8 @@ torch::Tensor Llama::final_hidden(const torch::Tensor& input_ids, const torch::T
     auto medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen);
     inv_freq = torch::where(medium, smoothed, scaled);
   }
-  auto positions = torch::arange(T, torch::kInt64).to(torch::kFloat32);
+  const int64_t first = cache ? cache->length : 0;  // a cache's positions come first
+  auto positions = torch::arange(first, first + T, torch::kInt64).to(torch::kFloat32);
   auto freqs = torch::outer(positions, inv_freq);
   auto emb = torch::cat({freqs, freqs}, -1).to(device);
   auto cos = emb.cos().to(act), sin = emb.sin().to(act);  // [T, D]: row t is position t
@@ -549,13 +567,26 @@ torch::Tensor Llama::final_hidden(const torch::Tensor& input_ids, const torch::T
     const auto index = static_cast<int64_t>(i);
     if (source_) source_->acquire(index, /*backward=*/false);
     h = recompute ? CheckpointedLayer::apply(h, this, index, cos, sin, mask.defined() ? mask : torch::empty({0}))
-                  : decoder_layer(layers_[i], h, cos, sin, mask);
+                  : decoder_layer(layers_[i], h, cos, sin, mask, nullptr, cache, i);
     if (source_ && release) source_->release(index);
   }
   if (source_) source_->acquire_lm_head();  // the final norm comes with it
   // A copy of the norm's weight (hidden floats) for the graph, which would otherwise
   // keep the whole gathered lm_head buffer until the norm's backward.
   return rms_norm(h, source_ ? norm_.clone() : norm_, config_.rms_norm_eps, options_.fused_kernels);
+}
+
+torch::Tensor Llama::decode(const torch::Tensor& input_ids, KVCache& cache) const {
+  TORCH_CHECK(input_ids.dim() == 2 && input_ids.size(1) > 0, "decode: input_ids must be [batch, tokens > 0]");
+  torch::NoGradGuard no_grad;
+  cache.k.resize(layers_.size());
+  cache.v.resize(layers_.size());
+  auto h = final_hidden(input_ids, {}, {}, &cache);
+  cache.length += input_ids.size(1);
+  if (source_) source_->acquire_lm_head();
+  auto logits = torch::matmul(h.select(1, h.size(1) - 1), lm_head_.to(options_.activation_dtype).t());
+  if (source_) source_->release_lm_head();
+  return logits.to(torch::kFloat32);
 }
 
 std::pair<double, int64_t> Llama::sequence_loss(const std::vector<int32_t>& ids) const {

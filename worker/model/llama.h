@@ -141,6 +141,16 @@ class Llama {
   torch::Tensor next_token_loss(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
                                 const torch::Tensor& segment_ids = {}) const;
 
+  // Keys and values of the positions seen so far, per layer (generation).
+  struct KVCache {
+    std::vector<torch::Tensor> k, v;  // per layer: [B, kv_heads, positions, head_dim]
+    int64_t length = 0;               // positions cached
+  };
+  // Incremental decoding without gradients: input_ids [B, T] continue the cached
+  // positions (T > 1: a prompt, each token attending the cache and the ones before
+  // it); the cache grows by T. The last position's logits, [B, vocab] in float32.
+  torch::Tensor decode(const torch::Tensor& input_ids, KVCache& cache) const;
+
   // Next-token cross-entropy over one sequence of ids [T]: {sum of the T-1 losses, T-1}.
   std::pair<double, int64_t> sequence_loss(const std::vector<int32_t>& ids) const;
 
@@ -190,7 +200,7 @@ class Llama {
   // The decoder's output after the final norm, [B, T, hidden] in the hidden
   // stream's dtype.
   torch::Tensor final_hidden(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
-                             const torch::Tensor& segment_ids) const;
+                             const torch::Tensor& segment_ids, KVCache* cache = nullptr) const;
   // forward's logits in the hidden stream's dtype.
   torch::Tensor stream_logits(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                               const torch::Tensor& segment_ids) const;
@@ -200,11 +210,13 @@ class Llama {
                                      const torch::Tensor& x) const;
   // With a stash (LoadOptions::keep_attention): the first forward fills it, the
   // recompute takes attention's output and backward from it.
+  // With a cache (layer `cached` of it), keys and values join the cached ones.
   torch::Tensor attention(const DecoderLayer& layer, const torch::Tensor& x, const torch::Tensor& cos,
-                          const torch::Tensor& sin, const torch::Tensor& mask, AttentionStash* stash) const;
+                          const torch::Tensor& sin, const torch::Tensor& mask, AttentionStash* stash,
+                          KVCache* cache = nullptr, size_t cached = 0) const;
   torch::Tensor decoder_layer(const DecoderLayer& layer, const torch::Tensor& hidden, const torch::Tensor& cos,
-                              const torch::Tensor& sin, const torch::Tensor& mask,
-                              AttentionStash* stash = nullptr) const;
+                              const torch::Tensor& sin, const torch::Tensor& mask, AttentionStash* stash = nullptr,
+                              KVCache* cache = nullptr, size_t cached = 0) const;
   struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
     static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
                                  const Llama* model, int64_t layer, const torch::Tensor& cos,
