@@ -12,27 +12,14 @@ import numpy as np
 import pytest
 import torch
 from peft import PeftModel
-from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
 from conftest import BIN, herd
-from test_make_model import weight as nf4_weight
+from test_make_model import tensors, weight as nf4_weight
 
 MODULES = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
            "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
-
-
-def tensors(model_dir, names=None):
-    """name -> tensor over every shard (only `names`, when given)."""
-    index = model_dir / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [
-        "model.safetensors"]
-    out = {}
-    for f in files:
-        with safe_open(str(model_dir / f), "pt") as st:
-            out.update({k: st.get_tensor(k) for k in st.keys() if names is None or k in names})
-    return out
 
 
 def shape(cfg, module):
