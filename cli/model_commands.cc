@@ -22,6 +22,7 @@
 #include "common/tokenizer.h"
 #include "launch/evaluate.h"
 #include "worker/model/generate.h"
+#include "worker/model/gguf_export.h"
 #include "worker/model/hf_checkpoint.h"
 #include "worker/model/merge.h"
 #include "worker/model/llama.h"
@@ -309,6 +310,48 @@ void add_model_commands(CLI::App& app, int& rc) {
         std::cout << "herd merge: note: the base is 4-bit (NF4): its weights were dequantized, so the merged model "
                      "carries their quantization error; merging into the original 16-bit base does not\n";
       }
+    });
+  });
+
+  // herd export gguf MODEL|CONFIG [OUT.gguf] [--type f16|bf16|q8_0]: for llama.cpp.
+  struct ExportFlags {
+    std::string target, out, type = "f16";
+  };
+  auto ef = std::make_shared<ExportFlags>();
+  auto* exporter = app.add_subcommand("export", "Export a model for other runtimes");
+  exporter->require_subcommand(1);
+  auto* gguf = exporter->add_subcommand("gguf", "A GGUF v3 file llama.cpp loads (tensor by tensor, constant memory)");
+  gguf->add_option("model", ef->target,
+                   "A model directory (safetensors in 16 or 32 bits: a merged model), or a job's YAML config (its "
+                   "merged model, {model_output_dir}/{model_name})")
+      ->required()
+      ->check(CLI::ExistingPath);
+  gguf->add_option("out", ef->out, "The .gguf file (with a CONFIG: default {model_output_dir}/{model_name}-TYPE.gguf)");
+  gguf->add_option("--type", ef->type, "Matrices as f16, bf16 or q8_0 (norms stay f32)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f16", "bf16", "q8_0"}));
+  gguf->callback([&rc, ef] {
+    rc = guarded("export gguf", [&] {
+      herd::model::GgufSpec spec;
+      spec.type = ef->type;
+      spec.out = ef->out;
+      if (fs::is_regular_file(ef->target)) {
+        const Config c = load_config(ef->target);
+        spec.model = fs::path(c.model_output_dir) / c.model_name;
+        spec.name = c.model_name;
+        if (!fs::is_directory(spec.model)) {
+          throw std::invalid_argument(fmt::format("{}: no merged model there (herd merge {} writes it)",
+                                                  spec.model.string(), ef->target));
+        }
+        if (spec.out.empty()) spec.out = fs::path(c.model_output_dir) / (c.model_name + "-" + ef->type + ".gguf");
+      } else {
+        spec.model = ef->target;
+        if (spec.out.empty()) throw std::invalid_argument("give the output file: herd export gguf MODEL OUT.gguf");
+      }
+      const auto report = herd::model::export_gguf(spec);
+      std::cout << fmt::format("herd export gguf: wrote {}: {} tensors ({}), {} metadata keys, {:.2f} GB\n",
+                               spec.out.string(), report.tensors, spec.type, report.metadata,
+                               static_cast<double>(report.bytes) / 1e9);
     });
   });
 

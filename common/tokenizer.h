@@ -44,9 +44,12 @@ class Tokenizer {
   int32_t unk_id() const { return unk_id_; }
   int32_t vocab_size() const { return static_cast<int32_t>(pieces_.size()); }
   const std::string& piece(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).text; }
+  // SentencePiece's piece types, in its order (NORMAL = 1 ... BYTE = 6 as int + 1).
+  enum class Kind { Normal, Unknown, Control, UserDefined, Unused, Byte };
+  float score(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).score; }
+  Kind kind(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).kind; }
 
  private:
-  enum class Kind { Normal, Unknown, Control, UserDefined, Unused, Byte };
   struct Piece {
     std::string text;
     float score;
