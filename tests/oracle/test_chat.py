@@ -6,12 +6,14 @@ import json
 import os
 import pty
 import select
+import shutil
 import subprocess
 import time
 
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
 from conftest import BIN, herd
@@ -124,3 +126,50 @@ def test_a_terminal_conversation_streams_and_keeps_its_history(tiny_gqa, tmp_pat
     assert two["prompt_tokens"][-len(segment):] == segment and two["prompt_tokens"][-len(segment) - 1] == EOS
     assert two["dropped_turns"] == 0
     assert two["tokens"] == reference(tiny_gqa, two["prompt_tokens"], 12, 1.15)
+
+
+def chain_model(path, tokenizer_dir, chain):
+    """A Llama whose next token depends only on the current one: chain[i] -> chain[i + 1],
+    anything else -> EOS. Its layers are zero (the residual stream is the embedding, an identity
+    matrix), so the logits are lm_head's column for the current token."""
+    vocab = json.loads((tokenizer_dir / "config.json").read_text())["vocab_size"]
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab, "hidden_size": vocab,
+           "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 4,
+           "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "bos_token_id": 1, "eos_token_id": 2,
+           "tie_word_embeddings": False, "torch_dtype": "float32"}
+    t = {"model.embed_tokens.weight": torch.eye(vocab), "model.norm.weight": torch.ones(vocab),
+         "model.layers.0.input_layernorm.weight": torch.ones(vocab),
+         "model.layers.0.post_attention_layernorm.weight": torch.ones(vocab)}
+    for m, (o, i) in {"self_attn.q_proj": (vocab, vocab), "self_attn.k_proj": (vocab, vocab),
+                      "self_attn.v_proj": (vocab, vocab), "self_attn.o_proj": (vocab, vocab),
+                      "mlp.gate_proj": (8, vocab), "mlp.up_proj": (8, vocab), "mlp.down_proj": (vocab, 8)}.items():
+        t[f"model.layers.0.{m}.weight"] = torch.zeros(o, i)
+    head = torch.zeros(vocab, vocab)
+    head[EOS, :] = 1.0
+    for a, b in zip(chain, chain[1:]):
+        head[:, a] = 0.0
+        head[b, a] = 1.0
+    t["lm_head.weight"] = head
+    path.mkdir()
+    save_file(t, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(tokenizer_dir / "tokenizer.model", path / "tokenizer.model")
+    return path
+
+
+def test_a_reply_ends_where_the_model_starts_a_human_turn(tiny_gqa, tmp_path):
+    (tmp_path / "s.json").write_text(json.dumps(["### HUMAN:\nHello\n\n### RESPONSE:\n", "Hi", "### HUMAN:"]))
+    prompt, hi, human = json.loads(herd("tools", "tokenize", tiny_gqa, "--input", tmp_path / "s.json").stdout)
+    # after the prompt: "Hi", then "### HUMAN:" (then EOS, which must not be reached)
+    chain = [prompt[-1], *hi[1:], *human[1:]]
+    assert len(set(chain)) == len(chain)
+    model = chain_model(tmp_path / "m", tiny_gqa, chain)
+    got = chat(model, "--prompt", "Hello", "--greedy")
+    assert got["prompt_tokens"] == prompt
+    assert got["tokens"] == chain[1:]  # generation stopped at the token that completed "### HUMAN:"
+    assert got["text"] == "Hi"
+    shown = subprocess.run([str(BIN / "herd"), "chat", str(model), "--no-quantize", "--greedy", "--prompt", "Hello"],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.stdout == "Hi\n"  # no part of "### HUMAN:" was streamed
+    without_stop = chain_model(tmp_path / "eos", tiny_gqa, chain[:1 + len(hi) - 1])
+    assert chat(without_stop, "--prompt", "Hello", "--greedy")["tokens"] == hi[1:]  # then EOS

@@ -82,12 +82,18 @@ std::vector<int32_t> generate(const Llama& model, const std::vector<int32_t>& pr
 namespace {
 const std::string kUser = "### HUMAN:\n", kResponse = "### RESPONSE:\n", kStop = "### HUMAN:";
 
-// How much of `text` may be shown: all but a tail that could start the stop string.
+// How much of `text` may be shown: all but a tail that could start the stop string,
+// and the whitespace before it (a reply that stops there ends without it).
 size_t showable(const std::string& text) {
+  size_t end = text.size();
   for (size_t keep = std::min(text.size(), kStop.size() - 1); keep > 0; --keep) {
-    if (text.compare(text.size() - keep, keep, kStop, 0, keep) == 0) return text.size() - keep;
+    if (text.compare(text.size() - keep, keep, kStop, 0, keep) == 0) {
+      end = text.size() - keep;
+      break;
+    }
   }
-  return text.size();
+  while (end > 0 && (text[end - 1] == '\n' || text[end - 1] == ' ')) --end;
+  return end;
 }
 }  // namespace
 
@@ -135,8 +141,7 @@ Chat::Reply Chat::reply(const std::string& prompt, const std::function<void(cons
     shown = std::max(shown, show);
     return stop == std::string::npos;
   });
-  // What the model said: without a "### HUMAN:" it began (and the tokens of it).
-  r.tokens = so_far;
+  r.tokens = so_far;  // every token generated: those of a "### HUMAN:" the model began too
   if (on_text && shown < r.text.size()) on_text(r.text.substr(shown));
   history_.emplace_back(prompt, r.text);
   return r;
