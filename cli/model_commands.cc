@@ -29,6 +29,7 @@
 #include "worker/model/peft_adapter.h"
 #include "worker/train/memory_plan.h"
 #include "worker/train/step.h"
+#include "worker/train/trainer.h"
 
 namespace herd::cli {
 
@@ -364,7 +365,8 @@ void add_model_commands(CLI::App& app, int& rc) {
   auto cf = std::make_shared<ChatFlags>();
   auto c_model = std::make_shared<ModelFlags>();
   auto* chat = app.add_subcommand("chat", "Talk to a model (NF4 base + adapter, or a merged model) in the seed's "
-                                          "prompt style; one-shot with --prompt");
+                                          "prompt style; one-shot with --prompt. Without --device: a CONFIG's "
+                                          "trainer.device, else a GPU when one is visible");
   chat->add_option("target", cf->target,
                    "A job's YAML config (its base_model, quantization and {model_output_dir}/{model_name}_adapter), "
                    "or a model directory")
@@ -406,13 +408,16 @@ void add_model_commands(CLI::App& app, int& rc) {
           const fs::path trained = fs::path(c.model_output_dir) / (c.model_name + "_adapter");
           if (fs::is_directory(trained)) c_model->adapter = trained.string();
         }
-        auto options = herd::train::load_options(c, torch::Device(c_model->device));
+        const std::string device = c_model->device_option->count() > 0 ? c_model->device
+                                                                         : herd::train::training_device_name(c, 0);
+        auto options = herd::train::load_options(c, torch::Device(device));
         options.lora.reset();
         if (!c_model->adapter.empty()) options.lora = herd::model::read_adapter_config(c_model->adapter);
         model.emplace(herd::model::Llama::load(dir, options));
         if (!c_model->adapter.empty()) herd::model::load_adapter_weights(*model, c_model->adapter);
       } else {
         c_model->dir = cf->target;
+        if (c_model->device_option->count() == 0 && torch::cuda::is_available()) c_model->device = "cuda";
         model.emplace(c_model->load());
       }
       model->set_training(false);
