@@ -110,6 +110,12 @@ struct ModelFlags {
   }
 };
 
+// "2.14 GB", "1.3 MB"
+std::string size_text(uint64_t bytes) {
+  const auto b = static_cast<double>(bytes);
+  return b >= 1e9 ? fmt::format("{:.2f} GB", b / 1e9) : fmt::format("{:.1f} MB", b / 1e6);
+}
+
 template <class F>
 int guarded(const char* what, F&& f) {
   try {
@@ -303,9 +309,9 @@ void add_model_commands(CLI::App& app, int& rc) {
         return;
       }
       std::cout << fmt::format(
-          "herd merge: wrote {}: {} tensors ({} with the adapter's delta) in {}, {:.2f} GB in {} files, {:.1f} s; "
+          "herd merge: wrote {}: {} tensors ({} with the adapter's delta) in {}, {} in {} files, {:.1f} s; "
           "peak resident memory {:.0f} MiB\n",
-          spec.out.string(), report.tensors, report.merged, report.dtype, static_cast<double>(report.bytes) / 1e9,
+          spec.out.string(), report.tensors, report.merged, report.dtype, size_text(report.bytes),
           report.files.size(), took, static_cast<double>(peak) / (1 << 20));
       if (report.from_4bit) {
         std::cout << "herd merge: note: the base is 4-bit (NF4): its weights were dequantized, so the merged model "
@@ -350,9 +356,9 @@ void add_model_commands(CLI::App& app, int& rc) {
         if (spec.out.empty()) throw std::invalid_argument("give the output file: herd export gguf MODEL OUT.gguf");
       }
       const auto report = herd::model::export_gguf(spec);
-      std::cout << fmt::format("herd export gguf: wrote {}: {} tensors ({}), {} metadata keys, {:.2f} GB\n",
+      std::cout << fmt::format("herd export gguf: wrote {}: {} tensors ({}), {} metadata keys, {}\n",
                                spec.out.string(), report.tensors, spec.type, report.metadata,
-                               static_cast<double>(report.bytes) / 1e9);
+                               size_text(report.bytes));
     });
   });
 
@@ -450,7 +456,10 @@ void add_model_commands(CLI::App& app, int& rc) {
           continue;
         }
         const auto r = turn(line);
-        if (r.dropped > 0) std::cerr << fmt::format("herd chat: the {} oldest turns no longer fit; left out\n", r.dropped);
+        if (r.dropped > 0) {
+          std::cerr << fmt::format("herd chat: {} of the earliest turns left out of the prompt (the context is full)\n",
+                                   r.dropped);
+        }
       }
     });
   });

@@ -173,3 +173,17 @@ def test_a_reply_ends_where_the_model_starts_a_human_turn(tiny_gqa, tmp_path):
     assert shown.stdout == "Hi\n"  # no part of "### HUMAN:" was streamed
     without_stop = chain_model(tmp_path / "eos", tiny_gqa, chain[:1 + len(hi) - 1])
     assert chat(without_stop, "--prompt", "Hello", "--greedy")["tokens"] == hi[1:]  # then EOS
+
+
+def test_the_oldest_turns_are_dropped_when_the_context_fills(tiny_gqa):
+    """--max-length 64: the prompt must leave a quarter of it (16 tokens) for the reply."""
+    p = subprocess.run([str(BIN / "herd"), "chat", str(tiny_gqa), "--no-quantize", "--json", "--greedy",
+                        "--max-length", "64"], input="One\nTwo\nThree\nFour\n\n", capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    turns = [json.loads(line.removeprefix("> ")) for line in p.stdout.splitlines() if line.startswith("> {")]
+    assert len(turns) == 4
+    for t in turns:
+        assert len(t["prompt_tokens"]) + 16 <= 64 and len(t["prompt_tokens"]) + len(t["tokens"]) <= 64
+    assert turns[-1]["dropped_turns"] >= 1  # four short turns of replies do not fit in 48 tokens
+    assert f"herd chat: {turns[-1]['dropped_turns']} of the earliest turns left out of the prompt" in p.stderr
