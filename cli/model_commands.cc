@@ -97,6 +97,17 @@ struct ModelFlags {
     loading.push_back(cmd->add_flag("--bf16", bf16, "The hidden stream in bfloat16 (trainer.bf16)"));
   }
 
+  // With a CONFIG, its quantization and trainer keys say how the model is loaded.
+  void refuse_loading_flags() const {
+    for (const CLI::Option* o : loading) {
+      if (o->count() > 0) {
+        throw std::invalid_argument(fmt::format(
+            "{} picks how a model directory is loaded; with a CONFIG its quantization and trainer keys do",
+            o->get_name()));
+      }
+    }
+  }
+
   herd::model::Llama load() const {
     herd::model::LoadOptions options;
     options.quantize = !plain;
@@ -166,13 +177,7 @@ void add_model_commands(CLI::App& app, int& rc) {
   eval->callback([&rc, e_model, e_target, e_data, e_json] {
     rc = guarded("eval", [&] {
       if (fs::is_regular_file(*e_target)) {
-        for (const CLI::Option* o : e_model->loading) {
-          if (o->count() > 0) {
-            throw std::invalid_argument(fmt::format(
-                "{} picks how a model directory is loaded; with a CONFIG its quantization and trainer keys do",
-                o->get_name()));
-          }
-        }
+        e_model->refuse_loading_flags();
         const Config config = load_config(*e_target);
         const auto r = herd::launch::evaluate(
             config, {e_model->adapter, *e_data, e_model->device_option->count() > 0 ? e_model->device : ""});
@@ -401,13 +406,7 @@ void add_model_commands(CLI::App& app, int& rc) {
       std::optional<herd::model::Llama> model;
       fs::path dir = cf->target;
       if (fs::is_regular_file(cf->target)) {  // a config: as training loads the model
-        for (const CLI::Option* o : c_model->loading) {
-          if (o->count() > 0) {
-            throw std::invalid_argument(fmt::format(
-                "{} picks how a model directory is loaded; with a CONFIG its quantization and trainer keys do",
-                o->get_name()));
-          }
-        }
+        c_model->refuse_loading_flags();
         const Config c = load_config(cf->target);
         dir = resolve_hub_path(c.base_model, HubRepoType::Model, "base_model");
         if (c_model->adapter.empty()) {
