@@ -50,6 +50,13 @@ std::string show_mask(const Tokenizer& tok, const FormattedConversation& f, cons
   return out + (in ? "»" : "");
 }
 
+// "a.txt, b.txt"
+std::string joined(const std::vector<fs::path>& files) {
+  std::string out;
+  for (const auto& f : files) out += (out.empty() ? "" : ", ") + f.string();
+  return out;
+}
+
 // What a config (or the flags) say about the data: the files and the settings.
 struct DataInputs {
   std::vector<fs::path> data_files;
@@ -96,8 +103,7 @@ int inspect(const InspectFlags& flags) {
   format.eos = tok.piece(tok.eos_id());
   const bool train_on_inputs = in.settings.train_on_inputs;
   const size_t context = in.settings.context_window;
-  std::string data;
-  for (const auto& f : in.data_files) data += (data.empty() ? "" : ", ") + f.string();
+  const std::string data = joined(in.data_files);
 
   ReadReport report;
   const auto samples =
@@ -172,11 +178,8 @@ int tokenize(const InspectFlags& flags) {
   auto loaded = load_tokenized_dataset(in.data_files, in.tokenizer_model, in.settings, in.cache_dir);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   double mb = 0;
-  std::string data;
-  for (const auto& f : in.data_files) {
-    mb += static_cast<double>(fs::file_size(f)) / 1e6;
-    data += (data.empty() ? "" : ", ") + f.string();
-  }
+  for (const auto& f : in.data_files) mb += static_cast<double>(fs::file_size(f)) / 1e6;
+  const std::string data = joined(in.data_files);
   if (!loaded.rebuilt_because.empty()) {
     std::cerr << fmt::format("herd data tokenize: warning: {} was not used ({}); rebuilt it\n", loaded.file.string(),
                              loaded.rebuilt_because);

@@ -49,7 +49,7 @@ DType output_dtype(const std::string& name) {
 const char* dtype_word(DType d) { return d == DType::F16 ? "float16" : d == DType::BF16 ? "bfloat16" : "float32"; }
 
 // A 4-bit weight's [out, in], from its quant_state.
-std::pair<int64_t, int64_t> quantized_shape(const SafetensorsCheckpoint& ckpt, const std::string& name) {
+std::vector<int64_t> quantized_shape(const SafetensorsCheckpoint& ckpt, const std::string& name) {
   const TensorView& state = ckpt.tensor(name + kQuantState);
   const json s = json::parse(std::string(reinterpret_cast<const char*>(state.data), state.nbytes), nullptr, false);
   if (s.is_discarded() || !s.contains("shape") || !s["shape"].is_array() || s["shape"].size() != 2) {
@@ -103,9 +103,7 @@ MergeReport merge_adapter(const MergeSpec& spec, const std::function<void(uint64
                                            weight));
       }
       const bool quantized = base.contains(weight + kQuantState);
-      const auto shape = quantized ? std::vector<int64_t>{quantized_shape(base, weight).first,
-                                                          quantized_shape(base, weight).second}
-                                   : base.tensor(weight).shape;
+      const auto shape = quantized ? quantized_shape(base, weight) : base.tensor(weight).shape;
       if (shape != std::vector<int64_t>{out, in}) {
         throw ModelConfigError(fmt::format("{}: '{}' is [{}], but its config.json makes it [{}, {}]",
                                            spec.base.string(), weight, fmt::join(shape, ", "), out, in));
@@ -136,24 +134,19 @@ MergeReport merge_adapter(const MergeSpec& spec, const std::function<void(uint64
     std::string name;
     std::vector<int64_t> shape;
     bool quantized;
+    DType dtype;  // written: the output dtype for float (and 4-bit) tensors, else the stored one
     uint64_t bytes;
   };
   std::vector<Item> items;
   for (const auto& name : base.names()) {
     if (quantization_part(name)) continue;
     const bool quantized = base.contains(name + kQuantState);
-    std::vector<int64_t> shape;
-    if (quantized) {
-      const auto [o, i] = quantized_shape(base, name);
-      shape = {o, i};
-      report.from_4bit = true;
-    } else {
-      shape = base.tensor(name).shape;
-    }
+    const auto shape = quantized ? quantized_shape(base, name) : base.tensor(name).shape;
+    report.from_4bit = report.from_4bit || quantized;
     const DType dtype = is_float(base.tensor(name).dtype) || quantized ? out_dtype : base.tensor(name).dtype;
     uint64_t bytes = dtype_size(dtype);
     for (int64_t d : shape) bytes *= static_cast<uint64_t>(d);
-    items.push_back({name, shape, quantized, bytes});
+    items.push_back({name, shape, quantized, dtype, bytes});
     report.bytes += bytes;
     report.largest = std::max(report.largest, bytes);
   }
@@ -181,8 +174,7 @@ MergeReport merge_adapter(const MergeSpec& spec, const std::function<void(uint64
     writer.set_metadata("format", "pt");
     uint64_t done = 0;
     for (const Item& item : items) {
-      const DType dtype = is_float(base.tensor(item.name).dtype) || item.quantized ? out_dtype
-                                                                                    : base.tensor(item.name).dtype;
+      const DType dtype = item.dtype;
       const auto delta = deltas.find(item.name);
       report.merged += delta != deltas.end();
       writer.add_generated(item.name, dtype, item.shape, [&, item, dtype, delta](void* dst) {
