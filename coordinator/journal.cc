@@ -63,6 +63,7 @@ Journal::Journal(const std::filesystem::path& file) : file_(file) {
   fd_ = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd_ < 0)
     throw JournalError(fmt::format("{}: cannot open for appending: {}", file.string(), std::strerror(errno)));
+  size_ = static_cast<off_t>(pos);
 }
 
 Journal::~Journal() {
@@ -77,15 +78,24 @@ void Journal::append(uint32_t type, const std::string& payload) {
   std::memcpy(record.data() + 4, &type, 4);
   std::memcpy(record.data() + 8, &hash, 8);
   record += payload;
+  if (!failed_.empty()) throw JournalError(fmt::format("{}: not appending after an earlier failure ({})", file_.string(), failed_));
+  auto fail = [&](const char* what) {
+    failed_ = fmt::format("{} failed: {}", what, std::strerror(errno));
+    // Whatever part of the record reached the file goes; were this to fail too, the
+    // torn tail is the journal's last bytes, which reopening drops.
+    if (::ftruncate(fd_, size_) == 0) ::fdatasync(fd_);
+    throw JournalError(fmt::format("{}: {}", file_.string(), failed_));
+  };
   for (size_t done = 0; done < record.size();) {
     ssize_t n = ::write(fd_, record.data() + done, record.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
-      throw JournalError(fmt::format("{}: write failed: {}", file_.string(), std::strerror(errno)));
+      fail("write");
     }
     done += static_cast<size_t>(n);
   }
-  if (::fdatasync(fd_) != 0) throw JournalError(fmt::format("{}: fdatasync failed", file_.string()));
+  if (::fdatasync(fd_) != 0) fail("fdatasync");
+  size_ += static_cast<off_t>(record.size());
   records_.push_back({type, payload});
 }
 

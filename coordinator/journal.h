@@ -37,12 +37,17 @@ class Journal {
 
   const std::vector<JournalRecord>& records() const { return records_; }
   bool dropped_tail() const { return dropped_tail_; }
-  // Durable when it returns.
+  // Durable when it returns. A failed append (a full disk, an I/O error) cuts off
+  // what it wrote and throws JournalError; every later append throws too, since the
+  // caller went on without that record: the journal ends at the last record that
+  // was durable, and a restart replays exactly that.
   void append(uint32_t type, const std::string& payload);
 
  private:
   std::filesystem::path file_;
   int fd_ = -1;
+  off_t size_ = 0;  // bytes of whole records on disk
+  std::string failed_;  // why an append failed; then no more appends
   std::vector<JournalRecord> records_;
   bool dropped_tail_ = false;
 };

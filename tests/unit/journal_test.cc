@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/unit/file_size_limit.h"
+
 namespace herd::coordinator {
 namespace {
 
@@ -75,6 +77,36 @@ TEST_F(JournalTest, DamageBeforeTheEndIsAnError) {
   } catch (const JournalError& e) {
     EXPECT_NE(std::string(e.what()).find("damaged record at byte 0 before the end"), std::string::npos) << e.what();
   }
+}
+
+// A write that fails part way (here: past RLIMIT_FSIZE, EFBIG; a full disk is ENOSPC)
+// leaves the journal as it was, and the journal takes nothing more: its owner went
+// on without the record.
+TEST_F(JournalTest, AFailedAppendLeavesTheLastDurableRecordLastAndStopsAppending) {
+  Journal j(file_);
+  j.append(1, "durable");
+  const auto durable = fs::file_size(file_);
+  std::string error;
+  try {
+    herd::testing::FileSizeLimit limit(durable + 20);  // the next record's header and 4 bytes of its payload
+    j.append(1, std::string(100, 'x'));
+  } catch (const JournalError& e) {
+    error = e.what();
+  }
+  EXPECT_NE(error.find("write failed: File too large"), std::string::npos) << error;
+  EXPECT_EQ(fs::file_size(file_), durable);
+  try {
+    j.append(1, "after the failure");
+    FAIL() << "must refuse";
+  } catch (const JournalError& e) {
+    EXPECT_NE(std::string(e.what()).find("not appending after an earlier failure (write failed: File too large)"),
+              std::string::npos)
+        << e.what();
+  }
+  Journal reopened(file_);
+  ASSERT_EQ(reopened.records().size(), 1u);
+  EXPECT_EQ(reopened.records()[0].payload, "durable");
+  EXPECT_FALSE(reopened.dropped_tail());
 }
 
 }  // namespace
