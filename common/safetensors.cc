@@ -13,6 +13,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/files.h"
+
 namespace herd {
 
 void release_pages(const TensorView& v) {
@@ -352,7 +354,7 @@ void SafetensorsWriter::write_file(const fs::path& file, const std::vector<const
         done += static_cast<uint64_t>(n);
       }
     }
-    if (!out) throw SafetensorsError(fmt::format("{}: write failed", tmp.string()));
+    close_file(out, tmp);
   }
   fs::rename(tmp, file);  // never a half-written file under the real name
 }
@@ -390,7 +392,7 @@ void SafetensorsWriter::write_sharded(const fs::path& dir, size_t max_shard_byte
     }
   }
   json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-  std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << "\n";
+  herd::write_file(dir / "model.safetensors.index.json", index.dump(2) + "\n");
 }
 
 }  // namespace herd

@@ -14,6 +14,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/files.h"
+
 namespace herd {
 
 namespace fs = std::filesystem;
@@ -148,7 +150,7 @@ void TokenCache::write(const fs::path& file, const TokenizedData& d, uint64_t ke
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out.write(reinterpret_cast<const char*>(&h), sizeof h);
     out.write(body.data(), static_cast<std::streamsize>(body.size()));
-    if (!out) throw DatasetError(fmt::format("{}: write failed", tmp.string()));
+    close_file(out, tmp);
   }
   fs::rename(tmp, file);
 }

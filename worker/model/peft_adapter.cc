@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/files.h"
 #include "common/safetensors.h"
 #include "worker/model/tensor_view.h"
 
@@ -94,7 +95,7 @@ void save_adapter(Llama& model, const fs::path& adapter_dir, const std::string& 
                  {"use_dora", false},
                  {"rank_pattern", json::object()},
                  {"alpha_pattern", json::object()}};
-  std::ofstream(adapter_dir / "adapter_config.json") << config.dump(2) << "\n";
+  write_file(adapter_dir / "adapter_config.json", config.dump(2) + "\n");
 }
 
 void load_adapter_weights(Llama& model, const fs::path& adapter_dir) {

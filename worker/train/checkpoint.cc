@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/checkpoint_files.h"
+#include "common/files.h"
 #include "common/token_cache.h"
 #include "worker/model/peft_adapter.h"
 #include "worker/model/rng.h"
@@ -51,32 +52,38 @@ fs::path write_checkpoint(const fs::path& output_dir, uint64_t step, model::Llam
   const fs::path tmp = output_dir / fmt::format(".{}{}.tmp-{}", kPrefix, step, ::getpid());
   fs::remove_all(tmp);
   fs::create_directories(tmp);
-  model::save_adapter(model, tmp, meta.base_model, meta.task_type, meta.bias);
-  torch::save(optimizer, (tmp / "optimizer.pt").string());
-  torch::save(model::rng_state(), (tmp / "rng_state.pt").string());
-  // On a GPU, LoRA dropout draws from that GPU's generator.
-  if (model.device().is_cuda()) torch::save(model::rng_state(model.device()), (tmp / "rng_state_cuda.pt").string());
-  json log = json::array();
-  for (const auto& s : history) {
-    log.push_back({{"step", s.step},
-                   {"epoch", s.epoch},
-                   {"loss", s.loss},
-                   {"learning_rate", s.learning_rate},
-                   {"grad_norm", s.grad_norm},
-                   {"num_tokens", s.tokens}});
+  try {
+    model::save_adapter(model, tmp, meta.base_model, meta.task_type, meta.bias);
+    torch::save(optimizer, (tmp / "optimizer.pt").string());
+    torch::save(model::rng_state(), (tmp / "rng_state.pt").string());
+    // On a GPU, LoRA dropout draws from that GPU's generator.
+    if (model.device().is_cuda()) torch::save(model::rng_state(model.device()), (tmp / "rng_state_cuda.pt").string());
+    json log = json::array();
+    for (const auto& s : history) {
+      log.push_back({{"step", s.step},
+                     {"epoch", s.epoch},
+                     {"loss", s.loss},
+                     {"learning_rate", s.learning_rate},
+                     {"grad_norm", s.grad_norm},
+                     {"num_tokens", s.tokens}});
+    }
+    write_file(tmp / "trainer_state.json",
+               json{{"global_step", step},
+                    {"epoch", static_cast<double>(step) / static_cast<double>(meta.steps_per_epoch)},
+                    {"max_steps", meta.total_steps},
+                    {"log_history", log}}
+                   .dump(2));
+    json files = json::object();
+    for (const auto& e : fs::directory_iterator(tmp)) {
+      files[e.path().filename().string()] = {{"bytes", fs::file_size(e.path())},
+                                             {"hash", fmt::format("{:016x}", hash_file(e.path()))}};
+    }
+    write_file(tmp / kCheckpointManifest, json{{"step", step}, {"files", files}}.dump(2));
+  } catch (...) {
+    std::error_code ignored;  // a full disk: free what was written, name no checkpoint
+    fs::remove_all(tmp, ignored);
+    throw;
   }
-  std::ofstream(tmp / "trainer_state.json")
-      << json{{"global_step", step},
-              {"epoch", static_cast<double>(step) / static_cast<double>(meta.steps_per_epoch)},
-              {"max_steps", meta.total_steps},
-              {"log_history", log}}
-             .dump(2);
-  json files = json::object();
-  for (const auto& e : fs::directory_iterator(tmp)) {
-    files[e.path().filename().string()] = {{"bytes", fs::file_size(e.path())},
-                                           {"hash", fmt::format("{:016x}", hash_file(e.path()))}};
-  }
-  std::ofstream(tmp / kCheckpointManifest) << json{{"step", step}, {"files", files}}.dump(2);
   fs::remove_all(final_dir);
   fs::rename(tmp, final_dir);
 

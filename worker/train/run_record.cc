@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "common/config.h"
+#include "common/files.h"
 #include "worker/model/flops.h"
 #include "worker/train/tensorboard.h"
 
@@ -61,7 +62,7 @@ void RunRecord::begin(const client::Gang& gang) {
   {
     std::ofstream out(tmp, std::ios::trunc);
     for (const auto& line : kept) out << line << "\n";
-    if (!out) throw std::runtime_error(fmt::format("{}: cannot write the events file", tmp.string()));
+    close_file(out, tmp);
   }
   fs::rename(tmp, file_);
   events_.open(file_, std::ios::app);
