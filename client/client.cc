@@ -216,6 +216,7 @@ void WorkerSession::register_worker() {
     request.set_host(options_.host.substr(0, protocol::kMaxHost));
     request.add_devices(options_.device);
     request.add_capabilities("gloo");
+    request.mutable_settings()->insert(options_.settings.begin(), options_.settings.end());
     v1::RegisterResponse response;
     grpc::Status s;
     {

@@ -24,6 +24,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -113,6 +114,7 @@ struct SessionOptions {
   double heartbeat_interval_s = 0;          // 0: a third of the lease, at most 1 s
   std::chrono::seconds give_up_after{300};  // unreachable this long: JobOver
   bool heartbeat_thread = true;             // false: the caller calls heartbeat_async() on its own clock
+  std::map<std::string, std::string> settings;  // RegisterRequest.settings: the config keys ranks share
 };
 
 class WorkerSession {

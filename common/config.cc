@@ -575,4 +575,19 @@ Config load_config(const std::filesystem::path& path) {
   return parse_config(buffer.str(), path.string());
 }
 
+std::map<std::string, std::string> shared_settings(const Config& config) {
+  auto shared = [](const std::string& key) {
+    for (const char* section : {"lora.", "quantization.", "trainer."}) {
+      if (key.rfind(section, 0) == 0) return key != "trainer.device";
+    }
+    return key == "model_context_window" || key == "distributed.backend" || key == "distributed.sharding" ||
+           key == "checkpoint.every_steps";
+  };
+  std::map<std::string, std::string> out;
+  for (const auto& v : config.resolved) {
+    if (shared(v.key)) out[v.key] = v.value;
+  }
+  return out;
+}
+
 }  // namespace herd

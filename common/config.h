@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -168,6 +169,13 @@ class ConfigError : public std::runtime_error {
 
 // Loads and validates a config file; throws ConfigError listing every problem.
 Config load_config(const std::filesystem::path& path);
+
+// The resolved keys every worker of a job must share with its coordinator (key ->
+// value as printed): what changes the numbers or when ranks meet (lora.*,
+// quantization.*, trainer.* but the device, model_context_window,
+// distributed.backend and .sharding, checkpoint.every_steps). Paths, ports,
+// secrets and timeouts may differ between hosts; data is read by the coordinator alone.
+std::map<std::string, std::string> shared_settings(const Config& config);
 // The same from text already in memory; `name` stands for the file in messages.
 Config parse_config(const std::string& yaml_text, const std::string& name);
 

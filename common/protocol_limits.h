@@ -10,6 +10,8 @@ namespace herd::protocol {
 constexpr size_t kMaxHost = 253;          // RegisterRequest.host: a DNS name
 constexpr size_t kMaxListEntries = 64;    // RegisterRequest.devices, .capabilities
 constexpr size_t kMaxEntry = 256;         // one device or capability
+constexpr size_t kMaxSettings = 256;      // RegisterRequest.settings entries
+constexpr size_t kMaxSetting = 4096;      // one setting's key or value
 constexpr size_t kMaxKey = 256;           // a rendezvous store key
 constexpr size_t kMaxValue = 64 * 1024;   // a rendezvous store value
 constexpr size_t kMaxKeys = 65536;        // keys in one attempt's store

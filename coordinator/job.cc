@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <set>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -53,6 +54,7 @@ JobSettings JobSettings::from_config(const Config& c) {
   s.max_steps = static_cast<uint64_t>(c.trainer.max_steps);
   s.heartbeat_timeout_s = c.distributed.heartbeat_timeout_s;
   s.replacement_timeout_s = c.distributed.replacement_timeout_s;
+  s.shared = shared_settings(c);
   return s;
 }
 
@@ -202,7 +204,20 @@ uint64_t Job::WaitForChange(uint64_t seen, std::chrono::milliseconds timeout) co
 }
 
 void Job::journal_locked(RecordType type, const std::string& payload) {
-  if (journal_) journal_->append(type, payload);
+  if (!journal_) return;
+  try {
+    journal_->append(type, payload);
+  } catch (const JournalError& e) {
+    // Nothing the journal lacks may be answered: the job stops here (in memory only;
+    // the journal cannot say so) and a restart resumes from what it holds.
+    set_state_locked(herd::v1::FAILED,
+                     fmt::format("cannot write the journal, so the job stopped at its last durable record (committed "
+                                 "step {}, checkpoint {}): {}. Free the space and start the job again: it resumes "
+                                 "from checkpoint {}",
+                                 ledger_.committed_step(), ledger_.checkpoint_step(), e.what(),
+                                 ledger_.checkpoint_step()));
+    throw;
+  }
 }
 
 Status Job::member_locked(const std::string& worker_id, uint64_t attempt, Worker** out) {
@@ -231,6 +246,36 @@ Status Job::member_locked(const std::string& worker_id, uint64_t attempt, Worker
 
 // ---- Membership --------------------------------------------------------------
 
+// A worker started with another config than the job's would train other numbers (or
+// meet its peers at other steps): refused, naming the keys that differ.
+Status Job::same_settings(const google::protobuf::Map<std::string, std::string>& theirs) const {
+  if (theirs.empty()) return Status::OK;
+  if (theirs.size() > kMaxSettings) return error(StatusCode::INVALID_ARGUMENT, fmt::format("at most {} settings", kMaxSettings));
+  std::vector<std::string> differ;
+  auto value = [](const auto& map, const std::string& key) -> std::string {
+    auto it = map.find(key);
+    return it == map.end() ? "(unset)" : it->second.substr(0, 64);
+  };
+  std::set<std::string> keys;
+  for (const auto& [k, v] : theirs) {
+    if (k.size() > kMaxSetting || v.size() > kMaxSetting) {
+      return error(StatusCode::INVALID_ARGUMENT, fmt::format("a setting's key or value is longer than {}", kMaxSetting));
+    }
+    keys.insert(k);
+  }
+  for (const auto& [k, v] : settings_.shared) keys.insert(k);
+  for (const auto& k : keys) {
+    const std::string mine = value(settings_.shared, k), yours = value(theirs, k);
+    if (mine != yours) differ.push_back(fmt::format("{} is {} there, {} in the job", k.substr(0, 64), yours, mine));
+  }
+  if (differ.empty()) return Status::OK;
+  return error(StatusCode::FAILED_PRECONDITION,
+               fmt::format("this worker's config is not the job's: {}{}. Start it with the job's config, or with no "
+                           "CONFIG to take the coordinator's",
+                           fmt::join(differ.begin(), differ.begin() + std::min<size_t>(differ.size(), 8), "; "),
+                           differ.size() > 8 ? fmt::format("; and {} more", differ.size() - 8) : ""));
+}
+
 Status Job::Register(const herd::v1::RegisterRequest& request, herd::v1::RegisterResponse* response) {
   if (request.job_id() != settings_.job_id) {
     return error(StatusCode::INVALID_ARGUMENT, fmt::format("job_id '{}' is not this coordinator's job '{}'",
@@ -249,6 +294,7 @@ Status Job::Register(const herd::v1::RegisterRequest& request, herd::v1::Registe
       }
     }
   }
+  if (auto s = same_settings(request.settings()); !s.ok()) return s;
   std::lock_guard lock(mutex_);
   if (terminal_locked()) {
     return error(StatusCode::FAILED_PRECONDITION,
@@ -539,7 +585,10 @@ void Job::StreamLost(const herd::v1::StreamBatchesRequest& request, const std::s
   // Draining, a member that reported its share of a checkpoint leaves as asked: the
   // others' reports complete that checkpoint and stop the job there.
   if (drain_requested_ && ledger_.holds_checkpoint_share(w->rank)) return;
-  mark_dead_locked(*w, reason, clock_());
+  try {
+    mark_dead_locked(*w, reason, clock_());
+  } catch (const JournalError&) {  // the job is FAILED and says why
+  }
 }
 
 Status Job::ReportStep(const herd::v1::ReportStepRequest& request, herd::v1::ReportStepResponse* response) {
@@ -695,13 +744,16 @@ Status Job::Cancel(const herd::v1::CancelRequest& request, herd::v1::OperatorRes
 void Job::tick() {
   std::lock_guard lock(mutex_);
   const double now = clock_();
-  for (Worker* w : roster_.overdue(now, settings_.heartbeat_timeout_s)) {
-    mark_dead_locked(*w, fmt::format("missed its heartbeats for {:.1f} s (timeout {} s)", now - w->last_heartbeat,
-                                     settings_.heartbeat_timeout_s),
-                     now);
+  try {
+    for (Worker* w : roster_.overdue(now, settings_.heartbeat_timeout_s)) {
+      mark_dead_locked(*w, fmt::format("missed its heartbeats for {:.1f} s (timeout {} s)", now - w->last_heartbeat,
+                                       settings_.heartbeat_timeout_s),
+                       now);
+    }
+    roster_.forget_dead(attempt_, now);
+    try_form_gang_locked(now);
+  } catch (const JournalError&) {  // the job is FAILED and says why
   }
-  roster_.forget_dead(attempt_, now);
-  try_form_gang_locked(now);
 }
 
 bool Job::everyone_told() const {

@@ -48,6 +48,7 @@ struct JobSettings {
   double replacement_timeout_s = 60;
   uint32_t lookahead_steps = 2;  // how far a stream runs ahead of the last committed step
   uint64_t pack_window = 0;      // data.packing: rows packed to this many tokens (the context window)
+  std::map<std::string, std::string> shared;  // shared_settings(config): what a worker's config must match
 
   static JobSettings from_config(const Config& config);
   uint64_t global_batch() const { return uint64_t{batch_size} * gradient_accumulation_steps * world_size; }  // rows
@@ -177,6 +178,7 @@ class Job {
   void mark_dead_locked(Worker& w, const std::string& reason, double now);
   void set_state_locked(herd::v1::JobState state, std::string message);
   void journal_locked(RecordType type, const std::string& payload);
+  grpc::Status same_settings(const google::protobuf::Map<std::string, std::string>& theirs) const;
   void replay(const std::vector<JournalRecord>& records);
 
   const JobSettings settings_;

@@ -91,6 +91,7 @@ int train_as_worker(const Config& config, const client::ClientOptions& client, i
   session_options.job_id = config.model_name;
   session_options.host = host_name();
   session_options.device = herd::train::training_device_name(config, local_rank);
+  session_options.settings = shared_settings(config);
   client::WorkerSession session(session_options);
   herd::train::WorkerOptions options;
   options.gloo_hostname = local_address_towards(client.address.substr(0, client.address.rfind(':')));

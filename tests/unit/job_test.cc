@@ -11,6 +11,8 @@
 #include <set>
 #include <tuple>
 
+#include "tests/unit/file_size_limit.h"
+
 namespace herd::coordinator {
 namespace {
 
@@ -311,6 +313,71 @@ TEST(Job, JournalRestartResumesAndLineageDropsRolledBackSteps) {
   f.job.reset();
   f.settings.gradient_accumulation_steps = 4;
   EXPECT_THROW(f.reopen(file), JournalError);
+  std::filesystem::remove_all(dir);
+}
+
+// A worker whose config differs from the job's in a key ranks share is refused at
+// registration, naming the keys; nothing of it joins the roster.
+TEST(Job, AWorkerWithAnotherConfigIsRefusedAtRegistration) {
+  Fixture f;
+  f.settings.shared = {{"lora.r", "8"}, {"trainer.learning_rate", "0.01"}};
+  f.reopen({});
+  v1::RegisterRequest q;
+  q.set_job_id("job");
+  q.set_host("h");
+  (*q.mutable_settings())["lora.r"] = "16";
+  (*q.mutable_settings())["trainer.learning_rate"] = "0.01";
+  (*q.mutable_settings())["trainer.seed"] = "7";
+  v1::RegisterResponse r;
+  const auto refused = f.job->Register(q, &r);
+  EXPECT_EQ(refused.error_code(), StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(refused.error_message(),
+            "this worker's config is not the job's: lora.r is 16 there, 8 in the job; trainer.seed is 7 there, "
+            "(unset) in the job. Start it with the job's config, or with no CONFIG to take the coordinator's");
+  EXPECT_TRUE(r.worker_id().empty());
+  q.mutable_settings()->erase("trainer.seed");
+  (*q.mutable_settings())["lora.r"] = "8";
+  EXPECT_TRUE(f.job->Register(q, &r).ok());
+  q.clear_settings();  // a simulated worker: not checked
+  EXPECT_TRUE(f.job->Register(q, &r).ok());
+  EXPECT_EQ(f.status().ranks_size(), 2);  // the gang: these two
+}
+
+// A journal that cannot be written (a full disk) stops the job where its last
+// durable record left it: nothing it lacks is answered, and a restart with space
+// resumes from it.
+TEST(Job, AJournalWriteFailureStopsTheJobAtItsLastDurableRecord) {
+  const auto dir = std::filesystem::temp_directory_path() / ("herd-job-full-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  const auto file = dir / "journal.log";
+  Fixture f(2, 20, file);
+  auto [a, b, one] = f.two_ranks_past_checkpoint_2();
+  ASSERT_TRUE(f.report(a, one, 4).ok());
+  try {
+    herd::testing::FileSizeLimit full(std::filesystem::file_size(file));
+    f.report(b, one, 4);  // completes step 4: its record cannot be written
+    FAIL() << "a step the journal lacks must not be answered";
+  } catch (const JournalError& e) {
+    EXPECT_NE(std::string(e.what()).find("write failed: File too large"), std::string::npos) << e.what();
+  }
+  const auto s = f.status();
+  EXPECT_EQ(s.state(), v1::FAILED);
+  EXPECT_EQ(s.committed_step(), 3u);
+  EXPECT_NE(s.message().find("cannot write the journal, so the job stopped at its last durable record (committed "
+                             "step 3, checkpoint 2)"),
+            std::string::npos)
+      << s.message();
+  v1::HeartbeatResponse told;
+  ASSERT_TRUE(f.beat(a, &told).ok());
+  EXPECT_EQ(told.state(), v1::FAILED);
+  EXPECT_EQ(f.checkpoint(a, one, 4).error_code(), StatusCode::FAILED_PRECONDITION);
+
+  f.reopen(file);  // restarted with space: the failure was never journaled
+  EXPECT_EQ(f.status().state(), v1::REGISTERING);
+  EXPECT_EQ(f.status().checkpoint_step(), 2u);
+  a = f.add();
+  b = f.add();
+  EXPECT_EQ(f.gang(a).resume_step(), 2u);
   std::filesystem::remove_all(dir);
 }
 
