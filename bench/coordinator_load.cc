@@ -33,6 +33,7 @@
 
 #include "client/client.h"
 #include "client/sim_worker.h"
+#include "common/checkpoint_files.h"
 
 namespace fs = std::filesystem;
 
@@ -79,7 +80,9 @@ class Calls {
 
 class Fleet {
  public:
-  Fleet(const std::string& address, size_t n, double step_seconds) : step_seconds_(step_seconds) {
+  // Checkpoints are committed as the job's trainer_output_dir/checkpoint-STEP (nothing is written).
+  Fleet(const std::string& address, size_t n, double step_seconds, fs::path output_dir)
+      : step_seconds_(step_seconds), output_dir_(std::move(output_dir)) {
     for (size_t i = 0; i < n; ++i) {
       herd::client::SessionOptions o;
       o.client.address = address;
@@ -213,7 +216,7 @@ class Fleet {
       ++steps_;
       if (!s.ok() || (t.step % kCheckpointEvery != 0 && t.step != w.gang.total_steps)) return;
       w.session.commit_checkpoint_async(
-          t.step, fmt::format("/bench/rank-{}/checkpoint-{}", w.gang.rank, t.step), std::string(64, '0'),
+          t.step, herd::checkpoint_dir(output_dir_, t.step).string(), std::string(64, '0'),
           [this, due = now()](const grpc::Status& c, bool) { calls_.record("CommitCheckpoint", c, due); });
     });
   }
@@ -227,6 +230,7 @@ class Fleet {
   }
 
   const double step_seconds_;
+  const fs::path output_dir_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<Worker*> by_rank_;
   std::once_flag ranks_once_;
@@ -340,7 +344,7 @@ metrics: {{enabled: false}}
     if (at != std::string::npos) metrics_port = std::stoi(text.substr(at + 16));
   }
 
-  Fleet fleet(address, workers, 1.0);
+  Fleet fleet(address, workers, 1.0, dir / "out");
   const auto t_start = std::chrono::steady_clock::now();
   fleet.start();
   // The window starts once every rank has reported a step.

@@ -9,6 +9,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "common/checkpoint_files.h"
 #include "common/config.h"
 #include "common/job_data.h"
 #include "common/packing.h"
@@ -55,6 +56,7 @@ JobSettings JobSettings::from_config(const Config& c) {
   s.heartbeat_timeout_s = c.distributed.heartbeat_timeout_s;
   s.replacement_timeout_s = c.distributed.replacement_timeout_s;
   s.shared = shared_settings(c);
+  s.checkpoint_root = c.trainer_output_dir;
   return s;
 }
 
@@ -69,6 +71,10 @@ std::unique_ptr<Job> load_job(const Config& config, const std::filesystem::path&
   if (config.data.packing) settings.pack_window = data.settings.context_window;
   auto job = std::make_unique<Job>(std::move(settings), std::move(samples), std::move(split.train), journal_file);
   job->eval_ = std::move(split.eval);
+  if (!loaded.rebuilt_because.empty()) {
+    job->resume_warnings_.push_back(
+        fmt::format("{} was not used ({}); the data was tokenized again", loaded.file.string(), loaded.rebuilt_because));
+  }
   return job;
 }
 
@@ -130,6 +136,11 @@ Job::Job(JobSettings settings, std::shared_ptr<const SampleSource> samples, std:
       }
     }
     replay(journal_->records());
+    if (journal_->dropped_tail()) {
+      resume_warnings_.push_back(fmt::format("{}: its last record was torn (the coordinator died writing it) and is "
+                                             "dropped: it was never answered",
+                                             journal_file.string()));
+    }
   }
   ++incarnation_;
   roster_.set_incarnation(incarnation_);
@@ -636,6 +647,13 @@ Status Job::CommitCheckpoint(const herd::v1::CommitCheckpointRequest& request,
   }
   if (!is_sha256_hex(request.digest())) {
     return error(StatusCode::INVALID_ARGUMENT, "digest must be a sha256: 64 lowercase hex digits");
+  }
+  if (!settings_.checkpoint_root.empty()) {
+    const std::string expected = checkpoint_dir(settings_.checkpoint_root, request.step()).string();
+    if (request.path() != expected) {
+      return error(StatusCode::INVALID_ARGUMENT,
+                   fmt::format("path must be {} (the job's trainer_output_dir, as its config gives it)", expected));
+    }
   }
   std::lock_guard lock(mutex_);
   Worker* w = nullptr;

@@ -49,6 +49,9 @@ struct JobSettings {
   uint32_t lookahead_steps = 2;  // how far a stream runs ahead of the last committed step
   uint64_t pack_window = 0;      // data.packing: rows packed to this many tokens (the context window)
   std::map<std::string, std::string> shared;  // shared_settings(config): what a worker's config must match
+  // trainer_output_dir: a committed checkpoint's path must be its checkpoint-STEP, so
+  // that no call names a file outside the job's directories. Empty: any path (tests).
+  std::string checkpoint_root;
 
   static JobSettings from_config(const Config& config);
   uint64_t global_batch() const { return uint64_t{batch_size} * gradient_accumulation_steps * world_size; }  // rows

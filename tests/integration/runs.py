@@ -4,10 +4,20 @@ import json
 import os
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+
+
+def make_tiny_model(d):
+    """A 2-layer random Llama (hidden 64, GQA 4/2) with its tokenizer, made by herd, in d."""
+    out = subprocess.run([str(Path(os.environ["HERD_BIN"]) / "herd"), "tools", "make-tiny-model", str(d), "--layers",
+                          "2", "--hidden", "64", "--heads", "4", "--kv-heads", "2", "--intermediate", "128", "--seed",
+                          "0"], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    return d
 
 
 def config(path, model, out, accumulation, steps=12, extra=""):

@@ -1,29 +1,21 @@
 """Several workers train one job: the same answer at 1, 2 and 4 ranks (same global batch), under
 `herd train --workers N`, `mpirun -np 2` and herd-coordinator + separate `herd worker` processes,
 and a worker killed with SIGKILL and replaced mid-run."""
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
+from cluster import BIN, TOKEN, Coordinator, herd, logs, sample_log, wait_for_recorded_step
 from runs import adapter, config, events, free_port, losses
 
-BIN = Path(os.environ["HERD_BIN"])
 HELD = re.compile(r"^rank (\d+) of (\d+) \(attempt (\d+)\): base weights held (\d+) of (\d+) bytes; resident \d+ MiB$", re.M)
-TOKEN = "distributed-test-token"
 # Sums over ranks happen in another order than one rank's accumulation: fp32 rounding.
 LOSS_RTOL, ADAPTER_ATOL = 1e-5, 2e-5
-
-
-def herd(*args, timeout=300, env=None):
-    return subprocess.run([str(BIN / "herd"), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=env)
 
 
 def assert_same(run, reference):
@@ -78,15 +70,6 @@ def test_eval_loss_over_ranks_equals_one_rank(model, tmp_path):
         assert evals[2][step] == pytest.approx(loss, rel=LOSS_RTOL)
 
 
-def sample_log(config_file, state_dir=None):
-    """The journal's lineage of a finished run: step -> the samples it trained."""
-    state = ["--state-dir", str(state_dir)] if state_dir else []
-    out = subprocess.run([str(BIN / "herd-coordinator"), "--config", str(config_file), *state, "--sample-log"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return {int(l.split()[0]): [int(x) for x in l.split()[1:]] for l in out.stdout.splitlines()}
-
-
 def test_packed_rows_train_every_sample_once_alike_at_1_2_and_4_workers(model, tmp_path):
     """data.packing: one epoch in rows of several conversations; each sample is trained once, and
     1, 2 and 4 workers (the same global batch of rows) give the same losses and adapter."""
@@ -131,58 +114,6 @@ def test_torchrun_environment_two_ranks_equal_one_rank(model, tmp_path, one_rank
     assert_same((losses(tmp_path), adapter(tmp_path)), one_rank)
 
 
-class Coordinator:
-    """herd-coordinator for a config on a free loopback port, as a cluster would run it."""
-
-    def __init__(self, config, state):
-        self.config, self.state = config, state
-        (state.parent / "token").write_text(TOKEN + "\n")
-        self.start("127.0.0.1:0")
-
-    def start(self, listen):
-        port_file = self.state.parent / "port"
-        port_file.unlink(missing_ok=True)
-        self.proc = subprocess.Popen([str(BIN / "herd-coordinator"), "--config", str(self.config), "--listen", listen,
-                                      "--port-file", str(port_file), "--state-dir", str(self.state),
-                                      "--token-file", str(self.state.parent / "token")],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 60
-        while not port_file.exists():
-            assert self.proc.poll() is None and time.time() < deadline, self.proc.stdout.read()
-            time.sleep(0.05)
-        self.address = f"127.0.0.1:{int(port_file.read_text())}"
-
-    def worker(self, log, with_config=True):
-        """A worker process; without the config it fetches the coordinator's, as a pod does."""
-        config = [str(self.config)] if with_config else []
-        return subprocess.Popen([str(BIN / "herd"), "worker", *config, "--coordinator", self.address,
-                                 "--token-file", str(self.state.parent / "token")],
-                                stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"))
-
-    def status(self):
-        out = herd("status", "--coordinator", self.address, "--json", env=dict(os.environ, HERD_JOB_TOKEN=TOKEN))
-        return json.loads(out.stdout) if out.returncode == 0 else {}
-
-    def samples(self):
-        return sample_log(self.config, self.state)
-
-    def ended(self):
-        """A batch coordinator exits by itself once its job has ended: its status and what it printed."""
-        out = self.proc.communicate(timeout=60)[0]
-        return self.proc.returncode, out
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.communicate(timeout=30)
-
-
-def logs(tmp_path, *names):
-    """The named workers' logs (tmp_path/NAME.log), one after the other."""
-    return "".join((tmp_path / f"{n}.log").read_text() for n in names)
-
-
 def test_coordinator_launched_workers_equal_one_rank(model, tmp_path, one_rank):
     c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, extra="distributed: {world_size: 2}\n")
     coord = Coordinator(c, tmp_path / "state")
@@ -212,14 +143,6 @@ def test_a_cancelled_job_fails_its_workers_and_its_coordinator(model, tmp_path):
         assert code == 1 and "herd-coordinator: the job is FAILED; every live worker knows; exiting 1" in text, text
     finally:
         coord.stop()
-
-
-def wait_for_recorded_step(step, out, procs):
-    """Until the run's events file records `step`; the processes must live."""
-    deadline = time.time() + 120
-    while max(losses(out), default=0) < step:
-        assert time.time() < deadline and all(p.poll() is None for p in procs)
-        time.sleep(0.01)
 
 
 EPOCH = 30  # steps: one epoch of the 240 sample conversations, 8 a step: every sample exactly once
@@ -294,8 +217,7 @@ def test_a_coordinator_killed_and_restarted_is_rejoined(model, tmp_path, epoch_r
     """herd-coordinator dies (SIGKILL) mid-run and comes back on the same port: the workers
     register again and the job resumes from its journal's last checkpoint."""
     def restart(coord, a, b):
-        coord.proc.send_signal(signal.SIGKILL)
-        coord.proc.wait()
+        coord.kill()
         coord.start(coord.address)
         return [a, b]
 

@@ -343,6 +343,34 @@ TEST(Job, AWorkerWithAnotherConfigIsRefusedAtRegistration) {
   EXPECT_EQ(f.status().ranks_size(), 2);  // the gang: these two
 }
 
+// A checkpoint is committed only under the job's trainer_output_dir, as the
+// worker's own checkpoint-STEP: no call makes the coordinator read another path.
+TEST(Job, ACheckpointPathOutsideTheJobsDirectoryIsRefused) {
+  Fixture f;
+  f.settings.checkpoint_root = "/jobs/t/trainer";
+  f.reopen({});
+  const auto a = f.add(), b = f.add();
+  const uint64_t one = f.gang(a).attempt();
+  ASSERT_TRUE(f.report(a, one, 1).ok());
+  ASSERT_TRUE(f.report(b, one, 1).ok());
+  v1::CommitCheckpointRequest q;
+  q.set_worker_id(a);
+  q.set_attempt(one);
+  q.set_step(1);
+  q.set_digest(std::string(64, 'a'));
+  v1::CommitCheckpointResponse r;
+  for (const char* path : {"/etc", "/jobs/t/trainer/checkpoint-1/../../../../etc", "/jobs/t/trainer/checkpoint-2",
+                           "jobs/t/trainer/checkpoint-1"}) {
+    q.set_path(path);
+    const auto s = f.job->CommitCheckpoint(q, &r);
+    EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT) << path;
+    EXPECT_EQ(s.error_message(),
+              "path must be /jobs/t/trainer/checkpoint-1 (the job's trainer_output_dir, as its config gives it)");
+  }
+  q.set_path("/jobs/t/trainer/checkpoint-1");
+  EXPECT_TRUE(f.job->CommitCheckpoint(q, &r).ok());
+}
+
 // A journal that cannot be written (a full disk) stops the job where its last
 // durable record left it: nothing it lacks is answered, and a restart with space
 // resumes from it.
