@@ -49,6 +49,11 @@ std::shared_ptr<grpc::Channel> make_channel(const ClientOptions& options) {
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetMaxSendMessageSize(static_cast<int>(protocol::kMaxRequestBytes));
+  args.SetMaxReceiveMessageSize(static_cast<int>(protocol::kMaxReplyBytes));
+  // A coordinator back after a restart or a partition is found within 2 s (gRPC's
+  // default backoff grows to 120 s).
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   if (options.tls_ca_pem.empty()) {
     credentials = grpc::InsecureChannelCredentials();

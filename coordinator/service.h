@@ -12,6 +12,7 @@
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 
+#include "common/protocol_limits.h"
 #include "coordinator/job.h"
 #include "herd/proto/herd.grpc.pb.h"
 
@@ -35,7 +36,7 @@ struct ServerOptions {
   std::string health_listen;              // HOST:PORT of a plaintext port serving only the health service
                                           // (Kubernetes' gRPC probes speak no TLS); empty: none
   std::string config_yaml, config_source; // served by GetJobConfig
-  size_t max_message_bytes = 1 << 20;     // larger requests are refused (RESOURCE_EXHAUSTED)
+  size_t max_message_bytes = protocol::kMaxRequestBytes;  // larger requests are refused (RESOURCE_EXHAUSTED)
 };
 
 class Metrics;

@@ -24,6 +24,7 @@ BIN = Path(os.environ["HERD_BIN"])
 SRC = Path(os.environ["HERD_SOURCE_DIR"])
 DEPLOY = SRC / "deploy"
 PEAK = 0.5e12
+TOKEN = "herd-job-token-that-must-never-be-printed-7f3a9c"
 
 
 def catalogue():
@@ -54,7 +55,10 @@ def value(text, series):
 class Run:
     def __init__(self, model, d):
         self.dir, self.coordinator, self.workers = d, free_ports(1), free_ports(2)
-        cfg = d / "c.yaml"
+        self.out, self.seen_scrapes = None, {}
+        (d / "secret").mkdir()
+        (d / "secret" / "token").write_text(TOKEN + "\n")
+        self.config = cfg = d / "c.yaml"
         cfg.write_text(f"""model_name: t
 base_model: {model}
 model_context_window: 128
@@ -68,6 +72,7 @@ quantization: {{enabled: true, compute_dtype: float32}}
 checkpoint: {{every_steps: 2}}
 distributed: {{world_size: 2}}
 metrics: {{enabled: true, port: {self.coordinator}, worker_port: {self.workers}, peak_tflops: {PEAK / 1e12}}}
+security: {{token_file: {d}/secret/token}}
 """)
         self.proc = subprocess.Popen([str(BIN / "herd"), "train", str(cfg), "--workers", "2"], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -76,12 +81,16 @@ metrics: {{enabled: true, port: {self.coordinator}, worker_port: {self.workers},
         return {"coordinator": self.coordinator, "worker 0": self.workers, "worker 1": self.workers + 1}
 
     def scrapes(self):
-        return {name: scrape(port) for name, port in self.ports().items()}
+        self.seen_scrapes = {name: scrape(port) for name, port in self.ports().items()}
+        return self.seen_scrapes
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        return self.proc.communicate(timeout=120)[0]
+        """SIGINT; what the run printed."""
+        if self.out is None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)
+            self.out = self.proc.communicate(timeout=120)[0]
+        return self.out
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +254,37 @@ def test_the_dashboard_uses_its_variables_and_no_fixed_datasource():
     assert all(p.get("targets") for p in dash["panels"] if p["type"] != "row")
 
 
+def test_the_job_token_appears_in_no_output(run):
+    """The token (from security.token_file) is in none of the run's files (events, TensorBoard,
+    checkpoints, journal, adapter, caches), its output, any process's /metrics, or `herd config
+    check` (table and JSON)."""
+    # The run does use this token: its coordinator answers with it, and refuses another.
+    (endpoint,) = run.dir.rglob("endpoint.json")
+    address = f"127.0.0.1:{json.loads(endpoint.read_text())['port']}"
+    for token, code in ((TOKEN, 0), ("another-token", 1)):
+        status = subprocess.run([str(BIN / "herd"), "status", "--coordinator", address], capture_output=True,
+                                text=True, timeout=60, env=dict(os.environ, HERD_JOB_TOKEN=token))
+        assert status.returncode == code, status.stdout + status.stderr
+        assert TOKEN not in status.stdout + status.stderr
+    out = run.stop()
+    texts = {"the run's output": out}
+    texts.update({f"/metrics of {name}": text for name, (_, text) in run.seen_scrapes.items()})
+    for args in ([], ["--json"]):
+        check = subprocess.run([str(BIN / "herd"), "config", "check", str(run.config), *args], capture_output=True,
+                               text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
+        assert "secret/token" in check.stdout  # the file is named, its content is not
+        texts[f"herd config check {' '.join(args)}"] = check.stdout + check.stderr
+    assert len(run.seen_scrapes) == 3 and all(texts.values())
+    for what, text in texts.items():
+        assert TOKEN not in text, what
+    files = [p for p in run.dir.rglob("*") if p.is_file() and p.parent.name != "secret"]
+    assert any(p.name == "events.jsonl" for p in files) and any(p.name == "journal.log" for p in files)
+    assert any(p.name.startswith("events.out.tfevents") for p in files)
+    for p in files:
+        assert TOKEN.encode() not in p.read_bytes(), p
+
+
 def test_sigint_stops_the_run_and_tensorboard_reads_the_events(run):
     out = run.stop()
     assert run.proc.returncode == 130, out
@@ -265,3 +305,4 @@ def test_sigint_stops_the_run_and_tensorboard_reads_the_events(run):
     for s in steps:  # MFU: the step's model FLOPs over its time and the two ranks' peak
         assert s["mfu"] == s["model_flops"] / s["seconds"] / (2 * PEAK)
         assert s["hardware_flops"] > s["model_flops"] > 0
+
