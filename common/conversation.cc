@@ -89,6 +89,8 @@ std::vector<T> read_records(const fs::path& file, bool skip_invalid, ReadReport*
       throw DatasetError(fmt::format("{}: {} at byte {}{}", file.string(),
                                      utf8_error(e) ? "invalid UTF-8" : "JSON syntax error", e.byte > 0 ? e.byte - 1 : 0,
                                      e.byte > text.size() ? " (the file is truncated)" : ""));
+    } catch (const json::out_of_range&) {  // a number beyond a double (found by tests/fuzz)
+      throw DatasetError(fmt::format("{}: a number too large for a double", file.string()));
     }
     r.records = doc.size();
     for (size_t i = 0; i < doc.size(); ++i) {
@@ -122,6 +124,8 @@ std::vector<T> read_records(const fs::path& file, bool skip_invalid, ReadReport*
                     fmt::format("{} at byte {} of the file{}", utf8_error(e) ? "invalid UTF-8" : "JSON syntax error",
                                 pos + (e.byte > 0 ? e.byte - 1 : 0),
                                 last && e.byte > line.size() ? " (the file is truncated)" : "")});
+      } catch (const json::out_of_range&) {
+        bad(index, {"number out of range", "a number too large for a double"});
       }
       ++index;
     }

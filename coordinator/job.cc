@@ -84,13 +84,18 @@ Job::Clock Job::steady_clock() {
 
 std::map<uint64_t, std::vector<uint64_t>> trained_samples(const std::vector<JournalRecord>& records) {
   std::map<uint64_t, std::vector<uint64_t>> steps;
-  for (const auto& r : records) {
-    if (r.type == kGang) {
-      const uint64_t resume = json::parse(r.payload).at("resume_step").get<uint64_t>();
-      steps.erase(steps.upper_bound(resume), steps.end());
-    } else if (r.type == kStep) {
-      const json j = json::parse(r.payload);
-      steps[j.at("step").get<uint64_t>()] = j.at("samples").get<std::vector<uint64_t>>();
+  for (size_t i = 0; i < records.size(); ++i) {
+    const auto& r = records[i];
+    try {
+      if (r.type == kGang) {
+        const uint64_t resume = json::parse(r.payload).at("resume_step").get<uint64_t>();
+        steps.erase(steps.upper_bound(resume), steps.end());
+      } else if (r.type == kStep) {
+        const json j = json::parse(r.payload);
+        steps[j.at("step").get<uint64_t>()] = j.at("samples").get<std::vector<uint64_t>>();
+      }
+    } catch (const json::exception& e) {
+      throw JournalError(fmt::format("journal record {} is not what herd writes ({})", i, e.what()));
     }
   }
   return steps;
@@ -125,17 +130,22 @@ Job::Job(JobSettings settings, std::shared_ptr<const SampleSource> samples, std:
   if (!journal_file.empty()) {
     std::filesystem::create_directories(journal_file.parent_path().empty() ? "." : journal_file.parent_path());
     journal_ = std::make_unique<Journal>(journal_file);
-    for (const auto& r : journal_->records()) {
-      if (r.type != kStart) continue;
-      const json seen = json::parse(r.payload).at("plan");
-      if (seen != fingerprint) {
-        throw JournalError(fmt::format(
-            "{}: this journal belongs to another job or plan ({}); this config gives {}. Use a fresh "
-            "trainer_output_dir, or restore the config the job started with",
-            journal_file.string(), seen.dump(), fingerprint.dump()));
+    try {
+      for (const auto& r : journal_->records()) {
+        if (r.type != kStart) continue;
+        const json seen = json::parse(r.payload).at("plan");
+        if (seen != fingerprint) {
+          throw JournalError(fmt::format(
+              "{}: this journal belongs to another job or plan ({}); this config gives {}. Use a fresh "
+              "trainer_output_dir, or restore the config the job started with",
+              journal_file.string(), seen.dump(), fingerprint.dump()));
+        }
       }
+      replay(journal_->records());
+    } catch (const json::exception& e) {  // checksummed, yet not what herd writes
+      throw JournalError(fmt::format("{}: a record is not what herd writes ({}); the job cannot resume from it",
+                                     journal_file.string(), e.what()));
     }
-    replay(journal_->records());
     if (journal_->dropped_tail()) {
       resume_warnings_.push_back(fmt::format("{}: its last record was torn (the coordinator died writing it) and is "
                                              "dropped: it was never answered",

@@ -71,6 +71,9 @@ Journal::~Journal() {
 }
 
 void Journal::append(uint32_t type, const std::string& payload) {
+  if (!failed_.empty()) {
+    throw JournalError(fmt::format("{}: not appending after an earlier failure ({})", file_.string(), failed_));
+  }
   std::string record(kRecordHeader, '\0');
   const auto length = static_cast<uint32_t>(payload.size());
   const uint64_t hash = record_hash(type, payload);
@@ -78,7 +81,6 @@ void Journal::append(uint32_t type, const std::string& payload) {
   std::memcpy(record.data() + 4, &type, 4);
   std::memcpy(record.data() + 8, &hash, 8);
   record += payload;
-  if (!failed_.empty()) throw JournalError(fmt::format("{}: not appending after an earlier failure ({})", file_.string(), failed_));
   auto fail = [&](const char* what) {
     failed_ = fmt::format("{} failed: {}", what, std::strerror(errno));
     // Whatever part of the record reached the file goes; were this to fail too, the

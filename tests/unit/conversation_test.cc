@@ -194,6 +194,29 @@ TEST_F(Records, TextFilesReadAsPythonsTextModeDoes) {
   }
 }
 
+// Found by tests/fuzz/conversation_fuzz.cc: a number past a double's range threw
+// json's out_of_range through the reader.
+TEST_F(Records, ANumberTooLargeForADoubleIsABadRecordNotACrash) {
+  const std::string good = R"({"id": "o1", "system_prompt": "", "question": "q", "response": "r"})";
+  ReadReport report;
+  auto kept = read_orca(write("big.jsonl", good + "\n" + std::string(60, '8') + "E88888888\n"), true, &report);
+  EXPECT_EQ(kept.size(), 1u);
+  EXPECT_EQ(report.skipped.at("number out of range"), 1u);
+  try {
+    read_orca(write("big.jsonl", good + "\n{\"question\": 1E400}\n"), false);
+    ADD_FAILURE() << "read a number too large";
+  } catch (const DatasetError& e) {
+    EXPECT_NE(std::string(e.what()).find("big.jsonl: record 1: a number too large for a double"), std::string::npos)
+        << e.what();
+  }
+  try {
+    read_orca(write("big.json", "[1E400]"), false);
+    ADD_FAILURE() << "read a number too large";
+  } catch (const DatasetError& e) {
+    EXPECT_NE(std::string(e.what()).find("big.json: a number too large for a double"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(Records, OrcaRecordsAreValidatedAndSkippedByReason) {
   const std::string good = R"({"id": "o1", "system_prompt": "", "question": "q", "response": "r"})";
   auto read = read_orca(write("o.jsonl", good + "\n" + good + "\n"), false);
