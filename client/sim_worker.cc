@@ -7,6 +7,9 @@
 
 #include <fmt/format.h>
 
+#include "common/checkpoint_files.h"
+#include "common/files.h"
+
 namespace herd::client {
 
 namespace v1 = herd::v1;
@@ -144,9 +147,18 @@ void SimWorker::train(const Gang& gang) {
     }
     ++steps_trained_;
     if (step == gang.total_steps || (options_.checkpoint_every && step % options_.checkpoint_every == 0)) {
-      const uint64_t h = std::hash<std::string>{}(fmt::format("{}/{}", step, gang.rank));
-      session_.commit_checkpoint(step, fmt::format("ckpt/checkpoint-{}", step),
-                                 fmt::format("{:016x}{:016x}{:016x}{:016x}", h, h ^ 1, h ^ 2, h ^ 3));
+      if (options_.output_dir.empty()) {
+        const uint64_t h = std::hash<std::string>{}(fmt::format("{}/{}", step, gang.rank));
+        session_.commit_checkpoint(step, fmt::format("ckpt/checkpoint-{}", step),
+                                   fmt::format("{:016x}{:016x}{:016x}{:016x}", h, h ^ 1, h ^ 2, h ^ 3));
+      } else {
+        const auto dir = checkpoint_dir(options_.output_dir, step);
+        std::filesystem::create_directories(dir);
+        const auto tmp = dir / fmt::format("manifest.tmp-{}", gang.rank);
+        write_file(tmp, fmt::format(R"({{"step": {}, "files": {{}}}})", step));
+        std::filesystem::rename(tmp, dir / kCheckpointManifest);  // every rank writes the same bytes
+        session_.commit_checkpoint(step, dir.string(), checkpoint_digest(dir));
+      }
     }
   }
 }

@@ -24,6 +24,10 @@ struct SimWorkerOptions {
   double heartbeat_interval_s = 1.0;
   double step_seconds = 0;               // simulated compute per step
   uint64_t checkpoint_every = 0;         // commit a checkpoint every N steps (and always at the last step)
+  // Empty: checkpoints are committed as ckpt/checkpoint-STEP with made-up digests and
+  // no files. Set (the job's trainer_output_dir): as the trainer commits them, with a
+  // manifest of no files written there, so that a restarted coordinator finds them.
+  std::string output_dir;
   uint32_t kv_handshake_max_world = 16;  // ranks meet in the store when the gang is at most this big
 };
 

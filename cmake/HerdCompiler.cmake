@@ -18,10 +18,10 @@ add_compile_options(-pthread)
 
 add_library(herd_warnings INTERFACE)
 target_compile_options(herd_warnings INTERFACE
-  $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wshadow=local -Wnon-virtual-dtor
-                            -Wno-missing-field-initializers
-                            # GCC 12 reports std::string copies as overlapping at -O3 (GCC bug 105329).
-                            -Wno-restrict>
+  $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wnon-virtual-dtor -Wno-missing-field-initializers>
+  # GCC 12 reports std::string copies as overlapping at -O3 (GCC bug 105329); clang
+  # (the sanitizer builds) knows neither flag.
+  $<$<COMPILE_LANG_AND_ID:CXX,GNU>:-Wshadow=local -Wno-restrict>
   $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<BOOL:${HERD_WERROR}>>:-Werror>
   $<$<AND:$<COMPILE_LANGUAGE:CUDA>,$<BOOL:${HERD_WERROR}>>:-Werror=all-warnings>)
 
@@ -40,3 +40,25 @@ function(herd_use_torch target)
   target_link_libraries(${target} PRIVATE herd_warnings)
   target_precompile_headers(${target} REUSE_FROM herd_torch_pch)
 endfunction()
+
+# Sanitizer builds, each in a build directory of its own (scripts/test --asan,
+# --tsan): "address" is ASan + UBSan, and under clang also libFuzzer's coverage and
+# the fuzz targets (tests/fuzz); "thread" is TSan.
+set(HERD_SANITIZE "" CACHE STRING "address or thread; empty: none")
+set(HERD_FUZZ OFF)
+if(HERD_SANITIZE)
+  add_compile_definitions(HERD_SANITIZED=1)
+endif()
+if(HERD_SANITIZE STREQUAL "address")
+  add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined)
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    add_compile_options(-fsanitize=fuzzer-no-link)
+    set(HERD_FUZZ ON)
+  endif()
+elseif(HERD_SANITIZE STREQUAL "thread")
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=thread)
+elseif(NOT HERD_SANITIZE STREQUAL "")
+  message(FATAL_ERROR "HERD_SANITIZE is '${HERD_SANITIZE}': address or thread")
+endif()

@@ -14,8 +14,8 @@ namespace herd {
 namespace {
 
 [[noreturn]] void fail(const std::filesystem::path& file, int error) {
-  throw std::runtime_error(fmt::format("{}: write failed: {}", file.string(),
-                                       error ? std::strerror(error) : "the stream reports an error"));
+  throw std::runtime_error(
+      fmt::format("{}: write failed: {}", file.string(), error ? std::strerror(error) : "the stream reports an error"));
 }
 
 }  // namespace

@@ -20,7 +20,9 @@ constexpr uint32_t kMaxGangWaitS = 3600;  // WaitForGangRequest.timeout_seconds
 constexpr uint32_t kMaxKvWaitMs = 600000; // KvWaitRequest.timeout_ms
 constexpr size_t kMaxPath = 4096;         // a checkpoint path
 constexpr size_t kMaxReason = 1024;       // a failure report's or a cancel's reason
-constexpr size_t kMaxRequestBytes = size_t{1} << 20;  // a request message: the coordinator receives, a client sends
-constexpr size_t kMaxReplyBytes = size_t{64} << 20;   // a reply or micro-batch: the coordinator sends, a client receives
+// A request: what the coordinator receives and a client sends. A reply or a
+// micro-batch: what the coordinator sends and a client receives.
+constexpr size_t kMaxRequestBytes = size_t{1} << 20;
+constexpr size_t kMaxReplyBytes = size_t{64} << 20;
 
 }  // namespace herd::protocol

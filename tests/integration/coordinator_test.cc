@@ -587,6 +587,7 @@ metrics: {{enabled: false}}
   for (const char* host : {"a", "b"}) {
     auto o = worker_options(address, host, 2);
     o.step_seconds = 0.1;
+    o.output_dir = (dir / "out").string();
     workers.push_back(std::make_unique<SimWorker>(o));
     workers.back()->start();
   }

@@ -5,10 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <map>
 #include <numeric>
 #include <set>
+#include <thread>
 #include <tuple>
 
 #include "tests/unit/file_size_limit.h"
@@ -313,6 +315,72 @@ TEST(Job, JournalRestartResumesAndLineageDropsRolledBackSteps) {
   f.job.reset();
   f.settings.gradient_accumulation_steps = 4;
   EXPECT_THROW(f.reopen(file), JournalError);
+  std::filesystem::remove_all(dir);
+}
+
+// Four workers on threads of their own call one Job at once, as gRPC's threads do
+// (heartbeats, streams, reports, checkpoint commits, the reaper's tick, status
+// reads): the job ends DONE with every sample of both epochs once in the journal.
+// Under TSan (scripts/test --tsan) this is the coordinator's state machine with
+// every access instrumented.
+TEST(Job, ConcurrentCallsFromEveryWorkerAndTheReaperEndDoneAndExactlyOnce) {
+  const auto dir = std::filesystem::temp_directory_path() / ("herd-job-threads-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  Fixture f(4, 40);
+  f.settings.gradient_accumulation_steps = 1;
+  f.job = std::make_unique<Job>(f.settings, f.samples, f.train, dir / "journal.log");  // the steady clock
+  std::atomic<bool> over{false};
+  std::vector<std::thread> threads;
+  std::atomic<int> finished{0};
+  for (int w = 0; w < 4; ++w) {
+    threads.emplace_back([&, w] {
+      const std::string id = f.add(fmt::format("h{}", w));
+      std::thread heartbeat([&] {
+        while (!over) {
+          f.beat(id);
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+      });
+      const auto g = f.gang(id);
+      v1::StreamBatchesRequest q;
+      q.set_worker_id(id);
+      q.set_attempt(g.attempt());
+      q.set_from_step(1);
+      EXPECT_TRUE(f.job->OpenStream(q).ok());
+      for (uint64_t step = 1;; ++step) {
+        auto next = f.job->NextStep(q, step);
+        while (!next.end && next.batches.empty()) {
+          f.job->WaitForChange(0, std::chrono::milliseconds(1));
+          next = f.job->NextStep(q, step);
+        }
+        if (next.end) break;
+        EXPECT_TRUE(f.report(id, g.attempt(), step).ok()) << step;
+        if (step % 2 == 0 || step == g.total_steps()) EXPECT_TRUE(f.checkpoint(id, g.attempt(), step).ok()) << step;
+      }
+      ++finished;
+      while (!over) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      heartbeat.join();
+    });
+  }
+  std::thread reaper([&] {
+    while (!over) {
+      f.job->tick();
+      v1::JobStatus s;
+      f.job->GetStatus(&s);
+      if (s.state() == v1::DONE && finished == 4) over = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  for (auto& t : threads) t.join();
+  reaper.join();
+  EXPECT_EQ(f.status().state(), v1::DONE);
+  EXPECT_EQ(f.status().attempt(), 1u);
+  std::map<uint64_t, int> trained;
+  for (const auto& [step, ids] : trained_samples(Journal(dir / "journal.log").records())) {
+    for (auto id : ids) ++trained[id];
+  }
+  ASSERT_EQ(trained.size(), 40u);
+  for (const auto& [id, n] : trained) EXPECT_EQ(n, 2) << "sample " << id;  // once an epoch
   std::filesystem::remove_all(dir);
 }
 

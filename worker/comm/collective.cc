@@ -89,6 +89,10 @@ gloo_api::ConnectFn gloo_module() {
         tried.push_back(path.string());
         continue;
       }
+#ifdef HERD_SANITIZED
+      throw CommError("this is a sanitizer build: the sanitizers' runtime refuses RTLD_DEEPBIND, which Gloo's module "
+                      "is loaded with, so Gloo is unavailable here");
+#endif
       void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
       if (!handle) throw CommError(fmt::format("loading {}: {}", path.string(), ::dlerror()));
       auto* fn = reinterpret_cast<gloo_api::ConnectFn>(::dlsym(handle, gloo_api::kConnectSymbol));
