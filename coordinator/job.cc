@@ -142,6 +142,7 @@ Job::Job(JobSettings settings, std::shared_ptr<const SampleSource> samples, std:
         }
       }
       replay(journal_->records());
+      journal_->forget_records();
     } catch (const json::exception& e) {  // checksummed, yet not what herd writes
       throw JournalError(fmt::format("{}: a record is not what herd writes ({}); the job cannot resume from it",
                                      journal_file.string(), e.what()));

@@ -98,7 +98,6 @@ void Journal::append(uint32_t type, const std::string& payload) {
   }
   if (::fdatasync(fd_) != 0) fail("fdatasync");
   size_ += static_cast<off_t>(record.size());
-  records_.push_back({type, payload});
 }
 
 }  // namespace herd::coordinator

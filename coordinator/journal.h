@@ -35,7 +35,9 @@ class Journal {
   Journal(const Journal&) = delete;
   Journal& operator=(const Journal&) = delete;
 
+  // The records the file held when opened (appends are not kept in memory).
   const std::vector<JournalRecord>& records() const { return records_; }
+  void forget_records() { std::vector<JournalRecord>().swap(records_); }  // once replayed
   bool dropped_tail() const { return dropped_tail_; }
   // Durable when it returns. A failed append (a full disk, an I/O error) cuts off
   // what it wrote and throws JournalError; every later append throws too, since the
