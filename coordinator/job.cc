@@ -272,7 +272,9 @@ Status Job::member_locked(const std::string& worker_id, uint64_t attempt, Worker
 // meet its peers at other steps): refused, naming the keys that differ.
 Status Job::same_settings(const google::protobuf::Map<std::string, std::string>& theirs) const {
   if (theirs.empty()) return Status::OK;
-  if (theirs.size() > kMaxSettings) return error(StatusCode::INVALID_ARGUMENT, fmt::format("at most {} settings", kMaxSettings));
+  if (theirs.size() > kMaxSettings) {
+    return error(StatusCode::INVALID_ARGUMENT, fmt::format("at most {} settings", kMaxSettings));
+  }
   std::vector<std::string> differ;
   auto value = [](const auto& map, const std::string& key) -> std::string {
     auto it = map.find(key);
