@@ -355,7 +355,9 @@ TEST(Job, ConcurrentCallsFromEveryWorkerAndTheReaperEndDoneAndExactlyOnce) {
         }
         if (next.end) break;
         EXPECT_TRUE(f.report(id, g.attempt(), step).ok()) << step;
-        if (step % 2 == 0 || step == g.total_steps()) EXPECT_TRUE(f.checkpoint(id, g.attempt(), step).ok()) << step;
+        if (step % 2 == 0 || step == g.total_steps()) {
+          EXPECT_TRUE(f.checkpoint(id, g.attempt(), step).ok()) << step;
+        }
       }
       ++finished;
       while (!over) std::this_thread::sleep_for(std::chrono::milliseconds(1));
