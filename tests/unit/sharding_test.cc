@@ -3,6 +3,8 @@
 // and ends a step with the sum over ranks of the LoRA gradients one model gets
 // from both ranks' inputs.
 
+#include <optional>
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -60,10 +62,11 @@ TEST_P(Sharded, TwoRanksComputeWhatOneModelDoes) {
   std::vector<int64_t> held(2), whole(2);
   const auto failures = two_ranks([&](int r, comm::Collective& group) {
     std::string failure;
+    std::optional<Llama> llama;  // outlives `weights`, whose destructor detaches from it
     ShardedWeights weights(group, GetParam());
     auto options = nf4_with_lora();
     options.on_layer = [&](int64_t i, model::DecoderLayer& layer) { weights.adopt_layer(i, layer); };
-    auto m = Llama::from_tensors(config, tensors, options);
+    auto& m = llama.emplace(Llama::from_tensors(config, tensors, options));
     weights.attach(m);
     held[static_cast<size_t>(r)] = weights.shard_bytes();
     whole[static_cast<size_t>(r)] = weights.model_bytes();
@@ -116,10 +119,11 @@ TEST(Sharded, ChunkedLossGivesOneModelsGradients) {
 
     const auto failures = two_ranks([&](int r, comm::Collective& group) {
       std::string failure;
+      std::optional<Llama> llama;  // outlives `weights`, whose destructor detaches from it
       ShardedWeights weights(group, Sharding::kFullShard);
       auto options = nf4_with_lora();
       options.on_layer = [&](int64_t i, model::DecoderLayer& layer) { weights.adopt_layer(i, layer); };
-      auto m = Llama::from_tensors(config, tensors, options);
+      auto& m = llama.emplace(Llama::from_tensors(config, tensors, options));
       weights.attach(m);
       model::set_lora_b(m, 12);
       m.set_training(true);
