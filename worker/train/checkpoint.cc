@@ -43,6 +43,50 @@ std::vector<std::pair<uint64_t, fs::path>> checkpoints(const fs::path& output_di
   return out;
 }
 
+// trainer_state.json, its keys sorted (as transformers writes them), one log_history
+// entry a line. The history grows with every step and is written at every
+// checkpoint: it is streamed an entry at a time, as a document of it all would leave
+// the allocator holding memory in proportion to it (measured: 36 MiB after 24,000
+// steps, checkpoints every 10).
+void write_trainer_state(const fs::path& file, uint64_t step, const CheckpointMeta& meta,
+                         const std::vector<StepLog>& history) {
+  std::ofstream out(file, std::ios::binary);
+  out << "{\n  \"epoch\": " << json(static_cast<double>(step) / static_cast<double>(meta.steps_per_epoch)).dump()
+      << ",\n  \"global_step\": " << step << ",\n  \"log_history\": [";
+  const char* separator = "\n    ";
+  for (const auto& s : history) {
+    out << separator
+        << json{{"step", s.step},
+                {"epoch", s.epoch},
+                {"loss", s.loss},
+                {"learning_rate", s.learning_rate},
+                {"grad_norm", s.grad_norm},
+                {"num_tokens", s.tokens}}
+               .dump();
+    separator = ",\n    ";
+  }
+  out << "\n  ],\n  \"max_steps\": " << meta.total_steps << "\n}\n";
+  close_file(out, file);
+}
+
+// log_history from trainer_state.json, each entry converted as it is parsed and
+// then dropped from the document (the parser's callback), for the reason above.
+std::vector<StepLog> read_log_history(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw std::runtime_error(fmt::format("{}: cannot be opened", file.string()));
+  std::vector<StepLog> history;
+  json::parser_callback_t take = [&](int depth, json::parse_event_t event, json& entry) {
+    if (depth != 2 || event != json::parse_event_t::object_end) return true;  // only log_history holds objects
+    history.push_back({entry.at("step").get<uint64_t>(), entry.at("epoch").get<double>(),
+                       entry.at("loss").get<double>(), entry.at("learning_rate").get<double>(),
+                       entry.at("grad_norm").get<double>(), entry.at("num_tokens").get<uint64_t>()});
+    return false;
+  };
+  const json state = json::parse(in, take);
+  if (!state.contains("log_history")) throw std::runtime_error(fmt::format("{}: no log_history", file.string()));
+  return history;
+}
+
 }  // namespace
 
 fs::path write_checkpoint(const fs::path& output_dir, uint64_t step, model::Llama& model,
@@ -58,21 +102,7 @@ fs::path write_checkpoint(const fs::path& output_dir, uint64_t step, model::Llam
     torch::save(model::rng_state(), (tmp / "rng_state.pt").string());
     // On a GPU, LoRA dropout draws from that GPU's generator.
     if (model.device().is_cuda()) torch::save(model::rng_state(model.device()), (tmp / "rng_state_cuda.pt").string());
-    json log = json::array();
-    for (const auto& s : history) {
-      log.push_back({{"step", s.step},
-                     {"epoch", s.epoch},
-                     {"loss", s.loss},
-                     {"learning_rate", s.learning_rate},
-                     {"grad_norm", s.grad_norm},
-                     {"num_tokens", s.tokens}});
-    }
-    write_file(tmp / "trainer_state.json",
-               json{{"global_step", step},
-                    {"epoch", static_cast<double>(step) / static_cast<double>(meta.steps_per_epoch)},
-                    {"max_steps", meta.total_steps},
-                    {"log_history", log}}
-                   .dump(2));
+    write_trainer_state(tmp / "trainer_state.json", step, meta, history);
     json files = json::object();
     for (const auto& e : fs::directory_iterator(tmp)) {
       files[e.path().filename().string()] = {{"bytes", fs::file_size(e.path())},
@@ -109,15 +139,7 @@ std::vector<StepLog> load_checkpoint(const fs::path& dir, model::Llama& model, t
     torch::load(rng, (dir / "rng_state_cuda.pt").string());
     model::set_rng_state(rng, model.device());
   }
-  std::ifstream in(dir / "trainer_state.json");
-  const json state = json::parse(in);
-  std::vector<StepLog> history;
-  for (const auto& s : state.at("log_history")) {
-    history.push_back({s.at("step").get<uint64_t>(), s.at("epoch").get<double>(), s.at("loss").get<double>(),
-                       s.at("learning_rate").get<double>(), s.at("grad_norm").get<double>(),
-                       s.at("num_tokens").get<uint64_t>()});
-  }
-  return history;
+  return read_log_history(dir / "trainer_state.json");
 }
 
 }  // namespace herd::train
