@@ -8,7 +8,8 @@ Reported: steps committed, each fault and its time to recover (from the fault to
 later attempt trained), every epoch the journal finished holding each of the 240 samples once, and
 memory: each process's resident set (VmRSS) sampled every 10 s, at its start (after a 2-minute
 warm-up, or its first sample for a shorter life) and end, with the least-squares trend in MiB/hour.
-A leak shows as a trend that does not flatten; a restarted process starts a new series.
+A leak shows as a trend that does not flatten; a restarted process starts a new series. The
+JSON report holds every sample (`series`: [seconds, MiB]).
 
     .venv/bin/python bench/soak.py [--minutes 30] [--fault-every 180] [--workdir build/bench-soak]
         [--json FILE]
@@ -198,7 +199,8 @@ metrics: {{enabled: false}}
         memory = {}
         for name, series in self.samples.items():
             warm = [s for s in series if s[0] - series[0][0] >= 120] or series
-            memory[name] = {"samples": len(series), "start_mib": round(warm[0][1], 1),
+            memory[name] = {"samples": len(series), "series": [[round(t, 1), round(v, 1)] for t, v in series],
+                            "start_mib": round(warm[0][1], 1),
                             "end_mib": round(series[-1][1], 1), "seconds": round(series[-1][0] - series[0][0]),
                             "trend_mib_per_hour": None if trend(warm) is None else round(trend(warm), 2)}
         return {"minutes": self.minutes, "workers": WORKERS, "steps_committed": last, "epochs_checked": epochs_ok,

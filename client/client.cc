@@ -240,10 +240,25 @@ void WorkerSession::register_worker() {
       throw JobOver(fmt::format("registering with the coordinator at {}: {}", options_.client.address, describe(s)),
                     state);
     }
-    std::unique_lock lock(mutex_);
-    if (wake_.wait_for(lock, std::chrono::duration<double>(backoff), [&] { return abandoned_; })) {
+    if (wait_to_retry(std::chrono::duration<double>(backoff))) {
       throw JobOver("this worker left the job", v1::JOB_STATE_UNSPECIFIED);
     }
+  }
+}
+
+bool WorkerSession::wait_to_retry(std::chrono::duration<double> backoff) {
+  const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(backoff);
+  for (;;) {
+    const auto slice = std::min(until, Clock::now() + std::chrono::milliseconds(50));
+    if (channel_->GetState(true) == GRPC_CHANNEL_READY) {
+      std::unique_lock lock(mutex_);
+      if (wake_.wait_until(lock, slice, [&] { return abandoned_; })) return true;
+    } else {
+      if (channel_->WaitForConnected(std::chrono::system_clock::now() + (slice - Clock::now()))) return false;
+      std::lock_guard lock(mutex_);
+      if (abandoned_) return true;
+    }
+    if (Clock::now() >= until) return false;
   }
 }
 
@@ -273,7 +288,7 @@ Gang WorkerSession::wait_for_gang(uint64_t after) {
           throw JobOver(fmt::format("the coordinator at {} is unreachable: {}", options_.client.address, describe(s)),
                         v1::JOB_STATE_UNSPECIFIED);
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        if (wait_to_retry(std::chrono::milliseconds(500))) throw JobOver("this worker left the job", v1::JOB_STATE_UNSPECIFIED);
         continue;
       case StatusCode::FAILED_PRECONDITION: {
         // The job ended, or this worker was declared dead while it could not answer.
