@@ -240,26 +240,25 @@ void WorkerSession::register_worker() {
       throw JobOver(fmt::format("registering with the coordinator at {}: {}", options_.client.address, describe(s)),
                     state);
     }
-    if (wait_to_retry(std::chrono::duration<double>(backoff))) {
-      throw JobOver("this worker left the job", v1::JOB_STATE_UNSPECIFIED);
-    }
+    wait_to_retry(std::chrono::duration<double>(backoff));
   }
 }
 
-bool WorkerSession::wait_to_retry(std::chrono::duration<double> backoff) {
+void WorkerSession::wait_to_retry(std::chrono::duration<double> backoff) {
   const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(backoff);
-  for (;;) {
+  bool abandoned = false;
+  while (!abandoned && Clock::now() < until) {
     const auto slice = std::min(until, Clock::now() + std::chrono::milliseconds(50));
     if (channel_->GetState(true) == GRPC_CHANNEL_READY) {
       std::unique_lock lock(mutex_);
-      if (wake_.wait_until(lock, slice, [&] { return abandoned_; })) return true;
+      abandoned = wake_.wait_until(lock, slice, [&] { return abandoned_; });
     } else {
-      if (channel_->WaitForConnected(std::chrono::system_clock::now() + (slice - Clock::now()))) return false;
+      if (channel_->WaitForConnected(std::chrono::system_clock::now() + (slice - Clock::now()))) return;
       std::lock_guard lock(mutex_);
-      if (abandoned_) return true;
+      abandoned = abandoned_;
     }
-    if (Clock::now() >= until) return false;
   }
+  if (abandoned) throw JobOver("this worker left the job", v1::JOB_STATE_UNSPECIFIED);
 }
 
 Gang WorkerSession::wait_for_gang(uint64_t after) {
@@ -288,7 +287,7 @@ Gang WorkerSession::wait_for_gang(uint64_t after) {
           throw JobOver(fmt::format("the coordinator at {} is unreachable: {}", options_.client.address, describe(s)),
                         v1::JOB_STATE_UNSPECIFIED);
         }
-        if (wait_to_retry(std::chrono::milliseconds(500))) throw JobOver("this worker left the job", v1::JOB_STATE_UNSPECIFIED);
+        wait_to_retry(std::chrono::milliseconds(500));
         continue;
       case StatusCode::FAILED_PRECONDITION: {
         // The job ended, or this worker was declared dead while it could not answer.

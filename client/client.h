@@ -172,12 +172,12 @@ class WorkerSession {
  private:
   class Call;
   void register_worker();
-  // Waits `backoff` before a call is tried again, and says whether this worker was
-  // abandoned meanwhile. While the channel is down the wait ends as soon as it
-  // connects: it polls the channel, which otherwise sees its reconnection only at
-  // gRPC's backup poll, every 5 s (that once added up to 5 s to a recovery from a
-  // restarted coordinator or a healed partition).
-  bool wait_to_retry(std::chrono::duration<double> backoff);
+  // Waits `backoff` before a call is tried again; JobOver once this worker is
+  // abandoned. While the channel is down the wait ends as soon as it connects: it
+  // polls the channel, which otherwise sees its reconnection only at gRPC's backup
+  // poll, every 5 s (that once added up to 5 s to a recovery from a restarted
+  // coordinator or a healed partition).
+  void wait_to_retry(std::chrono::duration<double> backoff);
   void heartbeat_loop();
   herd::v1::HeartbeatRequest heartbeat_request_locked() const;
   void heartbeat_answered_locked(const herd::v1::HeartbeatRequest& sent, const grpc::Status& status,
