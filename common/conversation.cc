@@ -53,7 +53,13 @@ std::optional<BadRecord> to_conversation(const json& j, size_t index, Conversati
   return std::nullopt;
 }
 
-bool utf8_error(const json::parse_error& e) { return std::string(e.what()).find("UTF-8") != std::string::npos; }
+// Whether the parser stopped at (or after) a byte that is not UTF-8 in `text`, the
+// input it parsed: the cause is then the encoding, not the JSON.
+size_t invalid_utf8(std::string_view text);
+bool utf8_error(const json::parse_error& e, std::string_view text) {
+  const size_t bad = invalid_utf8(text);
+  return e.byte > 0 && bad != std::string::npos && bad <= e.byte - 1;
+}
 
 // Every record of a JSON array or JSON Lines file, each made a T by `take` (which
 // returns the record's problem, if it has one).
@@ -87,7 +93,7 @@ std::vector<T> read_records(const fs::path& file, bool skip_invalid, ReadReport*
     } catch (const json::parse_error& e) {
       // nlohmann counts bytes from 1; herd names 0-based offsets, as `cmp` and editors do.
       throw DatasetError(fmt::format("{}: {} at byte {}{}", file.string(),
-                                     utf8_error(e) ? "invalid UTF-8" : "JSON syntax error", e.byte > 0 ? e.byte - 1 : 0,
+                                     utf8_error(e, text) ? "invalid UTF-8" : "JSON syntax error", e.byte > 0 ? e.byte - 1 : 0,
                                      e.byte > text.size() ? " (the file is truncated)" : ""));
     } catch (const json::out_of_range&) {  // a number beyond a double (found by tests/fuzz)
       throw DatasetError(fmt::format("{}: a number too large for a double", file.string()));
@@ -120,8 +126,8 @@ std::vector<T> read_records(const fs::path& file, bool skip_invalid, ReadReport*
         }
       } catch (const json::parse_error& e) {
         const bool last = end == text.size();
-        bad(index, {utf8_error(e) ? "invalid UTF-8" : "JSON syntax error",
-                    fmt::format("{} at byte {} of the file{}", utf8_error(e) ? "invalid UTF-8" : "JSON syntax error",
+        const char* cause = utf8_error(e, line) ? "invalid UTF-8" : "JSON syntax error";
+        bad(index, {cause, fmt::format("{} at byte {} of the file{}", cause,
                                 pos + (e.byte > 0 ? e.byte - 1 : 0),
                                 last && e.byte > line.size() ? " (the file is truncated)" : "")});
       } catch (const json::out_of_range&) {
@@ -218,7 +224,7 @@ std::vector<size_t> code_point_offsets(const std::string& text) {
 
 // The offset of the first byte that is not valid UTF-8 (overlong forms, surrogates
 // and values past U+10FFFF included), or npos.
-size_t invalid_utf8(const std::string& text) {
+size_t invalid_utf8(std::string_view text) {
   for (size_t i = 0; i < text.size();) {
     const auto lead = static_cast<unsigned char>(text[i]);
     const size_t n = sequence_length(lead);

@@ -2,6 +2,8 @@
 // knows nothing of the rest of herd.
 #pragma once
 
+#include <string>
+
 namespace herd::kernels {
 
 struct CudaInfo {
@@ -11,5 +13,9 @@ struct CudaInfo {
 };
 
 CudaInfo cuda_info();
+
+// A CUDA status the kernels returned, by name and meaning:
+// "cudaErrorInvalidValue (invalid argument)"; "CUDA error N" in a build without CUDA.
+std::string cuda_error(int code);
 
 }  // namespace herd::kernels

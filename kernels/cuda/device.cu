@@ -18,4 +18,9 @@ CudaInfo cuda_info() {
   return info;
 }
 
+std::string cuda_error(int code) {
+  const auto e = static_cast<cudaError_t>(code);
+  return std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")";
+}
+
 }  // namespace herd::kernels

@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "kernels/device.h"
 #include "kernels/fused_cuda.h"
 #include "worker/model/fused.h"
 #endif
@@ -63,7 +64,7 @@ std::vector<torch::Tensor> philox_dropouts(const torch::Tensor& x, const std::ve
       const int rc =
           k::dropout_cuda(xs.data_ptr(), static_cast<size_t>(xs.numel()), outs.data(), static_cast<int>(outs.size()),
                           kernel_type(t), c10::cuda::getCurrentCUDAStream().stream());
-      TORCH_CHECK(rc == 0, "dropout kernel: CUDA error ", rc);
+      TORCH_CHECK(rc == 0, "dropout kernel: ", kernels::cuda_error(rc));
     }
     return out;
   }

@@ -4,6 +4,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "kernels/device.h"
 #include "kernels/fused_cuda.h"
 #endif
 
@@ -36,7 +37,7 @@ k::FloatType float_type(const torch::Tensor& x) { return kernel_type(x.scalar_ty
 
 void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
-void check(int rc, const char* what) { TORCH_CHECK(rc == 0, what, " kernel: CUDA error ", rc); }
+void check(int rc, const char* what) { TORCH_CHECK(rc == 0, what, " kernel: ", kernels::cuda_error(rc)); }
 
 // A gradient as the kernels take it: contiguous, of the forward's dtype.
 torch::Tensor plain(const torch::Tensor& grad, const torch::Tensor& like) {

@@ -49,6 +49,7 @@ std::vector<int32_t> generate(const Llama& model, const std::vector<int32_t>& pr
   const int64_t room = o.max_new_tokens > 0 ? o.max_new_tokens : o.max_length - static_cast<int64_t>(prompt.size());
   std::vector<int32_t> so_far = prompt, out;
   if (room <= 0) return out;
+  model.check_token_ids(prompt);
   std::mt19937_64 rng(o.seed);
   Llama::KVCache cache;
   auto ids = torch::tensor(std::vector<int64_t>(prompt.begin(), prompt.end()), torch::kInt64).view({1, -1});

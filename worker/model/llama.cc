@@ -491,17 +491,19 @@ torch::Tensor Llama::stream_logits(const torch::Tensor& input_ids, const torch::
   return logits;
 }
 
+void Llama::check_token_ids(std::span<const int32_t> ids) const {
+  for (const int32_t id : ids) {
+    if (id < 0 || id >= config_.vocab_size) {
+      throw std::invalid_argument(
+          fmt::format("token id {} is outside the vocabulary (0..{})", id, config_.vocab_size - 1));
+    }
+  }
+}
+
 torch::Tensor Llama::final_hidden(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                   const torch::Tensor& segment_ids, KVCache* cache) const {
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be [batch, tokens]");
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
-  if (input_ids.numel() > 0) {
-    const int64_t lo = input_ids.min().item<int64_t>(), hi = input_ids.max().item<int64_t>();
-    if (lo < 0 || hi >= config_.vocab_size) {
-      throw std::invalid_argument(
-          fmt::format("token id {} is outside the vocabulary (0..{})", lo < 0 ? lo : hi, config_.vocab_size - 1));
-    }
-  }
   const auto device = options_.device;
   const auto act = options_.activation_dtype;
   if (source_) source_->acquire_embedding();

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -124,6 +125,9 @@ class Llama {
   static Llama from_tensors(const LlamaConfig& config, const std::map<std::string, torch::Tensor>& tensors,
                             const LoadOptions& options);
 
+  // Token ids from outside (a micro-batch, a prompt) are checked once, on the host,
+  // where they enter: std::invalid_argument names the first one outside the vocabulary.
+  void check_token_ids(std::span<const int32_t> ids) const;
   // logits [B, T, vocab] in float32, on the model's device (the inputs may be on
   // any). attention_mask [B, T] (1 = token, 0 = right padding) is optional.
   // segment_ids [B, T] (packing: 1, 2, ... per conversation, each a run of

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "kernels/device.h"
 #include "kernels/nf4.h"
 #include "worker/model/dropout.h"
 #ifdef HERD_CUDA
@@ -78,7 +79,7 @@ torch::Tensor materialize_cuda(const FrozenWeight& w) {
       torch::empty({w.out_features, w.in_features}, torch::TensorOptions().dtype(w.dtype).device(w.packed.device()));
   const int rc =
       k::nf4_dequantize_cuda(c.s, out.data_ptr(), kernel_type(w.dtype), c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(rc == 0, "NF4 dequantize kernel: CUDA error ", rc);
+  TORCH_CHECK(rc == 0, "NF4 dequantize kernel: ", kernels::cuda_error(rc));
   return out;
 }
 
@@ -101,7 +102,7 @@ torch::Tensor gemv_cuda(const FrozenWeight& w, const torch::Tensor& x) {
   const int rc =
       k::nf4_gemv_cuda(c.s, static_cast<size_t>(w.out_features), static_cast<size_t>(w.in_features), xs.data_ptr(),
                        y.data_ptr(), kernel_type(t), c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(rc == 0, "NF4 gemv kernel: CUDA error ", rc);
+  TORCH_CHECK(rc == 0, "NF4 gemv kernel: ", kernels::cuda_error(rc));
   return y;
 }
 }  // namespace

@@ -41,6 +41,7 @@ torch::Tensor micro_batch_loss(const model::Llama& model, const v1::MicroBatch& 
   }
   const int64_t width = batch.token_ids_size() / rows;
   const auto device = model.device();
+  model.check_token_ids({batch.token_ids().data(), static_cast<size_t>(batch.token_ids_size())});
   auto ids = torch::from_blob(const_cast<int32_t*>(batch.token_ids().data()), {rows, width}, torch::kInt32)
                  .to(device, torch::kInt64);
   auto mask = torch::from_blob(const_cast<char*>(batch.loss_mask().data()), {rows, width}, torch::kUInt8)
