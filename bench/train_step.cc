@@ -40,7 +40,7 @@
 #include "client/client.h"
 #include "common/config.h"
 #include "common/hf_cache.h"
-#include "launch/hosted.h"
+#include "host/coordinator_host.h"
 #include "worker/comm/store.h"
 #include "worker/model/llama.h"
 #include "worker/train/step.h"
@@ -188,8 +188,8 @@ double time_steps(herd::train::Replica& r, const herd::Config& config, const std
 int train_config(const std::string& path, int steps) {
   const herd::Config config = herd::load_config(path);
   const auto base = herd::resolve_hub_path(config.base_model, herd::HubRepoType::Model, "base_model");
-  const std::string token = herd::launch::random_token();
-  herd::launch::HostedCoordinator hosted(config, {"127.0.0.1:0", token, 1, true});
+  const std::string token = herd::host::random_token();
+  herd::host::CoordinatorHost hosted(config, {"127.0.0.1:0", token, 1, true});
   herd::client::SessionOptions session_options;
   session_options.client = hosted.client_options("127.0.0.1");
   session_options.job_id = config.model_name;

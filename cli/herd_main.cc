@@ -58,9 +58,8 @@ int train(const std::string& path, bool dry_run, bool resume, int workers) {
   return herd::launch::run_local(*config, workers, resume, "/proc/self/exe");
 }
 
-int status(const std::string& address, const std::string& token_file, const std::string& tls_ca,
-           const std::string& config_path, bool json, bool health) {
-  auto options = herd::cli::client_options(address, token_file, tls_ca, config_path, "herd status", !health);
+int status(const herd::client::ClientFlags& flags, const std::string& config_path, bool json, bool health) {
+  auto options = herd::cli::client_options(flags, config_path, "herd status", !health);
   if (!options) return kUserError;
   if (health) return herd::cli::health(*options, json);
   auto reply = herd::cli::fetch_status(*options, "herd status");
@@ -103,18 +102,18 @@ int main(int argc, char** argv) {
     rc = train(config_path, dry_run, resume, workers);
   });
 
-  std::string coordinator;
-  std::string token_file;
+  herd::client::ClientFlags flags;
   auto* worker_cmd = app.add_subcommand("worker", "Join a job as one worker (a coordinator's, mpirun's or torchrun's)");
   worker_cmd->add_option("config", config_path,
                          "The job's YAML config (default: the coordinator's, fetched from it)");
-  worker_cmd->add_option("--coordinator", coordinator, "The coordinator, HOST:PORT");
-  worker_cmd->add_option("--token-file", token_file, "File holding the job token")->check(CLI::ExistingFile);
-  std::string worker_tls_ca;
-  worker_cmd->add_option("--tls-ca", worker_tls_ca,
+  worker_cmd->add_option("--coordinator", flags.address, "The coordinator, HOST:PORT");
+  worker_cmd->add_option("--token-file", flags.token_file, "File holding the job token")->check(CLI::ExistingFile);
+  worker_cmd->add_option("--tls-ca", flags.tls_ca,
                          "PEM CA to verify the coordinator's TLS certificate with (else $HERD_TLS_CA, security.tls_ca)");
-  worker_cmd->callback(
-      [&] { rc = herd::launch::run_worker_process({config_path, coordinator, token_file, worker_tls_ca}); });
+  worker_cmd->add_option("--tls-server-name", flags.tls_server_name,
+                         "The name the coordinator's certificate is checked for (else $HERD_TLS_SERVER_NAME, "
+                         "security.tls_server_name; default: the host dialled)");
+  worker_cmd->callback([&] { rc = herd::launch::run_worker_process({config_path, flags}); });
 
   auto* config_cmd = app.add_subcommand("config", "Inspect configs");
   config_cmd->require_subcommand(1);
@@ -125,30 +124,22 @@ int main(int argc, char** argv) {
   check_cmd->callback([&] { rc = config_check(config_path, json); });
 
   auto* status_cmd = app.add_subcommand("status", "Show a running job's state");
-  std::string tls_ca;
-  status_cmd->add_option("--coordinator", coordinator, "The coordinator, HOST:PORT")->required();
-  status_cmd->add_option("--token-file", token_file, "File holding the job token (else $HERD_JOB_TOKEN)");
-  status_cmd->add_option("--tls-ca", tls_ca, "PEM CA to verify the coordinator's TLS certificate with");
-  status_cmd->add_option("--config", config_path, "The job's config (for security.token_file and tls_ca)");
+  herd::cli::add_client_flags(*status_cmd, flags, config_path);
   status_cmd->add_flag("--json", json, "Print JSON (the JobStatus message of proto/herd.proto)");
   bool health = false;
   status_cmd->add_flag("--health", health,
                        "Only the gRPC health check (no token needed): SERVING or NOT_SERVING; exit 0 when SERVING");
-  status_cmd->callback([&] { rc = status(coordinator, token_file, tls_ca, config_path, json, health); });
+  status_cmd->callback([&] { rc = status(flags, config_path, json, health); });
 
   std::string reason;
   for (const bool cancel : {false, true}) {
     auto* cmd = app.add_subcommand(cancel ? "cancel" : "drain",
                                    cancel ? "Fail a running job now (journaled: a restarted coordinator keeps it failed)"
                                           : "Stop a running job at its next checkpoint (a restart resumes it)");
-    cmd->add_option("--coordinator", coordinator, "The coordinator, HOST:PORT")->required();
-    cmd->add_option("--token-file", token_file, "File holding the job token (else $HERD_JOB_TOKEN)");
-    cmd->add_option("--tls-ca", tls_ca, "PEM CA to verify the coordinator's TLS certificate with");
-    cmd->add_option("--config", config_path, "The job's config (for security.token_file and tls_ca)");
+    herd::cli::add_client_flags(*cmd, flags, config_path);
     if (cancel) cmd->add_option("--reason", reason, "Why, for the job's message and journal");
     cmd->callback([&, cancel] {
-      auto options = herd::cli::client_options(coordinator, token_file, tls_ca, config_path,
-                                               cancel ? "herd cancel" : "herd drain");
+      auto options = herd::cli::client_options(flags, config_path, cancel ? "herd cancel" : "herd drain");
       rc = options ? herd::cli::operator_call(*options, reason, cancel) : kUserError;
     });
   }

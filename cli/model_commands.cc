@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/config.h"
+#include "common/process_memory.h"
 #include "common/hf_cache.h"
 #include "common/safetensors.h"
 #include "common/tokenizer.h"
@@ -298,11 +299,7 @@ void add_model_commands(CLI::App& app, int& rc) {
                   << (done == total ? "\n" : "") << std::flush;
       });
       const double took = seconds();
-      uint64_t peak = 0;  // VmHWM: the process's peak resident set
-      std::ifstream status("/proc/self/status");
-      for (std::string line; std::getline(status, line);) {
-        if (line.rfind("VmHWM:", 0) == 0) peak = std::stoull(line.substr(6)) * 1024;
-      }
+      const uint64_t peak = herd::process_memory().peak_resident_bytes;
       if (mf->json) {
         nlohmann::json doc = {{"out", spec.out.string()},   {"base", spec.base.string()},
                               {"adapter", spec.adapter.string()}, {"dtype", report.dtype},

@@ -5,33 +5,32 @@
 #include <fmt/format.h>
 
 #include "common/auth.h"
+#include "common/env.h"
 #include "common/config.h"
 
 namespace herd::cli {
 
-std::optional<client::ClientOptions> client_options(const std::string& address, const std::string& token_file,
-                                                    const std::string& tls_ca, const std::string& config_path,
+std::optional<client::ClientOptions> client_options(const client::ClientFlags& flags, const std::string& config_path,
                                                     const char* who, bool need_token) {
   try {
     std::optional<Config> config;
     if (!config_path.empty()) config = load_config(config_path);
-    client::ClientOptions o;
-    o.address = address;
-    auto token = resolve_token(token_file, config ? &config->security : nullptr, process_env());
-    if (!token && need_token) {
-      std::cerr << fmt::format("{}: no job token: pass --token-file, set HERD_JOB_TOKEN, or give the job's config\n",
-                               who);
-      return std::nullopt;
-    }
-    o.token = token.value_or("");
-    const std::string ca = !tls_ca.empty() ? tls_ca : config ? config->security.tls_ca : "";
-    if (!ca.empty()) o.tls_ca_pem = read_secret_file(ca, "the TLS CA");
-    if (config) o.tls_server_name = config->security.tls_server_name;
-    return o;
+    return client::client_options(flags, config ? &config->security : nullptr, process_env(), need_token);
   } catch (const std::exception& e) {
     std::cerr << who << ": " << e.what() << "\n";
     return std::nullopt;
   }
+}
+
+void add_client_flags(CLI::App& command, client::ClientFlags& flags, std::string& config_path) {
+  command.add_option("--coordinator", flags.address, "The coordinator, HOST:PORT")->required();
+  command.add_option("--token-file", flags.token_file, "File holding the job token (else $HERD_JOB_TOKEN, the config's)");
+  command.add_option("--tls-ca", flags.tls_ca,
+                     "PEM CA to verify the coordinator's TLS certificate with (else $HERD_TLS_CA, the config's)");
+  command.add_option("--tls-server-name", flags.tls_server_name,
+                     "The name the coordinator's certificate is checked for (else $HERD_TLS_SERVER_NAME, the "
+                     "config's; default: the host dialled)");
+  command.add_option("--config", config_path, "The job's config (for its security section)");
 }
 
 int health(const client::ClientOptions& options, bool json) {

@@ -5,18 +5,20 @@
 #include <optional>
 #include <string>
 
+#include <CLI/CLI.hpp>
+
 #include "client/client.h"
 #include "herd/proto/herd.pb.h"
 
 namespace herd::cli {
 
-// The client options from the flags: the token from --token-file, $HERD_JOB_TOKEN
-// or the config's security section; TLS when --tls-ca (or security.tls_ca) is given.
-// TLS is checked for security.tls_server_name when the config sets it. Prints the
-// problem and returns nullopt when no token can be found and `need_token`.
-std::optional<client::ClientOptions> client_options(const std::string& address, const std::string& token_file,
-                                                    const std::string& tls_ca, const std::string& config_path,
+// The client options from the flags, the environment and the config at
+// `config_path` (client/options.h says which wins). Prints the problem and returns
+// nullopt when a file cannot be read, or no token can be found and `need_token`.
+std::optional<client::ClientOptions> client_options(const client::ClientFlags& flags, const std::string& config_path,
                                                     const char* who, bool need_token = true);
+// --coordinator, --token-file, --tls-ca, --tls-server-name and --config.
+void add_client_flags(CLI::App& command, client::ClientFlags& flags, std::string& config_path);
 
 // `herd status --health`: the coordinator's gRPC health check (no token needed),
 // printed; 0 when it is SERVING.

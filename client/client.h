@@ -35,18 +35,11 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "client/options.h"
 #include "common/grpc_codes.h"
 #include "herd/proto/herd.grpc.pb.h"
 
 namespace herd::client {
-
-// How a client reaches the coordinator.
-struct ClientOptions {
-  std::string address;  // HOST:PORT
-  std::string token;
-  std::string tls_ca_pem;       // empty: plaintext
-  std::string tls_server_name;  // the name the certificate is checked for; empty: the address's host
-};
 
 // One connection of its own per channel (each worker of a test process is then
 // like a process of its own), with keepalives.

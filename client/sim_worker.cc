@@ -81,7 +81,7 @@ std::string SimWorker::outcome() const {
   return outcome_;
 }
 
-std::vector<StepRecord> SimWorker::log() const {
+std::vector<TrainedStep> SimWorker::log() const {
   std::lock_guard lock(mutex_);
   return log_;
 }
@@ -99,24 +99,10 @@ void SimWorker::sleep_for(double seconds) {
 
 void SimWorker::run() {
   try {
-    session_.join();
-    for (uint64_t after = 0;;) {
-      const Gang gang = session_.wait_for_gang(after);
-      after = gang.attempt;
-      rank_ = gang.rank;
-      try {
-        train(gang);
-      } catch (const AttemptOver&) {
-      } catch (const CallError&) {  // the rendezvous broke: the attempt is over too
-      }
-      if (hung_) {  // hold the stream open, say nothing
-        std::unique_lock lock(wake_mutex_);
-        wake_.wait(lock, [this] { return stop_.load(); });
-        return;
-      }
-      session_.close_stream();
-      // WaitForGang says what comes next: a new attempt, or the job's end.
-    }
+    LoopOptions loop;
+    loop.checkpoint_every = options_.checkpoint_every;
+    run_gang_loop(session_, *this, loop);
+    session_.wait_for_gang(gang_.attempt);  // what comes next: the job's end (JobOver says how)
   } catch (const JobOver& e) {
     finish(fmt::format("{} ({})", e.what(), v1::JobState_Name(e.state())));
   } catch (const std::exception& e) {
@@ -124,43 +110,57 @@ void SimWorker::run() {
   }
 }
 
-void SimWorker::train(const Gang& gang) {
+void SimWorker::setup(const Gang& gang) {
+  gang_ = gang;
+  rank_ = gang.rank;
   // Meet the other ranks in the store, as a collective's bootstrap would.
-  if (gang.world_size <= options_.kv_handshake_max_world) {
+  if (gang.world_size > options_.kv_handshake_max_world) return;
+  try {
     session_.kv_set(fmt::format("rank/{}", gang.rank), options_.host);
     for (uint32_t r = 0; r < gang.world_size; ++r) session_.kv_get(fmt::format("rank/{}", r), std::chrono::seconds(10));
+  } catch (const CallError& e) {  // the rendezvous broke: the attempt is over
+    throw AttemptOver(e.what());
   }
-  session_.open_stream(gang.resume_step + 1);
-  for (uint64_t step = gang.resume_step + 1; step <= gang.total_steps; ++step) {
-    StepRecord record{gang.attempt, step, gang.rank, {}};
-    uint64_t tokens = 0;
-    for (const auto& batch : session_.next_step(step)) {
-      record.samples.insert(record.samples.end(), batch.sample_ids().begin(), batch.sample_ids().end());
-      for (uint32_t length : batch.lengths()) tokens += length;
-    }
-    sleep_for(options_.step_seconds);  // "training"
-    if (crashed_ || hung_ || stop_) return;
-    session_.report_step(step, 2.0 / static_cast<double>(step), tokens, v1::StepTimings());
-    {
-      std::lock_guard lock(mutex_);
-      log_.push_back(std::move(record));
-    }
-    ++steps_trained_;
-    if (step == gang.total_steps || (options_.checkpoint_every && step % options_.checkpoint_every == 0)) {
-      if (options_.output_dir.empty()) {
-        const uint64_t h = std::hash<std::string>{}(fmt::format("{}/{}", step, gang.rank));
-        session_.commit_checkpoint(step, fmt::format("ckpt/checkpoint-{}", step),
-                                   fmt::format("{:016x}{:016x}{:016x}{:016x}", h, h ^ 1, h ^ 2, h ^ 3));
-      } else {
-        const auto dir = checkpoint_dir(options_.output_dir, step);
-        std::filesystem::create_directories(dir);
-        const auto tmp = dir / fmt::format("manifest.tmp-{}", gang.rank);
-        write_file(tmp, fmt::format(R"({{"step": {}, "files": {{}}}})", step));
-        std::filesystem::rename(tmp, dir / kCheckpointManifest);  // every rank writes the same bytes
-        session_.commit_checkpoint(step, dir.string(), checkpoint_digest(dir));
-      }
-    }
+}
+
+void SimWorker::step(const std::vector<v1::MicroBatch>& batches, bool, StepRecord& record) {
+  pending_ = {gang_.attempt, record.step, gang_.rank, {}};
+  for (const auto& batch : batches) {
+    pending_.samples.insert(pending_.samples.end(), batch.sample_ids().begin(), batch.sample_ids().end());
+    for (uint32_t length : batch.lengths()) record.rank_tokens += length;
   }
+  sleep_for(options_.step_seconds);  // "training"
+  if (crashed_ || hung_ || stop_) throw AttemptOver("the simulated worker stopped");
+  record.loss = 2.0 / static_cast<double>(record.step);
+}
+
+void SimWorker::recorded(const StepRecord&) {
+  {
+    std::lock_guard lock(mutex_);
+    log_.push_back(std::move(pending_));
+  }
+  ++steps_trained_;
+}
+
+void SimWorker::release() {
+  if (!hung_) return;
+  // A hung process: it holds its connections and stream, says nothing, and never
+  // asks for another gang.
+  std::unique_lock lock(wake_mutex_);
+  wake_.wait(lock, [this] { return stop_.load(); });
+}
+
+CheckpointRef SimWorker::save_checkpoint(uint64_t step) {
+  if (options_.output_dir.empty()) {
+    const uint64_t h = std::hash<std::string>{}(fmt::format("{}/{}", step, gang_.rank));
+    return {fmt::format("ckpt/checkpoint-{}", step), fmt::format("{:016x}{:016x}{:016x}{:016x}", h, h ^ 1, h ^ 2, h ^ 3)};
+  }
+  const auto dir = checkpoint_dir(options_.output_dir, step);
+  std::filesystem::create_directories(dir);
+  const auto tmp = dir / fmt::format("manifest.tmp-{}", gang_.rank);
+  write_file(tmp, fmt::format(R"({{"step": {}, "files": {{}}}})", step));
+  std::filesystem::rename(tmp, dir / kCheckpointManifest);  // every rank writes the same bytes
+  return {dir.string(), checkpoint_digest(dir)};
 }
 
 }  // namespace herd::client

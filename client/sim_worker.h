@@ -1,8 +1,9 @@
-// A simulated worker: the shipping client (client.h) with a fake step in place of
-// a model. It meets its gang in the rendezvous store, reads its batch stream,
-// "trains" for step_seconds, reports every step and commits checkpoints. The
-// coordinator's integration tests drive coordinators with these; it can also
-// crash or hang on demand.
+// A simulated worker: the shipping gang loop (gang_loop.h) and client (client.h)
+// with a recipe whose step is fake. It meets its gang in the rendezvous store,
+// reads its batch stream, "trains" for step_seconds, reports every step and
+// commits checkpoints. The coordinator's integration tests drive coordinators
+// with these; it can also crash or hang on demand. Having no collective to agree
+// on a stop, it ignores a drain: the coordinator ends its attempt instead.
 #pragma once
 
 #include <atomic>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "client/client.h"
+#include "client/gang_loop.h"
 
 namespace herd::client {
 
@@ -32,7 +34,7 @@ struct SimWorkerOptions {
 };
 
 // One trained step of one rank, as the worker saw it.
-struct StepRecord {
+struct TrainedStep {
   uint64_t attempt = 0, step = 0;
   uint32_t rank = 0;
   std::vector<uint64_t> samples;
@@ -41,7 +43,7 @@ struct StepRecord {
 // GET /metrics from a Prometheus endpoint on this machine ("" when unreachable).
 std::string scrape_metrics(int port);
 
-class SimWorker {
+class SimWorker : private Recipe {
  public:
   explicit SimWorker(SimWorkerOptions options);
   ~SimWorker();  // stops and joins
@@ -54,13 +56,19 @@ class SimWorker {
 
   bool finished() const { return finished_; }
   std::string outcome() const;  // how it ended ("" while running)
-  std::vector<StepRecord> log() const;
+  std::vector<TrainedStep> log() const;
   uint32_t rank() const { return rank_; }
   uint64_t steps_trained() const { return steps_trained_; }
 
  private:
   void run();
-  void train(const Gang& gang);  // one attempt; AttemptOver when it ends early
+  // The recipe: the rendezvous handshake, a sleep for a step, checkpoints of no files.
+  void setup(const Gang& gang) override;
+  void step(const std::vector<herd::v1::MicroBatch>& batches, bool stop_requested, StepRecord& record) override;
+  void recorded(const StepRecord& record) override;  // the step was reported: it goes into the log
+  CheckpointRef save_checkpoint(uint64_t step) override;
+  void finish(uint64_t, bool, uint64_t) override {}
+  void release() override;  // a hung worker stays here until it is destroyed
   void sleep_for(double seconds);  // wakes early on stop, crash or hang
   void finish(std::string outcome);
 
@@ -74,7 +82,9 @@ class SimWorker {
   std::condition_variable wake_;
   mutable std::mutex mutex_;
   std::string outcome_;
-  std::vector<StepRecord> log_;
+  Gang gang_;
+  TrainedStep pending_;  // the step being trained
+  std::vector<TrainedStep> log_;
 };
 
 }  // namespace herd::client

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -344,6 +345,21 @@ ServerOptions ServerOptions::from_config(const Config& config, const std::string
   return o;
 }
 
+namespace {
+
+// The one place a gRPC server is built: on `listen` with `credentials`, its
+// services added by `add`; the bound port goes to `port`.
+std::unique_ptr<grpc::Server> start_server(const std::string& listen,
+                                           const std::shared_ptr<grpc::ServerCredentials>& credentials, int* port,
+                                           const std::function<void(grpc::ServerBuilder&)>& add) {
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(listen, credentials, port);
+  add(builder);
+  return builder.BuildAndStart();
+}
+
+}  // namespace
+
 CoordinatorServer::CoordinatorServer(Job& job, const ServerOptions& options)
     : job_(job), metrics_(std::make_unique<Metrics>(job.train_samples())) {
   if (options.token.empty()) throw std::invalid_argument("coordinator: a job token is required");
@@ -360,23 +376,20 @@ CoordinatorServer::CoordinatorServer(Job& job, const ServerOptions& options)
     credentials = grpc::SslServerCredentials(ssl);
   }
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, credentials, &port_);
-  builder.RegisterService(service_.get());
-  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(protocol::kMaxReplyBytes));
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
-  server_ = builder.BuildAndStart();
+  server_ = start_server(options.listen, credentials, &port_, [&](grpc::ServerBuilder& builder) {
+    builder.RegisterService(service_.get());
+    builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+    builder.SetMaxSendMessageSize(static_cast<int>(protocol::kMaxReplyBytes));
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  });
   if (!server_ || port_ == 0) throw std::runtime_error(fmt::format("coordinator: cannot listen on {}", options.listen));
   if (!options.health_listen.empty()) {
     // The default health service, and UNIMPLEMENTED for any other method (a server
     // needs a service of its own to serve the default one).
-    grpc::ServerBuilder health;
     unimplemented_ = std::make_unique<grpc::CallbackGenericService>();
-    health.RegisterCallbackGenericService(unimplemented_.get());
-    health.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(), &health_port_);
-    health_server_ = health.BuildAndStart();
+    health_server_ = start_server(options.health_listen, grpc::InsecureServerCredentials(), &health_port_,
+                                  [&](grpc::ServerBuilder& b) { b.RegisterCallbackGenericService(unimplemented_.get()); });
     if (!health_server_ || health_port_ == 0) {
       server_->Shutdown();
       throw std::runtime_error(fmt::format("coordinator: cannot serve health on {}", options.health_listen));

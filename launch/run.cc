@@ -20,10 +20,11 @@
 #include "common/auth.h"
 #include "common/config.h"
 #include "common/hf_cache.h"
+#include "common/process_memory.h"
 #include "coordinator/job.h"
+#include "host/coordinator_host.h"
+#include "host/signals.h"
 #include "launch/discovery.h"
-#include "launch/hosted.h"
-#include "launch/signals.h"
 #include "worker/train/trainer.h"
 
 namespace herd::launch {
@@ -72,15 +73,6 @@ std::string host_name() {
   return out;
 }
 
-// This process's resident memory now (VmRSS), in MiB.
-int64_t resident_mib() {
-  std::ifstream status("/proc/self/status");
-  for (std::string line; std::getline(status, line);) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) / 1024;
-  }
-  return 0;
-}
-
 std::string port_of(const std::string& address) { return address.substr(address.rfind(':') + 1); }
 
 // One worker: trains until the job ends for it; answers the exit status.
@@ -100,11 +92,12 @@ int train_as_worker(const Config& config, const client::ClientOptions& client, i
   options.progress_bar = ::isatty(STDERR_FILENO) != 0;
   options.on_gang = [](const client::Gang& gang, int64_t held, int64_t whole) {
     std::cout << fmt::format("rank {} of {} (attempt {}): base weights held {} of {} bytes; resident {} MiB",
-                             gang.rank, gang.world_size, gang.attempt, held, whole, resident_mib())
+                             gang.rank, gang.world_size, gang.attempt, held, whole,
+                             process_memory().resident_bytes >> 20)
               << std::endl;
   };
   try {
-    return herd::train::run_worker(config, session, options).interrupted ? kInterrupted : 0;
+    return herd::train::run_worker(config, session, options).interrupted ? host::kInterrupted : 0;
   } catch (const client::JobOver& e) {
     // The job ended without this worker (a spare), or otherwise.
     std::cout << "herd worker: " << e.what() << std::endl;
@@ -114,20 +107,15 @@ int train_as_worker(const Config& config, const client::ClientOptions& client, i
 
 // The job's config as the coordinator serves it (a worker started with only its
 // address, as a Kubernetes pod is).
-Config config_from_coordinator(const std::string& address, const std::string& token_file, const std::string& tls_ca) {
-  auto token = resolve_token(token_file, nullptr, process_env());
-  if (!token) throw AuthError("no job token: pass --token-file or set HERD_JOB_TOKEN");
-  client::ClientOptions options;
-  options.address = address;
-  options.token = *token;
-  if (!tls_ca.empty()) options.tls_ca_pem = read_secret_file(tls_ca, "the TLS CA (--tls-ca, HERD_TLS_CA)");
+Config config_from_coordinator(const client::ClientFlags& flags) {
+  const auto options = client::client_options(flags, nullptr, process_env());
   v1::JobConfig reply;
   const auto s = client::Coordinator(options).job_config(&reply);
   if (!s.ok()) {
     throw std::runtime_error(
-        fmt::format("the coordinator at {} did not give its config: {}", address, client::describe(s)));
+        fmt::format("the coordinator at {} did not give its config: {}", flags.address, client::describe(s)));
   }
-  return parse_config(reply.yaml(), fmt::format("{} (from the coordinator at {})", reply.source(), address));
+  return parse_config(reply.yaml(), fmt::format("{} (from the coordinator at {})", reply.source(), flags.address));
 }
 
 }  // namespace
@@ -135,38 +123,37 @@ Config config_from_coordinator(const std::string& address, const std::string& to
 int run_worker_process(const WorkerArgs& args) {
   Launch launch;
   std::optional<Config> config;
-  const std::string tls_ca = !args.tls_ca.empty() ? args.tls_ca : process_env()("HERD_TLS_CA").value_or("");
+  client::ClientFlags flags = args.flags;
   try {
-    launch = detect_launch(args.coordinator, process_env());
+    launch = detect_launch(flags.address, process_env());
+    flags.address = launch.coordinator;
     if (!args.config_path.empty()) {
       config = load_config(args.config_path);
     } else if (launch.coordinator.empty() || launch.hosts_coordinator) {
       throw std::runtime_error("CONFIG is needed: this rank hosts the job's coordinator");
     } else {
-      config = config_from_coordinator(launch.coordinator, args.token_file, tls_ca);
+      config = config_from_coordinator(flags);
     }
   } catch (const std::exception& e) {
     std::cerr << "herd worker: " << e.what() << "\n";
     return 1;
   }
   const bool mpi = launch.source == "openmpi" && launch.coordinator.empty();
-  const volatile std::sig_atomic_t* stop = nullptr;
   try {
-    auto token = resolve_token(args.token_file, &config->security, process_env());
-    std::string address = launch.coordinator;
-    std::optional<HostedCoordinator> hosted;
+    auto token = resolve_token(flags.token_file, &config->security, process_env());
+    std::optional<host::CoordinatorHost> hosted;
     if (mpi) {
       // Rank 0 hosts the coordinator; MPI carries its address and token to the others.
       MPI_Init(nullptr, nullptr);  // before the handlers: OpenMPI installs some of its own
       char text[512] = {};
       if (*launch.rank == 0) {
-        if (!token) token = random_token();
-        hosted.emplace(*config, HostOptions{"0.0.0.0:0", *token, *launch.world_size});
+        if (!token) token = host::random_token();
+        hosted.emplace(*config, host::HostOptions{"0.0.0.0:0", *token, *launch.world_size});
         std::snprintf(text, sizeof text, "%s", fmt::format("{}:{}\n{}", host_name(), hosted->port(), *token).c_str());
       }
       MPI_Bcast(text, sizeof text, MPI_CHAR, 0, MPI_COMM_WORLD);
       const std::string shared(text);
-      address = shared.substr(0, shared.find('\n'));
+      flags.address = shared.substr(0, shared.find('\n'));
       token = shared.substr(shared.find('\n') + 1);
     } else if (launch.hosts_coordinator) {
       if (!token) {
@@ -174,20 +161,16 @@ int run_worker_process(const WorkerArgs& args) {
                                     "security.token_file",
                                     launch.source));
       }
-      hosted.emplace(*config, HostOptions{"0.0.0.0:" + port_of(address), *token, *launch.world_size});
+      hosted.emplace(*config, host::HostOptions{"0.0.0.0:" + port_of(flags.address), *token, *launch.world_size});
     }
-    if (!token) {
-      std::cerr << "herd worker: no job token: pass --token-file, set HERD_JOB_TOKEN, or set security.token_file\n";
-      return 1;
-    }
-    stop = stop_on_signals();
+    if (token) flags.token = *token;
+    const auto client = client::client_options(flags, &config->security, process_env());
+    const auto* stop = host::stop_on_signals();
     std::cout << fmt::format("herd worker: launched by {}{}; coordinator {}{}", launch.source,
                              launch.rank ? fmt::format(" (rank {} of {})", *launch.rank, launch.world_size.value_or(0))
                                          : "",
-                             address, hosted ? " (hosted here)" : "")
+                             client.address, hosted ? " (hosted here)" : "")
               << std::endl;
-    auto client = worker_client_options(*config, address, *token);
-    if (!tls_ca.empty()) client.tls_ca_pem = read_secret_file(tls_ca, "the TLS CA (--tls-ca, HERD_TLS_CA)");
     const int rc = train_as_worker(*config, client, launch.local_rank, stop);
     if (hosted) hosted->finish(30);  // the other ranks see the job's end first
     if (mpi) {
@@ -207,7 +190,7 @@ namespace {
 // N `herd worker` processes of the hosted coordinator; a signal is passed on to
 // them once (they are in a process group of their own, so a terminal's Ctrl-C
 // reaches only this process).
-int supervise(HostedCoordinator& hosted, const std::string& config_path, int workers, const std::string& self,
+int supervise(host::CoordinatorHost& hosted, const std::string& config_path, int workers, const std::string& self,
               const std::string& token, const volatile std::sig_atomic_t* stop) {
   const std::string address = fmt::format("127.0.0.1:{}", hosted.port());
   std::cout << fmt::format("herd train: coordinator on {}, {} worker processes", address, workers) << std::endl;
@@ -231,7 +214,7 @@ int supervise(HostedCoordinator& hosted, const std::string& config_path, int wor
     }
     children.push_back(pid);
   }
-  kill_on_second_signal(children);
+  host::kill_on_second_signal(children);
   bool forwarded = false, failed = false;
   for (size_t left = children.size(); left > 0;) {
     if (*stop && !forwarded) {
@@ -246,7 +229,7 @@ int supervise(HostedCoordinator& hosted, const std::string& config_path, int wor
     }
     if (pid < 0) break;
     --left;
-    const bool ok = WIFEXITED(status) && (WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == kInterrupted);
+    const bool ok = WIFEXITED(status) && (WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == host::kInterrupted);
     if (!ok) {
       failed = true;
       std::cerr << fmt::format("herd train: worker process {} ended with {}", pid,
@@ -255,7 +238,7 @@ int supervise(HostedCoordinator& hosted, const std::string& config_path, int wor
                 << "\n";
     }
   }
-  kill_on_second_signal({});
+  host::kill_on_second_signal({});
   v1::JobStatus status;
   hosted.job().GetStatus(&status, false);
   hosted.finish(0);
@@ -276,12 +259,12 @@ int run_local(const Config& config, int workers, bool resume, const std::string&
                              config.distributed.world_size);
     return 1;
   }
-  const auto* stop = stop_on_signals();
+  const auto* stop = host::stop_on_signals();
   try {
     resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");  // before the data: a clear first error
-    const std::string token = resolve_token("", &config.security, process_env()).value_or(random_token());
-    HostOptions host{"127.0.0.1:0", token, std::max(workers, 1), !resume && config.checkpoint.resume != "auto"};
-    HostedCoordinator hosted(config, host);
+    const std::string token = resolve_token("", &config.security, process_env()).value_or(host::random_token());
+    host::CoordinatorHost hosted(
+        config, {"127.0.0.1:0", token, std::max(workers, 1), !resume && config.checkpoint.resume != "auto"});
     if (workers > 0) return supervise(hosted, config.source.string(), workers, self, token, stop);
     const int rc = train_as_worker(config, hosted.client_options("127.0.0.1"), 0, stop);
     hosted.finish(0);

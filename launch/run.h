@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "client/options.h"
+
 namespace herd {
 struct Config;
 }
@@ -17,9 +19,9 @@ namespace herd::launch {
 // a job, however it was launched. Without CONFIG it takes the coordinator's.
 struct WorkerArgs {
   std::string config_path;
-  std::string coordinator;  // the flag; empty: from the launcher's environment
-  std::string token_file;
-  std::string tls_ca;  // PEM CA for the coordinator's certificate (else $HERD_TLS_CA, else security.tls_ca)
+  // --coordinator (empty: from the launcher's environment), --token-file, --tls-ca,
+  // --tls-server-name; client/options.h says what each falls back to.
+  client::ClientFlags flags;
 };
 int run_worker_process(const WorkerArgs& args);
 

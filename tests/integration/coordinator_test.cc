@@ -17,13 +17,16 @@
 #include <numeric>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <google/protobuf/descriptor.h>
 #include <grpcpp/generic/generic_stub.h>
 
+#include "client/gang_loop.h"
 #include "client/sim_worker.h"
 #include "common/auth.h"
+#include "common/gang_error.h"
 #include "common/protocol_limits.h"
 #include "coordinator/job.h"
 #include "coordinator/service.h"
@@ -38,7 +41,7 @@ using client::prepare;
 using client::scrape_metrics;
 using client::SimWorker;
 using client::SimWorkerOptions;
-using client::StepRecord;
+using client::TrainedStep;
 using grpc::StatusCode;
 constexpr const char* kToken = "s3cret-job-token";
 
@@ -112,7 +115,7 @@ SimWorkerOptions worker_options(const std::string& address, const std::string& h
 }
 
 // Per step, the samples of the latest attempt that trained it: what the model saw.
-std::map<uint64_t, std::multiset<uint64_t>> lineage_from_workers(const std::vector<std::vector<StepRecord>>& logs) {
+std::map<uint64_t, std::multiset<uint64_t>> lineage_from_workers(const std::vector<std::vector<TrainedStep>>& logs) {
   std::map<uint64_t, uint64_t> latest;
   for (const auto& log : logs)
     for (const auto& r : log) latest[r.step] = std::max(latest[r.step], r.attempt);
@@ -149,7 +152,7 @@ TEST(CoordinatorRpc, ThreeWorkersFormAGangAndFinish) {
   ASSERT_TRUE(wait_until([&] { return c.status().state() == v1::DONE; }, 60)) << c.status().DebugString();
   ASSERT_TRUE(wait_until([&] { return workers[0]->finished() && workers[2]->finished(); }, 10));
   EXPECT_NE(workers[0]->outcome().find("DONE"), std::string::npos) << workers[0]->outcome();
-  std::vector<std::vector<StepRecord>> logs;
+  std::vector<std::vector<TrainedStep>> logs;
   for (auto& w : workers) logs.push_back(w->log());
   EXPECT_EQ(c.status().committed_step(), c.job->total_steps());
   expect_each_sample_once_per_epoch(lineage_from_workers(logs), c.job->total_steps(), c.job->steps_per_epoch(), 30);
@@ -183,7 +186,7 @@ TEST(CoordinatorRpc, ExactlyOnceThroughACrashAndAHang) {
   ASSERT_TRUE(wait_until([&] { return c.status().state() == v1::DONE; }, 90)) << c.status().DebugString();
   EXPECT_EQ(c.status().attempt(), 3u);
 
-  std::vector<std::vector<StepRecord>> logs;
+  std::vector<std::vector<TrainedStep>> logs;
   size_t trained = 0;
   for (auto& w : workers) {
     logs.push_back(w->log());
@@ -204,6 +207,79 @@ TEST(CoordinatorRpc, ExactlyOnceThroughACrashAndAHang) {
     EXPECT_EQ(std::multiset<uint64_t>(ids.begin(), ids.end()), from_workers.at(step)) << "step " << step;
   }
   fs::remove_all(dir);
+}
+
+// A recipe that says what the gang loop asked of it: its collective breaks in one
+// step of the first attempt, and it asks to stop (as a signal would) in the second.
+class ScriptedRecipe final : public client::Recipe {
+ public:
+  uint64_t fail_at = 6, stop_after = 9;
+  volatile std::sig_atomic_t stop = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> setups;   // (attempt, resume step)
+  std::vector<std::pair<uint64_t, uint64_t>> trained;  // (attempt, step), as reported
+  std::vector<uint64_t> checkpoints;
+  std::vector<std::tuple<uint64_t, bool, uint64_t>> finished;
+  int releases = 0;
+
+  void setup(const client::Gang& gang) override {
+    gang_ = gang;
+    setups.emplace_back(gang.attempt, gang.resume_step);
+  }
+  void step(const std::vector<v1::MicroBatch>& batches, bool stop_requested, client::StepRecord& r) override {
+    if (gang_.attempt == 1 && r.step == fail_at) throw GangError("rank 0 lost its peer");
+    for (const auto& b : batches)
+      for (uint32_t length : b.lengths()) r.rank_tokens += length;
+    r.loss = 1.0 / static_cast<double>(r.step);
+    r.stop = stop_requested;  // one rank: it agrees with itself
+    if (gang_.attempt == 2 && r.step == stop_after) stop = 1;
+  }
+  void recorded(const client::StepRecord& r) override { trained.emplace_back(r.attempt, r.step); }
+  client::CheckpointRef save_checkpoint(uint64_t step) override {
+    checkpoints.push_back(step);
+    return {fmt::format("ckpt/checkpoint-{}", step), std::string(64, 'a' + static_cast<char>(step % 6))};
+  }
+  void finish(uint64_t step, bool interrupted, uint64_t checkpoint) override {
+    finished.emplace_back(step, interrupted, checkpoint);
+  }
+  void release() override { ++releases; }
+
+ private:
+  client::Gang gang_;
+};
+
+TEST(GangLoop, AScriptedRecipeThroughAFailedAttemptADrainAndACheckpointCadence) {
+  Served c(settings(1), 24);  // 12 steps an epoch, 24 in all
+  client::SessionOptions so;
+  so.client = {c.address, kToken};
+  so.job_id = "itest";
+  so.heartbeat_interval_s = 0.2;
+  client::WorkerSession session(so);
+  ScriptedRecipe recipe;
+  client::LoopOptions loop;
+  loop.checkpoint_every = 4;
+  loop.stop = &recipe.stop;
+  std::vector<std::string> said;
+  loop.say = [&](const std::string& line) { said.push_back(line); };
+
+  EXPECT_EQ(client::run_gang_loop(session, recipe, loop), client::LoopEnd::kInterrupted);
+
+  // The failed step ends attempt 1, which is reported: attempt 2 resumes from checkpoint 4.
+  EXPECT_EQ(recipe.setups, (std::vector<std::pair<uint64_t, uint64_t>>{{1, 0}, {2, 4}}));
+  std::vector<std::pair<uint64_t, uint64_t>> trained;
+  for (uint64_t s = 1; s <= 5; ++s) trained.emplace_back(1, s);
+  for (uint64_t s = 5; s <= 10; ++s) trained.emplace_back(2, s);
+  EXPECT_EQ(recipe.trained, trained);
+  ASSERT_EQ(said.size(), 1u);
+  EXPECT_EQ(said[0], "attempt 1: rank 0 lost its peer; waiting for the next gang");
+  // Every 4 steps, then the step every rank stopped after (the request came in step 9).
+  EXPECT_EQ(recipe.checkpoints, (std::vector<uint64_t>{4, 8, 10}));
+  EXPECT_EQ(recipe.finished, (std::vector<std::tuple<uint64_t, bool, uint64_t>>{{10, true, 10}}));
+  EXPECT_EQ(recipe.releases, 2);
+  const auto st = c.status();
+  EXPECT_EQ(st.state(), v1::STOPPED);
+  EXPECT_EQ(st.attempt(), 2u);
+  EXPECT_EQ(st.committed_step(), 10u);
+  EXPECT_EQ(st.checkpoint_step(), 10u);
 }
 
 TEST(CoordinatorRpc, StaleWorkerIsRefusedAfterRecovery) {

@@ -292,3 +292,41 @@ def test_herd_coordinator_and_two_workers(model, tls, reference, tmp_path, index
             coordinator.send_signal(signal.SIGTERM)
             coordinator.communicate(timeout=30)
     assert_same(tmp_path, reference)
+
+
+def test_config_less_worker_checks_tls_for_the_name_it_is_told(model, tls, reference, tmp_path):
+    """A coordinator whose certificate names only herd-coordinator.test, dialled at 127.0.0.1 (as a pod
+    dials a Service's address): `herd status` and a worker without a config take the CA from HERD_TLS_CA
+    and the name from HERD_TLS_SERVER_NAME or --tls-server-name; without the name the check fails."""
+    name = "herd-coordinator.test"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
+                    "-addext", f"subjectAltName=DNS:{name}", "-keyout", str(tmp_path / "key.pem"), "-out",
+                    str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    cfg = config(tmp_path, model, tls, 1)
+    text = cfg.read_text().replace(str(tls / "cert.pem"), str(tmp_path / "cert.pem"))
+    cfg.write_text(text.replace(str(tls / "key.pem"), str(tmp_path / "key.pem")).replace("localhost", name))
+    port_file = tmp_path / "port"
+    coordinator = subprocess.Popen([str(BIN / "herd-coordinator"), "--config", str(cfg), "--listen", "127.0.0.1:0",
+                                    "--port-file", str(port_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+    try:
+        deadline = time.time() + 60
+        while not port_file.exists():
+            assert time.time() < deadline and coordinator.poll() is None
+            time.sleep(0.02)
+        address = f"127.0.0.1:{port_file.read_text().strip()}"
+        trust = env(HERD_JOB_TOKEN=TOKEN, HERD_TLS_CA=tmp_path / "cert.pem")
+        unnamed = herd("status", "--coordinator", address, "--json", env=trust)
+        assert unnamed.returncode == 1 and f"coordinator {address} answered UNAVAILABLE" in unnamed.stderr, unnamed
+        named = herd("status", "--coordinator", address, "--json", env=dict(trust, HERD_TLS_SERVER_NAME=name))
+        assert named.returncode == 0 and json.loads(named.stdout)["job_id"] == "t", named.stderr
+        worker = subprocess.run([str(BIN / "herd"), "worker", "--coordinator", address, "--tls-server-name", name],
+                                capture_output=True, text=True, timeout=300, env=trust)
+        assert worker.returncode == 0, worker.stdout + worker.stderr
+        out = coordinator.communicate(timeout=60)[0]
+        assert coordinator.returncode == 0, out
+    finally:
+        if coordinator.poll() is None:
+            coordinator.send_signal(signal.SIGTERM)
+            coordinator.communicate(timeout=30)
+    assert_same(tmp_path, reference)

@@ -12,13 +12,15 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/gang_error.h"
+
 namespace herd::comm {
 
 // A collective or its bootstrap failed or timed out; the message names the
 // operation, the rank and the attempt.
-class CommError : public std::runtime_error {
+class CommError : public GangError {
  public:
-  using std::runtime_error::runtime_error;
+  using GangError::GangError;
 };
 
 class Store {

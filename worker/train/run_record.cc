@@ -16,6 +16,10 @@ namespace herd::train {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+StepLog step_log(const client::StepRecord& r) {
+  return {r.step, r.epoch, r.loss, r.learning_rate, r.grad_norm, r.tokens, r.seconds, r.model_flops, r.hardware_flops};
+}
+
 std::string clock_time(double seconds) {
   const auto s = static_cast<int64_t>(seconds);
   return s >= 3600 ? fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
@@ -93,7 +97,7 @@ void RunRecord::print(const std::string& line) {
   std::cout << line << "\n" << std::flush;
 }
 
-void RunRecord::step(const StepLog& s, double seconds, uint64_t run_tokens) {
+void RunRecord::step(const client::StepRecord& s, double seconds, uint64_t run_tokens) {
   const double tokens_per_second = s.seconds > 0 ? static_cast<double>(s.tokens) / s.seconds : 0;
   json record = {{"step", s.step},
                  {"epoch", s.epoch},

@@ -22,7 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "client/client.h"
+#include "client/gang_loop.h"
 
 namespace herd {
 struct Config;
@@ -32,6 +32,7 @@ namespace herd::train {
 
 class EventWriter;
 
+// A step as trainer_state.json's log_history keeps it (checkpoint.h).
 struct StepLog {
   uint64_t step = 0;
   double epoch = 0;  // fractional, as transformers logs it
@@ -42,6 +43,8 @@ struct StepLog {
   double seconds = 0;    // the step's wall time
   double model_flops = 0, hardware_flops = 0;  // every rank's (worker/model/flops.h)
 };
+
+StepLog step_log(const client::StepRecord& record);
 
 // "1:02:03" or "2:03".
 std::string clock_time(double seconds);
@@ -56,7 +59,7 @@ class RunRecord {
   void begin(const client::Gang& gang);
   // A line for people, from rank 0.
   void print(const std::string& line);
-  void step(const StepLog& log, double seconds_since_start, uint64_t run_tokens);
+  void step(const client::StepRecord& record, double seconds_since_start, uint64_t run_tokens);
   void eval(uint64_t step, double loss, uint64_t samples);
   void checkpoint(uint64_t step, const std::filesystem::path& dir);
   // The run's end: "done" or "interrupted", with its figures.

@@ -168,13 +168,13 @@ void WorkerMetrics::attempt(uint64_t attempt, uint32_t rank) {
   s.attempt_of->Set(static_cast<double>(attempt));
 }
 
-void WorkerMetrics::step(const StepFigures& f) {
+void WorkerMetrics::step(const client::StepRecord& f) {
   Series& s = *series_;
-  s.tokens_of->Increment(static_cast<double>(f.tokens));
-  s.samples_of->Increment(static_cast<double>(f.samples));
+  s.tokens_of->Increment(static_cast<double>(f.rank_tokens));
+  s.samples_of->Increment(static_cast<double>(f.rank_samples));
   s.steps_of->Increment();
-  s.model_flops_of->Increment(f.model_flops);
-  s.hardware_flops_of->Increment(f.hardware_flops);
+  s.model_flops_of->Increment(f.rank_model_flops);
+  s.hardware_flops_of->Increment(f.rank_hardware_flops);
   s.loss_of->Set(f.loss);
   s.learning_rate_of->Set(f.learning_rate);
   s.grad_norm_of->Set(f.grad_norm);
@@ -192,7 +192,7 @@ void WorkerMetrics::step(const StepFigures& f) {
     if (!g) g = s.make(s.memory, {{"kind", kind}});
     g->Set(bytes);
   }
-  if (s.mfu_of && f.seconds > 0) s.mfu_of->Set(model::mfu(f.model_flops, f.seconds, *peak_flops_));
+  if (s.mfu_of && f.seconds > 0) s.mfu_of->Set(model::mfu(f.rank_model_flops, f.seconds, *peak_flops_));
 }
 
 void WorkerMetrics::eval(double loss) {

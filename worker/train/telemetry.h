@@ -10,23 +10,14 @@
 #include <optional>
 #include <string>
 
+#include "client/gang_loop.h"
+
 namespace prometheus {
 class Exposer;
 class Registry;
 }  // namespace prometheus
 
 namespace herd::train {
-
-struct StepFigures {
-  uint64_t step = 0;
-  double epoch = 0;
-  double loss = 0, learning_rate = 0, grad_norm = 0;
-  uint64_t tokens = 0, samples = 0;  // this rank's
-  double model_flops = 0, hardware_flops = 0;  // this rank's (worker/model/flops.h)
-  double seconds = 0, data_wait_seconds = 0;
-  std::map<std::string, double> collective_seconds;  // by operation
-  std::map<std::string, double> memory_bytes;        // by kind: rss, gpu_allocated, gpu_reserved, gpu_peak
-};
 
 class WorkerMetrics {
  public:
@@ -37,7 +28,7 @@ class WorkerMetrics {
   int port() const;
 
   void attempt(uint64_t attempt, uint32_t rank);
-  void step(const StepFigures& f);
+  void step(const client::StepRecord& r);  // this rank's figures of it
   void eval(double loss);
   void checkpoint(double seconds);
 

@@ -1,8 +1,6 @@
 #include "worker/train/trainer.h"
 
 #include <malloc.h>
-#include <sys/resource.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -18,6 +16,7 @@
 #include "common/checkpoint_files.h"
 #include "common/config.h"
 #include "common/hf_cache.h"
+#include "common/process_memory.h"
 #include "worker/comm/collective.h"
 #include "worker/comm/timed.h"
 #include "worker/model/flops.h"
@@ -39,16 +38,10 @@ namespace v1 = herd::v1;
 
 namespace {
 
-uint64_t peak_rss_bytes() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<uint64_t>(u.ru_maxrss) * 1024;
-}
-
 // What training holds, counted as `herd plan` counts it: from just before the model
 // is loaded to the peak after it is (the load's own transients left out). On a CPU
-// the resident set: VmRSS before, VmHWM after (reset once the model is in, through
-// /proc/self/clear_refs); on a GPU the caching allocator's allocated bytes.
+// the resident set: VmRSS before, VmHWM after (reset once the model is in); on a
+// GPU the caching allocator's allocated bytes.
 class TrainingMemory {
  public:
   explicit TrainingMemory(torch::Device device) : device_(device), baseline_(in_use(false)) {}
@@ -61,13 +54,13 @@ class TrainingMemory {
     }
 #endif
     ::malloc_trim(0);  // what the load freed goes back, so that it does not count as training's
-    load_peak_ = status_bytes("VmHWM:");
-    std::ofstream("/proc/self/clear_refs") << "5";  // also resets getrusage's ru_maxrss
+    load_peak_ = process_memory().peak_resident_bytes;
+    reset_peak_memory();
   }
 
   double bytes() const { return in_use(true) - baseline_; }
   // The process's peak resident set, the load's included.
-  uint64_t process_peak() const { return std::max(peak_rss_bytes(), static_cast<uint64_t>(load_peak_)); }
+  uint64_t process_peak() const { return std::max(process_memory().peak_resident_bytes, load_peak_); }
 
  private:
   // In use now, or the peak since the last reset.
@@ -78,19 +71,13 @@ class TrainingMemory {
       return static_cast<double>(peak ? stats.allocated_bytes[0].peak : stats.allocated_bytes[0].current);
     }
 #endif
-    return status_bytes(peak ? "VmHWM:" : "VmRSS:");
-  }
-  static double status_bytes(const std::string& key) {
-    std::ifstream status("/proc/self/status");
-    for (std::string line; std::getline(status, line);) {
-      if (line.rfind(key, 0) == 0) return std::stod(line.substr(key.size())) * 1024;
-    }
-    return 0;
+    const ProcessMemory m = process_memory();
+    return static_cast<double>(peak ? m.peak_resident_bytes : m.resident_bytes);
   }
 
   torch::Device device_;
   double baseline_;
-  double load_peak_ = 0;
+  uint64_t load_peak_ = 0;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -101,9 +88,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 // allocator's figures.
 std::map<std::string, double> memory_bytes(torch::Device device) {
   std::map<std::string, double> out;
-  std::ifstream statm("/proc/self/statm");
-  uint64_t pages = 0, resident = 0;
-  if (statm >> pages >> resident) out["rss"] = static_cast<double>(resident) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  out["rss"] = static_cast<double>(process_memory().resident_bytes);
 #ifdef HERD_CUDA
   if (device.is_cuda()) {
     const auto s = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
@@ -225,163 +210,181 @@ std::string training_device_name(const Config& config, int local_rank) {
   return training_device(config, local_rank).str();
 }
 
-TrainResult run_worker(const Config& config, client::WorkerSession& session, const WorkerOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
-  auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
-  const auto base = resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");
-  session.join();
-  SessionStore store(session);
-  const torch::Device device = training_device(config, options.local_rank);
-  limit_gpu_memory(device);
-  const std::optional<double> peak = peak_flops(config, device);
-  RunRecord record(config, options.progress_bar, peak);
-  std::optional<WorkerMetrics> metrics;
-  double metrics_seconds = 0;  // the training thread's time in the exporter
-  auto export_seconds = [&] { return metrics_seconds + record.export_seconds(); };
-  if (config.metrics.enabled && config.metrics.worker_port > 0) {
-    metrics.emplace(static_cast<int>(config.metrics.worker_port) + options.local_rank, peak);
+namespace {
+
+// The trainer as the gang loop's recipe: per gang, this rank's collective and share
+// of the model (a Replica), resumed from the gang's checkpoint; per step, train_step
+// at the schedule's learning rate; every figure to the run record (rank 0) and the
+// Prometheus exporter.
+class TrainerRecipe final : public client::Recipe {
+ public:
+  TrainerRecipe(const Config& config, client::WorkerSession& session, const WorkerOptions& options)
+      : config_(config),
+        options_(options),
+        start_(std::chrono::steady_clock::now()),
+        base_(resolve_hub_path(config.base_model, HubRepoType::Model, "base_model")),
+        store_(session),
+        device_(training_device(config, options.local_rank)),
+        peak_((limit_gpu_memory(device_), peak_flops(config, device_))),
+        record_(config, options.progress_bar, peak_) {
+    if (config.metrics.enabled && config.metrics.worker_port > 0) {
+      metrics_.emplace(static_cast<int>(config.metrics.worker_port) + options.local_rank, peak_);
+    }
   }
 
-  TrainResult result;
-  uint64_t after = 0;  // the attempt this worker last trained in
-  for (;;) {
-    const client::Gang gang = session.wait_for_gang(after);
-    session.close_stream();  // the previous attempt's, now that a new gang formed
-    after = gang.attempt;
-    record.begin(gang);
-    const bool lead = gang.rank == 0;
-    const uint64_t total = gang.total_steps;
-    Replica r;
-    comm::Timed* timed = nullptr;
-    TrainingMemory memory(device);
-    try {
-      timed = join_gang(r, config, device, base, store, gang, options);
-      memory.loaded();
-    } catch (const comm::CommError& e) {
-      std::cout << fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()) << std::endl;
-      session.report_failure(e.what());
-      continue;
-    }
-    if (options.on_gang) options.on_gang(gang, r.weights->shard_bytes(), r.weights->model_bytes());
-    if (metrics) metrics->attempt(gang.attempt, gang.rank);
-    int64_t trainable = 0;
-    for (auto& p : r.params) trainable += p.numel();
-    record.print(fmt::format("training {}: {} steps ({} per epoch), {} trainable parameters, {} base weights{}",
-                             config.model_name, total, gang.steps_per_epoch, trainable,
-                             config.quantization.enabled ? "NF4" : "dense",
-                             gang.world_size > 1
-                                 ? fmt::format(", {} ranks ({}, {}, attempt {})", gang.world_size, r.comm->backend(),
-                                               config.distributed.sharding, gang.attempt)
-                                 : std::string()));
-    result.steps.clear();
+  const TrainResult& result() const { return result_; }
+
+  void setup(const client::Gang& gang) override {
+    gang_ = gang;
+    record_.begin(gang);
+    memory_.emplace(device_);
+    r_ = std::make_unique<Replica>();
+    timed_ = join_gang(*r_, config_, device_, base_, store_, gang, options_);
+    memory_->loaded();
+    if (options_.on_gang) options_.on_gang(gang, r_->weights->shard_bytes(), r_->weights->model_bytes());
+    if (metrics_) metrics_->attempt(gang.attempt, gang.rank);
+    print_start();
+    result_.steps.clear();
     if (gang.resume_step > 0) {
-      result.steps = load_checkpoint(gang.resume_checkpoint, *r.model, *r.optimizer);
-      result.resumed_from = gang.resume_step;
-      record.print(fmt::format("resuming from {} (step {})", gang.resume_checkpoint, gang.resume_step));
+      result_.steps = load_checkpoint(gang.resume_checkpoint, *r_->model, *r_->optimizer);
+      result_.resumed_from = gang.resume_step;
+      record_.print(fmt::format("resuming from {} (step {})", gang.resume_checkpoint, gang.resume_step));
     }
-    const CheckpointMeta meta{config.base_model, config.lora.task_type, config.lora.bias, gang.steps_per_epoch, total};
-    uint64_t last_checkpoint = gang.resume_step;
-    auto checkpoint = [&](uint64_t step) {
-      const auto checkpoint_start = std::chrono::steady_clock::now();
-      last_checkpoint = step;
-      auto dir = checkpoint_dir(config.trainer_output_dir, step);
-      if (lead) {
-        dir = write_checkpoint(config.trainer_output_dir, step, *r.model, *r.optimizer, result.steps, meta,
-                               config.checkpoint.keep_last);
-        record.checkpoint(step, dir);
-      }
-      r.comm->barrier();  // rank 0's files are complete (a shared file system)
-      session.commit_checkpoint(step, dir.string(), checkpoint_digest(dir));
-      if (metrics) metrics->checkpoint(seconds_since(checkpoint_start));
-    };
-
-    try {
-      const auto held_out = session.eval_batches();
-      session.open_stream(gang.resume_step + 1);
-      for (uint64_t step = gang.resume_step + 1; step <= total; ++step) {
-        const auto step_start = std::chrono::steady_clock::now();
-        const auto batches = session.next_step(step);
-        const double data_wait = seconds_since(step_start);
-        const double lr = learning_rate(config, step, total);
-        const bool stop_requested = (options.stop && *options.stop) || session.draining();
-        const StepOutcome o = train_step(r, config, batches, lr, stop_requested);
-        const double step_seconds = seconds_since(step_start);
-        const StepLog log{step,        static_cast<double>(step) / static_cast<double>(gang.steps_per_epoch),
-                          o.loss,      lr, o.grad_norm, o.tokens, step_seconds, o.flops.model, o.flops.hardware};
-        v1::StepTimings timings;
-        timings.set_compute_seconds(step_seconds - data_wait);
-        timings.set_data_wait_seconds(data_wait);
-        const auto collectives = timed->take();
-        for (const auto& [op, s] : collectives) timings.set_communication_seconds(timings.communication_seconds() + s);
-        if (metrics) {
-          const auto export_start = std::chrono::steady_clock::now();
-          metrics->step({step, log.epoch, o.loss, lr, o.grad_norm, o.rank_tokens, o.rank_samples, o.rank_flops.model,
-                         o.rank_flops.hardware, step_seconds, data_wait, collectives, memory_bytes(device)});
-          metrics_seconds += seconds_since(export_start);
-        }
-        session.report_step(step, log.loss, o.rank_tokens, timings);
-        result.steps.push_back(log);
-        result.tokens += o.tokens;
-        record.step(log, seconds(), result.tokens);
-        const bool eval_due = config.trainer.eval_steps > 0
-                                  ? step % static_cast<uint64_t>(config.trainer.eval_steps) == 0
-                                  : step == total;
-        // Every rank gets as many eval micro-batches: none on one means none on all.
-        if (!held_out.empty() && (eval_due || step == total)) {
-          const EvalResult e = eval_loss(*r.model, *r.comm, held_out);
-          result.evals.emplace_back(step, e.loss);
-          if (metrics) metrics->eval(e.loss);
-          record.eval(step, e.loss, e.samples);
-        }
-        if (o.stop && step < total) {
-          // Every rank saw the flag in this step's sums: drain, then commit the
-          // checkpoint that stops the job (STOPPED; a restart resumes from it).
-          session.drain();
-          if (step > last_checkpoint) checkpoint(step);
-          result.interrupted = true;
-          result.seconds = seconds();
-          session.close_stream();
-          record.end("interrupted",
-                     {{"step", step}, {"checkpoint", last_checkpoint}, {"export_seconds", export_seconds()}},
-                     fmt::format("interrupted after step {}: `herd train CONFIG --resume` continues from checkpoint-{}",
-                                 step, last_checkpoint));
-          return result;
-        }
-        if (step == total || step % static_cast<uint64_t>(config.checkpoint.every_steps) == 0) checkpoint(step);
-      }
-    } catch (const client::AttemptOver& e) {
-      std::cout << fmt::format("attempt {} is over ({}); waiting for the next gang", gang.attempt, e.what())
-                << std::endl;
-      continue;
-    } catch (const comm::CommError& e) {
-      // Every member may still look alive to the coordinator: say the attempt failed.
-      std::cout << fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()) << std::endl;
-      session.report_failure(e.what());
-      continue;
-    }
-    session.close_stream();
-    result.adapter_dir = config.adapter_dir();
-    if (lead) {
-      model::save_adapter(*r.model, result.adapter_dir, config.base_model, config.lora.task_type, config.lora.bias);
-    }
-    result.seconds = seconds();
-    result.peak_memory_bytes = memory.process_peak();
-    record.end("done",
-               {{"step", total},
-                {"steps", result.steps.size()},
-                {"tokens", result.tokens},
-                {"seconds", result.seconds},
-                {"peak_memory_bytes", result.peak_memory_bytes},
-                {"training_memory_bytes", memory.bytes()},
-                {"export_seconds", export_seconds()},
-                {"adapter", result.adapter_dir.string()}},
-               fmt::format("done: {} steps in {}, {} tokens, {:.0f} tokens/s, peak memory {:.0f} MiB",
-                           result.steps.size(), clock_time(result.seconds), result.tokens,
-                           static_cast<double>(result.tokens) / result.seconds,
-                           static_cast<double>(result.peak_memory_bytes) / (1 << 20)));
-    record.print("adapter: " + result.adapter_dir.string());
-    return result;
   }
+
+  void step(const std::vector<v1::MicroBatch>& batches, bool stop_requested, client::StepRecord& record) override {
+    const double lr = learning_rate(config_, record.step, gang_.total_steps);
+    const StepOutcome o = train_step(*r_, config_, batches, lr, stop_requested);
+    record.loss = o.loss;
+    record.learning_rate = lr;
+    record.grad_norm = o.grad_norm;
+    record.tokens = o.tokens;
+    record.rank_tokens = o.rank_tokens;
+    record.rank_samples = o.rank_samples;
+    record.model_flops = o.flops.model;
+    record.hardware_flops = o.flops.hardware;
+    record.rank_model_flops = o.rank_flops.model;
+    record.rank_hardware_flops = o.rank_flops.hardware;
+    record.collective_seconds = timed_->take();
+    if (metrics_) record.memory_bytes = memory_bytes(device_);
+    record.stop = o.stop;
+  }
+
+  void recorded(const client::StepRecord& record) override {
+    if (metrics_) {
+      const auto export_start = std::chrono::steady_clock::now();
+      metrics_->step(record);
+      metrics_seconds_ += seconds_since(export_start);
+    }
+    result_.steps.push_back(step_log(record));
+    result_.tokens += record.tokens;
+    record_.step(record, seconds(), result_.tokens);
+  }
+
+  void eval(uint64_t step, const std::vector<v1::MicroBatch>& held_out) override {
+    const EvalResult e = eval_loss(*r_->model, *r_->comm, held_out);
+    result_.evals.emplace_back(step, e.loss);
+    if (metrics_) metrics_->eval(e.loss);
+    record_.eval(step, e.loss, e.samples);
+  }
+
+  client::CheckpointRef save_checkpoint(uint64_t step) override {
+    const auto checkpoint_start = std::chrono::steady_clock::now();
+    auto dir = checkpoint_dir(config_.trainer_output_dir, step);
+    if (gang_.rank == 0) {
+      const CheckpointMeta meta{config_.base_model, config_.lora.task_type, config_.lora.bias, gang_.steps_per_epoch,
+                                gang_.total_steps};
+      dir = write_checkpoint(config_.trainer_output_dir, step, *r_->model, *r_->optimizer, result_.steps, meta,
+                             config_.checkpoint.keep_last);
+      record_.checkpoint(step, dir);
+    }
+    r_->comm->barrier();  // rank 0's files are complete (a shared file system)
+    if (metrics_) metrics_->checkpoint(seconds_since(checkpoint_start));
+    return {dir.string(), checkpoint_digest(dir)};
+  }
+
+  void finish(uint64_t step, bool interrupted, uint64_t checkpoint) override {
+    result_.seconds = seconds();
+    if (interrupted) {
+      result_.interrupted = true;
+      record_.end("interrupted", {{"step", step}, {"checkpoint", checkpoint}, {"export_seconds", export_seconds()}},
+                  fmt::format("interrupted after step {}: `herd train CONFIG --resume` continues from checkpoint-{}",
+                              step, checkpoint));
+      return;
+    }
+    result_.adapter_dir = config_.adapter_dir();
+    if (gang_.rank == 0) {
+      model::save_adapter(*r_->model, result_.adapter_dir, config_.base_model, config_.lora.task_type,
+                          config_.lora.bias);
+    }
+    result_.peak_memory_bytes = memory_->process_peak();
+    record_.end("done",
+                {{"step", step},
+                 {"steps", result_.steps.size()},
+                 {"tokens", result_.tokens},
+                 {"seconds", result_.seconds},
+                 {"peak_memory_bytes", result_.peak_memory_bytes},
+                 {"training_memory_bytes", memory_->bytes()},
+                 {"export_seconds", export_seconds()},
+                 {"adapter", result_.adapter_dir.string()}},
+                fmt::format("done: {} steps in {}, {} tokens, {:.0f} tokens/s, peak memory {:.0f} MiB",
+                            result_.steps.size(), clock_time(result_.seconds), result_.tokens,
+                            static_cast<double>(result_.tokens) / result_.seconds,
+                            static_cast<double>(result_.peak_memory_bytes) / (1 << 20)));
+    record_.print("adapter: " + result_.adapter_dir.string());
+  }
+
+  void release() override {
+    timed_ = nullptr;
+    r_.reset();
+  }
+
+ private:
+  double seconds() const { return seconds_since(start_); }
+  // The training thread's time in the exporters.
+  double export_seconds() const { return metrics_seconds_ + record_.export_seconds(); }
+
+  void print_start() {
+    int64_t trainable = 0;
+    for (auto& p : r_->params) trainable += p.numel();
+    record_.print(fmt::format("training {}: {} steps ({} per epoch), {} trainable parameters, {} base weights{}",
+                              config_.model_name, gang_.total_steps, gang_.steps_per_epoch, trainable,
+                              config_.quantization.enabled ? "NF4" : "dense",
+                              gang_.world_size > 1
+                                  ? fmt::format(", {} ranks ({}, {}, attempt {})", gang_.world_size,
+                                                r_->comm->backend(), config_.distributed.sharding, gang_.attempt)
+                                  : std::string()));
+  }
+
+  const Config& config_;
+  const WorkerOptions& options_;
+  const std::chrono::steady_clock::time_point start_;
+  const std::filesystem::path base_;
+  SessionStore store_;
+  const torch::Device device_;
+  const std::optional<double> peak_;
+  RunRecord record_;
+  std::optional<WorkerMetrics> metrics_;
+  double metrics_seconds_ = 0;
+  TrainResult result_;
+  client::Gang gang_;
+  std::unique_ptr<Replica> r_;
+  comm::Timed* timed_ = nullptr;
+  std::optional<TrainingMemory> memory_;
+};
+
+}  // namespace
+
+TrainResult run_worker(const Config& config, client::WorkerSession& session, const WorkerOptions& options) {
+  TrainerRecipe recipe(config, session, options);
+  client::LoopOptions loop;
+  loop.checkpoint_every = static_cast<uint64_t>(config.checkpoint.every_steps);
+  loop.eval = true;
+  loop.eval_every = config.trainer.eval_steps > 0 ? static_cast<uint64_t>(config.trainer.eval_steps) : 0;
+  loop.stop = options.stop;
+  loop.say = [](const std::string& line) { std::cout << line << std::endl; };
+  client::run_gang_loop(session, recipe, loop);
+  return recipe.result();
 }
 
 }  // namespace herd::train

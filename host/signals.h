@@ -8,7 +8,7 @@
 
 #include <vector>
 
-namespace herd::launch {
+namespace herd::host {
 
 constexpr int kInterrupted = 130;  // a run stopped by a signal, as a shell reports SIGINT
 
@@ -18,4 +18,4 @@ const volatile std::sig_atomic_t* stop_on_signals();
 // For a supervisor: a second signal also kills these processes (SIGKILL) before exiting.
 void kill_on_second_signal(const std::vector<pid_t>& children);
 
-}  // namespace herd::launch
+}  // namespace herd::host

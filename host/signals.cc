@@ -1,11 +1,11 @@
-#include "launch/signals.h"
+#include "host/signals.h"
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 
-namespace herd::launch {
+namespace herd::host {
 
 namespace {
 
@@ -39,4 +39,4 @@ void kill_on_second_signal(const std::vector<pid_t>& children) {
   g_child_count = static_cast<std::sig_atomic_t>(std::min(children.size(), g_children.size()));
 }
 
-}  // namespace herd::launch
+}  // namespace herd::host
