@@ -16,6 +16,7 @@
 #include "kernels/nf4.h"
 #include "tests/unit/tiny_llama.h"
 #include "worker/model/dropout.h"
+#include "worker/model/frozen_matmul.h"
 #include "worker/model/linear_group.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
@@ -283,6 +284,33 @@ TEST(LinearGroup, MatchesEachLayerOnItsOwn) {
                            nullptr);
   EXPECT_TRUE(linear_group({&torch_dropout}, torch::randn({2, 40}), true).empty());
   EXPECT_EQ(linear_group({&torch_dropout}, torch::randn({2, 40}), false).size(), 1u);
+}
+
+// g W for a frozen W, every form, against the float64 product: bfloat16 on the CPU
+// takes the transposed operand, which rounds only once, as torch's own product does.
+TEST(FrozenMatmul, TheInputsGradientIsGTimesWInEveryDtype) {
+  torch::manual_seed(8);
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    SCOPED_TRACE(testing::Message() << dtype);
+    const auto w = torch::randn({48, 40}).to(dtype), g = torch::randn({2, 3, 48}).to(dtype);
+    const auto expected = torch::matmul(g.to(torch::kFloat64), w.to(torch::kFloat64));
+    // One rounding of the float32 sum to the dtype: half an ulp, plus the sum's own error.
+    const double rtol = dtype == torch::kFloat32 ? 1e-5 : 1.0 / 256;
+    EXPECT_TRUE(torch::allclose(input_grad(g, w).to(torch::kFloat64), expected, rtol, 1e-5));
+    auto out = torch::full({6, 40}, 7.0, g.options());
+    input_grad_out(out, g.view({6, 48}), w);
+    EXPECT_TRUE(torch::allclose(out.view({2, 3, 40}).to(torch::kFloat64), expected, rtol, 1e-5));
+    torch::Tensor dx;
+    add_input_grad(dx, g.view({6, 48}), w);
+    add_input_grad(dx, g.view({6, 48}), w);
+    EXPECT_TRUE(torch::allclose(dx.view({2, 3, 40}).to(torch::kFloat64), 2 * expected, rtol, 1e-5));
+    // Through autograd: x W^T forward, g W back, no gradient for W.
+    const auto x = torch::randn({2, 3, 40}).to(dtype).requires_grad_(true);
+    const auto y = frozen_matmul(x, w);
+    EXPECT_TRUE(torch::equal(y, torch::matmul(x.detach(), w.t())));
+    y.backward(g);
+    EXPECT_TRUE(torch::allclose(x.grad().to(torch::kFloat64), expected, rtol, 1e-5));
+  }
 }
 
 // herd's dropout (worker/model/dropout.h) on the CPU. Its Philox words are ATen's

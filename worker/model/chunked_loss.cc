@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "worker/model/frozen_matmul.h"
 #include "worker/model/fused.h"
 
 namespace herd::model {
@@ -42,8 +43,7 @@ struct ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntrop
       const auto [l, d] = loss_and_grad(logits, targets.slice(0, start, end), fused, grad);
       loss.slice(0, start, end).copy_(l);
       if (grad) {
-        auto rows_of = d_hidden.slice(0, start, end);
-        torch::matmul_out(rows_of, d, weight);
+        input_grad_out(d_hidden.slice(0, start, end), d, weight);
       }
     }
     ctx->save_for_backward({d_hidden});

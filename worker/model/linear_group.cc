@@ -3,6 +3,7 @@
 #include <optional>
 
 #include "worker/model/dropout.h"
+#include "worker/model/frozen_matmul.h"
 #include "worker/model/fused.h"
 
 namespace herd::model {
@@ -67,12 +68,7 @@ struct LinearGroup : public torch::autograd::Function<LinearGroup> {
       const auto* l = reinterpret_cast<const LoraLinear*>(layers[i]);
       const torch::Tensor& g = grad[i];
       if (g.defined()) {
-        const auto w = l->weight().materialize(g.scalar_type());
-        if (dx.defined()) {
-          dx.addmm_(g, w);
-        } else {
-          dx = torch::mm(g, w);
-        }
+        add_input_grad(dx, g, l->weight().materialize(g.scalar_type()));
       }
       if (!l->has_lora()) continue;
       const auto& spec = *l->lora_spec();

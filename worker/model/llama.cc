@@ -9,6 +9,7 @@
 #include "common/safetensors.h"
 #include "kernels/nf4.h"
 #include "worker/model/chunked_loss.h"
+#include "worker/model/frozen_matmul.h"
 #include "worker/model/fused.h"
 #include "worker/model/linear_group.h"
 #include "worker/model/rng.h"
@@ -486,7 +487,7 @@ torch::Tensor Llama::stream_logits(const torch::Tensor& input_ids, const torch::
   auto h = final_hidden(input_ids, attention_mask, segment_ids);
   if (source_) source_->acquire_lm_head();
   // The graph keeps lm_head for backward.
-  auto logits = torch::matmul(h, lm_head_.to(options_.activation_dtype).t());
+  auto logits = frozen_matmul(h, lm_head_.to(options_.activation_dtype));
   if (source_) source_->release_lm_head();
   return logits;
 }

@@ -5,6 +5,7 @@
 #include "kernels/device.h"
 #include "kernels/nf4.h"
 #include "worker/model/dropout.h"
+#include "worker/model/frozen_matmul.h"
 #ifdef HERD_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -196,7 +197,7 @@ struct FrozenLinear : public torch::autograd::Function<FrozenLinear> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad) {
     const auto* weight = reinterpret_cast<const FrozenWeight*>(ctx->saved_data["weight"].toInt());
-    return {torch::matmul(grad[0], weight->materialize(grad[0].scalar_type())), torch::Tensor()};
+    return {input_grad(grad[0], weight->materialize(grad[0].scalar_type())), torch::Tensor()};
   }
 };
 
