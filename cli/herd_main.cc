@@ -17,7 +17,7 @@
 #include "common/config.h"
 #include "common/version.h"
 #include "launch/run.h"
-#include "worker/runtime.h"
+#include "worker/model/runtime.h"
 
 namespace {
 

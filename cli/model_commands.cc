@@ -23,9 +23,9 @@
 #include "common/tokenizer.h"
 #include "launch/evaluate.h"
 #include "worker/model/generate.h"
-#include "worker/model/gguf_export.h"
-#include "worker/model/hf_checkpoint.h"
-#include "worker/model/merge.h"
+#include "convert/gguf_export.h"
+#include "convert/hf_checkpoint.h"
+#include "convert/merge.h"
 #include "worker/model/llama.h"
 #include "worker/model/peft_adapter.h"
 #include "worker/train/memory_plan.h"
@@ -152,7 +152,7 @@ void add_model_commands(CLI::App& app, int& rc) {
   quantize->add_flag("--no-double-quant", *q_single, "Keep absmax in float32");
   quantize->callback([&rc, q_model, q_out, q_single] {
     rc = guarded("quantize", [&] {
-      herd::model::write_quantized_checkpoint(*q_model, *q_out, {!*q_single, "bfloat16"});
+      herd::convert::write_quantized_checkpoint(*q_model, *q_out, {!*q_single, "bfloat16"});
       std::cout << fmt::format("herd quantize: wrote {}\n", (fs::path(*q_out) / "model.safetensors").string());
     });
   });
@@ -259,7 +259,7 @@ void add_model_commands(CLI::App& app, int& rc) {
   merge->add_flag("--json", mf->json, "Print JSON");
   merge->callback([&rc, mf] {
     rc = guarded("merge", [&] {
-      herd::model::MergeSpec spec;
+      herd::convert::MergeSpec spec;
       const bool flags = !mf->base.empty() || !mf->adapter.empty() || !mf->out.empty();
       if (!mf->config.empty() && flags) throw std::invalid_argument("give a CONFIG, or --base, --adapter and --out");
       if (!mf->config.empty()) {
@@ -287,7 +287,7 @@ void add_model_commands(CLI::App& app, int& rc) {
       auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
       const bool bar = ::isatty(2) != 0;
       double drawn = -1;
-      const auto report = herd::model::merge_adapter(spec, [&](uint64_t done, uint64_t total) {
+      const auto report = herd::convert::merge_adapter(spec, [&](uint64_t done, uint64_t total) {
         const double now = seconds();
         if (!bar || (now - drawn < 0.2 && done < total)) return;
         drawn = now;
@@ -341,7 +341,7 @@ void add_model_commands(CLI::App& app, int& rc) {
       ->check(CLI::IsMember({"f16", "bf16", "q8_0"}));
   gguf->callback([&rc, ef] {
     rc = guarded("export gguf", [&] {
-      herd::model::GgufSpec spec;
+      herd::convert::GgufSpec spec;
       spec.type = ef->type;
       spec.out = ef->out;
       if (fs::is_regular_file(ef->target)) {
@@ -357,7 +357,7 @@ void add_model_commands(CLI::App& app, int& rc) {
         spec.model = ef->target;
         if (spec.out.empty()) throw std::invalid_argument("give the output file: herd export gguf MODEL OUT.gguf");
       }
-      const auto report = herd::model::export_gguf(spec);
+      const auto report = herd::convert::export_gguf(spec);
       std::cout << fmt::format("herd export gguf: wrote {}: {} tensors ({}), {} metadata keys, {}\n",
                                spec.out.string(), report.tensors, spec.type, report.metadata,
                                size_text(report.bytes));
@@ -463,7 +463,7 @@ void add_model_commands(CLI::App& app, int& rc) {
   auto* tools = app.add_subcommand("tools", "Developer tools");
   tools->require_subcommand(1);
 
-  auto spec = std::make_shared<herd::model::TinyModelSpec>();
+  auto spec = std::make_shared<herd::convert::TinyModelSpec>();
   auto tiny_out = std::make_shared<std::string>();
   auto text = std::make_shared<std::string>();
   auto* tiny = tools->add_subcommand("make-tiny-model", "Write a random-init Llama directory with a trained tokenizer");
@@ -485,12 +485,12 @@ void add_model_commands(CLI::App& app, int& rc) {
   tiny->callback([&rc, spec, tiny_out, text] {
     rc = guarded("tools make-tiny-model", [&] {
       spec->text = *text;
-      herd::model::make_tiny_model(*spec, *tiny_out, executable_dir() / "herd-spm-train");
+      herd::convert::make_tiny_model(*spec, *tiny_out, executable_dir() / "herd-spm-train");
       std::cout << fmt::format("herd tools make-tiny-model: wrote {}\n", *tiny_out);
     });
   });
 
-  auto make = std::make_shared<herd::model::MakeModelSpec>();
+  auto make = std::make_shared<herd::convert::MakeModelSpec>();
   auto make_shape = std::make_shared<std::string>(), make_out = std::make_shared<std::string>();
   auto make_text = std::make_shared<std::string>();
   auto make_layers = std::make_shared<int64_t>(0);
@@ -519,7 +519,7 @@ void add_model_commands(CLI::App& app, int& rc) {
       if (*make_layers > 0) make->shape.num_hidden_layers = *make_layers;
       make->double_quant = !*make_plain;
       make->text = *make_text;
-      herd::model::make_model(*make, *make_out, executable_dir() / "herd-spm-train");
+      herd::convert::make_model(*make, *make_out, executable_dir() / "herd-spm-train");
       std::cout << fmt::format("herd tools make-model: wrote {} ({}, {} layers{})\n", *make_out, known->first,
                                make->shape.num_hidden_layers, make->nf4 ? ", NF4" : "");
     });

@@ -1,6 +1,6 @@
 // libherd_gloo.so: herd's collectives on Debian's libgloo (TCP transport). Loaded
-// with RTLD_DEEPBIND by collective.cc; see gloo_api.h for why it is a separate module
-// and worker/CMakeLists.txt for how it is linked.
+// with RTLD_DEEPBIND by gloo.cc; see gloo_api.h for why it is a separate module
+// and worker/comm/CMakeLists.txt for how it is linked.
 #include <cstring>
 #include <memory>
 #include <stdexcept>

@@ -14,7 +14,7 @@
 #include <fmt/format.h>
 #include <nccl.h>
 
-#include "worker/comm/collective.h"
+#include "worker/comm/backends.h"
 
 namespace herd::comm {
 namespace {

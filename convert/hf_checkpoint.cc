@@ -1,4 +1,4 @@
-#include "worker/model/hf_checkpoint.h"
+#include "convert/hf_checkpoint.h"
 
 #include <spawn.h>
 #include <sys/wait.h>
@@ -24,7 +24,15 @@
 
 extern char** environ;
 
-namespace herd::model {
+namespace herd::convert {
+
+using model::FrozenWeight;
+using model::LlamaConfig;
+using model::is_float;
+using model::linear_modules;
+using model::module_path;
+using model::torch_dtype;
+using model::view_tensor;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -371,4 +379,4 @@ void write_quantized_checkpoint(const fs::path& model_dir, const fs::path& out, 
   copy_tokenizer_files(model_dir, out);
 }
 
-}  // namespace herd::model
+}  // namespace herd::convert

@@ -12,7 +12,7 @@
 #include <functional>
 #include <string>
 
-namespace herd::model {
+namespace herd::convert {
 
 struct GgufSpec {
   std::filesystem::path model, out;
@@ -30,4 +30,4 @@ extern const char* const kSeedChatTemplate;
 
 GgufReport export_gguf(const GgufSpec& spec, const std::function<void(uint64_t, uint64_t)>& progress = {});
 
-}  // namespace herd::model
+}  // namespace herd::convert

@@ -1,4 +1,4 @@
-#include "worker/model/gguf_export.h"
+#include "convert/gguf_export.h"
 
 #include <algorithm>
 #include <cmath>
@@ -17,7 +17,11 @@
 #include "worker/model/llama_config.h"
 #include "worker/model/tensor_view.h"
 
-namespace herd::model {
+namespace herd::convert {
+
+using model::LlamaConfig;
+using model::is_float;
+using model::view_tensor;
 
 namespace fs = std::filesystem;
 
@@ -274,4 +278,4 @@ GgufReport export_gguf(const GgufSpec& spec, const std::function<void(uint64_t, 
   return report;
 }
 
-}  // namespace herd::model
+}  // namespace herd::convert

@@ -9,7 +9,7 @@
 
 #include "worker/model/llama_config.h"
 
-namespace herd::model {
+namespace herd::convert {
 
 struct TinyModelSpec {
   int64_t layers = 2;
@@ -33,7 +33,7 @@ void make_tiny_model(const TinyModelSpec& spec, const std::filesystem::path& out
                      const std::filesystem::path& spm_train);
 
 struct MakeModelSpec {
-  LlamaConfig shape;           // a published shape (train::known_shape), its depth maybe cut
+  model::LlamaConfig shape;           // a published shape (train::known_shape), its depth maybe cut
   bool nf4 = false;            // the linear weights pre-quantized, as write_quantized_checkpoint lays them out
   bool double_quant = true;
   uint64_t seed = 0;
@@ -68,4 +68,4 @@ struct QuantizeSpec {
 void write_quantized_checkpoint(const std::filesystem::path& model_dir, const std::filesystem::path& out,
                                 const QuantizeSpec& spec);
 
-}  // namespace herd::model
+}  // namespace herd::convert

@@ -1,4 +1,4 @@
-#include "worker/model/merge.h"
+#include "convert/merge.h"
 
 #include <sys/statvfs.h>
 
@@ -18,7 +18,17 @@
 #include "worker/model/peft_adapter.h"
 #include "worker/model/tensor_view.h"
 
-namespace herd::model {
+namespace herd::convert {
+
+using model::LlamaConfig;
+using model::LoraOptions;
+using model::ModelConfigError;
+using model::is_float;
+using model::module_path;
+using model::read_adapter_config;
+using model::read_prequantized;
+using model::torch_dtype;
+using model::view_tensor;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -246,4 +256,4 @@ MergeReport merge_adapter(const MergeSpec& spec, const std::function<void(uint64
   return report;
 }
 
-}  // namespace herd::model
+}  // namespace herd::convert

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-namespace herd::model {
+namespace herd::convert {
 
 struct MergeSpec {
   std::filesystem::path base, adapter, out;
@@ -40,4 +40,4 @@ struct MergeReport {
 // progress(bytes written, bytes to write) after each tensor.
 MergeReport merge_adapter(const MergeSpec& spec, const std::function<void(uint64_t, uint64_t)>& progress = {});
 
-}  // namespace herd::model
+}  // namespace herd::convert

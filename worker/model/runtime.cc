@@ -1,4 +1,4 @@
-#include "worker/runtime.h"
+#include "worker/model/runtime.h"
 
 #include <torch/torch.h>
 #include <torch/version.h>
