@@ -144,7 +144,10 @@ int main(int argc, char** argv) {
     });
   }
 
-  herd::cli::add_model_commands(app, rc);
+  herd::cli::add_convert_commands(app, rc);
+  herd::cli::add_eval_command(app, rc);
+  herd::cli::add_chat_command(app, rc);
+  herd::cli::add_tools_commands(app, rc);
   herd::cli::add_plan_command(app, rc);
   herd::cli::add_data_commands(app, rc);
 

@@ -1,5 +1,6 @@
 #include "launch/evaluate.h"
 
+#include <fstream>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -69,19 +70,41 @@ EvalReport evaluate(const Config& config, const EvalOptions& options) {
 
   const torch::Device device(options.device.empty() ? train::training_device_name(config, 0) : options.device);
   report.device = device.str();
-  model::LoadOptions load = train::load_options(config, device);
-  if (!options.adapter.empty()) load.lora = model::read_adapter_config(options.adapter);
   const fs::path base = resolve_hub_path(config.base_model, HubRepoType::Model, "base_model");
   comm::InMemoryStore store;
   train::Replica r;
-  train::build_replica(r, config, comm::connect("local", store, comm::CollectiveOptions{}), load,
-                       [&](const model::LoadOptions& o) { return model::Llama::load(base, o); });
-  if (!options.adapter.empty()) model::load_adapter_weights(*r.model, options.adapter);
+  train::build_replica(r, config, comm::connect("local", store, comm::CollectiveOptions{}),
+                       train::load_options(config, device),
+                       [&](const model::LoadOptions& o) { return model::load_with_adapter(base, o, options.adapter); });
   const train::EvalResult e = train::eval_loss(*r.model, *r.comm, batches);
   report.samples = e.samples;
   report.predicted = e.predicted;
   report.loss = e.loss;
   return report;
+}
+
+TextEvalReport evaluate_text(const model::Llama& model, const Tokenizer& tokenizer, const fs::path& file) {
+  std::ifstream in(file);
+  if (!in) throw std::invalid_argument(file.string() + ": cannot be read");
+  TextEvalReport r;
+  double total = 0;
+  const auto window = static_cast<size_t>(model.config().max_position_embeddings);
+  torch::NoGradGuard no_grad;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    auto ids = tokenizer.encode(line, /*add_bos=*/true);
+    if (ids.size() > window) {  // right truncation to the context window
+      ids.resize(window);
+      ++r.truncated;
+    }
+    const auto [sum, count] = model.sequence_loss(ids);
+    total += sum;
+    r.tokens += count;
+    r.samples += count > 0;
+  }
+  if (r.tokens == 0) throw std::invalid_argument(file.string() + ": no line gives a token to predict");
+  r.loss = total / static_cast<double>(r.tokens);
+  return r;
 }
 
 }  // namespace herd::launch

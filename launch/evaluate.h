@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "common/config.h"
+#include "common/tokenizer.h"
+#include "worker/model/llama.h"
 
 namespace herd::launch {
 
@@ -31,5 +33,13 @@ struct EvalReport {
 // Throws with what is wrong: no eval split and no --data, a file of another data
 // type, an adapter of another model.
 EvalReport evaluate(const Config& config, const EvalOptions& options);
+
+// `herd eval MODEL --data TEXT`: the mean next-token loss over a text file's
+// non-empty lines, each a sample (BOS first), cut to the model's context window.
+struct TextEvalReport {
+  int64_t samples = 0, tokens = 0, truncated = 0;
+  double loss = 0;
+};
+TextEvalReport evaluate_text(const model::Llama& model, const Tokenizer& tokenizer, const std::filesystem::path& file);
 
 }  // namespace herd::launch

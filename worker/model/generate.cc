@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iostream>
 #include <limits>
 #include <random>
 #include <stdexcept>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 namespace herd::model {
 
@@ -146,6 +148,34 @@ Chat::Reply Chat::reply(const std::string& prompt, const std::function<void(cons
   if (on_text && shown < r.text.size()) on_text(r.text.substr(shown));
   history_.emplace_back(prompt, r.text);
   return r;
+}
+
+Chat::Reply print_turn(Chat& chat, const std::string& prompt, bool json, std::ostream& out) {
+  const auto r = chat.reply(prompt, json ? std::function<void(const std::string&)>()
+                                         : [&out](const std::string& text) { out << text << std::flush; });
+  if (json) {
+    const nlohmann::json doc = {
+        {"prompt_tokens", r.prompt}, {"tokens", r.tokens}, {"text", r.text}, {"dropped_turns", r.dropped}};
+    out << doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+  out << "\n" << std::flush;
+  return r;
+}
+
+void converse(Chat& chat, bool json, std::istream& in, std::ostream& out, std::ostream& err) {
+  for (std::string line;;) {
+    out << "> " << std::flush;
+    if (!std::getline(in, line) || line.empty()) return;
+    if (line == "/reset") {
+      chat.reset();
+      continue;
+    }
+    const auto r = print_turn(chat, line, json, out);
+    if (r.dropped > 0) {
+      err << fmt::format("herd chat: {} of the earliest turns left out of the prompt (the context is full)\n",
+                         r.dropped);
+    }
+  }
 }
 
 }  // namespace herd::model

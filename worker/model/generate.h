@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <iosfwd>
 #include <string>
 #include <utility>
 #include <vector>
@@ -65,5 +66,15 @@ class Chat {
   SamplingOptions options_;
   std::vector<std::pair<std::string, std::string>> history_;
 };
+
+// One turn of `chat` printed to `out`: the reply streamed as it comes, or (json) one
+// JSON line when it is done: the prompt's and the reply's token ids, its text (a
+// character cut by the length rule shown as U+FFFD) and the turns left out.
+Chat::Reply print_turn(Chat& chat, const std::string& prompt, bool json, std::ostream& out);
+
+// The conversation: a prompt a line from `in` until an empty line or its end;
+// "/reset" forgets the conversation; `err` is told when the earliest turns no longer
+// fit in the prompt.
+void converse(Chat& chat, bool json, std::istream& in, std::ostream& out, std::ostream& err);
 
 }  // namespace herd::model

@@ -135,4 +135,13 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> adapter_layout(const L
   return out;
 }
 
+Llama load_with_adapter(const std::filesystem::path& model_dir, LoadOptions options,
+                        const std::filesystem::path& adapter_dir) {
+  if (adapter_dir.empty()) return Llama::load(model_dir, options);
+  options.lora = read_adapter_config(adapter_dir);
+  auto model = Llama::load(model_dir, options);
+  load_adapter_weights(model, adapter_dir);
+  return model;
+}
+
 }  // namespace herd::model

@@ -25,6 +25,12 @@ void save_adapter(Llama& model, const std::filesystem::path& adapter_dir, const 
 // Copies the adapter's tensors into a model built with read_adapter_config's options.
 void load_adapter_weights(Llama& model, const std::filesystem::path& adapter_dir);
 
+// A model directory loaded as `options` say with a trained adapter: its settings
+// replace options.lora and its weights are loaded. Without one (adapter_dir empty),
+// options.lora as given. What eval, chat and the tools run.
+Llama load_with_adapter(const std::filesystem::path& model_dir, LoadOptions options,
+                        const std::filesystem::path& adapter_dir);
+
 // The adapter's tensor names and shapes for a model shape (no weights needed).
 std::vector<std::pair<std::string, std::vector<int64_t>>> adapter_layout(const LlamaConfig& config, int64_t r,
                                                                          const std::vector<std::string>& modules);

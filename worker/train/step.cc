@@ -172,4 +172,28 @@ EvalResult eval_loss(model::Llama& model, comm::Collective& comm, const std::vec
           static_cast<uint64_t>(totals[2].item<double>()), static_cast<uint64_t>(all_predicted)};
 }
 
+std::vector<std::pair<std::string, torch::Tensor>> adapter_gradients(model::Llama& model, const torch::Tensor& ids) {
+  model.set_training(true);
+  model.set_activation_checkpointing(true);
+  for (auto& p : model.trainable_parameters()) p.set_requires_grad(true);
+  const auto rows = ids.to(model.device());
+  const auto scores = model.forward(rows);
+  auto loss = torch::nn::functional::cross_entropy(scores.slice(1, 0, -1).reshape({-1, scores.size(2)}),
+                                                   rows.slice(1, 1).reshape({-1}));
+  loss.backward();
+  std::vector<std::pair<std::string, torch::Tensor>> tensors = {{"loss", loss.detach().reshape({1})}};
+  for (auto& [name, t] : model.lora_tensors()) {
+    tensors.emplace_back(name, t.detach());
+    tensors.emplace_back(name + ".grad", t.grad());
+  }
+  for (size_t i = 0; i < model.layers().size(); ++i) {
+    for (const auto& m : model::linear_modules()) {
+      const auto& w = model.layers()[i].linear.at(m)->weight();
+      tensors.emplace_back(model::module_path(static_cast<int64_t>(i), m) + ".weight", w.materialize(torch::kFloat32));
+    }
+  }
+  for (auto& [name, t] : tensors) t = t.to(torch::kCPU, torch::kFloat32).contiguous();
+  return tensors;
+}
+
 }  // namespace herd::train

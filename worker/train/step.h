@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -78,5 +79,12 @@ struct EvalResult {
   uint64_t predicted = 0;  // tokens counted in the loss
 };
 EvalResult eval_loss(model::Llama& model, comm::Collective& comm, const std::vector<herd::v1::MicroBatch>& batches);
+
+// One training forward and backward of the mean next-token loss over the full rows
+// `ids` [rows, tokens] (activation recompute on, dropout as the model's adapter
+// says), for comparing with peft: the loss, every LoRA tensor and its gradient
+// (NAME.grad), and each linear layer's base weight as herd computes with it (NF4
+// dequantized), all float32 on the CPU.
+std::vector<std::pair<std::string, torch::Tensor>> adapter_gradients(model::Llama& model, const torch::Tensor& ids);
 
 }  // namespace herd::train
