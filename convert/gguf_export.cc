@@ -80,6 +80,7 @@ class Header {
     for (const T& v : values) put(v);
   }
   std::string& bytes() { return bytes_; }
+  const std::string& bytes() const { return bytes_; }
   uint64_t pairs() const { return pairs_; }
 
  private:
@@ -124,38 +125,28 @@ void q8_0(const float* x, int64_t n, char* out) {
   }
 }
 
-}  // namespace
+// --type: the general.file_type and the matrices' GGML type.
+std::pair<uint32_t, GgmlType> file_type(const std::string& type) {
+  if (type == "f16") return {1, kGgmlF16};     // LlamaFileType.MOSTLY_F16
+  if (type == "bf16") return {32, kGgmlBF16};  // MOSTLY_BF16
+  if (type == "q8_0") return {7, kGgmlQ8_0};   // MOSTLY_Q8_0
+  throw std::invalid_argument(fmt::format("--type {}: f16, bf16 or q8_0", type));
+}
 
-GgufReport export_gguf(const GgufSpec& spec, const std::function<void(uint64_t, uint64_t)>& progress) {
-  const LlamaConfig config = LlamaConfig::from_file(spec.model / "config.json");
-  if (config.rope_scaling && config.rope_scaling->type != "linear") {
-    throw std::invalid_argument(fmt::format("{}: rope_scaling '{}' is not exported yet (linear only)",
-                                            spec.model.string(), config.rope_scaling->type));
-  }
-  const SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open(spec.model);
-  const Tokenizer tokenizer = Tokenizer::load(spec.model / "tokenizer.model");
-  uint32_t file_type = 0;
-  GgmlType matrix = kGgmlF16;
-  if (spec.type == "f16") {
-    file_type = 1;  // LlamaFileType.MOSTLY_F16
-  } else if (spec.type == "bf16") {
-    file_type = 32;  // MOSTLY_BF16
-    matrix = kGgmlBF16;
-  } else if (spec.type == "q8_0") {
-    file_type = 7;  // MOSTLY_Q8_0
-    matrix = kGgmlQ8_0;
-  } else {
-    throw std::invalid_argument(fmt::format("--type {}: f16, bf16 or q8_0", spec.type));
-  }
+// A tensor to write.
+struct Item {
+  std::string hf, name;
+  std::vector<int64_t> shape;
+  GgmlType type;
+  uint64_t offset, size;  // in the data section
+};
 
-  struct Item {
-    std::string hf, name;
-    std::vector<int64_t> shape;
-    GgmlType type;
-    uint64_t offset, size;
-  };
+// Every tensor of the checkpoint with its GGUF name, type and place; `data` gets the
+// data section's size.
+std::vector<Item> plan_items(const GgufSpec& spec, const SafetensorsCheckpoint& ckpt, GgmlType matrix,
+                             uint64_t& data) {
   std::vector<Item> items;
-  uint64_t data = 0;
+  data = 0;
   for (const auto& hf : ckpt.names()) {
     const TensorView& v = ckpt.tensor(hf);
     if (hf.find(".quant_state.") != std::string::npos || !is_float(v.dtype)) {
@@ -178,11 +169,12 @@ GgufReport export_gguf(const GgufSpec& spec, const std::function<void(uint64_t, 
     items.push_back({hf, name, v.shape, type, data, size});
     data += size;
   }
+  return items;
+}
 
-  Header h;
+// The model's hyperparameters, as llama.cpp's convert script writes them for a llama.
+void add_model_metadata(Header& h, const LlamaConfig& config, const std::string& name, uint32_t file_type) {
   const std::string arch = "llama";
-  const std::string name = spec.name.empty() ? fs::absolute(spec.model).lexically_normal().filename().string()
-                                             : spec.name;
   h.text("general.architecture", arch);
   h.text("general.name", name);
   h.u32("general.file_type", file_type);
@@ -205,6 +197,10 @@ GgufReport export_gguf(const GgufSpec& spec, const std::function<void(uint64_t, 
     h.text(arch + ".rope.scaling.type", "linear");
     h.f32(arch + ".rope.scaling.factor", static_cast<float>(config.rope_scaling->factor));
   }
+}
+
+// The SentencePiece vocabulary and special tokens, and the seed's chat template.
+void add_tokenizer_metadata(Header& h, const Tokenizer& tokenizer) {
   std::vector<int32_t> ids(static_cast<size_t>(tokenizer.vocab_size()));
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
   h.text("tokenizer.ggml.model", "llama");
@@ -219,8 +215,12 @@ GgufReport export_gguf(const GgufSpec& spec, const std::function<void(uint64_t, 
   h.boolean("tokenizer.ggml.add_bos_token", true);
   h.boolean("tokenizer.ggml.add_eos_token", false);
   h.text("tokenizer.chat_template", kSeedChatTemplate);
+}
 
-  Header infos;  // the tensor table
+// The file up to its data section: magic, version, counts, metadata, the tensor
+// table, padded to the alignment.
+std::string file_head(const Header& metadata, const std::vector<Item>& items) {
+  Header infos;
   for (const Item& t : items) {
     infos.string(t.name);
     infos.pod<uint32_t>(static_cast<uint32_t>(t.shape.size()));
@@ -232,34 +232,59 @@ GgufReport export_gguf(const GgufSpec& spec, const std::function<void(uint64_t, 
   file.bytes() = "GGUF";
   file.pod<uint32_t>(3);
   file.pod<uint64_t>(items.size());
-  file.pod<uint64_t>(h.pairs());
-  file.bytes() += h.bytes() + infos.bytes();
+  file.pod<uint64_t>(metadata.pairs());
+  file.bytes() += metadata.bytes() + infos.bytes();
   file.bytes().resize(aligned(file.bytes().size()), '\0');
+  return file.bytes();
+}
+
+// One tensor's bytes in its GGML type (q and k rows permuted as llama.cpp's rope wants).
+void encode_item(const Item& t, const TensorView& v, const LlamaConfig& config, std::vector<char>& buffer) {
+  torch::NoGradGuard no_grad;
+  auto w = view_tensor(v).to(torch::kFloat32);
+  if (t.name.find(".attn_q.") != std::string::npos) w = permute(w, config.num_attention_heads);
+  if (t.name.find(".attn_k.") != std::string::npos) w = permute(w, config.num_key_value_heads);
+  w = w.contiguous();
+  buffer.resize(t.size);
+  if (t.type == kGgmlQ8_0) {
+    q8_0(w.data_ptr<float>(), w.numel(), buffer.data());
+  } else {
+    const auto c = t.type == kGgmlF32 ? w : w.to(t.type == kGgmlF16 ? torch::kHalf : torch::kBFloat16);
+    std::memcpy(buffer.data(), c.data_ptr(), t.size);
+  }
+}
+
+}  // namespace
+
+GgufReport export_gguf(const GgufSpec& spec, const std::function<void(uint64_t, uint64_t)>& progress) {
+  const LlamaConfig config = LlamaConfig::from_file(spec.model / "config.json");
+  if (config.rope_scaling && config.rope_scaling->type != "linear") {
+    throw std::invalid_argument(fmt::format("{}: rope_scaling '{}' is not exported yet (linear only)",
+                                            spec.model.string(), config.rope_scaling->type));
+  }
+  const SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open(spec.model);
+  const Tokenizer tokenizer = Tokenizer::load(spec.model / "tokenizer.model");
+  const auto [type_number, matrix] = file_type(spec.type);
+  uint64_t data = 0;
+  const std::vector<Item> items = plan_items(spec, ckpt, matrix, data);
+  Header h;
+  const std::string name =
+      spec.name.empty() ? fs::absolute(spec.model).lexically_normal().filename().string() : spec.name;
+  add_model_metadata(h, config, name, type_number);
+  add_tokenizer_metadata(h, tokenizer);
+  const std::string head = file_head(h, items);
 
   fs::create_directories(fs::absolute(spec.out).parent_path());
   const fs::path tmp = spec.out.string() + ".tmp";
-  GgufReport report;
   try {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(file.bytes().data(), static_cast<std::streamsize>(file.bytes().size()));
-    const uint64_t start = file.bytes().size();
+    out.write(head.data(), static_cast<std::streamsize>(head.size()));
     std::vector<char> buffer;
     for (const Item& t : items) {
       const TensorView& v = ckpt.tensor(t.hf);
-      const uint64_t at = static_cast<uint64_t>(out.tellp()) - start;
+      const uint64_t at = static_cast<uint64_t>(out.tellp()) - head.size();
       if (at < t.offset) out.write(std::string(t.offset - at, '\0').data(), static_cast<std::streamsize>(t.offset - at));
-      torch::NoGradGuard no_grad;
-      auto w = view_tensor(v).to(torch::kFloat32);
-      if (t.name.find(".attn_q.") != std::string::npos) w = permute(w, config.num_attention_heads);
-      if (t.name.find(".attn_k.") != std::string::npos) w = permute(w, config.num_key_value_heads);
-      w = w.contiguous();
-      buffer.resize(t.size);
-      if (t.type == kGgmlQ8_0) {
-        q8_0(w.data_ptr<float>(), w.numel(), buffer.data());
-      } else {
-        const auto c = t.type == kGgmlF32 ? w : w.to(t.type == kGgmlF16 ? torch::kHalf : torch::kBFloat16);
-        std::memcpy(buffer.data(), c.data_ptr(), t.size);
-      }
+      encode_item(t, v, config, buffer);
       out.write(buffer.data(), static_cast<std::streamsize>(t.size));
       release_pages(v);
       if (progress) progress(t.offset + t.size, data);
@@ -272,6 +297,7 @@ GgufReport export_gguf(const GgufSpec& spec, const std::function<void(uint64_t, 
     fs::remove(tmp, ignored);
     throw;
   }
+  GgufReport report;
   report.tensors = items.size();
   report.metadata = h.pairs();
   report.bytes = fs::file_size(spec.out);

@@ -72,45 +72,47 @@ struct Delta {
   std::string a, b;  // the adapter's tensor names
 };
 
-}  // namespace
-
-MergeReport merge_adapter(const MergeSpec& spec, const std::function<void(uint64_t, uint64_t)>& progress) {
-  const LlamaConfig config = LlamaConfig::from_file(spec.base / "config.json");
-  const SafetensorsCheckpoint base = SafetensorsCheckpoint::open(spec.base);
-  const LoraOptions lora = read_adapter_config(spec.adapter);
-  fs::path adapter_file = spec.adapter / "adapter_model.safetensors";
-  if (!fs::exists(adapter_file) && fs::exists(spec.adapter / "adapter_model.bin")) {
-    adapter_file = spec.adapter / "adapter_model.bin";  // refused by open() with the conversion
+// One target module's adapter tensors, checked against the adapter config's r and
+// the base's shapes; their names join `used`.
+Delta module_delta(const fs::path& adapter_file, const SafetensorsFile& adapter, const LoraOptions& lora,
+                   const LlamaConfig& config, int64_t layer, const std::string& m, const std::string& base_name,
+                   std::set<std::string>& used) {
+  const std::string module = module_path(layer, m);
+  const auto [out, in] = config.linear_shape(m);
+  const Delta d{"base_model.model." + module + ".lora_A.weight", "base_model.model." + module + ".lora_B.weight"};
+  const std::pair<std::string, std::vector<int64_t>> want[] = {{d.a, {lora.r, in}}, {d.b, {out, lora.r}}};
+  for (const auto& [name, shape] : want) {
+    if (!adapter.contains(name)) {
+      throw ModelConfigError(fmt::format("{}: tensor '{}' is missing (target_modules {} at r {} on {} layers)",
+                                         adapter_file.string(), name, fmt::join(lora.target_modules, ", "), lora.r,
+                                         config.num_hidden_layers));
+    }
+    const TensorView& v = adapter.tensor(name);
+    if (v.shape != shape || !is_float(v.dtype)) {
+      throw ModelConfigError(fmt::format("{}: tensor '{}' is {} [{}]; the base ({}) needs float [{}] at r {}",
+                                         adapter_file.string(), name, dtype_name(v.dtype), fmt::join(v.shape, ", "),
+                                         base_name, fmt::join(shape, ", "), lora.r));
+    }
+    used.insert(name);
   }
-  const auto adapter = SafetensorsFile::open(adapter_file);
+  return d;
+}
 
-  // The adapter against the base, before anything is written.
-  std::map<std::string, Delta> deltas;  // base weight name -> its adapter tensors
+// The adapter against the base, before anything is written: base weight name -> its
+// adapter tensors. Every tensor of the adapter must change a weight of the base.
+std::map<std::string, Delta> match_adapter(const MergeSpec& spec, const LlamaConfig& config,
+                                           const SafetensorsCheckpoint& base, const LoraOptions& lora,
+                                           const fs::path& adapter_file, const SafetensorsFile& adapter) {
+  std::map<std::string, Delta> deltas;
   std::set<std::string> used;
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     for (const auto& m : lora.target_modules) {
-      const std::string module = module_path(i, m), weight = module + ".weight";
+      const std::string weight = module_path(i, m) + ".weight";
       const auto [out, in] = config.linear_shape(m);
-      const Delta d{"base_model.model." + module + ".lora_A.weight", "base_model.model." + module + ".lora_B.weight"};
-      const std::pair<std::string, std::vector<int64_t>> want[] = {{d.a, {lora.r, in}}, {d.b, {out, lora.r}}};
-      for (const auto& [name, shape] : want) {
-        if (!adapter->contains(name)) {
-          throw ModelConfigError(fmt::format("{}: tensor '{}' is missing (target_modules {} at r {} on {} layers)",
-                                             adapter_file.string(), name, fmt::join(lora.target_modules, ", "),
-                                             lora.r, config.num_hidden_layers));
-        }
-        const TensorView& v = adapter->tensor(name);
-        if (v.shape != shape || !is_float(v.dtype)) {
-          throw ModelConfigError(fmt::format("{}: tensor '{}' is {} [{}]; the base ({}) needs float [{}] at r {}",
-                                             adapter_file.string(), name, dtype_name(v.dtype),
-                                             fmt::join(v.shape, ", "), spec.base.string(), fmt::join(shape, ", "),
-                                             lora.r));
-        }
-        used.insert(name);
-      }
+      deltas[weight] = module_delta(adapter_file, adapter, lora, config, i, m, spec.base.string(), used);
       if (!base.contains(weight)) {
-        throw ModelConfigError(fmt::format("{}: has no tensor '{}', which the adapter changes", spec.base.string(),
-                                           weight));
+        throw ModelConfigError(
+            fmt::format("{}: has no tensor '{}', which the adapter changes", spec.base.string(), weight));
       }
       const bool quantized = base.contains(weight + kQuantState);
       const auto shape = quantized ? quantized_shape(base, weight) : base.tensor(weight).shape;
@@ -118,35 +120,36 @@ MergeReport merge_adapter(const MergeSpec& spec, const std::function<void(uint64
         throw ModelConfigError(fmt::format("{}: '{}' is [{}], but its config.json makes it [{}, {}]",
                                            spec.base.string(), weight, fmt::join(shape, ", "), out, in));
       }
-      deltas[weight] = d;
     }
   }
-  for (const auto& name : adapter->names()) {
+  for (const auto& name : adapter.names()) {
     if (!used.count(name)) {
       throw ModelConfigError(fmt::format("{}: tensor '{}' matches no module of the base model at r {}",
                                          adapter_file.string(), name, lora.r));
     }
   }
+  return deltas;
+}
 
-  MergeReport report;
+// A tensor to write.
+struct Item {
+  std::string name;
+  std::vector<int64_t> shape;
+  bool quantized;
+  DType dtype;  // written: the output dtype for float (and 4-bit) tensors, else the stored one
+  uint64_t bytes;
+};
+
+// The output dtype (--dtype, else the embedding's) and every tensor to write, counted into `report`.
+std::vector<Item> plan_items(const MergeSpec& spec, const SafetensorsCheckpoint& base, MergeReport& report) {
   const std::string embed = "model.embed_tokens.weight";
   if (!base.contains(embed)) throw ModelConfigError(fmt::format("{}: has no '{}'", spec.base.string(), embed));
   const DType out_dtype = spec.dtype.empty() ? base.tensor(embed).dtype : output_dtype(spec.dtype);
   if (!is_float(out_dtype)) {
-    throw ModelConfigError(fmt::format("{}: '{}' is {}; give --dtype", spec.base.string(), embed,
-                                       dtype_name(out_dtype)));
+    throw ModelConfigError(
+        fmt::format("{}: '{}' is {}; give --dtype", spec.base.string(), embed, dtype_name(out_dtype)));
   }
   report.dtype = dtype_word(out_dtype);
-  const double scaling = lora.scaling();
-
-  // What will be written, and how many bytes.
-  struct Item {
-    std::string name;
-    std::vector<int64_t> shape;
-    bool quantized;
-    DType dtype;  // written: the output dtype for float (and 4-bit) tensors, else the stored one
-    uint64_t bytes;
-  };
   std::vector<Item> items;
   for (const auto& name : base.names()) {
     if (quantization_part(name)) continue;
@@ -160,90 +163,130 @@ MergeReport merge_adapter(const MergeSpec& spec, const std::function<void(uint64
     report.bytes += bytes;
     report.largest = std::max(report.largest, bytes);
   }
+  return items;
+}
 
-  // The output directory: new, on a disk with room, written under a temporary name.
-  if (fs::exists(spec.out) && !(fs::is_directory(spec.out) && fs::is_empty(spec.out))) {
-    throw std::invalid_argument(fmt::format("{} exists: remove it, or merge to another --out", spec.out.string()));
+// The output directory: new, on a disk with room for `bytes`, written under the
+// temporary name this returns (an interrupted merge's is removed first).
+fs::path temporary_output(const fs::path& out, uint64_t bytes) {
+  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out))) {
+    throw std::invalid_argument(fmt::format("{} exists: remove it, or merge to another --out", out.string()));
   }
-  const fs::path parent = fs::absolute(spec.out).parent_path();
+  const fs::path parent = fs::absolute(out).parent_path();
   fs::create_directories(parent);
-  const fs::path tmp = parent / fmt::format(".{}.herd-merge", spec.out.filename().string());
-  fs::remove_all(tmp);  // an interrupted merge's
+  const fs::path tmp = parent / fmt::format(".{}.herd-merge", out.filename().string());
+  fs::remove_all(tmp);
   fs::create_directories(tmp);
   struct statvfs disk {};
-  const uint64_t need = report.bytes + (uint64_t{64} << 20);
+  const uint64_t need = bytes + (uint64_t{64} << 20);
   if (::statvfs(tmp.c_str(), &disk) == 0 && uint64_t{disk.f_bavail} * disk.f_frsize < need) {
     fs::remove_all(tmp);
     throw std::runtime_error(fmt::format("{}: the merged model needs {:.2f} GB of free disk, and {:.2f} GB are free",
                                          parent.string(), static_cast<double>(need) / 1e9,
                                          static_cast<double>(uint64_t{disk.f_bavail} * disk.f_frsize) / 1e9));
   }
+  return tmp;
+}
 
+// A tensor with no delta copied (or cast) into dst a slice at a time, each slice's
+// pages released: the process holds the output buffer and one slice, not the tensor twice.
+void copy_in_slices(const TensorView& stored, DType dtype, void* dst) {
+  const auto flat = view_tensor(stored).view({-1});
+  const int64_t n = flat.numel(), slice = int64_t{1} << 24;
+  const size_t out_size = dtype_size(dtype);
+  for (int64_t first = 0; first < n; first += slice) {
+    const auto part = flat.slice(0, first, std::min(n, first + slice)).to(torch_dtype(dtype)).contiguous();
+    std::memcpy(static_cast<char*>(dst) + static_cast<size_t>(first) * out_size, part.data_ptr(), part.nbytes());
+    TensorView read = stored;
+    read.data = stored.data + static_cast<size_t>(first) * dtype_size(stored.dtype);
+    read.nbytes = static_cast<size_t>(part.numel()) * dtype_size(stored.dtype);
+    release_pages(read);
+  }
+}
+
+// What the merge reads: the base, the adapter and which weight each delta changes.
+struct Sources {
+  const SafetensorsCheckpoint& base;
+  const SafetensorsFile& adapter;
+  const std::map<std::string, Delta>& deltas;
+  double scaling;
+};
+
+// One tensor as written: the stored one (dequantized from 4 bits), plus B A scaling
+// where the adapter changes it, in the output dtype.
+void write_item(const Sources& in, const Item& item, void* dst) {
+  torch::NoGradGuard no_grad;
+  const TensorView& stored = in.base.tensor(item.name);
+  const auto delta = in.deltas.find(item.name);
+  if (!item.quantized && delta == in.deltas.end()) {
+    copy_in_slices(stored, item.dtype, dst);
+    release_pages(stored);
+    return;
+  }
+  torch::Tensor w;
+  if (item.quantized) {
+    const auto f = read_prequantized(in.base, item.name, {item.shape[0], item.shape[1]});
+    w = f->materialize(f->dtype);
+    for (const char* part : {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map"}) {
+      if (in.base.contains(item.name + part)) release_pages(in.base.tensor(item.name + part));
+    }
+  } else {
+    w = view_tensor(stored);
+  }
+  if (delta != in.deltas.end()) {
+    const auto a = view_tensor(in.adapter.tensor(delta->second.a)).to(torch::kFloat32);
+    const auto b = view_tensor(in.adapter.tensor(delta->second.b)).to(torch::kFloat32);
+    w = w.to(torch::kFloat32) + torch::matmul(b, a) * in.scaling;
+  }
+  w = w.to(torch_dtype(item.dtype)).contiguous();
+  std::memcpy(dst, w.data_ptr(), item.bytes);
+  release_pages(stored);
+}
+
+// Beside the shards: config.json without its quantization, in the output dtype, and
+// the base's generation and tokenizer files.
+void write_model_files(const fs::path& base, const fs::path& dir, const std::string& dtype) {
+  json cfg = json::parse(std::ifstream(base / "config.json"));
+  cfg.erase("quantization_config");
+  cfg["torch_dtype"] = dtype;
+  std::ofstream(dir / "config.json") << cfg.dump(2) << "\n";
+  for (const char* file : {"generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                           "special_tokens_map.json", "added_tokens.json"}) {
+    if (fs::exists(base / file)) fs::copy_file(base / file, dir / file);
+  }
+}
+
+}  // namespace
+
+MergeReport merge_adapter(const MergeSpec& spec, const std::function<void(uint64_t, uint64_t)>& progress) {
+  const LlamaConfig config = LlamaConfig::from_file(spec.base / "config.json");
+  const SafetensorsCheckpoint base = SafetensorsCheckpoint::open(spec.base);
+  const LoraOptions lora = read_adapter_config(spec.adapter);
+  fs::path adapter_file = spec.adapter / "adapter_model.safetensors";
+  if (!fs::exists(adapter_file) && fs::exists(spec.adapter / "adapter_model.bin")) {
+    adapter_file = spec.adapter / "adapter_model.bin";  // refused by open() with the conversion
+  }
+  const auto adapter = SafetensorsFile::open(adapter_file);
+  const auto deltas = match_adapter(spec, config, base, lora, adapter_file, *adapter);
+  MergeReport report;
+  const std::vector<Item> items = plan_items(spec, base, report);
+  const fs::path tmp = temporary_output(spec.out, report.bytes);
   try {
     SafetensorsWriter writer(tmp);
     writer.set_metadata("format", "pt");
+    const Sources sources{base, *adapter, deltas, lora.scaling()};
     uint64_t done = 0;
     for (const Item& item : items) {
-      const DType dtype = item.dtype;
-      const auto delta = deltas.find(item.name);
-      report.merged += delta != deltas.end();
-      writer.add_generated(item.name, dtype, item.shape, [&, item, dtype, delta](void* dst) {
-        torch::NoGradGuard no_grad;
-        const TensorView& stored = base.tensor(item.name);
-        auto finish = [&] {
-          release_pages(stored);
-          done += item.bytes;
-          if (progress) progress(done, report.bytes);
-        };
-        if (!item.quantized && delta == deltas.end()) {
-          // Copied (or cast) a slice at a time, each slice's pages released: the
-          // process holds the output buffer and one slice, not the tensor twice.
-          const auto flat = view_tensor(stored).view({-1});
-          const int64_t n = flat.numel(), slice = int64_t{1} << 24;
-          const size_t out_size = dtype_size(dtype);
-          for (int64_t first = 0; first < n; first += slice) {
-            const auto part = flat.slice(0, first, std::min(n, first + slice)).to(torch_dtype(dtype)).contiguous();
-            std::memcpy(static_cast<char*>(dst) + static_cast<size_t>(first) * out_size, part.data_ptr(),
-                        part.nbytes());
-            TensorView read = stored;
-            read.data = stored.data + static_cast<size_t>(first) * dtype_size(stored.dtype);
-            read.nbytes = static_cast<size_t>(part.numel()) * dtype_size(stored.dtype);
-            release_pages(read);
-          }
-          finish();
-          return;
-        }
-        torch::Tensor w;
-        if (item.quantized) {
-          const auto f = read_prequantized(base, item.name, {item.shape[0], item.shape[1]});
-          w = f->materialize(f->dtype);
-          for (const char* part : {".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map"}) {
-            if (base.contains(item.name + part)) release_pages(base.tensor(item.name + part));
-          }
-        } else {
-          w = view_tensor(stored);
-        }
-        if (delta != deltas.end()) {
-          const auto a = view_tensor(adapter->tensor(delta->second.a)).to(torch::kFloat32);
-          const auto b = view_tensor(adapter->tensor(delta->second.b)).to(torch::kFloat32);
-          w = w.to(torch::kFloat32) + torch::matmul(b, a) * scaling;
-        }
-        w = w.to(torch_dtype(dtype)).contiguous();
-        std::memcpy(dst, w.data_ptr(), item.bytes);
-        finish();
+      report.merged += deltas.count(item.name);
+      writer.add_generated(item.name, item.dtype, item.shape, [&, item](void* dst) {
+        write_item(sources, item, dst);
+        done += item.bytes;
+        if (progress) progress(done, report.bytes);
       });
     }
     report.tensors = items.size();
     writer.write_sharded(tmp, spec.shard_bytes);
-
-    json cfg = json::parse(std::ifstream(spec.base / "config.json"));
-    cfg.erase("quantization_config");
-    cfg["torch_dtype"] = report.dtype;
-    std::ofstream(tmp / "config.json") << cfg.dump(2) << "\n";
-    for (const char* file : {"generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                             "special_tokens_map.json", "added_tokens.json"}) {
-      if (fs::exists(spec.base / file)) fs::copy_file(spec.base / file, tmp / file);
-    }
+    write_model_files(spec.base, tmp, report.dtype);
     for (const auto& e : fs::directory_iterator(tmp)) report.files.push_back(e.path().filename().string());
     std::sort(report.files.begin(), report.files.end());
     if (fs::exists(spec.out)) fs::remove(spec.out);  // an empty directory
