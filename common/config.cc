@@ -366,15 +366,9 @@ Check<std::string> not_empty() {
   };
 }
 
-void read_all(Reader& r, Section& root, Config& c) {
-  // The seed's keys, with the meaning they had in llm_qlora.
-  r.get(root, "model_name", c.model_name, Need::Required, not_empty());
-  r.get(root, "base_model", c.base_model, Need::Required, not_empty());
-  r.get(root, "model_family", c.model_family, Need::Optional, one_of({"llama"}));
-  r.get(root, "model_context_window", c.model_context_window, Need::Optional, at_least<int64_t>(1));
-
-  // Each data type reads its own keys (the seed's processors); another type's key is
-  // refused, not ignored.
+// data: each data type reads its own keys (the seed's processors); another type's
+// key is refused, not ignored.
+void read_data(Reader& r, Section& root, Config& c) {
   Section& data = r.open(root, "data", Need::Required);
   r.get(data, "type", c.data.type, Need::Required, one_of({"vicuna", "orca", "raw_text"}));
   const std::string& type = c.data.type;
@@ -423,7 +417,9 @@ void read_all(Reader& r, Section& root, Config& c) {
   r.get(data, "packing", c.data.packing, Need::Optional);
   r.get(data, "eval_fraction", c.data.eval_fraction, Need::Optional, in_unit_interval());
   r.get(data, "skip_invalid", c.data.skip_invalid, Need::Optional);
+}
 
+void read_lora(Reader& r, Section& root, Config& c) {
   Section& lora = r.open(root, "lora", Need::Required);
   r.get(lora, "r", c.lora.r, Need::Required, at_least<int64_t>(1));
   r.get(lora, "lora_alpha", c.lora.lora_alpha, Need::Required, above(0.0));
@@ -432,7 +428,9 @@ void read_all(Reader& r, Section& root, Config& c) {
   r.get(lora, "bias", c.lora.bias, Need::Required, one_of({"none", "all", "lora_only"}));
   r.get(lora, "task_type", c.lora.task_type, Need::Required, one_of({"CAUSAL_LM"}));
   r.get(lora, "use_rslora", c.lora.use_rslora, Need::Optional);
+}
 
+Section& read_trainer(Reader& r, Section& root, Config& c) {
   Section& t = r.open(root, "trainer", Need::Required);
   r.get(t, "batch_size", c.trainer.batch_size, Need::Required, at_least<int64_t>(1));
   r.get(t, "gradient_accumulation_steps", c.trainer.gradient_accumulation_steps, Need::Required, at_least<int64_t>(1));
@@ -454,11 +452,11 @@ void read_all(Reader& r, Section& root, Config& c) {
   r.get(t, "offload_activations", c.trainer.offload_activations, Need::Optional);
   r.get(t, "device", c.trainer.device, Need::Optional, one_of({"auto", "cpu", "cuda"}));
   r.get(t, "bf16", c.trainer.bf16, Need::Optional);
+  return t;
+}
 
-  r.get(root, "trainer_output_dir", c.trainer_output_dir, Need::Required, not_empty());
-  r.get(root, "model_output_dir", c.model_output_dir, Need::Required, not_empty());
-
-  // herd's own sections; every key optional.
+// herd's own sections; every key optional.
+void read_quantization(Reader& r, Section& root, Config& c) {
   Section& q = r.open(root, "quantization", Need::Optional);
   r.get(q, "enabled", c.quantization.enabled, Need::Optional);
   r.get(q, "quant_type", c.quantization.quant_type, Need::Optional,
@@ -469,7 +467,9 @@ void read_all(Reader& r, Section& root, Config& c) {
         }));
   r.get(q, "double_quant", c.quantization.double_quant, Need::Optional);
   r.get(q, "compute_dtype", c.quantization.compute_dtype, Need::Optional, one_of({"bfloat16", "float16", "float32"}));
+}
 
+Section& read_distributed(Reader& r, Section& root, Config& c) {
   Section& d = r.open(root, "distributed", Need::Optional);
   r.get(d, "world_size", c.distributed.world_size, Need::Optional, at_least<int64_t>(1));
   r.get(d, "backend", c.distributed.backend, Need::Optional, one_of({"auto", "nccl", "gloo"}));
@@ -478,12 +478,17 @@ void read_all(Reader& r, Section& root, Config& c) {
   r.get(d, "heartbeat_timeout_s", c.distributed.heartbeat_timeout_s, Need::Optional, above(0.0));
   r.get(d, "collective_timeout_s", c.distributed.collective_timeout_s, Need::Optional, above(0.0));
   r.get(d, "replacement_timeout_s", c.distributed.replacement_timeout_s, Need::Optional, at_least<double>(0.0));
+  return d;
+}
 
+void read_checkpoint(Reader& r, Section& root, Config& c) {
   Section& ck = r.open(root, "checkpoint", Need::Optional);
   r.get(ck, "every_steps", c.checkpoint.every_steps, Need::Optional, at_least<int64_t>(1));
   r.get(ck, "keep_last", c.checkpoint.keep_last, Need::Optional, at_least<int64_t>(1));
   r.get(ck, "resume", c.checkpoint.resume, Need::Optional, one_of({"never", "auto"}));
+}
 
+void read_security(Reader& r, Section& root, Config& c) {
   Section& sec = r.open(root, "security", Need::Optional);
   r.get(sec, "token", c.security.token, Need::Optional, not_empty());
   r.get(sec, "token_file", c.security.token_file, Need::Optional, not_empty());
@@ -495,7 +500,9 @@ void read_all(Reader& r, Section& root, Config& c) {
     r.error_key(sec, c.security.tls_cert.empty() ? "tls_key" : "tls_cert",
                 "tls_cert and tls_key go together: give both or neither");
   }
+}
 
+void read_metrics(Reader& r, Section& root, Config& c) {
   Section& m = r.open(root, "metrics", Need::Optional);
   r.get(m, "enabled", c.metrics.enabled, Need::Optional);
   r.get(m, "port", c.metrics.port, Need::Optional, Check<int64_t>([](const int64_t& v) -> std::optional<std::string> {
@@ -509,6 +516,26 @@ void read_all(Reader& r, Section& root, Config& c) {
         }));
   r.get(m, "peak_tflops", c.metrics.peak_tflops, Need::Optional, at_least<double>(0.0));
   r.get(m, "tensorboard", c.metrics.tensorboard, Need::Optional);
+}
+
+void read_all(Reader& r, Section& root, Config& c) {
+  // The seed's keys, with the meaning they had in llm_qlora.
+  r.get(root, "model_name", c.model_name, Need::Required, not_empty());
+  r.get(root, "base_model", c.base_model, Need::Required, not_empty());
+  r.get(root, "model_family", c.model_family, Need::Optional, one_of({"llama"}));
+  r.get(root, "model_context_window", c.model_context_window, Need::Optional, at_least<int64_t>(1));
+
+  read_data(r, root, c);
+  read_lora(r, root, c);
+  Section& t = read_trainer(r, root, c);
+  r.get(root, "trainer_output_dir", c.trainer_output_dir, Need::Required, not_empty());
+  r.get(root, "model_output_dir", c.model_output_dir, Need::Required, not_empty());
+
+  read_quantization(r, root, c);
+  Section& d = read_distributed(r, root, c);
+  read_checkpoint(r, root, c);
+  read_security(r, root, c);
+  read_metrics(r, root, c);
 
   // Rules that span keys.
   if (c.distributed.min_workers > c.distributed.world_size) {

@@ -73,6 +73,121 @@ json parse_header(const std::string& text, std::string& duplicate) {
   return json::parse(text, cb, /*allow_exceptions=*/false);
 }
 
+// The whole file mapped read-only; `size` gets its size.
+void* map_whole(const fs::path& path, size_t& size) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(path, fmt::format("cannot open: {}", std::strerror(errno)));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    fail(path, "cannot stat");
+  }
+  size = static_cast<size_t>(st.st_size);
+  if (size < 8) {
+    ::close(fd);
+    fail(path, fmt::format("file is {} bytes; a safetensors file starts with an 8-byte header length", size));
+  }
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) fail(path, "cannot map the file");
+  return map;
+}
+
+// The JSON header after the 8-byte little-endian length (`header_len`): an object
+// naming each tensor once.
+json read_header(const fs::path& path, const uint8_t* bytes, size_t size, uint64_t& header_len) {
+  header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = header_len << 8 | bytes[i];
+  if (header_len > kMaxHeaderBytes) {
+    fail(path, fmt::format("header length {} exceeds the {} byte limit (not a safetensors file?)", header_len,
+                           kMaxHeaderBytes));
+  }
+  if (header_len > size - 8) {
+    fail(path, fmt::format("header length {} runs past the end of the {}-byte file (truncated?)", header_len, size));
+  }
+  const std::string text(reinterpret_cast<const char*>(bytes + 8), header_len);
+  std::string duplicate;
+  json header = parse_header(text, duplicate);
+  if (header.is_discarded()) fail(path, "header is not valid JSON");
+  if (!header.is_object()) fail(path, "header must be a JSON object");
+  if (!duplicate.empty()) fail(path, duplicate, "appears twice in the header");
+  return header;
+}
+
+const DTypeInfo& entry_dtype(const fs::path& path, const std::string& name, const json& dt) {
+  if (dt.is_string()) {
+    for (const auto& i : kDTypes) {
+      if (dt.get<std::string>() == i.name) return i;
+    }
+  }
+  fail(path, name, fmt::format("unsupported dtype {} (herd reads F32, F16, BF16, U8, I8, I32, I64)", dt.dump()));
+}
+
+// One tensor's entry: its dtype, its shape, and data_offsets inside the data area
+// that hold exactly its bytes.
+TensorView read_entry(const fs::path& path, const std::string& name, const json& entry, const uint8_t* data,
+                      size_t data_size) {
+  if (!entry.is_object()) fail(path, name, "entry must be an object with dtype, shape and data_offsets");
+  for (const char* k : {"dtype", "shape", "data_offsets"}) {
+    if (!entry.contains(k)) fail(path, name, fmt::format("missing '{}'", k));
+  }
+  TensorView t;
+  t.name = name;
+  const DTypeInfo& info = entry_dtype(path, name, entry["dtype"]);
+  t.dtype = info.dtype;
+  const json& shape = entry["shape"];
+  if (!shape.is_array()) fail(path, name, "shape must be an array of non-negative integers");
+  uint64_t numel = 1;
+  for (const json& s : shape) {
+    if (!s.is_number_unsigned()) fail(path, name, fmt::format("shape {} is not non-negative integers", shape.dump()));
+    uint64_t v = s.get<uint64_t>();
+    if (v != 0 && numel > UINT64_MAX / v) fail(path, name, "shape overflows");
+    numel *= v;
+    t.shape.push_back(static_cast<int64_t>(v));
+  }
+  const json& off = entry["data_offsets"];
+  if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
+    fail(path, name, fmt::format("data_offsets {} must be [begin, end]", off.dump()));
+  }
+  uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
+  if (begin > end) fail(path, name, fmt::format("data_offsets [{}, {}] end before they begin", begin, end));
+  if (end > data_size) {
+    fail(path, name,
+         fmt::format("data_offsets [{}, {}] run past the {} bytes of data (truncated?)", begin, end, data_size));
+  }
+  if (numel > UINT64_MAX / info.size || numel * info.size != end - begin) {
+    fail(path, name,
+         fmt::format("shape {} of {} needs {} bytes but data_offsets span {}", shape.dump(), info.name,
+                     numel * info.size, end - begin));
+  }
+  t.data = data + begin;
+  t.nbytes = end - begin;
+  return t;
+}
+
+struct Span {
+  size_t begin, end;
+  std::string name;
+};
+
+// As the reference implementation requires: tensors tile the data area exactly.
+// Leaves `spans` in file order.
+void check_tiling(const fs::path& path, std::vector<Span>& spans, size_t data_size) {
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
+  size_t expected = 0;
+  for (const auto& s : spans) {
+    if (s.begin < expected) fail(path, s.name, fmt::format("overlaps the tensor before it (starts at {})", s.begin));
+    if (s.begin > expected) {
+      fail(path, s.name, fmt::format("leaves bytes {}..{} of the data area unused", expected, s.begin));
+    }
+    expected = s.end;
+  }
+  if (expected != data_size) {
+    fail(path, fmt::format("tensors cover {} of the {} data bytes (trailing bytes)", expected, data_size));
+  }
+}
+
 }  // namespace
 
 const char* dtype_name(DType d) {
@@ -99,48 +214,12 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
   reject_pytorch_pickle(path);
   std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path, fmt::format("cannot open: {}", std::strerror(errno)));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    fail(path, "cannot stat");
-  }
-  f->size_ = static_cast<size_t>(st.st_size);
-  if (f->size_ < 8) {
-    ::close(fd);
-    fail(path, fmt::format("file is {} bytes; a safetensors file starts with an 8-byte header length", f->size_));
-  }
-  f->map_ = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (f->map_ == MAP_FAILED) {
-    f->map_ = nullptr;
-    fail(path, "cannot map the file");
-  }
+  f->map_ = map_whole(path, f->size_);
   const auto* bytes = static_cast<const uint8_t*>(f->map_);
   uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = header_len << 8 | bytes[i];  // little-endian
-  if (header_len > kMaxHeaderBytes) {
-    fail(path, fmt::format("header length {} exceeds the {} byte limit (not a safetensors file?)", header_len,
-                           kMaxHeaderBytes));
-  }
-  if (header_len > f->size_ - 8) {
-    fail(path,
-         fmt::format("header length {} runs past the end of the {}-byte file (truncated?)", header_len, f->size_));
-  }
-  const std::string text(reinterpret_cast<const char*>(bytes + 8), header_len);
-  std::string duplicate;
-  json header = parse_header(text, duplicate);
-  if (header.is_discarded()) fail(path, "header is not valid JSON");
-  if (!header.is_object()) fail(path, "header must be a JSON object");
-  if (!duplicate.empty()) fail(path, duplicate, "appears twice in the header");
-
+  json header = read_header(path, bytes, f->size_, header_len);
   const uint8_t* data = bytes + 8 + header_len;
   const size_t data_size = f->size_ - 8 - header_len;
-  struct Span {
-    size_t begin, end;
-    std::string name;
-  };
   std::vector<Span> spans;
   for (auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
@@ -151,67 +230,11 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
       }
       continue;
     }
-    if (!entry.is_object()) fail(path, name, "entry must be an object with dtype, shape and data_offsets");
-    for (const char* k : {"dtype", "shape", "data_offsets"}) {
-      if (!entry.contains(k)) fail(path, name, fmt::format("missing '{}'", k));
-    }
-    TensorView t;
-    t.name = name;
-    const json& dt = entry["dtype"];
-    const DTypeInfo* info = nullptr;
-    if (dt.is_string()) {
-      for (const auto& i : kDTypes) {
-        if (dt.get<std::string>() == i.name) info = &i;
-      }
-    }
-    if (info == nullptr) {
-      fail(path, name, fmt::format("unsupported dtype {} (herd reads F32, F16, BF16, U8, I8, I32, I64)", dt.dump()));
-    }
-    t.dtype = info->dtype;
-    const json& shape = entry["shape"];
-    if (!shape.is_array()) fail(path, name, "shape must be an array of non-negative integers");
-    uint64_t numel = 1;
-    for (const json& s : shape) {
-      if (!s.is_number_unsigned()) fail(path, name, fmt::format("shape {} is not non-negative integers", shape.dump()));
-      uint64_t v = s.get<uint64_t>();
-      if (v != 0 && numel > UINT64_MAX / v) fail(path, name, "shape overflows");
-      numel *= v;
-      t.shape.push_back(static_cast<int64_t>(v));
-    }
-    const json& off = entry["data_offsets"];
-    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
-      fail(path, name, fmt::format("data_offsets {} must be [begin, end]", off.dump()));
-    }
-    uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
-    if (begin > end) fail(path, name, fmt::format("data_offsets [{}, {}] end before they begin", begin, end));
-    if (end > data_size) {
-      fail(path, name,
-           fmt::format("data_offsets [{}, {}] run past the {} bytes of data (truncated?)", begin, end, data_size));
-    }
-    if (numel > UINT64_MAX / info->size || numel * info->size != end - begin) {
-      fail(path, name,
-           fmt::format("shape {} of {} needs {} bytes but data_offsets span {}", shape.dump(), info->name,
-                       numel * info->size, end - begin));
-    }
-    t.data = data + begin;
-    t.nbytes = end - begin;
-    spans.push_back({begin, end, name});
+    TensorView t = read_entry(path, name, entry, data, data_size);
+    spans.push_back({static_cast<size_t>(t.data - data), static_cast<size_t>(t.data - data) + t.nbytes, name});
     f->tensors_.emplace(name, std::move(t));
   }
-  // As the reference implementation requires: tensors tile the data area exactly.
-  std::sort(spans.begin(), spans.end(),
-            [](const Span& a, const Span& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
-  size_t expected = 0;
-  for (const auto& s : spans) {
-    if (s.begin < expected) fail(path, s.name, fmt::format("overlaps the tensor before it (starts at {})", s.begin));
-    if (s.begin > expected) {
-      fail(path, s.name, fmt::format("leaves bytes {}..{} of the data area unused", expected, s.begin));
-    }
-    expected = s.end;
-  }
-  if (expected != data_size) {
-    fail(path, fmt::format("tensors cover {} of the {} data bytes (trailing bytes)", expected, data_size));
-  }
+  check_tiling(path, spans, data_size);
   for (const auto& s : spans) f->names_.push_back(s.name);
   return f;
 }
