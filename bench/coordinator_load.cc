@@ -4,11 +4,11 @@
 // every failed call, and its CPU use, over a measured window that starts once every
 // rank has reported a step.
 //
-// Each worker is the shipping client (client/client.h), driven through its callback
-// forms by one timer thread and gRPC's threads: a thread per worker, as in the
-// tests' SimWorker, would measure this machine's scheduler more than the
-// coordinator (2 cores, thousands of threads). A call's latency runs from when it
-// was due (the heartbeat's second, the end of the simulated step) to its answer.
+// Each worker is client/sim_worker.h's SimWorker: the gang loop `herd worker` runs
+// (client/gang_loop.h) and its client, with a recipe whose step sleeps. So it has
+// the shipping worker's threads too: the loop's and the heartbeat's, two a worker.
+// A call's latency is the client's, from the call to its answer
+// (SessionOptions::on_call).
 //
 //   herd_bench_coordinator_load [--workers 1024] [--seconds 60]
 #include <fcntl.h>
@@ -25,7 +25,6 @@
 #include <iostream>
 #include <map>
 #include <mutex>
-#include <queue>
 #include <sstream>
 #include <thread>
 
@@ -33,7 +32,6 @@
 
 #include "client/client.h"
 #include "client/sim_worker.h"
-#include "common/checkpoint_files.h"
 
 namespace fs = std::filesystem;
 
@@ -42,14 +40,12 @@ namespace {
 constexpr const char* kToken = "bench-token-0123456789";
 constexpr uint64_t kCheckpointEvery = 30;
 
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-// Latencies (seconds) of the calls answered, and the failures, by method.
+// Latencies (seconds) of the calls answered, and the failures, by method, until closed.
 class Calls {
  public:
-  void record(const std::string& method, const grpc::Status& s, double due) {
-    const double took = now() - due;
+  void record(const std::string& method, const grpc::Status& s, double took) {
     std::lock_guard lock(mutex_);
+    if (closed_) return;
     if (s.ok()) {
       latency_[method].push_back(static_cast<float>(took));
     } else {
@@ -62,6 +58,10 @@ class Calls {
     std::lock_guard lock(mutex_);
     return std::exchange(latency_, {});
   }
+  void close() {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+  }
   std::map<std::string, uint64_t> failures() const {
     std::lock_guard lock(mutex_);
     return failures_;
@@ -73,174 +73,56 @@ class Calls {
 
  private:
   mutable std::mutex mutex_;
+  bool closed_ = false;
   std::map<std::string, std::vector<float>> latency_;
   std::map<std::string, uint64_t> failures_;
   std::string first_failure_;
 };
 
+// The simulated workers, started together; checkpoints are committed as the job's
+// trainer_output_dir/checkpoint-STEP (a manifest of no files).
 class Fleet {
  public:
-  // Checkpoints are committed as the job's trainer_output_dir/checkpoint-STEP (nothing is written).
-  Fleet(const std::string& address, size_t n, double step_seconds, fs::path output_dir)
-      : step_seconds_(step_seconds), output_dir_(std::move(output_dir)) {
+  Fleet(const std::string& address, size_t n, const fs::path& output_dir) {
     for (size_t i = 0; i < n; ++i) {
-      herd::client::SessionOptions o;
+      herd::client::SimWorkerOptions o;
       o.client.address = address;
       o.client.token = kToken;
       o.job_id = "bench";
       o.host = fmt::format("sim-{}", i);
-      o.heartbeat_thread = false;  // the timer thread heartbeats
-      workers_.push_back(std::make_unique<Worker>(this, std::move(o)));
+      o.step_seconds = 1.0;
+      o.checkpoint_every = kCheckpointEvery;
+      o.output_dir = output_dir.string();
+      o.on_call = [this](const char* method, const grpc::Status& s, double took) { calls_.record(method, s, took); };
+      workers_.push_back(std::make_unique<herd::client::SimWorker>(std::move(o)));
     }
+    for (auto& w : workers_) w->start();
   }
-  ~Fleet() { stop(); }
-
-  // Registers everyone, forms the gang, opens the streams.
-  void start() {
-    for (size_t i = 0; i < workers_.size(); ++i) {
-      workers_[i]->session.join();
-      // Heartbeats spread over the first second, as workers that started apart.
-      schedule(now() + static_cast<double>(i) / static_cast<double>(workers_.size()), i, kHeartbeat, 0);
-    }
-    timer_ = std::thread([this] { run_timers(); });
-    std::vector<std::thread> waits;
-    for (auto& w : workers_) {
-      waits.emplace_back([&w] { w->gang = w->session.wait_for_gang(0); });
-      if (waits.size() == 64) {  // a bounded number of blocking calls at a time
-        for (auto& t : waits) t.join();
-        waits.clear();
-      }
-    }
-    for (auto& t : waits) t.join();
-    for (auto& w : workers_) w->open_stream();
+  ~Fleet() {
+    calls_.close();  // leaving cancels the calls in flight
+    workers_.clear();
   }
 
-  void stop() {
-    {
-      std::lock_guard lock(mutex_);
-      if (stopped_) return;
-      stopped_ = true;
-    }
-    wake_.notify_all();
-    if (timer_.joinable()) timer_.join();
-    for (auto& w : workers_) w->close_stream();
+  uint64_t steps_reported() const {
+    uint64_t n = 0;
+    for (const auto& w : workers_) n += w->steps_trained();
+    return n;
   }
-
-  uint64_t steps_reported() const { return steps_; }
+  bool every_rank_reported() const {
+    return std::all_of(workers_.begin(), workers_.end(), [](const auto& w) { return w->steps_trained() > 0; });
+  }
+  // How the first worker that ended did ("" while every one runs).
+  std::string ended() const {
+    for (const auto& w : workers_) {
+      if (w->finished()) return w->outcome();
+    }
+    return "";
+  }
   Calls& calls() { return calls_; }
 
  private:
-  enum Action { kHeartbeat, kReport };
-  struct Worker : grpc::ClientReadReactor<herd::v1::MicroBatch> {
-    Worker(Fleet* f, herd::client::SessionOptions o) : fleet(f), session(std::move(o)) {}
-    Fleet* fleet;
-    herd::client::WorkerSession session;
-    herd::client::Gang gang;
-    herd::v1::MicroBatch batch;
-    uint64_t step_tokens = 0;
-    double busy_until = 0;  // when the step in training ends (read by reactions only: one at a time)
-    std::mutex done_mutex;
-    std::condition_variable done_cv;
-    bool done = false;
-
-    void open_stream() {
-      session.open_stream(gang.resume_step + 1, this);
-      StartRead(&batch);
-      StartCall();
-    }
-    void OnReadDone(bool ok) override {
-      if (!ok) return;
-      for (uint32_t length : batch.lengths()) step_tokens += length;
-      if (batch.micro_step() + 1 == gang.accumulation) {
-        // Steps train one after another: a prefetched step starts when the last ends.
-        busy_until = std::max(busy_until, now()) + fleet->step_seconds_;
-        fleet->schedule(busy_until, gang.rank, kReport, batch.step(), std::exchange(step_tokens, 0));
-      }
-      StartRead(&batch);
-    }
-    void OnDone(const grpc::Status&) override {
-      std::lock_guard lock(done_mutex);
-      done = true;
-      done_cv.notify_all();
-    }
-    void close_stream() {
-      session.close_stream();
-      std::unique_lock lock(done_mutex);
-      done_cv.wait(lock, [this] { return done; });
-    }
-  };
-  struct Timer {
-    double at;
-    size_t worker;
-    Action action;
-    uint64_t step, tokens;
-    bool operator>(const Timer& o) const { return at > o.at; }
-  };
-
-  void schedule(double at, size_t worker, Action action, uint64_t step, uint64_t tokens = 0) {
-    {
-      std::lock_guard lock(mutex_);
-      timers_.push({at, worker, action, step, tokens});
-    }
-    wake_.notify_one();
-  }
-
-  void run_timers() {
-    std::unique_lock lock(mutex_);
-    while (!stopped_) {
-      if (timers_.empty() || timers_.top().at > now()) {
-        const double wait = timers_.empty() ? 0.1 : timers_.top().at - now();
-        wake_.wait_for(lock, std::chrono::duration<double>(std::max(wait, 0.0)));
-        continue;
-      }
-      const Timer t = timers_.top();
-      timers_.pop();
-      lock.unlock();
-      fire(t);
-      lock.lock();
-    }
-  }
-
-  // Worker index for heartbeats; rank for reports (ranks are a permutation of workers).
-  void fire(const Timer& t) {
-    if (t.action == kHeartbeat) {
-      workers_[t.worker]->session.heartbeat_async([this, due = t.at](const grpc::Status& s) {
-        calls_.record("Heartbeat", s, due);
-      });
-      schedule(t.at + 1.0, t.worker, kHeartbeat, 0);
-      return;
-    }
-    Worker& w = *rank_to_worker(t.worker);
-    w.session.report_step_async(t.step, 1.0, t.tokens, {}, [this, &w, t](const grpc::Status& s, bool) {
-      calls_.record("ReportStep", s, t.at);
-      ++steps_;
-      if (!s.ok() || (t.step % kCheckpointEvery != 0 && t.step != w.gang.total_steps)) return;
-      w.session.commit_checkpoint_async(
-          t.step, herd::checkpoint_dir(output_dir_, t.step).string(), std::string(64, '0'),
-          [this, due = now()](const grpc::Status& c, bool) { calls_.record("CommitCheckpoint", c, due); });
-    });
-  }
-
-  Worker* rank_to_worker(size_t rank) {
-    std::call_once(ranks_once_, [this] {
-      by_rank_.resize(workers_.size());
-      for (auto& w : workers_) by_rank_[w->gang.rank] = w.get();
-    });
-    return by_rank_[rank];
-  }
-
-  const double step_seconds_;
-  const fs::path output_dir_;
-  std::vector<std::unique_ptr<Worker>> workers_;
-  std::vector<Worker*> by_rank_;
-  std::once_flag ranks_once_;
-  std::thread timer_;
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::priority_queue<Timer, std::vector<Timer>, std::greater<>> timers_;
-  bool stopped_ = false;
   Calls calls_;
-  std::atomic<uint64_t> steps_{0};
+  std::vector<std::unique_ptr<herd::client::SimWorker>> workers_;
 };
 
 double cpu_seconds(pid_t pid) {  // utime + stime of a process
@@ -344,14 +226,19 @@ metrics: {{enabled: false}}
     if (at != std::string::npos) metrics_port = std::stoi(text.substr(at + 16));
   }
 
-  Fleet fleet(address, workers, 1.0, dir / "out");
+  auto fleet = std::make_unique<Fleet>(address, workers, dir / "out");
   const auto t_start = std::chrono::steady_clock::now();
-  fleet.start();
   // The window starts once every rank has reported a step.
-  while (fleet.steps_reported() < workers) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  while (!fleet->every_rank_reported()) {
+    if (const auto why = fleet->ended(); !why.empty()) {
+      std::cerr << "a simulated worker ended before the window: " << why << "\n";
+      return 1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   const double formed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  fleet.calls().take();
-  const uint64_t reports0 = fleet.steps_reported();
+  fleet->calls().take();
+  const uint64_t reports0 = fleet->steps_reported();
   const double cpu0 = cpu_seconds(pid);
   const double self0 = cpu_seconds(::getpid());
   const std::string metrics0 = herd::client::scrape_metrics(metrics_port);
@@ -361,11 +248,12 @@ metrics: {{enabled: false}}
   const double cpu = cpu_seconds(pid) - cpu0;
   const double self = cpu_seconds(::getpid()) - self0;
   const std::string metrics1 = herd::client::scrape_metrics(metrics_port);
-  auto latency = fleet.calls().take();
-  const uint64_t steps = (fleet.steps_reported() - reports0) / workers;
-  const auto failures = fleet.calls().failures();
-  const std::string first_failure = fleet.calls().first_failure();
-  fleet.stop();
+  auto latency = fleet->calls().take();
+  const uint64_t steps = (fleet->steps_reported() - reports0) / workers;
+  const auto failures = fleet->calls().failures();
+  const std::string first_failure = fleet->calls().first_failure();
+  const std::string ended = fleet->ended();
+  fleet.reset();
   ::kill(pid, SIGKILL);
   ::waitpid(pid, nullptr, 0);
   fs::remove_all(dir);
@@ -389,6 +277,7 @@ metrics: {{enabled: false}}
     for (const auto& [what, count] : failures) std::cout << fmt::format("  failed calls: {} x {}\n", count, what);
     std::cout << "  first failure: " << first_failure << "\n";
   }
+  if (!ended.empty()) std::cout << "  a simulated worker ended: " << ended << "\n";
   std::cout << "  as the coordinator measures its handlers (histogram bucket bounds):\n";
   for (const char* method : {"Heartbeat", "ReportStep", "CommitCheckpoint"}) {
     const auto b0 = buckets(metrics0, method), b1 = buckets(metrics1, method);
@@ -400,5 +289,5 @@ metrics: {{enabled: false}}
       "  CPU: coordinator {:.2f} cores ({:.1f} s in {:.1f} s), the simulated fleet {:.2f} cores; machine has {} "
       "cores\n",
       cpu / wall, cpu, wall, self / wall, std::thread::hardware_concurrency());
-  return failures.empty() ? 0 : 1;
+  return failures.empty() && ended.empty() ? 0 : 1;
 }

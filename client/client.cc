@@ -141,7 +141,8 @@ grpc::Status Coordinator::health(std::string* out, std::chrono::milliseconds tim
 // A call of the session: its context is cancelled by abandon().
 class WorkerSession::Call {
  public:
-  Call(WorkerSession& session, std::chrono::milliseconds timeout) : session_(session) {
+  Call(WorkerSession& session, std::chrono::milliseconds timeout, const char* method = nullptr)
+      : session_(session), method_(method) {
     prepare(context, session.options_.client.token, timeout);
     std::lock_guard lock(session.mutex_);
     if (session.abandoned_) throw JobOver("this worker left the job", v1::JOB_STATE_UNSPECIFIED);
@@ -153,9 +154,21 @@ class WorkerSession::Call {
   }
   grpc::ClientContext context;
 
+  // The call's answer, told to SessionOptions::on_call.
+  grpc::Status answered(grpc::Status s) const {
+    session_.observe(method_, s, start_);
+    return s;
+  }
+
  private:
   WorkerSession& session_;
+  const char* method_;
+  const Clock::time_point start_ = Clock::now();
 };
+
+void WorkerSession::observe(const char* method, const grpc::Status& s, Clock::time_point start) const {
+  if (options_.on_call) options_.on_call(method, s, std::chrono::duration<double>(Clock::now() - start).count());
+}
 
 WorkerSession::WorkerSession(SessionOptions options)
     : options_(std::move(options)),
@@ -170,7 +183,7 @@ WorkerSession::~WorkerSession() {
   wake_.notify_all();
   close_stream();
   if (heartbeat_.joinable()) heartbeat_.join();
-  std::unique_lock lock(mutex_);  // callback calls still in flight
+  std::unique_lock lock(mutex_);  // calls of other threads still in flight
   for (auto* context : in_flight_) context->TryCancel();
   wake_.wait(lock, [this] { return in_flight_.empty(); });
 }
@@ -193,7 +206,7 @@ Gang WorkerSession::gang() const {
 void WorkerSession::join() {
   register_worker();
   std::lock_guard lock(mutex_);
-  if (options_.heartbeat_thread && !heartbeat_.joinable()) heartbeat_ = std::thread([this] { heartbeat_loop(); });
+  if (!heartbeat_.joinable()) heartbeat_ = std::thread([this] { heartbeat_loop(); });
 }
 
 void WorkerSession::abandon() {
@@ -361,14 +374,6 @@ void WorkerSession::open_stream(uint64_t from_step) {
   reader_ = stub_->StreamBatches(new_stream_context_locked(), request);
 }
 
-void WorkerSession::open_stream(uint64_t from_step, grpc::ClientReadReactor<v1::MicroBatch>* reactor) {
-  close_stream();
-  const auto request = stream_request(from_step);
-  std::lock_guard lock(mutex_);
-  async_stream_request_ = request;
-  stub_->async()->StreamBatches(new_stream_context_locked(), &async_stream_request_, reactor);
-}
-
 std::vector<v1::MicroBatch> WorkerSession::next_step(uint64_t step) {
   std::vector<v1::MicroBatch> out;
   const Gang g = gang();
@@ -437,8 +442,8 @@ bool WorkerSession::report_step(uint64_t step, double loss, uint64_t tokens, con
   v1::ReportStepResponse response;
   grpc::Status s;
   {
-    Call call(*this, kCallTimeout);
-    s = stub_->ReportStep(&call.context, report_request(step, loss, tokens, timings), &response);
+    Call call(*this, kCallTimeout, "ReportStep");
+    s = call.answered(stub_->ReportStep(&call.context, report_request(step, loss, tokens, timings), &response));
   }
   finish_call(s, "ReportStep");
   last_step_ = step;
@@ -449,76 +454,11 @@ bool WorkerSession::commit_checkpoint(uint64_t step, const std::string& path, co
   v1::CommitCheckpointResponse response;
   grpc::Status s;
   {
-    Call call(*this, kCallTimeout);
-    s = stub_->CommitCheckpoint(&call.context, checkpoint_request(step, path, digest), &response);
+    Call call(*this, kCallTimeout, "CommitCheckpoint");
+    s = call.answered(stub_->CommitCheckpoint(&call.context, checkpoint_request(step, path, digest), &response));
   }
   finish_call(s, "CommitCheckpoint");
   return response.committed();
-}
-
-template <class Request, class Response, class Start>
-void WorkerSession::async_call(Request request, Start start,
-                               std::function<void(const grpc::Status&, const Response&)> done) {
-  struct State {
-    grpc::ClientContext context;
-    Request request;
-    Response response;
-  };
-  auto state = std::make_shared<State>();
-  state->request = std::move(request);
-  prepare(state->context, options_.client.token, kCallTimeout);
-  bool abandoned = false;
-  {
-    std::lock_guard lock(mutex_);
-    abandoned = abandoned_;
-    if (!abandoned) in_flight_.insert(&state->context);
-  }
-  if (abandoned) {
-    done(grpc::Status(StatusCode::CANCELLED, "this worker left the job"), state->response);
-    return;
-  }
-  start(&state->context, &state->request, &state->response, [this, state, done = std::move(done)](grpc::Status s) {
-    done(s, state->response);
-    std::lock_guard lock(mutex_);  // last: the destructor waits for this
-    in_flight_.erase(&state->context);
-    wake_.notify_all();
-  });
-}
-
-void WorkerSession::report_step_async(uint64_t step, double loss, uint64_t tokens, const v1::StepTimings& timings,
-                                      CommitDone done) {
-  async_call<v1::ReportStepRequest, v1::ReportStepResponse>(
-      report_request(step, loss, tokens, timings),
-      [this](auto... call) { stub_->async()->ReportStep(call...); },
-      [this, step, done = std::move(done)](const grpc::Status& s, const v1::ReportStepResponse& r) {
-        if (s.ok()) last_step_ = step;
-        done(s, r.committed());
-      });
-}
-
-void WorkerSession::commit_checkpoint_async(uint64_t step, const std::string& path, const std::string& digest,
-                                            CommitDone done) {
-  async_call<v1::CommitCheckpointRequest, v1::CommitCheckpointResponse>(
-      checkpoint_request(step, path, digest),
-      [this](auto... call) { stub_->async()->CommitCheckpoint(call...); },
-      [done = std::move(done)](const grpc::Status& s, const v1::CommitCheckpointResponse& r) { done(s, r.committed()); });
-}
-
-void WorkerSession::heartbeat_async(Done done) {
-  v1::HeartbeatRequest request;
-  {
-    std::lock_guard lock(mutex_);
-    request = heartbeat_request_locked();
-  }
-  async_call<v1::HeartbeatRequest, v1::HeartbeatResponse>(
-      request, [this](auto... call) { stub_->async()->Heartbeat(call...); },
-      [this, request, done = std::move(done)](const grpc::Status& s, const v1::HeartbeatResponse& r) {
-        {
-          std::lock_guard lock(mutex_);
-          heartbeat_answered_locked(request, s, r);
-        }
-        done(s);
-      });
 }
 
 void WorkerSession::report_failure(const std::string& reason) {
@@ -592,7 +532,9 @@ void WorkerSession::heartbeat_loop() {
       prepare(context, options_.client.token, kCallTimeout);
       in_flight_.insert(&context);
       lock.unlock();
+      const auto start = Clock::now();
       const auto s = stub_->Heartbeat(&context, request, &response);
+      observe("Heartbeat", s, start);
       lock.lock();
       in_flight_.erase(&context);
       heartbeat_answered_locked(request, s, response);

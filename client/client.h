@@ -13,10 +13,6 @@
 // RECOVERING) the stream is cancelled, so a worker waiting for a step leaves it.
 // Calls that find the attempt over throw AttemptOver: leave the step, call
 // wait_for_gang. A job that ended, or a coordinator gone for good, is JobOver.
-//
-// Heartbeats, step reports, checkpoint commits and the stream also come in callback
-// form, for one driver of many sessions from a few threads (the coordinator's load
-// benchmark): the same requests, the same handling of the answers.
 #pragma once
 
 #include <atomic>
@@ -106,8 +102,10 @@ struct SessionOptions {
   std::string device = "cpu";
   double heartbeat_interval_s = 0;          // 0: a third of the lease, at most 1 s
   std::chrono::seconds give_up_after{300};  // unreachable this long: JobOver
-  bool heartbeat_thread = true;             // false: the caller calls heartbeat_async() on its own clock
   std::map<std::string, std::string> settings;  // RegisterRequest.settings: the config keys ranks share
+  // Told of each answer to the calls a training loop makes every step (Heartbeat,
+  // ReportStep, CommitCheckpoint) with the call's seconds: the load benchmark's clock.
+  std::function<void(const char* method, const grpc::Status& status, double seconds)> on_call;
 };
 
 class WorkerSession {
@@ -140,17 +138,6 @@ class WorkerSession {
   std::vector<herd::v1::MicroBatch> eval_batches();
   // Asks the coordinator to stop the job at the next committed checkpoint.
   void drain();
-  // Callback forms; `done` runs on a gRPC thread, with the committed flag where the
-  // call has one.
-  using Done = std::function<void(const grpc::Status&)>;
-  using CommitDone = std::function<void(const grpc::Status&, bool committed)>;
-  void heartbeat_async(Done done);
-  void report_step_async(uint64_t step, double loss, uint64_t tokens, const herd::v1::StepTimings& timings,
-                         CommitDone done);
-  void commit_checkpoint_async(uint64_t step, const std::string& path, const std::string& digest, CommitDone done);
-  // The stream read by `reactor`, which then starts its reads and the call.
-  // close_stream() cancels it; keep the session until the reactor's OnDone.
-  void open_stream(uint64_t from_step, grpc::ClientReadReactor<herd::v1::MicroBatch>* reactor);
 
   void set_tokens_per_second(double value) { tokens_per_second_ = value; }
   // The last heartbeat found the job DRAINING (an operator, or a rank, asked it to stop).
@@ -182,11 +169,9 @@ class WorkerSession {
   herd::v1::StreamBatchesRequest stream_request(uint64_t from_step) const;
   // A fresh stream context (cancelled at once when the attempt is known to be over).
   grpc::ClientContext* new_stream_context_locked();
-  // Sends `request` with `start(context, request, response, callback)`; `done` gets the answer.
-  template <class Request, class Response, class Start>
-  void async_call(Request request, Start start, std::function<void(const grpc::Status&, const Response&)> done);
   // Throws AttemptOver for a refusal that means "this attempt is over", else CallError.
   void finish_call(const grpc::Status& status, const char* what);
+  void observe(const char* method, const grpc::Status& status, std::chrono::steady_clock::time_point start) const;
   herd::v1::JobState job_state();
   std::string worker_id() const;
   uint64_t attempt() const;
@@ -207,7 +192,6 @@ class WorkerSession {
   std::set<grpc::ClientContext*> in_flight_;
   std::unique_ptr<grpc::ClientContext> stream_context_;
   std::unique_ptr<grpc::ClientReader<herd::v1::MicroBatch>> reader_;
-  herd::v1::StreamBatchesRequest async_stream_request_;  // outlives the call a reactor reads
   std::thread heartbeat_;
 };
 

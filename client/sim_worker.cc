@@ -40,6 +40,7 @@ SessionOptions session_options(const SimWorkerOptions& o) {
   s.job_id = o.job_id;
   s.host = o.host;
   s.heartbeat_interval_s = o.heartbeat_interval_s;
+  s.on_call = o.on_call;
   return s;
 }
 }  // namespace

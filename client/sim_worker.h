@@ -9,6 +9,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -31,6 +32,7 @@ struct SimWorkerOptions {
   // manifest of no files written there, so that a restarted coordinator finds them.
   std::string output_dir;
   uint32_t kv_handshake_max_world = 16;  // ranks meet in the store when the gang is at most this big
+  std::function<void(const char*, const grpc::Status&, double)> on_call;  // SessionOptions::on_call
 };
 
 // One trained step of one rank, as the worker saw it.
