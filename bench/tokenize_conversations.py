@@ -19,19 +19,25 @@ def sentence(rng):
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 18))).capitalize() + rng.choice(".?!")
 
 
+def write_conversations(data):
+    """The benchmark's 35,000 conversations, written once to `data` (JSON Lines)."""
+    if data.exists():
+        return
+    rng = random.Random(1)
+    with data.open("w") as f:
+        for i in range(35_000):
+            turns = []
+            for _ in range(rng.randint(2, 5)):
+                turns.append({"from": "human", "value": " ".join(sentence(rng) for _ in range(rng.randint(1, 4)))})
+                turns.append({"from": "gpt", "value": " ".join(sentence(rng) for _ in range(rng.randint(8, 20)))})
+            f.write(json.dumps({"id": i, "conversations": turns}) + "\n")
+
+
 def main():
     herd_bin, work = Path(sys.argv[1]), Path(sys.argv[2])
     work.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(1)
     data = work / "conversations.jsonl"
-    if not data.exists():
-        with data.open("w") as f:
-            for i in range(35_000):
-                turns = []
-                for _ in range(rng.randint(2, 5)):
-                    turns.append({"from": "human", "value": " ".join(sentence(rng) for _ in range(rng.randint(1, 4)))})
-                    turns.append({"from": "gpt", "value": " ".join(sentence(rng) for _ in range(rng.randint(8, 20)))})
-                f.write(json.dumps({"id": i, "conversations": turns}) + "\n")
+    write_conversations(data)
     model = work / "tokenizer-model"
     if not (model / "tokenizer.model").exists():
         sample = work / "sample.txt"

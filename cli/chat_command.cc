@@ -56,8 +56,8 @@ void chat(ChatFlags& f) {
   std::optional<model::Llama> model;
   const fs::path dir = load(f, model);
   model->set_training(false);
-  const auto tokenizer = Tokenizer::load(dir / "tokenizer.model");
-  model::Chat conversation(*model, tokenizer, f.sampling);
+  const auto tokenizer = Tokenizer::load(tokenizer_file(dir));
+  model::Chat conversation(*model, *tokenizer, f.sampling);
   if (!f.prompt.empty()) {
     model::print_turn(conversation, f.prompt, f.json, std::cout);
     return;

@@ -60,7 +60,7 @@ std::string joined(const std::vector<fs::path>& files) {
 // What a config (or the flags) say about the data: the files and the settings.
 struct DataInputs {
   std::vector<fs::path> data_files;
-  fs::path tokenizer_model, cache_dir;
+  fs::path tokenizer, cache_dir;
   DatasetSettings settings;
   bool packing = false;
   double eval_fraction = 0;
@@ -74,7 +74,7 @@ DataInputs resolve_inputs(const InspectFlags& flags) {
     const Config c = load_config(flags.config);
     JobData d = job_data(c);
     in.data_files = d.data_files;
-    in.tokenizer_model = d.tokenizer_model;
+    in.tokenizer = d.tokenizer;
     in.cache_dir = d.cache_dir;
     in.settings = d.settings;
     in.packing = c.data.packing;
@@ -87,8 +87,8 @@ DataInputs resolve_inputs(const InspectFlags& flags) {
   if (!flags.data.empty()) in.data_files = {in.settings.type == "raw_text" ? fs::path(flags.data) : data_file(flags.data)};
   if (!flags.tokenizer.empty()) {
     const fs::path t = flags.tokenizer;
-    in.tokenizer_model = fs::is_directory(t) ? t / "tokenizer.model" : t;
-    if (flags.config.empty()) in.settings.context_window = default_context(in.tokenizer_model.parent_path());
+    in.tokenizer = tokenizer_file(t);
+    if (flags.config.empty()) in.settings.context_window = default_context(in.tokenizer.parent_path());
   }
   if (flags.context > 0) in.settings.context_window = flags.context;
   if (!flags.cache_dir.empty()) in.cache_dir = flags.cache_dir;
@@ -98,9 +98,9 @@ DataInputs resolve_inputs(const InspectFlags& flags) {
 
 int inspect(const InspectFlags& flags) {
   const DataInputs in = resolve_inputs(flags);
-  const Tokenizer tok = Tokenizer::load(in.tokenizer_model);
+  const auto tok = Tokenizer::load(in.tokenizer);
   FormatOptions format = in.settings.format;
-  format.eos = tok.piece(tok.eos_id());
+  format.eos = tok->eos_piece();
   const bool train_on_inputs = in.settings.train_on_inputs;
   const size_t context = in.settings.context_window;
   const std::string data = joined(in.data_files);
@@ -114,7 +114,7 @@ int inspect(const InspectFlags& flags) {
   for (size_t i = 0; i < samples.size(); ++i) {
     const auto& c = samples[i];
     const auto& f = c.formatted;
-    const auto s = tokenize_conversation(tok, f, train_on_inputs, context);
+    const auto s = tokenize_conversation(*tok, f, train_on_inputs, context);
     lengths.push_back(s.ids.size());
     truncated += s.truncated;
     targets += static_cast<size_t>(std::count(s.mask.begin(), s.mask.end(), 1));
@@ -128,7 +128,7 @@ int inspect(const InspectFlags& flags) {
     } else if (i < flags.samples) {
       std::cout << fmt::format("== record {} (id {}): {} tokens{}, {} in the loss\n{}\n", c.record, c.id, s.ids.size(),
                                s.truncated ? " (truncated)" : "", std::count(s.mask.begin(), s.mask.end(), 1),
-                               show_mask(tok, f, s));
+                               show_mask(*tok, f, s));
     }
   }
   if (flags.json) {
@@ -172,10 +172,9 @@ int inspect(const InspectFlags& flags) {
 // Tokenize once into the cache (or find it there), and say which.
 int tokenize(const InspectFlags& flags) {
   DataInputs in = resolve_inputs(flags);
-  const Tokenizer tok = Tokenizer::load(in.tokenizer_model);
-  in.settings.format.eos = tok.piece(tok.eos_id());
+  in.settings.format.eos = Tokenizer::load(in.tokenizer)->eos_piece();
   const auto start = std::chrono::steady_clock::now();
-  auto loaded = load_tokenized_dataset(in.data_files, in.tokenizer_model, in.settings, in.cache_dir);
+  auto loaded = load_tokenized_dataset(in.data_files, in.tokenizer, in.settings, in.cache_dir);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   double mb = 0;
   for (const auto& f : in.data_files) mb += static_cast<double>(fs::file_size(f)) / 1e6;
@@ -201,7 +200,7 @@ void add_data_commands(CLI::App& app, int& rc) {
   inspect_cmd->add_option("config", flags->config, "The job's YAML config")->check(CLI::ExistingFile);
   inspect_cmd->add_option("--data", flags->data,
                           "A data file of the config's data.type (without a config: Vicuna conversations)");
-  inspect_cmd->add_option("--tokenizer", flags->tokenizer, "tokenizer.model or a model directory");
+  inspect_cmd->add_option("--tokenizer", flags->tokenizer, "tokenizer.json, tokenizer.model or a model directory");
   inspect_cmd->add_option("--samples", flags->samples, "Samples to print")->capture_default_str();
   inspect_cmd->add_option("--context", flags->context, "Context window (default: the config's, else the model's)");
   inspect_cmd->add_flag("--mask-inputs", flags->mask_inputs, "Without a config: as data.train_on_inputs: false");
@@ -211,7 +210,7 @@ void add_data_commands(CLI::App& app, int& rc) {
   tokenize_cmd->add_option("config", tflags->config, "The job's YAML config")->check(CLI::ExistingFile);
   tokenize_cmd->add_option("--data", tflags->data,
                            "A data file of the config's data.type (without a config: Vicuna conversations)");
-  tokenize_cmd->add_option("--tokenizer", tflags->tokenizer, "tokenizer.model or a model directory");
+  tokenize_cmd->add_option("--tokenizer", tflags->tokenizer, "tokenizer.json, tokenizer.model or a model directory");
   tokenize_cmd->add_option("--context", tflags->context, "Context window");
   tokenize_cmd->add_flag("--mask-inputs", tflags->mask_inputs, "Without a config: as data.train_on_inputs: false");
   tokenize_cmd->add_option("--cache-dir", tflags->cache_dir,

@@ -48,8 +48,8 @@ void eval_model(EvalFlags& f) {
   if (f.data.empty()) throw std::invalid_argument("with a MODEL directory, --data TEXT_FILE is required");
   f.model.dir = f.target;
   const auto model = f.model.load();
-  const auto tokenizer = Tokenizer::load(fs::path(f.model.dir) / "tokenizer.model");
-  const auto r = launch::evaluate_text(model, tokenizer, f.data);
+  const auto tokenizer = Tokenizer::load(tokenizer_file(f.model.dir));
+  const auto r = launch::evaluate_text(model, *tokenizer, f.data);
   if (f.json) {
     const nlohmann::json doc = {{"model", f.model.dir}, {"adapter", f.model.adapter}, {"quantized", !f.model.plain},
                                 {"samples", r.samples}, {"tokens", r.tokens},         {"truncated", r.truncated},

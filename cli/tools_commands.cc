@@ -179,27 +179,38 @@ void add_grads(CLI::App* tools, int& rc) {
 }
 
 // herd tools tokenize TOKENIZER --input STRINGS.json: token ids of each string
-// (BOS first, special-token strings mapped to their ids), as JSON.
+// (the tokenizer's special tokens around it, added-token strings mapped to their ids),
+// as JSON; with --decode, the text of those ids instead; with --info, what the
+// tokenizer is.
 void add_tokenize(CLI::App* tools, int& rc) {
   struct Flags {
     std::string tokenizer, input;
-    bool no_bos = false;
+    bool no_bos = false, decode = false;
   };
   auto f = std::make_shared<Flags>();
   auto* cmd = tools->add_subcommand("tokenize", "Token ids of a JSON list of strings");
-  cmd->add_option("tokenizer", f->tokenizer, "tokenizer.model, or a model directory holding one")->required();
+  cmd->add_option("tokenizer", f->tokenizer,
+                  "tokenizer.json or tokenizer.model, or a model directory (tokenizer.json first, as AutoTokenizer)")
+      ->required();
   cmd->add_option("--input", f->input, "JSON file: a list of strings")->required()->check(CLI::ExistingFile);
-  cmd->add_flag("--no-bos", f->no_bos, "Do not put BOS first");
+  cmd->add_flag("--no-bos", f->no_bos, "Do not add the special tokens (BOS)");
+  cmd->add_flag("--decode", f->decode, "Print the text of each string's ids (special tokens left out)");
   cmd->callback([&rc, f] {
     rc = guarded("tools tokenize", [&] {
-      const fs::path p = f->tokenizer;
-      const auto tokenizer = Tokenizer::load(fs::is_directory(p) ? p / "tokenizer.model" : p);
+      const auto tokenizer = Tokenizer::load(tokenizer_file(f->tokenizer));
       std::ifstream in(f->input);
       const auto strings = nlohmann::json::parse(in);
       if (!strings.is_array()) throw std::invalid_argument(f->input + ": expected a JSON list of strings");
       nlohmann::json out = nlohmann::json::array();
-      for (const auto& s : strings) out.push_back(tokenizer.encode(s.get<std::string>(), !f->no_bos));
-      std::cout << out.dump() << "\n";
+      for (const auto& s : strings) {
+        const auto ids = tokenizer->encode(s.get<std::string>(), !f->no_bos);
+        if (f->decode) {
+          out.push_back(tokenizer->decode(ids));
+        } else {
+          out.push_back(ids);
+        }
+      }
+      std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     });
   });
 }

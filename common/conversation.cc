@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/text.h"
+
 namespace herd {
 
 namespace fs = std::filesystem;
@@ -55,7 +57,6 @@ std::optional<BadRecord> to_conversation(const json& j, size_t index, Conversati
 
 // Whether the parser stopped at (or after) a byte that is not UTF-8 in `text`, the
 // input it parsed: the cause is then the encoding, not the JSON.
-size_t invalid_utf8(std::string_view text);
 bool utf8_error(const json::parse_error& e, std::string_view text) {
   const size_t bad = invalid_utf8(text);
   return e.byte > 0 && bad != std::string::npos && bad <= e.byte - 1;
@@ -203,45 +204,6 @@ FormattedConversation format_orca(const OrcaRecord& r, const FormatOptions& o) {
   return f;
 }
 
-namespace {
-// Bytes in a UTF-8 sequence that starts with `lead`; 0 for a byte that cannot start one.
-size_t sequence_length(unsigned char lead) {
-  if (lead < 0x80) return 1;
-  if (lead >= 0xC2 && lead <= 0xDF) return 2;
-  if (lead >= 0xE0 && lead <= 0xEF) return 3;
-  if (lead >= 0xF0 && lead <= 0xF4) return 4;
-  return 0;
-}
-
-// The byte offset of every code point of valid UTF-8 `text`, and text.size() last.
-std::vector<size_t> code_point_offsets(const std::string& text) {
-  std::vector<size_t> at;
-  at.reserve(text.size() + 1);
-  for (size_t i = 0; i < text.size(); i += sequence_length(static_cast<unsigned char>(text[i]))) at.push_back(i);
-  at.push_back(text.size());
-  return at;
-}
-
-// The offset of the first byte that is not valid UTF-8 (overlong forms, surrogates
-// and values past U+10FFFF included), or npos.
-size_t invalid_utf8(std::string_view text) {
-  for (size_t i = 0; i < text.size();) {
-    const auto lead = static_cast<unsigned char>(text[i]);
-    const size_t n = sequence_length(lead);
-    if (n == 0 || i + n > text.size()) return i;
-    for (size_t k = 1; k < n; ++k) {
-      if ((static_cast<unsigned char>(text[i + k]) & 0xC0) != 0x80) return i;
-    }
-    const auto second = static_cast<unsigned char>(text[i + 1 < text.size() ? i + 1 : i]);
-    if ((lead == 0xE0 && second < 0xA0) || (lead == 0xED && second > 0x9F) || (lead == 0xF0 && second < 0x90) ||
-        (lead == 0xF4 && second > 0x8F)) {
-      return i;
-    }
-    i += n;
-  }
-  return std::string::npos;
-}
-}  // namespace
 
 std::string read_text_file(const fs::path& file) {
   std::ifstream in(file, std::ios::binary);
@@ -316,7 +278,7 @@ TokenizedSample tokenize_conversation(const Tokenizer& tokenizer, const Formatte
                                       size_t context_window) {
   TokenizedSample s;
   std::vector<Tokenizer::Span> spans;
-  s.ids = tokenizer.encode(f.text, /*add_bos=*/true, &spans);
+  s.ids = tokenizer.encode(f.text, /*add_special=*/true, &spans);
   s.mask.assign(s.ids.size(), 1);
   s.mask[0] = 0;  // nothing predicts BOS
   if (!train_on_inputs) {

@@ -9,6 +9,7 @@
 #include "common/config.h"
 #include "common/conversation.h"
 #include "common/hf_cache.h"
+#include "common/tokenizer.h"
 
 namespace herd {
 
@@ -71,9 +72,9 @@ JobData job_data(const Config& c) {
     d.data_files = {data_file(resolve_hub_path(c.data.dataset, HubRepoType::Dataset, "data.dataset"))};
   }
   const fs::path model = resolve_hub_path(c.base_model, HubRepoType::Model, "base_model");
-  d.tokenizer_model = fs::is_directory(model) ? model / "tokenizer.model" : model;
+  d.tokenizer = tokenizer_file(model, /*sentencepiece_first=*/c.model_family == "llama");
   d.settings.context_window = c.model_context_window > 0 ? static_cast<size_t>(c.model_context_window)
-                                                         : default_context(d.tokenizer_model.parent_path());
+                                                         : default_context(d.tokenizer.parent_path());
   d.cache_dir = fs::path(c.trainer_output_dir) / "data-cache";
   return d;
 }

@@ -16,7 +16,7 @@ struct Config;
 
 struct JobData {
   std::vector<std::filesystem::path> data_files;
-  std::filesystem::path tokenizer_model, cache_dir;
+  std::filesystem::path tokenizer, cache_dir;  // tokenizer: the file (tokenizer_file in common/tokenizer.h)
   DatasetSettings settings;  // format.eos is left to the caller (it needs the tokenizer)
 };
 

@@ -74,4 +74,38 @@ std::string join(const std::vector<std::string>& items, std::string_view sep) {
   return out;
 }
 
+size_t sequence_length(unsigned char lead) {
+  if (lead < 0x80) return 1;
+  if (lead >= 0xC2 && lead <= 0xDF) return 2;
+  if (lead >= 0xE0 && lead <= 0xEF) return 3;
+  if (lead >= 0xF0 && lead <= 0xF4) return 4;
+  return 0;
+}
+
+std::vector<size_t> code_point_offsets(const std::string& text) {
+  std::vector<size_t> at;
+  at.reserve(text.size() + 1);
+  for (size_t i = 0; i < text.size(); i += sequence_length(static_cast<unsigned char>(text[i]))) at.push_back(i);
+  at.push_back(text.size());
+  return at;
+}
+
+size_t invalid_utf8(std::string_view text) {
+  for (size_t i = 0; i < text.size();) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    const size_t n = sequence_length(lead);
+    if (n == 0 || i + n > text.size()) return i;
+    for (size_t k = 1; k < n; ++k) {
+      if ((static_cast<unsigned char>(text[i + k]) & 0xC0) != 0x80) return i;
+    }
+    const auto second = static_cast<unsigned char>(text[i + 1 < text.size() ? i + 1 : i]);
+    if ((lead == 0xE0 && second < 0xA0) || (lead == 0xED && second > 0x9F) || (lead == 0xF0 && second < 0x90) ||
+        (lead == 0xF4 && second > 0x8F)) {
+      return i;
+    }
+    i += n;
+  }
+  return std::string::npos;
+}
+
 }  // namespace herd

@@ -219,25 +219,25 @@ std::pair<const int32_t*, size_t> TokenCache::ids(size_t sample) const {
 
 const uint8_t* TokenCache::mask(size_t sample) const { return mask_ + offsets_[sample]; }
 
-LoadedDataset load_tokenized_dataset(const std::vector<fs::path>& data_files, const fs::path& tokenizer_model,
+LoadedDataset load_tokenized_dataset(const std::vector<fs::path>& data_files, const fs::path& tokenizer_file,
                                      const DatasetSettings& settings, const fs::path& cache_dir) {
-  const Tokenizer tokenizer = Tokenizer::load(tokenizer_model);
+  const auto tokenizer = Tokenizer::load(tokenizer_file);
   uint64_t data_hash = 0;
   for (const auto& f : data_files) data_hash = data_hash * kP1 + hash_file(f);
-  const uint64_t key = TokenCache::key(data_hash, hash_file(tokenizer_model), settings);
+  const uint64_t key = TokenCache::key(data_hash, hash_file(tokenizer_file), settings);
   LoadedDataset out;
   out.file = cache_dir / fmt::format("{:016x}.herdtok", key);
   std::string problem;
-  out.cache = TokenCache::open(out.file, key, tokenizer.vocab_size(), &problem);
+  out.cache = TokenCache::open(out.file, key, tokenizer->vocab_size(), &problem);
   if (out.cache) return out;
   if (fs::exists(out.file)) out.rebuilt_because = problem;
   ReadReport report;
   const auto samples = read_samples(settings.type, data_files, settings.format, settings.raw, settings.skip_invalid,
                                     &report);
-  TokenizedData t = tokenize_dataset(samples, tokenizer, settings);
+  TokenizedData t = tokenize_dataset(samples, *tokenizer, settings);
   t.report = report;
-  TokenCache::write(out.file, t, key, tokenizer.vocab_size());
-  out.cache = TokenCache::open(out.file, key, tokenizer.vocab_size(), &problem);
+  TokenCache::write(out.file, t, key, tokenizer->vocab_size());
+  out.cache = TokenCache::open(out.file, key, tokenizer->vocab_size(), &problem);
   if (!out.cache)
     throw DatasetError(fmt::format("{}: the cache just written does not read back: {}", out.file.string(), problem));
   out.built = true;

@@ -87,7 +87,7 @@ struct LoadedDataset {
   std::filesystem::path file;
 };
 LoadedDataset load_tokenized_dataset(const std::vector<std::filesystem::path>& data_files,
-                                     const std::filesystem::path& tokenizer_model, const DatasetSettings& settings,
+                                     const std::filesystem::path& tokenizer_file, const DatasetSettings& settings,
                                      const std::filesystem::path& cache_dir);
 
 }  // namespace herd

@@ -1,17 +1,19 @@
-// A Llama tokenizer: reads SentencePiece's tokenizer.model and encodes as
-// SentencePiece's BPE model does (dummy prefix, whitespace as U+2581, merges by
-// score with the leftmost pair first on a tie, byte fallback), and splits text at
-// the special-token strings as transformers' slow LlamaTokenizer did in 2023
-// (legacy): each segment is encoded on its own, so the segment after "</s>" gets
-// its own leading "▁".
+// The tokenizer interface, and which of a model folder's files it is read from.
+//
+// Two kinds, as the libraries the seed's trainer used:
+//  - SentencePiece's tokenizer.model (common/sentencepiece_tokenizer.h): transformers'
+//    slow LlamaTokenizer of 2023, what `model_family: llama` loaded;
+//  - the tokenizers library's tokenizer.json (common/tokenizer_json.h): byte-level BPE
+//    (Llama-3.x, Qwen2.x, Mistral-Nemo) and BPE with byte fallback (the tokenizer.json
+//    of Llama-2 and Mistral-7B), what AutoTokenizer loads when a folder has one.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 namespace herd {
@@ -23,57 +25,44 @@ class TokenizerError : public std::runtime_error {
 
 class Tokenizer {
  public:
-  static Tokenizer load(const std::filesystem::path& tokenizer_model);
+  virtual ~Tokenizer() = default;
 
-  // Where a token came from in the text: bytes [begin, end). BOS and the dummy-prefix
-  // "▁" are empty spans at the position they stand before.
+  // Reads `file`: tokenizer.json (any name ending in .json) or a SentencePiece model.
+  static std::unique_ptr<Tokenizer> load(const std::filesystem::path& file);
+
+  // Where a token came from in the text: bytes [begin, end). Tokens the tokenizer adds
+  // (BOS, a prefix "▁" or space) are empty spans at the position they stand before.
   struct Span {
     uint32_t begin, end;
   };
 
-  // BOS (when add_bos), then the text with special-token strings mapped to their ids;
-  // with `spans`, each token's source bytes.
-  std::vector<int32_t> encode(std::string_view text, bool add_bos, std::vector<Span>* spans = nullptr) const;
-  // One segment, as SentencePieceProcessor::Encode (no special-token handling);
-  // spans are relative to the segment.
-  std::vector<int32_t> encode_segment(std::string_view text, std::vector<Span>* spans = nullptr) const;
-  std::string decode(const std::vector<int32_t>& ids) const;
+  // The tokenizer's special tokens around the text when `add_special` (BOS for Llama;
+  // nothing for Qwen2), and the text with added-token strings (special or not) mapped
+  // to their ids, never split; with `spans`, each token's source bytes.
+  virtual std::vector<int32_t> encode(std::string_view text, bool add_special,
+                                      std::vector<Span>* spans = nullptr) const = 0;
+  // The text of `ids`, special tokens left out.
+  virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
 
-  int32_t bos_id() const { return bos_id_; }
-  int32_t eos_id() const { return eos_id_; }
-  int32_t unk_id() const { return unk_id_; }
-  int32_t vocab_size() const { return static_cast<int32_t>(pieces_.size()); }
-  const std::string& piece(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).text; }
-  // SentencePiece's piece types, in its order (NORMAL = 1 ... BYTE = 6 as int + 1).
-  enum class Kind { Normal, Unknown, Control, UserDefined, Unused, Byte };
-  float score(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).score; }
-  Kind kind(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).kind; }
+  virtual int32_t vocab_size() const = 0;
+  virtual const std::string& piece(int32_t id) const = 0;
+  // What `herd config check` prints: "sentencepiece", "byte-level BPE", "BPE with byte fallback".
+  virtual std::string kind() const = 0;
 
- private:
-  struct Piece {
-    std::string text;
-    float score;
-    Kind kind;
-  };
-  std::vector<Piece> pieces_;
-  // Lookups by string_view, without building a string per candidate merge.
-  struct Hash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
-  using PieceIndex = std::unordered_map<std::string, int32_t, Hash, std::equal_to<>>;
-  PieceIndex mergeable_;                                   // NORMAL, USER_DEFINED, UNUSED pieces
-  PieceIndex reserved_;                                    // the other kinds
-  std::vector<std::pair<std::string, int32_t>> specials_;  // split points: <s>, </s>, <unk>
-  int32_t byte_ids_[256];
-  bool byte_fallback_ = false;
-  bool add_dummy_prefix_ = true;
-  int32_t unk_id_ = 0, bos_id_ = 1, eos_id_ = 2;
+  int32_t bos_id() const { return bos_id_; }  // -1: the tokenizer has none
+  int32_t eos_id() const { return eos_id_; }  // -1: the tokenizer has none
+  // The end-of-sequence token's text (what the seed's format writes after a response);
+  // throws TokenizerError when the tokenizer names none.
+  const std::string& eos_piece() const;
+
+ protected:
+  int32_t bos_id_ = -1, eos_id_ = -1;
 };
 
-// Appends UNUSED pieces (<unused0>, <unused1>, ...) to a SentencePiece model until
-// it holds `vocab` pieces: a vocabulary of a model's size whose encoder emits only
-// the pieces it was trained with.
-void pad_tokenizer_model(const std::filesystem::path& tokenizer_model, int32_t vocab);
+// The file a model's tokenizer is read from. A file is itself. A folder: tokenizer.json
+// when it has one (AutoTokenizer's choice: the fast tokenizer), else tokenizer.model;
+// with `sentencepiece_first` (`model_family: llama`: the seed's LlamaTokenizer)
+// tokenizer.model when it has one. Throws TokenizerError when the folder has neither.
+std::filesystem::path tokenizer_file(const std::filesystem::path& model, bool sentencepiece_first = false);
 
 }  // namespace herd

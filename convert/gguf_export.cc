@@ -13,7 +13,7 @@
 #include <torch/torch.h>
 
 #include "common/safetensors.h"
-#include "common/tokenizer.h"
+#include "common/sentencepiece_tokenizer.h"
 #include "worker/model/llama_config.h"
 #include "worker/model/tensor_view.h"
 
@@ -200,7 +200,7 @@ void add_model_metadata(Header& h, const LlamaConfig& config, const std::string&
 }
 
 // The SentencePiece vocabulary and special tokens, and the seed's chat template.
-void add_tokenizer_metadata(Header& h, const Tokenizer& tokenizer) {
+void add_tokenizer_metadata(Header& h, const SentencePieceTokenizer& tokenizer) {
   std::vector<int32_t> ids(static_cast<size_t>(tokenizer.vocab_size()));
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
   h.text("tokenizer.ggml.model", "llama");
@@ -263,7 +263,7 @@ GgufReport export_gguf(const GgufSpec& spec, const std::function<void(uint64_t, 
                                             spec.model.string(), config.rope_scaling->type));
   }
   const SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open(spec.model);
-  const Tokenizer tokenizer = Tokenizer::load(spec.model / "tokenizer.model");
+  const auto tokenizer = SentencePieceTokenizer::load(spec.model / "tokenizer.model");
   const auto [type_number, matrix] = file_type(spec.type);
   uint64_t data = 0;
   const std::vector<Item> items = plan_items(spec, ckpt, matrix, data);

@@ -17,7 +17,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "common/safetensors.h"
-#include "common/tokenizer.h"
+#include "common/sentencepiece_tokenizer.h"
 #include "kernels/nf4.h"
 #include "worker/model/llama.h"
 #include "worker/model/tensor_view.h"

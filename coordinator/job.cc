@@ -62,9 +62,8 @@ JobSettings JobSettings::from_config(const Config& c) {
 
 std::unique_ptr<Job> load_job(const Config& config, const std::filesystem::path& journal_file) {
   JobData data = job_data(config);
-  const Tokenizer tokenizer = Tokenizer::load(data.tokenizer_model);
-  data.settings.format.eos = tokenizer.piece(tokenizer.eos_id());
-  auto loaded = load_tokenized_dataset(data.data_files, data.tokenizer_model, data.settings, data.cache_dir);
+  data.settings.format.eos = Tokenizer::load(data.tokenizer)->eos_piece();
+  auto loaded = load_tokenized_dataset(data.data_files, data.tokenizer, data.settings, data.cache_dir);
   auto samples = std::make_shared<CachedSamples>(std::move(loaded.cache));
   auto split = split_eval(samples->size(), config.data.eval_fraction, static_cast<uint64_t>(config.trainer.seed));
   JobSettings settings = JobSettings::from_config(config);

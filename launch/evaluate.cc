@@ -41,9 +41,8 @@ fs::path data_for_type(const std::string& type, const fs::path& path) {
 EvalReport evaluate(const Config& config, const EvalOptions& options) {
   JobData d = job_data(config);
   if (!options.data.empty()) d.data_files = {data_for_type(config.data.type, options.data)};
-  const Tokenizer tokenizer = Tokenizer::load(d.tokenizer_model);
-  d.settings.format.eos = tokenizer.piece(tokenizer.eos_id());
-  auto loaded = load_tokenized_dataset(d.data_files, d.tokenizer_model, d.settings, d.cache_dir);
+  d.settings.format.eos = Tokenizer::load(d.tokenizer)->eos_piece();
+  auto loaded = load_tokenized_dataset(d.data_files, d.tokenizer, d.settings, d.cache_dir);
   const std::string read(loaded.cache->report());
   const coordinator::CachedSamples samples(std::move(loaded.cache));
 
@@ -92,7 +91,7 @@ TextEvalReport evaluate_text(const model::Llama& model, const Tokenizer& tokeniz
   torch::NoGradGuard no_grad;
   for (std::string line; std::getline(in, line);) {
     if (line.empty()) continue;
-    auto ids = tokenizer.encode(line, /*add_bos=*/true);
+    auto ids = tokenizer.encode(line, /*add_special=*/true);
     if (ids.size() > window) {  // right truncation to the context window
       ids.resize(window);
       ++r.truncated;

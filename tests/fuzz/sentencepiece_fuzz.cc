@@ -1,11 +1,11 @@
 // The SentencePiece model reader on any bytes: a TokenizerError naming the file, or
 // a tokenizer that encodes a sample text into ids of its vocabulary and decodes them.
-#include "common/tokenizer.h"
+#include "common/sentencepiece_tokenizer.h"
 #include "tests/fuzz/fuzz_input.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
-    const auto t = herd::Tokenizer::load(herd::fuzz::as_file(data, size, "tokenizer.model"));
+    const auto t = herd::SentencePieceTokenizer::load(herd::fuzz::as_file(data, size, "tokenizer.model"));
     const auto ids = t.encode("### HUMAN:\nhello wörld</s>\n\n", true);
     for (int32_t id : ids) {
       if (id < 0 || id >= t.vocab_size()) __builtin_trap();

@@ -105,7 +105,7 @@ Chat::Chat(const Llama& model, const Tokenizer& tokenizer, SamplingOptions optio
 
 std::string Chat::format(const std::string& prompt, size_t skip) const {
   std::string text;
-  const std::string eos = tokenizer_.piece(tokenizer_.eos_id());
+  const std::string eos = tokenizer_.eos_piece();
   for (size_t i = skip; i < history_.size(); ++i) {
     text += kUser + history_[i].first + "\n\n" + kResponse + history_[i].second + eos + "\n\n";
   }
@@ -119,7 +119,7 @@ Chat::Reply Chat::reply(const std::string& prompt, const std::function<void(cons
   const int64_t room = o.max_new_tokens > 0 ? o.max_new_tokens : std::max<int64_t>(1, o.max_length / 4);
   Reply r;
   for (;; ++r.dropped) {
-    r.prompt = tokenizer_.encode(format(prompt, r.dropped), /*add_bos=*/true);
+    r.prompt = tokenizer_.encode(format(prompt, r.dropped), /*add_special=*/true);
     if (static_cast<int64_t>(r.prompt.size()) + room <= cap || r.dropped == history_.size()) break;
   }
   if (static_cast<int64_t>(r.prompt.size()) >= cap) {
