@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/config_report.h"
+#include "cli/model_report.h"
 #include "cli/data_commands.h"
 #include "cli/model_commands.h"
 #include "cli/plan_command.h"
@@ -34,13 +35,27 @@ std::optional<herd::Config> load(const std::string& path) {
   }
 }
 
+// The base model's report (cli/model_report.h); a model herd cannot train is an error.
+std::optional<std::optional<herd::cli::ModelReport>> checked_model(const herd::Config& config) {
+  try {
+    return herd::cli::model_report(config);
+  } catch (const std::exception& e) {
+    std::cerr << e.what() << "\n";
+    return std::nullopt;
+  }
+}
+
 int config_check(const std::string& path, bool json) {
   auto config = load(path);
   if (!config) return kUserError;
+  const auto model = checked_model(*config);
+  if (!model) return kUserError;
   if (json) {
-    std::cout << herd::cli::config_json(*config).dump(2) << "\n";
+    auto doc = herd::cli::config_json(*config);
+    doc["model"] = *model ? (*model)->json() : nlohmann::json();
+    std::cout << doc.dump(2) << "\n";
   } else {
-    std::cout << herd::cli::config_table(*config) << "\nconfig ok\n";
+    std::cout << herd::cli::config_table(*config) << (*model ? (*model)->table() : "") << "\nconfig ok\n";
   }
   return kOk;
 }
@@ -48,7 +63,9 @@ int config_check(const std::string& path, bool json) {
 int train(const std::string& path, bool dry_run, bool resume, int workers) {
   auto config = load(path);
   if (!config) return kUserError;
-  std::cout << herd::cli::config_table(*config);
+  const auto model = checked_model(*config);
+  if (!model) return kUserError;
+  std::cout << herd::cli::config_table(*config) << (*model ? (*model)->table() : "");
   if (dry_run) {
     std::cout << fmt::format("\ndry run: config ok; a training run would write the adapter to {}\n",
                              config->adapter_dir().string());

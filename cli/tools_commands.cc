@@ -73,7 +73,7 @@ void add_make_tiny_model(CLI::App* tools, int& rc) {
   };
   auto f = std::make_shared<Flags>();
   auto& spec = f->spec;
-  auto* cmd = tools->add_subcommand("make-tiny-model", "Write a random-init Llama directory with a trained tokenizer");
+  auto* cmd = tools->add_subcommand("make-tiny-model", "Write a random-init model directory with a trained tokenizer");
   cmd->add_option("out", f->out, "Output directory")->required();
   cmd->add_option("--layers", spec.layers)->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--hidden", spec.hidden)->capture_default_str()->check(CLI::PositiveNumber);
@@ -88,6 +88,13 @@ void add_make_tiny_model(CLI::App* tools, int& rc) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--tie-embeddings", spec.tie_embeddings);
+  cmd->add_option("--family", spec.family,
+                  "llama (SentencePiece tokenizer.model), llama3, qwen2 or mistral (byte-level tokenizer.json)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"llama", "llama3", "qwen2", "mistral"}));
+  cmd->add_option("--sliding-window", spec.sliding_window, "mistral: attention's sliding window (0: none)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--text", f->text, "Tokenizer training text (default: built in)")->check(CLI::ExistingFile);
   cmd->callback([&rc, f] {
     rc = guarded("tools make-tiny-model", [&] {
@@ -109,7 +116,7 @@ void make_model(MakeModelFlags& f) {
   const auto known = train::known_shape(f.shape);
   if (!known) {
     throw std::invalid_argument(fmt::format(
-        "--shape {}: not a shape herd knows (llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, llama-3-70b)", f.shape));
+        "--shape {}: not a shape herd knows ({})", f.shape, train::known_shape_names()));
   }
   f.spec.shape = known->second;
   if (f.layers > 0) f.spec.shape.num_hidden_layers = f.layers;
@@ -126,7 +133,7 @@ void add_make_model(CLI::App* tools, int& rc) {
       "make-model", "Write a random model of a published shape (bfloat16, or NF4 pre-quantized) with a tokenizer of "
                     "its vocabulary");
   cmd->add_option("out", f->out, "Output directory")->required();
-  cmd->add_option("--shape", f->shape, "llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b or llama-3-70b")->required();
+  cmd->add_option("--shape", f->shape, train::known_shape_names())->required();
   cmd->add_flag("--nf4", f->spec.nf4, "The linear weights in NF4, as a bitsandbytes 4-bit model saves them");
   cmd->add_flag("--no-double-quant", f->single, "With --nf4: float32 absmax instead of double quantization");
   cmd->add_option("--layers", f->layers, "Keep only this many decoder layers (default: the shape's)")

@@ -4,6 +4,7 @@
 #include <array>
 #include <fstream>
 #include <optional>
+#include <unordered_map>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -25,18 +26,20 @@ struct AddedToken {
   bool special, lstrip, rstrip, normalized;
 };
 
-// Added tokens found leftmost-longest: candidates indexed by their first byte, longest
-// first.
+// Added tokens found leftmost-longest: at each byte that starts one, the distinct
+// lengths from the longest down, looked up by their text (a vocabulary padded with
+// reserved tokens has 100,000s of them, of a few lengths).
 class AddedTokens {
  public:
   void add(const AddedToken& t) {
-    auto& list = by_first_[static_cast<unsigned char>(t.content[0])];
-    list.push_back(t);
-    std::stable_sort(list.begin(), list.end(),
-                     [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
-    empty_ = false;
+    first_[static_cast<unsigned char>(t.content[0])] = true;
+    if (std::find(lengths_.begin(), lengths_.end(), t.content.size()) == lengths_.end()) {
+      lengths_.push_back(t.content.size());
+      std::sort(lengths_.rbegin(), lengths_.rend());
+    }
+    by_text_.emplace(t.content, t);
   }
-  bool empty() const { return empty_; }
+  bool empty() const { return by_text_.empty(); }
 
   struct Match {
     size_t begin, end;  // with the whitespace lstrip / rstrip take
@@ -45,9 +48,13 @@ class AddedTokens {
   // The first match in text[from, size); nullopt when there is none.
   std::optional<Match> find(std::string_view text, size_t from) const {
     for (size_t i = from; i < text.size(); ++i) {
-      for (const AddedToken& t : by_first_[static_cast<unsigned char>(text[i])]) {
-        if (text.compare(i, t.content.size(), t.content) != 0) continue;
-        Match m{i, i + t.content.size(), t.id};
+      if (!first_[static_cast<unsigned char>(text[i])]) continue;
+      for (size_t length : lengths_) {
+        if (i + length > text.size()) continue;
+        auto it = by_text_.find(text.substr(i, length));
+        if (it == by_text_.end()) continue;
+        const AddedToken& t = it->second;
+        Match m{i, i + length, t.id};
         while (t.lstrip && m.begin > from && is_space(text[m.begin - 1])) --m.begin;
         while (t.rstrip && m.end < text.size() && is_space(text[m.end])) ++m.end;
         return m;
@@ -58,8 +65,13 @@ class AddedTokens {
 
  private:
   static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
-  std::array<std::vector<AddedToken>, 256> by_first_;
-  bool empty_ = true;
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, AddedToken, Hash, std::equal_to<>> by_text_;
+  std::vector<size_t> lengths_;  // longest first
+  std::array<bool, 256> first_{};
 };
 
 json read_json(const fs::path& file) {
@@ -87,6 +99,7 @@ struct JsonTokenizer::Stages {
   std::string file;
   AddedTokens raw_added, normalized_added;
   std::vector<bool> special;  // per id: an added token with special: true
+  std::vector<bool> added;    // per id: an added token
   Normalizer normalizer;
   PreTokenizer pre_tokenizer;
   std::vector<std::string> pieces;
@@ -116,6 +129,8 @@ void read_added_tokens(const json& list, const std::string& where, JsonTokenizer
     s.pieces[static_cast<size_t>(a.id)] = a.content;
     if (s.special.size() <= static_cast<size_t>(a.id)) s.special.resize(static_cast<size_t>(a.id) + 1);
     s.special[static_cast<size_t>(a.id)] = a.special;
+    if (s.added.size() <= static_cast<size_t>(a.id)) s.added.resize(static_cast<size_t>(a.id) + 1);
+    s.added[static_cast<size_t>(a.id)] = true;
     (a.normalized ? s.normalized_added : s.raw_added).add(a);
   }
 }
@@ -146,6 +161,7 @@ std::unique_ptr<JsonTokenizer> JsonTokenizer::load(const fs::path& file) {
     throw TokenizerError(fmt::format("{}: {}", name, e.what()));
   }
   s->special.resize(s->pieces.size());
+  s->added.resize(s->pieces.size());
   auto t = std::unique_ptr<JsonTokenizer>(new JsonTokenizer(std::move(s)));
   const fs::path config_file = file.parent_path() / "tokenizer_config.json";
   const json config = fs::exists(config_file) ? read_json(config_file) : json::object();
@@ -222,6 +238,20 @@ std::string JsonTokenizer::decode(const std::vector<int32_t>& ids) const {
 int32_t JsonTokenizer::vocab_size() const { return static_cast<int32_t>(s_->pieces.size()); }
 
 const std::string& JsonTokenizer::piece(int32_t id) const { return s_->pieces.at(static_cast<size_t>(id)); }
+
+bool JsonTokenizer::byte_level() const { return s_->pre_tokenizer.byte_level(); }
+
+std::vector<std::string> JsonTokenizer::merges() const {
+  std::vector<std::string> out;
+  out.reserve(s_->model.merges().size());
+  for (auto [l, r] : s_->model.merges()) out.push_back(piece(l) + " " + piece(r));
+  return out;
+}
+
+bool JsonTokenizer::added(int32_t id) const { return s_->added.at(static_cast<size_t>(id)); }
+bool JsonTokenizer::special(int32_t id) const { return s_->special.at(static_cast<size_t>(id)); }
+std::vector<std::string> JsonTokenizer::split_patterns() const { return s_->pre_tokenizer.split_patterns(); }
+bool JsonTokenizer::adds_bos() const { return !s_->post.before.empty(); }
 
 std::string JsonTokenizer::kind() const {
   if (s_->pre_tokenizer.byte_level()) return "byte-level BPE";

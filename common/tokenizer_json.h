@@ -34,6 +34,14 @@ class JsonTokenizer final : public Tokenizer {
   const std::string& piece(int32_t id) const override;
   std::string kind() const override;
 
+  // What a GGUF file's "gpt2" vocabulary holds (convert/gguf_export.cc).
+  bool byte_level() const;
+  std::vector<std::string> merges() const;  // "left right" as the file spells the pieces, by rank
+  bool added(int32_t id) const;             // an added token
+  bool special(int32_t id) const;           // an added token with special: true
+  std::vector<std::string> split_patterns() const;
+  bool adds_bos() const;  // the post-processor puts a special token first
+
   struct Stages;
 
  private:

@@ -393,7 +393,8 @@ void PreTokenizer::read(const json& j, const std::string& where, std::vector<Ste
       refuse(where + ".behavior", fmt::format("'{}' is not supported (Isolated and Removed are)", behavior));
     }
     if (j.value("invert", false)) refuse(where + ".invert", "true is not supported");
-    s = {Step::Split, std::make_shared<Regex>(pattern, !is_regex, where + ".pattern"), behavior == "Removed"};
+    s = {Step::Split, std::make_shared<Regex>(pattern, !is_regex, where + ".pattern"), pattern,
+         behavior == "Removed"};
   } else if (type == "ByteLevel") {
     s.kind = Step::ByteLevel;
     s.add_prefix = j.value("add_prefix_space", true);
@@ -413,6 +414,14 @@ void PreTokenizer::read(const json& j, const std::string& where, std::vector<Ste
                                         "Metaspace, Sequence)", type));
   }
   steps.push_back(std::move(s));
+}
+
+std::vector<std::string> PreTokenizer::split_patterns() const {
+  std::vector<std::string> out;
+  for (const Step& s : steps_) {
+    if (s.kind == Step::Split) out.push_back(s.pattern);
+  }
+  return out;
 }
 
 PreTokenizer PreTokenizer::from_json(const json& j, const std::string& where) {
@@ -525,6 +534,7 @@ void Bpe::read_merges(const json& merges, const json& vocab, const std::string& 
     }
     const uint64_t k = (static_cast<uint64_t>(li.value().get<uint32_t>()) << 32) | ri.value().get<uint32_t>();
     merges_.emplace(k, Merge{static_cast<int32_t>(rank), ni.value().get<int32_t>()});
+    merge_list_.emplace_back(li.value().get<int32_t>(), ri.value().get<int32_t>());
   }
 }
 

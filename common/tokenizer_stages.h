@@ -62,10 +62,13 @@ class PreTokenizer {
   // The words of a segment.
   std::vector<Aligned> apply(Aligned segment) const;
   bool byte_level() const { return byte_level_; }
+  // The Split steps' patterns, in order (what names a pre-tokenizer to llama.cpp).
+  std::vector<std::string> split_patterns() const;
 
   struct Step {
     enum Kind { Split, ByteLevel, Metaspace } kind;
     std::shared_ptr<const Regex> regex;  // Split; ByteLevel with use_regex (GPT-2's)
+    std::string pattern;                 // Split: as the file spells it
     bool remove_matches = false;         // Split's behavior Removed (else Isolated)
     bool add_prefix = false;             // ByteLevel: add_prefix_space
     std::string replacement;             // Metaspace
@@ -89,6 +92,8 @@ class Bpe {
                        std::vector<std::string>& pieces);
   void encode(const Aligned& word, std::vector<int32_t>& ids, std::vector<Span>* spans) const;
   bool byte_fallback() const { return byte_fallback_; }
+  // The merges by rank, as the ids of their two parts.
+  const std::vector<std::pair<int32_t, int32_t>>& merges() const { return merge_list_; }
 
  private:
   struct Hash {
@@ -100,6 +105,7 @@ class Bpe {
     int32_t rank, id;
   };
   std::unordered_map<uint64_t, Merge> merges_;  // (left id << 32 | right id)
+  std::vector<std::pair<int32_t, int32_t>> merge_list_;
   std::array<int32_t, 256> byte_ids_{};         // byte-level: each byte's id; fallback: <0xXX>
   bool byte_level_ = false, byte_fallback_ = false, fuse_unk_ = false, ignore_merges_ = false;
   int32_t unk_id_ = -1;

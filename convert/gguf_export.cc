@@ -14,6 +14,8 @@
 
 #include "common/safetensors.h"
 #include "common/sentencepiece_tokenizer.h"
+#include "common/tokenizer_json.h"
+#include "convert/byte_level_vocabulary.h"
 #include "worker/model/llama_config.h"
 #include "worker/model/tensor_view.h"
 
@@ -101,7 +103,25 @@ std::string gguf_name(const std::string& hf) {
   if (std::sscanf(hf.c_str(), "model.layers.%d.%n", &layer, &used) != 1 || used == 0) return "";
   const std::string rest = hf.substr(static_cast<size_t>(used));
   for (const auto& [from, to] : parts) {
-    if (rest == std::string(from) + ".weight") return fmt::format("blk.{}.{}.weight", layer, to);
+    for (const char* kind : {".weight", ".bias"}) {  // Qwen2's q/k/v biases
+      if (rest == std::string(from) + kind) return fmt::format("blk.{}.{}{}", layer, to, kind);
+    }
+  }
+  return "";
+}
+
+// llama.cpp's architecture for a family: Qwen2 its own; Mistral as its converter
+// writes it, a llama (the sliding window is not in llama.cpp's llama).
+std::string gguf_architecture(const LlamaConfig& config) { return config.family->name == "qwen2" ? "qwen2" : "llama"; }
+
+// llama.cpp's name for a byte-level vocabulary's pre-tokenizer (tokenizer.ggml.pre),
+// by its Split pattern; empty for a pattern llama.cpp does not know.
+std::string gguf_pre_tokenizer(const std::vector<std::string>& patterns) {
+  static const std::pair<const char*, const char*> known[] = {
+      {"llama3", "llama-bpe"}, {"qwen2", "qwen2"}, {"tekken", "tekken"}};  // herd's style, llama.cpp's name
+  if (patterns.size() != 1) return "";
+  for (const auto& [style, name] : known) {
+    if (patterns[0] == byte_level_style(style).pattern) return name;
   }
   return "";
 }
@@ -172,9 +192,10 @@ std::vector<Item> plan_items(const GgufSpec& spec, const SafetensorsCheckpoint& 
   return items;
 }
 
-// The model's hyperparameters, as llama.cpp's convert script writes them for a llama.
+// The model's hyperparameters, as llama.cpp's convert script writes them for a llama
+// (or a qwen2).
 void add_model_metadata(Header& h, const LlamaConfig& config, const std::string& name, uint32_t file_type) {
-  const std::string arch = "llama";
+  const std::string arch = gguf_architecture(config);
   h.text("general.architecture", arch);
   h.text("general.name", name);
   h.u32("general.file_type", file_type);
@@ -199,6 +220,27 @@ void add_model_metadata(Header& h, const LlamaConfig& config, const std::string&
   }
 }
 
+// A byte-level tokenizer.json as llama.cpp's "gpt2" vocabulary: the pieces as the file
+// spells them, their types (normal; control for special added tokens, user-defined
+// for the other added ones), the merges, the pre-tokenizer's name; and the seed's
+// chat template.
+void add_tokenizer_metadata(Header& h, const JsonTokenizer& tokenizer, const std::string& pre) {
+  std::vector<int32_t> ids(static_cast<size_t>(tokenizer.vocab_size()));
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  h.text("tokenizer.ggml.model", "gpt2");
+  h.text("tokenizer.ggml.pre", pre);
+  h.array("tokenizer.ggml.tokens", kString, ids, [&](int32_t id) { h.string(tokenizer.piece(id)); });
+  h.array("tokenizer.ggml.token_type", kI32, ids, [&](int32_t id) {
+    h.pod<int32_t>(tokenizer.special(id) ? 3 : tokenizer.added(id) ? 4 : 1);
+  });
+  h.array("tokenizer.ggml.merges", kString, tokenizer.merges(), [&](const std::string& m) { h.string(m); });
+  if (tokenizer.bos_id() >= 0) h.u32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(tokenizer.bos_id()));
+  if (tokenizer.eos_id() >= 0) h.u32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(tokenizer.eos_id()));
+  h.boolean("tokenizer.ggml.add_bos_token", tokenizer.adds_bos());
+  h.boolean("tokenizer.ggml.add_eos_token", false);
+  h.text("tokenizer.chat_template", kSeedChatTemplate);
+}
+
 // The SentencePiece vocabulary and special tokens, and the seed's chat template.
 void add_tokenizer_metadata(Header& h, const SentencePieceTokenizer& tokenizer) {
   std::vector<int32_t> ids(static_cast<size_t>(tokenizer.vocab_size()));
@@ -215,6 +257,28 @@ void add_tokenizer_metadata(Header& h, const SentencePieceTokenizer& tokenizer) 
   h.boolean("tokenizer.ggml.add_bos_token", true);
   h.boolean("tokenizer.ggml.add_eos_token", false);
   h.text("tokenizer.chat_template", kSeedChatTemplate);
+}
+
+// The model's vocabulary: SentencePiece's tokenizer.model where there is one (as
+// llama.cpp's converter reads Llama-2), else a byte-level tokenizer.json.
+void add_vocabulary(Header& h, const fs::path& model) {
+  if (fs::exists(model / "tokenizer.model")) {
+    add_tokenizer_metadata(h, SentencePieceTokenizer::load(model / "tokenizer.model"));
+    return;
+  }
+  const auto tokenizer = JsonTokenizer::load(tokenizer_file(model));
+  if (!tokenizer->byte_level()) {
+    throw std::invalid_argument(fmt::format("{}: a {} tokenizer.json without a tokenizer.model is not exported (a "
+                                            "byte-level one or SentencePiece's is)",
+                                            model.string(), tokenizer->kind()));
+  }
+  const std::string pre = gguf_pre_tokenizer(tokenizer->split_patterns());
+  if (pre.empty()) {
+    throw std::invalid_argument(fmt::format("{}: tokenizer.json's pre-tokenizer pattern is none llama.cpp knows "
+                                            "(Llama-3's, Qwen2's or Tekken's)",
+                                            model.string()));
+  }
+  add_tokenizer_metadata(h, *tokenizer, pre);
 }
 
 // The file up to its data section: magic, version, counts, metadata, the tensor
@@ -242,8 +306,10 @@ std::string file_head(const Header& metadata, const std::vector<Item>& items) {
 void encode_item(const Item& t, const TensorView& v, const LlamaConfig& config, std::vector<char>& buffer) {
   torch::NoGradGuard no_grad;
   auto w = view_tensor(v).to(torch::kFloat32);
-  if (t.name.find(".attn_q.") != std::string::npos) w = permute(w, config.num_attention_heads);
-  if (t.name.find(".attn_k.") != std::string::npos) w = permute(w, config.num_key_value_heads);
+  if (gguf_architecture(config) == "llama") {  // qwen2 keeps HF's rotate-half rows
+    if (t.name.find(".attn_q.") != std::string::npos) w = permute(w, config.num_attention_heads);
+    if (t.name.find(".attn_k.") != std::string::npos) w = permute(w, config.num_key_value_heads);
+  }
   w = w.contiguous();
   buffer.resize(t.size);
   if (t.type == kGgmlQ8_0) {
@@ -263,7 +329,6 @@ GgufReport export_gguf(const GgufSpec& spec, const std::function<void(uint64_t, 
                                             spec.model.string(), config.rope_scaling->type));
   }
   const SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open(spec.model);
-  const auto tokenizer = SentencePieceTokenizer::load(spec.model / "tokenizer.model");
   const auto [type_number, matrix] = file_type(spec.type);
   uint64_t data = 0;
   const std::vector<Item> items = plan_items(spec, ckpt, matrix, data);
@@ -271,7 +336,7 @@ GgufReport export_gguf(const GgufSpec& spec, const std::function<void(uint64_t, 
   const std::string name =
       spec.name.empty() ? fs::absolute(spec.model).lexically_normal().filename().string() : spec.name;
   add_model_metadata(h, config, name, type_number);
-  add_tokenizer_metadata(h, tokenizer);
+  add_vocabulary(h, spec.model);
   const std::string head = file_head(h, items);
 
   fs::create_directories(fs::absolute(spec.out).parent_path());

@@ -18,6 +18,7 @@
 
 #include "common/safetensors.h"
 #include "common/sentencepiece_tokenizer.h"
+#include "convert/byte_level_vocabulary.h"
 #include "kernels/nf4.h"
 #include "worker/model/llama.h"
 #include "worker/model/tensor_view.h"
@@ -157,21 +158,37 @@ void train_tokenizer(const fs::path& out, int64_t vocab, const fs::path& text_fi
   if (!exact) pad_tokenizer_model(out / "tokenizer.model", vocab);
 }
 
-// config.json and the tokenizer's JSON files as transformers writes them for Llama-2.
-void write_model_files(const fs::path& out, const json& config) {
-  write_json(out / "config.json", config);
-  write_json(out / "tokenizer_config.json", {{"tokenizer_class", "LlamaTokenizer"},
-                                             {"add_bos_token", true},
-                                             {"add_eos_token", false},
-                                             {"legacy", true},
-                                             {"model_max_length", config.at("max_position_embeddings")},
-                                             {"bos_token", "<s>"},
-                                             {"eos_token", "</s>"},
-                                             {"unk_token", "<unk>"},
-                                             {"pad_token", nullptr},
-                                             {"clean_up_tokenization_spaces", false}});
-  write_json(out / "special_tokens_map.json", {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}});
-  write_json(out / "generation_config.json", {{"bos_token_id", 1}, {"eos_token_id", 2}});
+// The tokenizer's files: a byte-level tokenizer.json in `style`'s layout, else
+// SentencePiece's tokenizer.model with the JSON files transformers writes for Llama-2;
+// the config's BOS and EOS ids become the tokenizer's (Qwen2, which has no BOS, gives
+// its EOS for both, as its config.json does).
+void write_tokenizer(const fs::path& out, LlamaConfig& c, const fs::path& text_file, const fs::path& spm_train,
+                     bool exact, const std::optional<ByteLevelStyle>& style) {
+  if (style) {
+    std::string text = builtin_text();
+    if (!text_file.empty()) {
+      std::ifstream in(text_file, std::ios::binary);
+      if (!in) throw std::runtime_error(fmt::format("{}: cannot read", text_file.string()));
+      text.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    const auto [bos, eos] = write_byte_level_tokenizer(out, text, c.vocab_size, *style, c.max_position_embeddings);
+    c.bos_token_id = bos >= 0 ? bos : eos;
+    c.eos_token_id = eos;
+  } else {
+    train_tokenizer(out, c.vocab_size, text_file, spm_train, exact);
+    write_json(out / "tokenizer_config.json", {{"tokenizer_class", "LlamaTokenizer"},
+                                               {"add_bos_token", true},
+                                               {"add_eos_token", false},
+                                               {"legacy", true},
+                                               {"model_max_length", c.max_position_embeddings},
+                                               {"bos_token", "<s>"},
+                                               {"eos_token", "</s>"},
+                                               {"unk_token", "<unk>"},
+                                               {"pad_token", nullptr},
+                                               {"clean_up_tokenization_spaces", false}});
+    write_json(out / "special_tokens_map.json", {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}});
+  }
+  write_json(out / "generation_config.json", {{"bos_token_id", c.bos_token_id}, {"eos_token_id", c.eos_token_id}});
 }
 
 // config.json's quantization_config as transformers saves a bitsandbytes 4-bit model.
@@ -204,10 +221,19 @@ void make_tiny_model(const TinyModelSpec& spec, const fs::path& out, const fs::p
   c.max_position_embeddings = spec.max_positions;
   c.rms_norm_eps = 1e-5;
   c.tie_word_embeddings = spec.tie_embeddings;
+  const std::string family = spec.family == "llama3" ? "llama" : spec.family;
+  const auto known = std::find_if(model::families().begin(), model::families().end(),
+                                  [&](const model::Family& f) { return f.name == family; });
+  if (known == model::families().end()) {
+    throw std::invalid_argument(fmt::format("--family {}: llama, llama3, qwen2 or mistral", spec.family));
+  }
+  c.family = &*known;
+  c.sliding_window = spec.sliding_window;
   // Validate the shape through the same checks a loaded config.json gets.
   c = LlamaConfig::from_json(c.to_json(), "make-tiny-model");
-
-  train_tokenizer(out, spec.vocab, spec.text, spm_train, /*exact=*/true);
+  std::optional<ByteLevelStyle> style;
+  if (spec.family != "llama") style = byte_level_style(spec.family == "mistral" ? "tekken" : spec.family);
+  write_tokenizer(out, c, spec.text, spm_train, /*exact=*/true, style);
 
   torch::manual_seed(static_cast<uint64_t>(spec.seed));
   SafetensorsWriter w;
@@ -225,15 +251,21 @@ void make_tiny_model(const TinyModelSpec& spec, const fs::path& out, const fs::p
   }
   add_f32(w, "model.norm.weight", norm(c.hidden_size));
   if (!c.tie_word_embeddings) add_f32(w, "lm_head.weight", normal({c.vocab_size, c.hidden_size}));
+  if (c.family->qkv_bias) {  // after the rest: a Llama of a seed has the same weights as before
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      for (const char* m : {"q_proj", "k_proj", "v_proj"}) {
+        add_f32(w, module_path(i, m) + ".bias", normal({c.linear_shape(m).first}));
+      }
+    }
+  }
   w.write(out / "model.safetensors");
-
-  write_model_files(out, c.to_json());
+  write_json(out / "config.json", c.to_json());
 }
 
 void make_model(const MakeModelSpec& spec, const fs::path& out, const fs::path& spm_train) {
-  const LlamaConfig c = LlamaConfig::from_json(spec.shape.to_json(), "make-model");
+  LlamaConfig c = LlamaConfig::from_json(spec.shape.to_json(), "make-model");
   fs::create_directories(out);
-  train_tokenizer(out, c.vocab_size, spec.text, spm_train, /*exact=*/false);
+  write_tokenizer(out, c, spec.text, spm_train, /*exact=*/false, published_byte_level_style(c));
 
   SafetensorsWriter w(out);
   w.set_metadata("format", "pt");
@@ -314,6 +346,11 @@ void make_model(const MakeModelSpec& spec, const fs::path& out, const fs::path& 
     }
     bf16(fmt::format("model.layers.{}.input_layernorm.weight", i), {c.hidden_size}, 1, 0.1);
     bf16(fmt::format("model.layers.{}.post_attention_layernorm.weight", i), {c.hidden_size}, 1, 0.1);
+    if (c.family->qkv_bias) {
+      for (const char* m : {"q_proj", "k_proj", "v_proj"}) {
+        bf16(module_path(i, m) + ".bias", {c.linear_shape(m).first}, 0, sd);
+      }
+    }
   }
   bf16("model.norm.weight", {c.hidden_size}, 1, 0.1);
   if (!c.tie_word_embeddings) bf16("lm_head.weight", {c.vocab_size, c.hidden_size}, 0, sd);
@@ -322,7 +359,7 @@ void make_model(const MakeModelSpec& spec, const fs::path& out, const fs::path& 
   json config = c.to_json();
   config["torch_dtype"] = "bfloat16";
   if (spec.nf4) config["quantization_config"] = quantization_config(spec.double_quant, "bfloat16");
-  write_model_files(out, config);
+  write_json(out / "config.json", config);
 }
 
 void write_quantized_checkpoint(const fs::path& model_dir, const fs::path& out, const QuantizeSpec& spec) {

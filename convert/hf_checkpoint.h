@@ -23,12 +23,18 @@ struct TinyModelSpec {
   uint64_t seed = 0;
   double init_std = 0.02;      // transformers' initializer_range
   std::filesystem::path text;  // tokenizer training text; empty: herd's built-in text
+  // llama (SentencePiece, as Llama-2), llama3 (a Llama with Llama-3's byte-level
+  // tokenizer.json), qwen2 (q/k/v biases, Qwen2's byte-level tokenizer), mistral
+  // (Mistral-Nemo's Tekken byte-level tokenizer; sliding_window when > 0)
+  std::string family = "llama";
+  int64_t sliding_window = 0;
 };
 
 // config.json, model.safetensors (float32, normal(0, init_std) like transformers'
-// init, norms near 1), tokenizer.model (trained by `spm_train`, the herd-spm-train
-// helper) with Llama-2's special tokens (<unk>=0, <s>=1, </s>=2), tokenizer_config.json
-// and special_tokens_map.json.
+// init, norms near 1), and a tokenizer of exactly `vocab` ids: tokenizer.model (trained
+// by `spm_train`, the herd-spm-train helper) with Llama-2's special tokens (<unk>=0,
+// <s>=1, </s>=2), tokenizer_config.json and special_tokens_map.json; or for the
+// byte-level families a tokenizer.json (convert/byte_level_vocabulary.h).
 void make_tiny_model(const TinyModelSpec& spec, const std::filesystem::path& out,
                      const std::filesystem::path& spm_train);
 
@@ -43,8 +49,10 @@ struct MakeModelSpec {
 };
 
 // A random model of a published shape, sharded as save_pretrained writes it, with a
-// tokenizer of the shape's vocabulary (SentencePiece BPE trained on the text, the
-// rest of the vocabulary unused pieces). Weights are bfloat16: normal(0, init_std),
+// tokenizer of the shape's vocabulary: SentencePiece BPE trained on the text, the
+// rest of the vocabulary unused pieces (Llama-2); or a byte-level tokenizer.json in
+// the published one's layout, the rest reserved special tokens (Llama-3.x, Qwen2.5,
+// Mistral-Nemo; convert/byte_level_vocabulary.h). Weights are bfloat16: normal(0, init_std),
 // norms near 1. With nf4 the seven linear weights of every layer are NF4 codes and
 // absmax drawn independently from what quantizing normal(0, init_std) values gives
 // (each code's share, each block's absmax; measured once on 2^22 values): the

@@ -5,9 +5,16 @@ import os
 import subprocess
 from pathlib import Path
 
+import random
+
 import pytest
 
 BIN = Path(os.environ["HERD_BIN"])
+
+# The pre-tokenizer patterns of Llama-3's and Qwen2's tokenizer.json.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
 
 def herd(*args, check=True):
@@ -44,3 +51,32 @@ def edit_config(model, **changes):
     cfg = json.loads(cfg_path.read_text())
     cfg.update(changes)
     cfg_path.write_text(json.dumps(cfg))
+
+
+def corpus():
+    rng = random.Random(1)
+    words = ["the", "model", "trains", "on", "every", "sample", "Ünïcödé", "naïve", "日本語のテキスト", "Привет",
+             "мир", "it's", "I'M", "we'LL", "12345", "3.14159", "😀", "👍🏽", "### HUMAN:", "### RESPONSE:"]
+    return [" ".join(rng.choice(words) for _ in range(20)) + rng.choice(["\n", "\n\n", " ", "\r\n"]) for _ in range(3000)]
+
+
+def byte_level_tokenizer(out, split, normalizer, specials, bos, eos, ignore_merges, vocab=1500):
+    """A byte-level BPE tokenizer.json trained by the tokenizers library (with `split` as its
+    pre-tokenizer's pattern, as Llama-3's and Qwen2's are built) and its tokenizer_config.json."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    if normalizer:
+        tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials,
+                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                          show_progress=False))
+    byte_level_post = processors.ByteLevel(trim_offsets=False)
+    tok.post_processor = processors.Sequence([byte_level_post, processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])]) if bos else byte_level_post
+    out.mkdir(parents=True)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({"bos_token": bos, "eos_token": eos}))
+    return out

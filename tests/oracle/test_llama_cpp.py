@@ -61,3 +61,54 @@ def test_llama_cpp_runs_the_other_types(rounded, tmp_path, kind):
     ours = herd_logits(rounded, [ids], "--no-quantize")[0][0, -1]
     # the file's rounding (bfloat16, or 8-bit blocks) moves the logits a little, not their shape
     assert torch.nn.functional.cosine_similarity(theirs, ours, dim=0) > 0.999
+
+
+def byte_level_model(d, family, seed):
+    """A byte-level vocabulary (the tokenizers library's, trained here) and a random transformers
+    model of `family` over it: Qwen2 (biases, no BOS) or a Llama-3-style Llama. Weights of std 0.1,
+    rounded to float16 and stored as float32, as above."""
+    from tokenizers import Tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from conftest import LLAMA3_SPLIT, QWEN2_SPLIT, byte_level_tokenizer
+    if family == "qwen2":
+        byte_level_tokenizer(d, QWEN2_SPLIT, None, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], None,
+                             "<|endoftext|>", False)
+    else:
+        byte_level_tokenizer(d, LLAMA3_SPLIT, None, ["<|begin_of_text|>", "<|end_of_text|>"], "<|begin_of_text|>",
+                             "<|end_of_text|>", True)
+    vocab = Tokenizer.from_file(str(d / "tokenizer.json")).get_vocab_size()
+    shape = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.1, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = (Qwen2ForCausalLM(Qwen2Config(rope_theta=1000000.0, **shape)) if family == "qwen2"
+             else LlamaForCausalLM(LlamaConfig(rope_theta=500000.0, **shape)))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.1)
+            p.copy_(p.half().float())
+    model.save_pretrained(str(d))
+    return d
+
+
+@pytest.mark.parametrize("family, seed", [("qwen2", 2), ("llama3", 3)])  # seeds whose greedy tokens vary
+def test_llama_cpp_generates_herd_chats_tokens_with_a_byte_level_vocabulary(tmp_path, family, seed):
+    """A Qwen2 (llama.cpp's qwen2, its q/k/v biases, pre-tokenizer "qwen2") and a Llama with
+    Llama-3's vocabulary shape (pre-tokenizer "llama-bpe"): the "gpt2" vocabulary in the file
+    tokenizes the prompt as herd does, and llama.cpp generates herd chat --greedy's tokens."""
+    model = byte_level_model(tmp_path / family, family, seed)
+    gguf_file = tmp_path / "m.gguf"
+    herd("export", "gguf", model, gguf_file, "--type", "f16")
+    prompt = "Tell me a story about a llama."
+    ours = json.loads(herd("chat", model, "--no-quantize", "--json", "--greedy", "--repetition-penalty", "1",
+                           "--max-new-tokens", 16, "--prompt", prompt).stdout)
+    llm = Llama(model_path=str(gguf_file), n_ctx=256, n_threads=2, verbose=False)
+    assert llm.tokenize(f"### HUMAN:\n{prompt}\n\n### RESPONSE:\n".encode(), add_bos=True,
+                        special=True) == ours["prompt_tokens"]
+    eos = llm.token_eos()
+    theirs = []
+    for token in llm.generate(ours["prompt_tokens"], top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+        if token == eos or len(theirs) == 16:
+            break
+        theirs.append(token)
+    assert len(set(ours["tokens"])) >= 4 and theirs == ours["tokens"]

@@ -109,3 +109,29 @@ def test_a_70b_model_comes_to_about_36_gb(tmp_path):
     total = size[1] + 79 * per_layer
     print(f"llama-2-70b NF4: {per_layer / 2**20:.1f} MiB a layer, {total / 1e9:.2f} GB in all")
     assert 34e9 < total < 38e9, total
+
+
+@pytest.mark.parametrize("family,cls,extra", [
+    ("llama3", "LlamaForCausalLM", []), ("qwen2", "Qwen2ForCausalLM", []),
+    ("mistral", "MistralForCausalLM", ["--sliding-window", "4"])])
+def test_tiny_models_of_the_byte_level_families_load_in_transformers(tmp_path, family, cls, extra):
+    """make-tiny-model --family: transformers' class for the architecture loads the model and
+    gives herd's logits; AutoTokenizer reads its byte-level tokenizer.json (exactly --vocab ids)
+    and gives herd's ids."""
+    import transformers
+    from transformers import AutoTokenizer
+    from conftest import herd_logits
+    model = tmp_path / family
+    herd("tools", "make-tiny-model", model, "--family", family, "--vocab", "600", "--seed", "2", *extra)
+    tok = AutoTokenizer.from_pretrained(str(model))
+    assert len(tok) == 600
+    texts = ["### HUMAN:\nThe model trains on every sample.\n\n", "héllo wörld 12345 it's", "a" + tok.eos_token]
+    (tmp_path / "t.json").write_text(json.dumps(texts))
+    ours = json.loads(herd("tools", "tokenize", model, "--input", tmp_path / "t.json").stdout)
+    assert ours == [tok(t)["input_ids"] for t in texts]
+    assert ours[2][-1] == tok.eos_token_id and len(set(ours[0])) > 5
+    hf = getattr(transformers, cls).from_pretrained(str(model), dtype=torch.float32).eval()
+    rows = [ours[0][:10]]
+    logits, ids, _ = herd_logits(model, rows, "--no-quantize")
+    with torch.no_grad():
+        assert (logits - hf(input_ids=ids).logits).abs().max().item() < 1e-4

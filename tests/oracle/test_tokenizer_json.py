@@ -8,13 +8,9 @@ import random
 import shutil
 
 import pytest
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, normalizers
 
-from conftest import herd, make_tiny_model
-
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+from conftest import LLAMA3_SPLIT, QWEN2_SPLIT, byte_level_tokenizer, herd
 
 # One character of each Unicode general category (and the whitespace Oniguruma and
 # PCRE2 disagree on: U+180E is not White_Space since Unicode 6.3).
@@ -36,41 +32,15 @@ def adversarial_texts(n=1500, seed=0):
     return fixed + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(n)]
 
 
-def corpus():
-    rng = random.Random(1)
-    words = ["the", "model", "trains", "on", "every", "sample", "Ünïcödé", "naïve", "日本語のテキスト", "Привет",
-             "мир", "it's", "I'M", "we'LL", "12345", "3.14159", "😀", "👍🏽", "### HUMAN:", "### RESPONSE:"]
-    return [" ".join(rng.choice(words) for _ in range(20)) + rng.choice(["\n", "\n\n", " ", "\r\n"]) for _ in range(3000)]
-
-
-def byte_level(out, split, normalizer, specials, bos, eos, ignore_merges):
-    tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
-    if normalizer:
-        tok.normalizer = normalizer
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=1500, special_tokens=specials,
-                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                          show_progress=False))
-    byte_level_post = processors.ByteLevel(trim_offsets=False)
-    tok.post_processor = processors.Sequence([byte_level_post, processors.TemplateProcessing(
-        single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])]) if bos else byte_level_post
-    out.mkdir(parents=True)
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({"bos_token": bos, "eos_token": eos}))
-    return out
-
-
 @pytest.fixture(scope="module")
 def tokenizers_dir(tmp_path_factory, tiny_gqa):
     """Five tokenizer folders: llama3, qwen2 (byte-level); llama2, metaspace-always,
     metaspace-first (byte fallback, from the tiny model's SentencePiece vocabulary)."""
     from transformers import LlamaTokenizer
     root = tmp_path_factory.mktemp("tokenizer-json")
-    byte_level(root / "llama3", LLAMA3_SPLIT, None, ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"],
+    byte_level_tokenizer(root / "llama3", LLAMA3_SPLIT, None, ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"],
                "<|begin_of_text|>", "<|eot_id|>", True)
-    byte_level(root / "qwen2", QWEN2_SPLIT, normalizers.NFC(), ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    byte_level_tokenizer(root / "qwen2", QWEN2_SPLIT, normalizers.NFC(), ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                None, "<|im_end|>", False)
     for name, legacy in (("metaspace-always", True), ("metaspace-first", False)):
         LlamaTokenizer.from_pretrained(str(tiny_gqa), legacy=legacy).save_pretrained(str(root / name))

@@ -129,6 +129,64 @@ TEST(Llama, PackedConversationsGetTheLogitsTheyGetAlone) {
   EXPECT_GT((model.forward(packed)[0].slice(0, 5, 8) - model.forward(b)[0]).abs().max().item<float>(), 1e-3);
 }
 
+// Mistral's sliding window of W: a position sees itself and the W - 1 before, in every
+// path attention takes (no mask, padding, packing, a KV cache).
+TEST(Llama, ASlidingWindowHoldsInEveryAttentionPath) {
+  auto config = tiny_config();
+  config.family = &families()[2];
+  ASSERT_EQ(config.family->name, "mistral");
+  config.sliding_window = 3;
+  auto model = Llama::from_tensors(config, random_tensors(config, 11), plain());
+  torch::NoGradGuard g;
+  auto a = torch::tensor({{1, 7, 8, 9, 10, 11, 12, 13}}, torch::kInt64);
+  auto alone = model.forward(a);
+  // Two layers of a window of 3 reach 4 positions back: changing token 0 leaves the
+  // logits from position 5 on unchanged, and changes those before.
+  auto changed = a.clone();
+  changed[0][0] = 40;
+  auto other = model.forward(changed);
+  EXPECT_LT((other[0].slice(0, 5) - alone[0].slice(0, 5)).abs().max().item<float>(), 1e-6);
+  EXPECT_GT((other[0].slice(0, 1, 5) - alone[0].slice(0, 1, 5)).abs().max().item<float>(), 1e-3);
+  // padding (an explicit mask)
+  auto batch = torch::cat({a, torch::zeros({1, 2}, torch::kInt64)}, 1);
+  auto mask = torch::cat({torch::ones({1, 8}, torch::kInt64), torch::zeros({1, 2}, torch::kInt64)}, 1);
+  EXPECT_LT((model.forward(batch, mask)[0].slice(0, 0, 8) - alone[0]).abs().max().item<float>(), 1e-5);
+  // packing
+  auto b = torch::tensor({{1, 30, 31, 32, 33}}, torch::kInt64);
+  auto packed = torch::cat({a, b}, 1);
+  auto segments = torch::cat({torch::ones({1, 8}, torch::kInt64), torch::full({1, 5}, 2, torch::kInt64)}, 1);
+  auto out = model.forward(packed, {}, segments);
+  EXPECT_LT((out[0].slice(0, 0, 8) - alone[0]).abs().max().item<float>(), 1e-5);
+  EXPECT_LT((out[0].slice(0, 8, 13) - model.forward(b)[0]).abs().max().item<float>(), 1e-5);
+  // a KV cache: a prompt of 4, then one token at a time past the window
+  Llama::KVCache cache;
+  EXPECT_LT((model.decode(a.slice(1, 0, 4), cache)[0] - alone[0][3]).abs().max().item<float>(), 1e-5);
+  for (int64_t t = 4; t < 8; ++t) {
+    EXPECT_LT((model.decode(a.slice(1, t, t + 1), cache)[0] - alone[0][t]).abs().max().item<float>(), 1e-5) << t;
+  }
+}
+
+// Qwen2's q/k/v biases: in the output, and the same through the fused linear groups.
+TEST(Llama, QkvBiasesAreAddedOnEveryPath) {
+  auto config = tiny_config();
+  config.family = &families()[1];
+  ASSERT_EQ(config.family->name, "qwen2");
+  auto tensors = random_tensors(config, 12);
+  auto model = Llama::from_tensors(config, tensors, plain());
+  for (auto& [name, t] : tensors) {
+    if (name.ends_with(".bias")) t = torch::zeros_like(t);  // not in place: the model holds these tensors
+  }
+  auto zero = Llama::from_tensors(config, tensors, plain());
+  torch::NoGradGuard g;
+  auto ids = torch::tensor({{1, 7, 8, 9, 10}}, torch::kInt64);
+  auto with = model.forward(ids);
+  EXPECT_GT((with - zero.forward(ids)).abs().max().item<float>(), 1e-3);
+  auto fused_options = plain();
+  fused_options.fused_on_cpu = true;
+  auto fused = Llama::from_tensors(config, random_tensors(config, 12), fused_options);
+  EXPECT_LT((fused.forward(ids) - with).abs().max().item<float>(), 1e-5);
+}
+
 // A packed row's summed loss has the LoRA gradients of its samples' losses summed
 // alone, with and without recompute (each segment is attended alone).
 TEST(Llama, PackedRowsGetTheGradientsOfTheirSamplesAlone) {
@@ -688,6 +746,46 @@ TEST(LlamaConfig, ReadsTheShapesOfPublishedModels) {
   EXPECT_EQ(tinyllama.lora_parameters(8, {"q_proj", "v_proj"}), 1'126'400);
 }
 
+TEST(LlamaConfig, ReadsTheOtherFamiliesAsTheirRepositoriesPublishThem) {
+  auto qwen25_72b = LlamaConfig::from_json(
+      nlohmann::json::parse(R"({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 8192,
+        "intermediate_size": 29568, "num_attention_heads": 64, "num_hidden_layers": 80, "num_key_value_heads": 8,
+        "vocab_size": 152064, "rope_theta": 1000000.0, "rms_norm_eps": 1e-06, "sliding_window": 131072,
+        "use_sliding_window": false, "max_window_layers": 70, "tie_word_embeddings": false,
+        "bos_token_id": 151643, "eos_token_id": 151643, "max_position_embeddings": 32768})"),
+      "qwen2.5-72b");
+  EXPECT_EQ(qwen25_72b.family->name, "qwen2");
+  EXPECT_TRUE(qwen25_72b.family->qkv_bias);
+  EXPECT_EQ(qwen25_72b.sliding_window, 0);  // use_sliding_window: false
+  EXPECT_EQ(qwen25_72b.linear_shape("k_proj"), (std::pair<int64_t, int64_t>{1024, 8192}));
+  auto nemo = LlamaConfig::from_json(
+      nlohmann::json::parse(R"({"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 5120,
+        "head_dim": 128, "intermediate_size": 14336, "num_attention_heads": 32, "num_hidden_layers": 40,
+        "num_key_value_heads": 8, "vocab_size": 131072, "rope_theta": 1000000.0, "sliding_window": null,
+        "max_position_embeddings": 1024000})"),
+      "mistral-nemo");
+  EXPECT_EQ(nemo.family->name, "mistral");
+  EXPECT_EQ(nemo.sliding_window, 0);
+  EXPECT_EQ(nemo.linear_shape("q_proj"), (std::pair<int64_t, int64_t>{4096, 5120}));
+  auto mistral_7b = LlamaConfig::from_json(
+      nlohmann::json::parse(R"({"architectures": ["MistralForCausalLM"], "hidden_size": 4096,
+        "intermediate_size": 14336, "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+        "vocab_size": 32000, "sliding_window": 4096})"),
+      "mistral-7b-v0.1");
+  EXPECT_EQ(mistral_7b.sliding_window, 4096);
+  auto llama33_70b = LlamaConfig::from_json(
+      nlohmann::json::parse(R"({"architectures": ["LlamaForCausalLM"], "hidden_size": 8192,
+        "intermediate_size": 28672, "num_attention_heads": 64, "num_hidden_layers": 80, "num_key_value_heads": 8,
+        "vocab_size": 128256, "eos_token_id": [128001, 128008, 128009], "bos_token_id": 128000,
+        "rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}})"),
+      "llama-3.3-70b");
+  EXPECT_EQ(llama33_70b.eos_token_id, 128001);
+  EXPECT_EQ(llama33_70b.rope_theta, 500000.0);
+  ASSERT_TRUE(llama33_70b.rope_scaling.has_value());
+  EXPECT_EQ(llama33_70b.rope_scaling->type, "llama3");
+}
+
 TEST(LlamaConfig, BadKeysAreNamed) {
   auto error = [](const nlohmann::json& j) {
     try {
@@ -706,8 +804,26 @@ TEST(LlamaConfig, BadKeysAreNamed) {
   j["num_key_value_heads"] = 3;
   EXPECT_EQ(error(j), "config.json: num_key_value_heads: 3 does not divide num_attention_heads 4");
   j = ok;
-  j["model_type"] = "mistral";
-  EXPECT_EQ(error(j), "config.json: model_type: herd trains Llama models; got \"mistral\"");
+  j["architectures"] = {"GemmaForCausalLM"};
+  EXPECT_EQ(error(j),
+            "config.json: architectures: 'GemmaForCausalLM' is not an architecture herd trains (LlamaForCausalLM, "
+            "Qwen2ForCausalLM, MistralForCausalLM)");
+  j = ok;
+  j.erase("architectures");
+  j["model_type"] = "gemma";
+  EXPECT_EQ(error(j), "config.json: model_type: 'gemma' is not an architecture herd trains (LlamaForCausalLM, "
+                      "Qwen2ForCausalLM, MistralForCausalLM)");
+  j = ok;
+  j["attention_bias"] = true;
+  EXPECT_EQ(error(j), "config.json: attention_bias: true is not supported (Llama's checkpoints have no biases)");
+  j = ok;
+  j["architectures"] = {"Qwen2ForCausalLM"};
+  j["use_sliding_window"] = true;
+  EXPECT_EQ(error(j), "config.json: use_sliding_window: true is not supported (Qwen2.5's checkpoints leave it false)");
+  j = ok;
+  j["architectures"] = {"MistralForCausalLM"};
+  j["sliding_window"] = 0;
+  EXPECT_EQ(error(j), "config.json: sliding_window: must be a positive integer, got 0");
   j = ok;
   j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}};
   EXPECT_EQ(error(j), "config.json: rope_scaling.rope_type: 'yarn' is not supported (herd supports linear and llama3)");

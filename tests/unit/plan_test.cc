@@ -115,5 +115,36 @@ TEST(MemoryPlan, SizesAndNames) {
   EXPECT_FALSE(known_shape("mistralai/Mistral-7B"));
 }
 
+TEST(MemoryPlan, TheOtherFamiliesPublishedShapes) {
+  // The shapes of their repositories' config.json files.
+  const auto llama31 = known_shape("meta-llama/Llama-3.1-70B-Instruct");
+  ASSERT_TRUE(llama31);
+  EXPECT_EQ(llama31->first, "Llama-3.1-70B");
+  ASSERT_TRUE(llama31->second.rope_scaling);
+  EXPECT_EQ(llama31->second.rope_scaling->type, "llama3");
+  EXPECT_EQ(llama31->second.max_position_embeddings, 131072);
+  EXPECT_EQ(known_shape("meta-llama/Llama-3.3-70B-Instruct")->first, "Llama-3.3-70B");
+  EXPECT_EQ(known_shape("unsloth/llama3.1-8b")->first, "Llama-3.1-8B");
+  const auto qwen = known_shape("Qwen/Qwen2.5-72B-Instruct");
+  ASSERT_TRUE(qwen);
+  EXPECT_EQ(qwen->first, "Qwen2.5-72B");
+  EXPECT_EQ(qwen->second.family->name, "qwen2");
+  EXPECT_EQ(qwen->second.vocab_size, 152064);
+  // 72.7B parameters, as its model card says: 80 layers, q/k/v biases, untied embeddings.
+  const auto& c = qwen->second;
+  int64_t params = 2 * c.vocab_size * c.hidden_size + c.hidden_size;
+  for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}) {
+    auto [out, in] = c.linear_shape(m);
+    params += c.num_hidden_layers * out * in;
+  }
+  params += c.num_hidden_layers * (2 * c.hidden_size + c.linear_shape("q_proj").first + 2 * c.linear_shape("k_proj").first);
+  EXPECT_NEAR(static_cast<double>(params) / 1e9, 72.7, 0.05);
+  const auto nemo = known_shape("mistralai/Mistral-Nemo-Instruct-2407");
+  ASSERT_TRUE(nemo);
+  EXPECT_EQ(nemo->first, "Mistral-Nemo-12B");
+  EXPECT_EQ(nemo->second.head_dim, 128);
+  EXPECT_EQ(nemo->second.linear_shape("q_proj"), (std::pair<int64_t, int64_t>{4096, 5120}));
+}
+
 }  // namespace
 }  // namespace herd::train

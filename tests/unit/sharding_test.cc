@@ -42,8 +42,8 @@ using comm::two_ranks;
 
 class Sharded : public ::testing::TestWithParam<Sharding> {};
 
-TEST_P(Sharded, TwoRanksComputeWhatOneModelDoes) {
-  const auto config = model::tiny_config();
+// Llama, and Qwen2 (whose q/k/v biases are sharded with the rest of a layer).
+void two_ranks_compute_what_one_model_does(Sharding mode, const model::LlamaConfig& config) {
   const auto tensors = model::random_tensors(config, 5);
 
   auto reference = Llama::from_tensors(config, tensors, nf4_with_lora());
@@ -63,7 +63,7 @@ TEST_P(Sharded, TwoRanksComputeWhatOneModelDoes) {
   const auto failures = two_ranks([&](int r, comm::Collective& group) {
     std::string failure;
     std::optional<Llama> llama;  // outlives `weights`, whose destructor detaches from it
-    ShardedWeights weights(group, GetParam());
+    ShardedWeights weights(group, mode);
     auto options = nf4_with_lora();
     options.on_layer = [&](int64_t i, model::DecoderLayer& layer) { weights.adopt_layer(i, layer); };
     auto& m = llama.emplace(Llama::from_tensors(config, tensors, options));
@@ -91,12 +91,21 @@ TEST_P(Sharded, TwoRanksComputeWhatOneModelDoes) {
   });
   EXPECT_EQ(failures, (std::vector<std::string>{"", ""}));
   EXPECT_EQ(held[0], held[1]);
-  if (GetParam() == Sharding::kFullShard) {
+  if (mode == Sharding::kFullShard) {
     EXPECT_GE(held[0] * 2, whole[0]);
     EXPECT_LE(held[0] * 2, whole[0] + 64 * 2 * 4 * 30);  // 64-byte alignment of each tensor, 4 buffers
   } else {
     EXPECT_EQ(held[0], whole[0]);
   }
+}
+
+TEST_P(Sharded, TwoRanksComputeWhatOneModelDoes) {
+  SCOPED_TRACE("llama");
+  two_ranks_compute_what_one_model_does(GetParam(), model::tiny_config());
+  auto qwen2 = model::tiny_config();
+  qwen2.family = &model::families()[1];
+  SCOPED_TRACE("qwen2");
+  two_ranks_compute_what_one_model_does(GetParam(), qwen2);
 }
 
 // With a chunked loss the sharded lm_head is released as soon as the loss's forward

@@ -38,6 +38,13 @@ inline std::map<std::string, torch::Tensor> random_tensors(const LlamaConfig& c,
     t["model.layers." + std::to_string(i) + ".post_attention_layernorm.weight"] =
         1 + 0.1 * torch::randn({c.hidden_size});
   }
+  if (c.family->qkv_bias) {
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      for (const char* m : {"q_proj", "k_proj", "v_proj"}) {
+        t[module_path(i, m) + ".bias"] = torch::randn({c.linear_shape(m).first}) * 0.5;
+      }
+    }
+  }
   return t;
 }
 

@@ -233,6 +233,17 @@ void Llama::add_layer(int64_t index, const std::function<torch::Tensor(const std
     linear->to(options_.device);  // initialized on the CPU: the same adapter on any device
     layer.linear[module] = std::move(linear);
   }
+  if (config_.family->qkv_bias) {
+    for (const char* module : {"q_proj", "k_proj", "v_proj"}) {
+      const std::string name = module_path(index, module) + ".bias";
+      torch::Tensor b = get(name);
+      if (b.dim() != 1 || b.size(0) != config_.linear_shape(module).first) {
+        throw ModelConfigError(fmt::format("{} has shape {} but config.json implies [{}]", name,
+                                           fmt::join(b.sizes(), ", "), config_.linear_shape(module).first));
+      }
+      layer.bias[module] = b.to(options_.device, options_.compute_dtype);
+    }
+  }
   layers_.push_back(std::move(layer));
 }
 
@@ -275,13 +286,33 @@ struct KeptAttention : public torch::autograd::Function<KeptAttention> {
 
 }  // namespace
 
+namespace {
+
+// Qwen2's q, k and v biases, added to the projections' outputs in their dtype.
+void add_qkv_bias(const DecoderLayer& layer, std::vector<torch::Tensor>& qkv) {
+  const char* names[] = {"q_proj", "k_proj", "v_proj"};
+  for (size_t i = 0; i < 3; ++i) qkv[i] = qkv[i] + layer.bias.at(names[i]).to(qkv[i].scalar_type());
+}
+
+// A sliding window of W: the last `queries` of `keys` positions each see themselves
+// and the W - 1 before; a [queries, keys] mask, true = may attend.
+torch::Tensor window_mask(int64_t queries, int64_t keys, int64_t W, torch::Device device) {
+  const auto options = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  auto i = torch::arange(keys - queries, keys, options).view({-1, 1});
+  auto j = torch::arange(keys, options).view({1, -1});
+  return (j <= i) & (j > i - W);
+}
+
+}  // namespace
+
 torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x, const torch::Tensor& cos,
                                const torch::Tensor& sin, const torch::Tensor& mask, AttentionStash* stash,
                                KVCache* cache, size_t cached) const {
   const int64_t B = x.size(0), T = x.size(1), H = config_.num_attention_heads, KV = config_.num_key_value_heads,
                 D = config_.head_dim;
   const bool fused = options_.fused_kernels;
-  const auto qkv = linears(layer, {"q_proj", "k_proj", "v_proj"}, x);
+  auto qkv = linears(layer, {"q_proj", "k_proj", "v_proj"}, x);
+  if (!layer.bias.empty()) add_qkv_bias(layer, qkv);
   auto q = rotary(qkv[0].view({B, T, H, D}), cos, sin, fused);
   auto k = rotary(qkv[1].view({B, T, KV, D}), cos, sin, fused);
   auto v = qkv[2].view({B, T, KV, D}).transpose(1, 2);
@@ -304,7 +335,13 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
   // the sum of its samples' squared lengths, not its own, and padding gives zeros.
   const bool segmented = mask.defined() && mask.scalar_type() == torch::kLong;
   const bool sdpa_gqa = fused && x.is_cuda() && (!mask.defined() || segmented) && past == 0;
+  const int64_t W = config_.sliding_window;  // Mistral's; 0: none
+  auto window = [&](int64_t queries, int64_t keys) { return window_mask(queries, keys, W, x.device()); };
   auto causal = [&](const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value) {
+    if (W > 0 && key.size(2) > W) {
+      return at::scaled_dot_product_attention(query, key, value, window(query.size(2), key.size(2)), 0.0, false,
+                                              std::nullopt, /*enable_gqa=*/sdpa_gqa && KV != H);
+    }
     return at::scaled_dot_product_attention(query, key, value, {}, 0.0, /*is_causal=*/true, std::nullopt,
                                             /*enable_gqa=*/sdpa_gqa && KV != H);
   };
@@ -314,6 +351,7 @@ torch::Tensor Llama::attention(const DecoderLayer& layer, const torch::Tensor& x
       value = value.repeat_interleave(H / KV, 1);
     }
     if (past > 0) {  // T new queries after `past` cached keys: query i sees keys 0..past+i
+      if (W > 0 && past + T > W) return at::scaled_dot_product_attention(query, key, value, window(T, past + T));
       if (T == 1) return at::scaled_dot_product_attention(query, key, value);
       auto sees = torch::ones({T, past + T}, torch::TensorOptions().dtype(torch::kBool).device(query.device()));
       return at::scaled_dot_product_attention(query, key, value, sees.tril(past));
@@ -538,7 +576,11 @@ torch::Tensor Llama::final_hidden(const torch::Tensor& input_ids, const torch::T
   // [B, 1, T, T], true = may attend; packed: the segment ids, int64 [B, T] on the
   // host (attention() attends each segment alone); none: plain causal attention.
   torch::Tensor mask;
-  auto causal = [&] { return torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril(); };
+  auto causal = [&] {
+    const int64_t W = config_.sliding_window;  // Mistral's; 0: none
+    if (W > 0 && W < T) return window_mask(T, T, W, device);
+    return torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(device)).tril();
+  };
   if (segment_ids.defined()) {
     TORCH_CHECK(segment_ids.sizes() == input_ids.sizes(), "segment_ids must have the shape of input_ids");
     auto seg = segment_ids.to(torch::kInt64).cpu().contiguous();

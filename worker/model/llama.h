@@ -3,6 +3,8 @@
 // linear and llama3 rope_scaling), grouped-query attention with causal masking and
 // right padding, SwiGLU MLP, lm_head (tied or not). The seven linear layers of each
 // decoder layer are LoraLinear: NF4 or dense, with adapters on the target modules.
+// The other families are this graph with their Family's flags (llama_config.h):
+// Qwen2ForCausalLM's frozen q/k/v biases, MistralForCausalLM's sliding window.
 #pragma once
 
 #include <filesystem>
@@ -114,6 +116,7 @@ struct DecoderLayer {
   torch::Tensor input_layernorm;           // float32 [hidden]
   torch::Tensor post_attention_layernorm;  // float32 [hidden]
   std::map<std::string, std::unique_ptr<LoraLinear>> linear;  // by module name
+  std::map<std::string, torch::Tensor> bias;  // Family::qkv_bias: q/k/v_proj's, compute dtype, frozen
 };
 
 class Llama {

@@ -33,14 +33,85 @@ double positive_number(const json& j, const std::string& source, const std::stri
   return j[key].get<double>();
 }
 
+// The family config.json names: architectures[0] when it has one (what
+// AutoModelForCausalLM's class is), else model_type.
+const Family* family_of(const json& j, const std::string& source) {
+  const bool by_architecture = j.contains("architectures") && j["architectures"].is_array() &&
+                               !j["architectures"].empty() && j["architectures"][0].is_string();
+  const std::string named = by_architecture              ? j["architectures"][0].get<std::string>()
+                            : j.contains("model_type") && j["model_type"].is_string() ? j["model_type"].get<std::string>()
+                                                                                      : "llama";
+  for (const Family& f : families()) {
+    if (named == (by_architecture ? f.architecture : f.name)) return &f;
+  }
+  fail(source, by_architecture ? "architectures" : "model_type",
+       fmt::format("'{}' is not an architecture herd trains ({})", named, trained_architectures()));
+}
+
+// What a family reads beyond Llama's keys, and Llama's keys it does not support.
+void read_family_keys(const json& j, const std::string& source, LlamaConfig& c) {
+  auto is_true = [&](const char* key) { return j.contains(key) && j[key].is_boolean() && j[key].get<bool>(); };
+  if (c.family->name == "llama") {
+    for (const char* key : {"attention_bias", "mlp_bias"}) {
+      if (is_true(key)) fail(source, key, "true is not supported (Llama's checkpoints have no biases)");
+    }
+  }
+  if (c.family->name == "qwen2" && is_true("use_sliding_window")) {
+    fail(source, "use_sliding_window", "true is not supported (Qwen2.5's checkpoints leave it false)");
+  }
+  if (c.family->sliding_window && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
+    c.sliding_window = positive_int(j, source, "sliding_window", std::nullopt);
+  }
+  // eos_token_id: one id, or a list (Llama-3.1 and later: the first is kept)
+  if (j.contains("eos_token_id") && j["eos_token_id"].is_array() && !j["eos_token_id"].empty() &&
+      j["eos_token_id"][0].is_number_integer()) {
+    c.eos_token_id = j["eos_token_id"][0].get<int64_t>();
+  }
+}
+
+// rope_theta and the scaling: transformers 5's rope_parameters when config.json has
+// it (what transformers then reads), else rope_theta and rope_scaling.
+void read_rope(const json& j, const std::string& source, LlamaConfig& c) {
+  const bool v5 = j.contains("rope_parameters") && j["rope_parameters"].is_object();
+  const std::string key = v5 ? "rope_parameters" : "rope_scaling";
+  c.rope_theta = v5 && j[key].contains("rope_theta") ? positive_number(j[key], source + ": " + key, "rope_theta", 0)
+                                                      : positive_number(j, source, "rope_theta", 10000.0);
+  if (!j.contains(key) || j[key].is_null()) return;
+  const json& s = j[key];
+  if (!s.is_object()) fail(source, key, "must be an object or null");
+  const std::string type = s.value("rope_type", s.value("type", std::string("default")));
+  if (type == "default") return;
+  if (type != "linear" && type != "llama3") {
+    fail(source, key + ".rope_type", fmt::format("'{}' is not supported (herd supports linear and llama3)", type));
+  }
+  RopeScaling r;
+  r.type = type;
+  r.factor = positive_number(s, source + ": " + key, "factor", 1.0);
+  r.low_freq_factor = positive_number(s, source + ": " + key, "low_freq_factor", 1.0);
+  r.high_freq_factor = positive_number(s, source + ": " + key, "high_freq_factor", 4.0);
+  r.original_max_position_embeddings = positive_int(s, source + ": " + key, "original_max_position_embeddings", 8192);
+  c.rope_scaling = r;
+}
+
 }  // namespace
+
+const std::vector<Family>& families() {
+  static const std::vector<Family> f = {{"llama", "LlamaForCausalLM", false, false},
+                                        {"qwen2", "Qwen2ForCausalLM", true, false},
+                                        {"mistral", "MistralForCausalLM", false, true}};
+  return f;
+}
+
+std::string trained_architectures() {
+  std::string out;
+  for (const Family& f : families()) out += (out.empty() ? "" : ", ") + std::string(f.architecture);
+  return out;
+}
 
 LlamaConfig LlamaConfig::from_json(const json& j, const std::string& source) {
   if (!j.is_object()) fail(source, "(top level)", "must be a JSON object");
-  if (j.contains("model_type") && j["model_type"] != "llama") {
-    fail(source, "model_type", fmt::format("herd trains Llama models; got {}", j["model_type"].dump()));
-  }
   LlamaConfig c;
+  c.family = family_of(j, source);
   c.vocab_size = positive_int(j, source, "vocab_size", std::nullopt);
   c.hidden_size = positive_int(j, source, "hidden_size", std::nullopt);
   c.intermediate_size = positive_int(j, source, "intermediate_size", std::nullopt);
@@ -59,7 +130,6 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& source) {
   if (c.head_dim % 2 != 0) fail(source, "head_dim", "must be even for rotary embeddings");
   c.max_position_embeddings = positive_int(j, source, "max_position_embeddings", 2048);
   c.rms_norm_eps = positive_number(j, source, "rms_norm_eps", 1e-6);
-  c.rope_theta = positive_number(j, source, "rope_theta", 10000.0);
   if (j.contains("tie_word_embeddings") && !j["tie_word_embeddings"].is_null()) {
     if (!j["tie_word_embeddings"].is_boolean()) fail(source, "tie_word_embeddings", "must be true or false");
     c.tie_word_embeddings = j["tie_word_embeddings"].get<bool>();
@@ -67,26 +137,8 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& source) {
   for (auto [key, field] : {std::pair{"bos_token_id", &c.bos_token_id}, std::pair{"eos_token_id", &c.eos_token_id}}) {
     if (j.contains(key) && j[key].is_number_integer()) *field = j[key].get<int64_t>();
   }
-  // transformers >= 4.45 also writes rope_parameters / rope_type "default" for no scaling.
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-    const json& s = j["rope_scaling"];
-    if (!s.is_object()) fail(source, "rope_scaling", "must be an object or null");
-    std::string type = s.value("rope_type", s.value("type", std::string("default")));
-    if (type != "default") {
-      if (type != "linear" && type != "llama3") {
-        fail(source, "rope_scaling.rope_type",
-             fmt::format("'{}' is not supported (herd supports linear and llama3)", type));
-      }
-      RopeScaling r;
-      r.type = type;
-      r.factor = positive_number(s, source + ": rope_scaling", "factor", 1.0);
-      r.low_freq_factor = positive_number(s, source + ": rope_scaling", "low_freq_factor", 1.0);
-      r.high_freq_factor = positive_number(s, source + ": rope_scaling", "high_freq_factor", 4.0);
-      r.original_max_position_embeddings =
-          positive_int(s, source + ": rope_scaling", "original_max_position_embeddings", 8192);
-      c.rope_scaling = r;
-    }
-  }
+  read_family_keys(j, source, c);
+  read_rope(j, source, c);
   return c;
 }
 
@@ -99,8 +151,8 @@ LlamaConfig LlamaConfig::from_file(const std::filesystem::path& config_json) {
 }
 
 json LlamaConfig::to_json() const {
-  json j = {{"architectures", {"LlamaForCausalLM"}},
-            {"model_type", "llama"},
+  json j = {{"architectures", {std::string(family->architecture)}},
+            {"model_type", std::string(family->name)},
             {"vocab_size", vocab_size},
             {"hidden_size", hidden_size},
             {"intermediate_size", intermediate_size},
@@ -115,9 +167,15 @@ json LlamaConfig::to_json() const {
             {"bos_token_id", bos_token_id},
             {"eos_token_id", eos_token_id},
             {"hidden_act", "silu"},
-            {"attention_bias", false},
-            {"mlp_bias", false},
             {"torch_dtype", "float32"}};
+  if (family->name == "llama") {
+    j["attention_bias"] = false;
+    j["mlp_bias"] = false;
+  } else if (family->name == "qwen2") {
+    j["use_sliding_window"] = false;
+  } else if (family->sliding_window) {
+    j["sliding_window"] = sliding_window > 0 ? json(sliding_window) : json(nullptr);
+  }
   if (rope_scaling) {
     j["rope_scaling"] = {{"rope_type", rope_scaling->type},
                          {"factor", rope_scaling->factor},

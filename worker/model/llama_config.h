@@ -1,5 +1,7 @@
-// A Llama model's shape, read from a Hugging Face config.json and validated there:
-// a bad or missing key is an error naming the file and the key.
+// A decoder's shape, read from a Hugging Face config.json and validated there: a bad
+// or missing key is an error naming the file and the key. The families herd trains
+// share Llama's graph; each differs by a few flags (its Family), as llama.cpp
+// describes its architectures.
 #pragma once
 
 #include <cstdint>
@@ -7,6 +9,8 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -20,7 +24,20 @@ struct RopeScaling {
   int64_t original_max_position_embeddings = 8192;
 };
 
+// A model family: config.json's architecture and model_type, and what sets it apart.
+struct Family {
+  std::string_view name;          // model_family in a config ("llama", "qwen2", "mistral")
+  std::string_view architecture;  // config.json's architectures[0]
+  bool qkv_bias;                  // q, k and v projections have a bias (frozen)
+  bool sliding_window;            // config.json's sliding_window limits attention
+};
+// Llama (Llama-2 and 3.x), Qwen2 (Qwen2 and 2.5), Mistral.
+const std::vector<Family>& families();
+// "LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM"
+std::string trained_architectures();
+
 struct LlamaConfig {
+  const Family* family = &families()[0];
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
@@ -33,8 +50,10 @@ struct LlamaConfig {
   double rope_theta = 10000.0;
   std::optional<RopeScaling> rope_scaling;
   bool tie_word_embeddings = false;
+  // Each position attends to itself and the sliding_window - 1 before it; 0: all before it.
+  int64_t sliding_window = 0;
   int64_t bos_token_id = 1;
-  int64_t eos_token_id = 2;
+  int64_t eos_token_id = 2;  // the first, where config.json has a list
 
   static LlamaConfig from_json(const nlohmann::json& j, const std::string& source);
   static LlamaConfig from_file(const std::filesystem::path& config_json);

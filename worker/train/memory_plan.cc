@@ -103,32 +103,87 @@ Fit fit(const PlanInput& input, double capacity) {
   return f;
 }
 
+namespace {
+
+// A published shape: its name, the words its repository names hold, and its config.json.
+struct Published {
+  const char* name;
+  std::vector<const char*> words;
+  model::LlamaConfig config;
+};
+
+const std::vector<Published>& published_shapes() {
+  static const std::vector<Published> shapes = [] {
+    auto shape = [](const char* family, int64_t vocab, int64_t hidden, int64_t inter, int64_t layers, int64_t heads,
+                    int64_t kv, int64_t context, double theta) {
+      model::LlamaConfig c;
+      for (const auto& f : model::families()) {
+        if (f.name == family) c.family = &f;
+      }
+      c.max_position_embeddings = context;
+      c.rope_theta = theta;
+      c.rms_norm_eps = c.family->name == "qwen2" ? 1e-6 : 1e-5;
+      c.vocab_size = vocab;
+      c.hidden_size = hidden;
+      c.intermediate_size = inter;
+      c.num_hidden_layers = layers;
+      c.num_attention_heads = heads;
+      c.num_key_value_heads = kv;
+      c.head_dim = hidden / heads;
+      return c;
+    };
+    auto llama31 = [&](int64_t hidden, int64_t inter, int64_t layers, int64_t heads) {
+      auto c = shape("llama", 128256, hidden, inter, layers, heads, 8, 131072, 500000.0);
+      c.rope_scaling = model::RopeScaling{"llama3", 8.0, 1.0, 4.0, 8192};
+      return c;
+    };
+    auto nemo = shape("mistral", 131072, 5120, 14336, 40, 32, 8, 1024000, 1000000.0);
+    nemo.head_dim = 128;
+    return std::vector<Published>{
+        {"Llama-2-70B", {"llama-2|llama2", "70b"}, shape("llama", 32000, 8192, 28672, 80, 64, 8, 4096, 10000.0)},
+        {"Llama-2-13B", {"llama-2|llama2", "13b"}, shape("llama", 32000, 5120, 13824, 40, 40, 40, 4096, 10000.0)},
+        {"Llama-2-7B", {"llama-2|llama2", "7b"}, shape("llama", 32000, 4096, 11008, 32, 32, 32, 4096, 10000.0)},
+        {"Llama-3.1-70B", {"llama-3.1|llama3.1", "70b"}, llama31(8192, 28672, 80, 64)},
+        {"Llama-3.3-70B", {"llama-3.3|llama3.3", "70b"}, llama31(8192, 28672, 80, 64)},
+        {"Llama-3.1-8B", {"llama-3.1|llama3.1", "8b"}, llama31(4096, 14336, 32, 32)},
+        {"Llama-3-70B", {"llama-3|llama3", "70b"}, shape("llama", 128256, 8192, 28672, 80, 64, 8, 8192, 500000.0)},
+        {"Llama-3-8B", {"llama-3|llama3", "8b"}, shape("llama", 128256, 4096, 14336, 32, 32, 8, 8192, 500000.0)},
+        {"Qwen2.5-72B", {"qwen2.5|qwen-2.5", "72b"}, shape("qwen2", 152064, 8192, 29568, 80, 64, 8, 32768, 1000000.0)},
+        {"Mistral-Nemo-12B", {"mistral-nemo"}, nemo}};
+  }();
+  return shapes;
+}
+
+}  // namespace
+
 std::optional<std::pair<std::string, model::LlamaConfig>> known_shape(const std::string& base_model) {
   std::string name = base_model;
   std::transform(name.begin(), name.end(), name.begin(), [](unsigned char ch) { return std::tolower(ch); });
-  const bool llama3 = name.find("llama-3") != std::string::npos || name.find("llama3") != std::string::npos;
-  const bool llama2 = name.find("llama-2") != std::string::npos || name.find("llama2") != std::string::npos;
-  auto shape = [llama3](int64_t vocab, int64_t hidden, int64_t inter, int64_t layers, int64_t heads, int64_t kv) {
-    model::LlamaConfig c;
-    c.max_position_embeddings = llama3 ? 8192 : 4096;
-    c.rope_theta = llama3 ? 500000.0 : 10000.0;
-    c.rms_norm_eps = 1e-5;
-    c.vocab_size = vocab;
-    c.hidden_size = hidden;
-    c.intermediate_size = inter;
-    c.num_hidden_layers = layers;
-    c.num_attention_heads = heads;
-    c.num_key_value_heads = kv;
-    c.head_dim = hidden / heads;
-    return c;
+  // A word matches when one of its "|"-separated spellings is in the name.
+  auto holds = [&](std::string_view word) {
+    for (size_t start = 0;;) {
+      const size_t bar = std::min(word.find('|', start), word.size());
+      if (name.find(word.substr(start, bar - start)) != std::string::npos) return true;
+      if (bar == word.size()) return false;
+      start = bar + 1;
+    }
   };
-  auto has = [&](const char* size) { return name.find(size) != std::string::npos; };
-  if (llama2 && has("70b")) return std::pair{std::string("Llama-2-70B"), shape(32000, 8192, 28672, 80, 64, 8)};
-  if (llama2 && has("13b")) return std::pair{std::string("Llama-2-13B"), shape(32000, 5120, 13824, 40, 40, 40)};
-  if (llama2 && has("7b")) return std::pair{std::string("Llama-2-7B"), shape(32000, 4096, 11008, 32, 32, 32)};
-  if (llama3 && has("70b")) return std::pair{std::string("Llama-3-70B"), shape(128256, 8192, 28672, 80, 64, 8)};
-  if (llama3 && has("8b")) return std::pair{std::string("Llama-3-8B"), shape(128256, 4096, 14336, 32, 32, 8)};
+  for (const auto& p : published_shapes()) {
+    if (std::all_of(p.words.begin(), p.words.end(), holds)) {
+      return std::pair{std::string(p.name), p.config};
+    }
+  }
   return std::nullopt;
+}
+
+std::string known_shape_names() {
+  std::string out;
+  for (const auto& p : published_shapes()) {
+    std::string n = p.name;
+    std::transform(n.begin(), n.end(), n.begin(), [](unsigned char ch) { return std::tolower(ch); });
+    out += (out.empty() ? "" : ", ") + n;
+  }
+  return out;
 }
 
 std::optional<double> parse_bytes(const std::string& text) {

@@ -63,9 +63,12 @@ struct Fit {
 };
 Fit fit(const PlanInput& input, double capacity);
 
-// Llama shapes herd knows by name, for a base model that is not on this machine
-// (e.g. "TheBloke/Llama-2-70B-fp16": Llama-2-70B). Matched case-insensitively.
+// Published shapes herd knows by name, for a base model that is not on this machine
+// (e.g. "TheBloke/Llama-2-70B-fp16": Llama-2-70B; "Qwen/Qwen2.5-72B-Instruct":
+// Qwen2.5-72B). Matched case-insensitively, the most specific name first.
 std::optional<std::pair<std::string, model::LlamaConfig>> known_shape(const std::string& base_model);
+// "llama-2-7b, ..., mistral-nemo-12b": the names make-model's --shape takes.
+std::string known_shape_names();
 
 // "80GiB", "24GB", "24G" (GiB), "512MiB", "500MB" -> bytes; nullopt when malformed.
 std::optional<double> parse_bytes(const std::string& text);

@@ -16,6 +16,7 @@ std::vector<torch::Tensor*> frozen_tensors(model::DecoderLayer& layer) {
     auto& w = layer.linear.at(module)->mutable_weight();
     for (auto* t : {&w.packed, &w.absmax, &w.absmax_codes, &w.nested_absmax, &w.dense}) out.push_back(t);
   }
+  for (auto& [module, bias] : layer.bias) out.push_back(&bias);  // Qwen2's q/k/v biases
   return out;
 }
 }  // namespace
