@@ -17,7 +17,7 @@ std::optional<ModelReport> model_report(const Config& c) {
   } catch (const HubNotFound&) {
     return std::nullopt;  // the paths section says where it was looked for
   }
-  if (!fs::is_directory(dir)) return std::nullopt;
+  if (!fs::is_directory(dir) || !fs::exists(dir / "config.json")) return std::nullopt;  // e.g. a bare snapshot
   ModelReport r;
   r.dir = dir.string();
   try {

@@ -23,7 +23,8 @@ struct ModelReport {
   nlohmann::json json() const;
 };
 
-// Nothing when base_model is not here (a hub id not downloaded yet). Throws
+// Nothing when base_model is not here (a hub id not downloaded yet, a folder without
+// config.json). Throws
 // std::invalid_argument naming the file and key for an architecture herd does not
 // train (listing those it does), `model_family: llama` on another family, a tokenizer
 // that does not read, or one with more ids than the model's embedding.

@@ -116,14 +116,17 @@ JsonTokenizer::~JsonTokenizer() = default;
 
 namespace {
 
-void read_added_tokens(const json& list, const std::string& where, JsonTokenizer::Stages& s) {
+void read_added_tokens(const json& list, const std::string& where, size_t max_ids, JsonTokenizer::Stages& s) {
   for (size_t i = 0; i < list.size(); ++i) {
     const json& t = list[i];
     const std::string at = fmt::format("{}[{}]", where, i);
     AddedToken a{t.at("content").get<std::string>(), t.at("id").get<int32_t>(), t.value("special", false),
                  t.value("lstrip", false), t.value("rstrip", false), t.value("normalized", !t.value("special", false))};
     if (a.content.empty()) throw TokenizerError(at + ".content: empty");
-    if (a.id < 0) throw TokenizerError(fmt::format("{}.id: {} is negative", at, a.id));
+    if (a.id < 0 || static_cast<size_t>(a.id) >= max_ids) {
+      throw TokenizerError(fmt::format("{}.id: {} is not below {} (the vocabulary and the added tokens)", at, a.id,
+                                       max_ids));
+    }
     if (t.value("single_word", false)) throw TokenizerError(at + ".single_word: true is not supported");
     if (s.pieces.size() <= static_cast<size_t>(a.id)) s.pieces.resize(static_cast<size_t>(a.id) + 1);
     s.pieces[static_cast<size_t>(a.id)] = a.content;
@@ -153,12 +156,21 @@ std::unique_ptr<JsonTokenizer> JsonTokenizer::load(const fs::path& file) {
   try {
     s->normalizer = Normalizer::from_json(j.value("normalizer", json()), name + ": normalizer");
     s->pre_tokenizer = PreTokenizer::from_json(j.value("pre_tokenizer", json()), name + ": pre_tokenizer");
-    s->model = Bpe::from_json(j["model"], name + ": model", s->pre_tokenizer.byte_level(), s->pieces);
-    read_added_tokens(j.value("added_tokens", json::array()), name + ": added_tokens", *s);
+    const json added = j.value("added_tokens", json::array());
+    const size_t max_ids = j["model"].value("vocab", json::object()).size() + added.size();
+    s->model = Bpe::from_json(j["model"], name + ": model", s->pre_tokenizer.byte_level(), max_ids, s->pieces);
+    read_added_tokens(added, name + ": added_tokens", max_ids, *s);
     s->post = Template::from_json(j.value("post_processor", json()), name + ": post_processor");
     s->decoder = Decoder::from_json(j.value("decoder", json()), name + ": decoder");
   } catch (const json::exception& e) {
     throw TokenizerError(fmt::format("{}: {}", name, e.what()));
+  }
+  for (const auto* ids : {&s->post.before, &s->post.after}) {
+    for (int32_t id : *ids) {
+      if (id < 0 || static_cast<size_t>(id) >= s->pieces.size()) {
+        throw TokenizerError(fmt::format("{}: post_processor: special token id {} is not in the vocabulary", name, id));
+      }
+    }
   }
   s->special.resize(s->pieces.size());
   s->added.resize(s->pieces.size());
@@ -228,8 +240,8 @@ std::vector<int32_t> JsonTokenizer::encode(std::string_view text, bool add_speci
 std::string JsonTokenizer::decode(const std::vector<int32_t>& ids) const {
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
-  for (int32_t id : ids) {
-    if (s_->special.at(static_cast<size_t>(id))) continue;
+  for (int32_t id : ids) {  // an id past the vocabulary (a model's padding) decodes to nothing, as in tokenizers
+    if (id < 0 || id >= vocab_size() || s_->special[static_cast<size_t>(id)]) continue;
     tokens.push_back(piece(id));
   }
   return s_->decoder.apply(std::move(tokens));

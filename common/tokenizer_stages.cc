@@ -403,6 +403,7 @@ void PreTokenizer::read(const json& j, const std::string& where, std::vector<Ste
   } else if (type == "Metaspace") {
     s.kind = Step::Metaspace;
     s.replacement = j.value("replacement", kSpace);
+    if (s.replacement.empty()) refuse(where + ".replacement", "empty");
     const std::string scheme = j.value("prepend_scheme", j.value("add_prefix_space", true) ? "always" : "never");
     if (scheme != "always" && scheme != "first" && scheme != "never") {
       refuse(where + ".prepend_scheme", fmt::format("'{}': always, first or never", scheme));
@@ -467,7 +468,8 @@ std::vector<Aligned> PreTokenizer::apply(Aligned segment) const {
 
 // --- the BPE model ----------------------------------------------------------------
 
-Bpe Bpe::from_json(const json& m, const std::string& where, bool byte_level, std::vector<std::string>& pieces) {
+Bpe Bpe::from_json(const json& m, const std::string& where, bool byte_level, size_t max_ids,
+                   std::vector<std::string>& pieces) {
   const std::string type = m.value("type", "BPE");
   if (type != "BPE") {
     refuse(where + ".type", fmt::format("model '{}' is not supported (herd reads BPE)", type));
@@ -490,7 +492,10 @@ Bpe Bpe::from_json(const json& m, const std::string& where, bool byte_level, std
   std::string key;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     const int64_t id = it.value().get<int64_t>();
-    if (id < 0 || id > INT32_MAX) refuse(where + ".vocab", fmt::format("id {} of {} is out of range", id, c_quoted(it.key())));
+    if (id < 0 || static_cast<uint64_t>(id) >= max_ids) {
+      refuse(where + ".vocab", fmt::format("id {} of {} is not below {} (the vocabulary and the added tokens)", id,
+                                           c_quoted(it.key()), max_ids));
+    }
     if (pieces.size() <= static_cast<size_t>(id)) pieces.resize(static_cast<size_t>(id) + 1);
     pieces[static_cast<size_t>(id)] = it.key();
     if (!byte_level) {
@@ -648,6 +653,7 @@ void Decoder::read(const json& j, const std::string& where, std::vector<Step>& s
   } else if (type == "ByteFallback" || type == "Fuse") {
     steps.push_back({type == "Fuse" ? Step::Fuse : Step::ByteFallback});
   } else if (type == "Strip") {
+    if (need(j, "content", where).get<std::string>().empty()) refuse(where + ".content", "empty");
     steps.push_back({Step::Strip, need(j, "content", where).get<std::string>(), "", j.value("start", 0),
                      j.value("stop", 0)});
   } else {

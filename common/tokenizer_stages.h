@@ -87,8 +87,9 @@ class PreTokenizer {
 // UTF-8 characters, with byte fallback or unk for characters not in the vocabulary.
 class Bpe {
  public:
-  // `pieces` is filled with each id's string as the file spells it.
-  static Bpe from_json(const nlohmann::json& model, const std::string& where, bool byte_level,
+  // `pieces` is filled with each id's string as the file spells it; an id must be
+  // below `max_ids` (the file's vocabulary and added tokens together).
+  static Bpe from_json(const nlohmann::json& model, const std::string& where, bool byte_level, size_t max_ids,
                        std::vector<std::string>& pieces);
   void encode(const Aligned& word, std::vector<int32_t>& ids, std::vector<Span>* spans) const;
   bool byte_fallback() const { return byte_fallback_; }

@@ -1,7 +1,8 @@
 """Writes the fuzzers' seed corpora (tests/fuzz/corpus/TARGET/), from the repository's own files and
 from messages spelled out here. Run from the repository root with the project's Python:
-    .venv/bin/python tests/fuzz/make_seeds.py [TINY_MODEL_DIR]
-(TINY_MODEL_DIR: a `herd tools make-tiny-model` output, for the SentencePiece and safetensors seeds.)"""
+    .venv/bin/python tests/fuzz/make_seeds.py [TINY_MODEL_DIR [BYTE_LEVEL_MODEL_DIR]]
+(TINY_MODEL_DIR: a `herd tools make-tiny-model` output, for the SentencePiece seed; BYTE_LEVEL_MODEL_DIR:
+one of `herd tools make-tiny-model --family qwen2 --vocab 300`, for a byte-level tokenizer.json seed.)"""
 import json
 import struct
 import sys
@@ -96,6 +97,23 @@ seed("handlers", "register-other-config", call(0, (1, "job"), (2, "h"), (5, fiel
 if len(sys.argv) > 1:
     model = Path(sys.argv[1])
     seed("sentencepiece", "tiny.model", (model / "tokenizer.model").read_bytes())
+if len(sys.argv) > 2:
+    seed("tokenizer_json", "byte-level-nfc.json", (Path(sys.argv[2]) / "tokenizer.json").read_bytes())
+# A byte-fallback tokenizer.json as transformers writes Llama-2's, with six pieces and two merges.
+pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["\u2581", "h", "i", "\u2581h", "\u2581hi"]
+seed("tokenizer_json", "byte-fallback.json", json.dumps({
+    "version": "1.0", "added_tokens": [{"id": i, "content": p, "special": True, "normalized": False} for i, p in
+                                       enumerate(pieces[:3])],
+    "normalizer": None, "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first",
+                                          "split": False},
+    "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                                                {"Sequence": {"id": "A", "type_id": 0}}],
+                       "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+    "decoder": {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
+        {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+    "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": True, "byte_fallback": True,
+              "vocab": {p: i for i, p in enumerate(pieces)}, "merges": [["\u2581", "h"], ["\u2581h", "i"]]}}))
 seed("safetensors", "one-tensor", struct.pack("<Q", 64) + json.dumps(
     {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "__metadata__": {"format": "pt"}}).ljust(64).encode()
      + struct.pack("<2f", 1.0, 2.0))
