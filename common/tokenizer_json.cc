@@ -79,7 +79,7 @@ json read_json(const fs::path& file) {
   if (!in) throw TokenizerError(fmt::format("{}: cannot read", file.string()));
   try {
     return json::parse(in);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // a syntax error, or a number too large for a double
     throw TokenizerError(fmt::format("{}: not JSON: {}", file.string(), e.what()));
   }
 }
@@ -120,13 +120,14 @@ void read_added_tokens(const json& list, const std::string& where, size_t max_id
   for (size_t i = 0; i < list.size(); ++i) {
     const json& t = list[i];
     const std::string at = fmt::format("{}[{}]", where, i);
-    AddedToken a{t.at("content").get<std::string>(), t.at("id").get<int32_t>(), t.value("special", false),
-                 t.value("lstrip", false), t.value("rstrip", false), t.value("normalized", !t.value("special", false))};
-    if (a.content.empty()) throw TokenizerError(at + ".content: empty");
-    if (a.id < 0 || static_cast<size_t>(a.id) >= max_ids) {
-      throw TokenizerError(fmt::format("{}.id: {} is not below {} (the vocabulary and the added tokens)", at, a.id,
+    const int64_t id = integer(t.at("id"), at + ".id");
+    if (id < 0 || static_cast<uint64_t>(id) >= max_ids) {
+      throw TokenizerError(fmt::format("{}.id: {} is not below {} (the vocabulary and the added tokens)", at, id,
                                        max_ids));
     }
+    AddedToken a{t.at("content").get<std::string>(), static_cast<int32_t>(id), t.value("special", false),
+                 t.value("lstrip", false), t.value("rstrip", false), t.value("normalized", !t.value("special", false))};
+    if (a.content.empty()) throw TokenizerError(at + ".content: empty");
     if (t.value("single_word", false)) throw TokenizerError(at + ".single_word: true is not supported");
     if (s.pieces.size() <= static_cast<size_t>(a.id)) s.pieces.resize(static_cast<size_t>(a.id) + 1);
     s.pieces[static_cast<size_t>(a.id)] = a.content;

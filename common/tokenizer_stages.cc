@@ -45,6 +45,11 @@ const std::string kSpace = "\xE2\x96\x81";  // U+2581
 
 }  // namespace
 
+int64_t integer(const json& v, const std::string& where) {
+  if (!v.is_number_integer()) refuse(where, fmt::format("expected an integer, got {}", v.dump()));
+  return v.get<int64_t>();
+}
+
 // --- Aligned -------------------------------------------------------------------
 
 Aligned Aligned::of(std::string_view text, uint32_t offset) {
@@ -491,7 +496,7 @@ Bpe Bpe::from_json(const json& m, const std::string& where, bool byte_level, siz
   if (!vocab.is_object()) refuse(where + ".vocab", "expected an object of token: id");
   std::string key;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    const int64_t id = it.value().get<int64_t>();
+    const int64_t id = integer(it.value(), where + ".vocab");
     if (id < 0 || static_cast<uint64_t>(id) >= max_ids) {
       refuse(where + ".vocab", fmt::format("id {} of {} is not below {} (the vocabulary and the added tokens)", id,
                                            c_quoted(it.key()), max_ids));
@@ -557,7 +562,9 @@ void Bpe::initial_symbols(std::string_view word, std::vector<int32_t>& ids, std:
     if (it != vocab_.end()) {
       ids.push_back(it->second);
       ends.push_back(end);
-    } else if (byte_fallback_ && !byte_level_) {
+    } else if (byte_fallback_ && !byte_level_ &&
+               std::all_of(word.begin() + static_cast<ptrdiff_t>(i), word.begin() + end,
+                           [&](char c) { return byte_ids_[static_cast<unsigned char>(c)] >= 0; })) {
       for (size_t k = i; k < end; ++k) {
         ids.push_back(byte_ids_[static_cast<unsigned char>(word[k])]);
         ends.push_back(static_cast<uint32_t>(k + 1));
@@ -569,7 +576,7 @@ void Bpe::initial_symbols(std::string_view word, std::vector<int32_t>& ids, std:
         ids.push_back(unk_id_);
         ends.push_back(end);
       }
-    }  // no unk token: the character is dropped, as the tokenizers library does
+    }  // no unk token (or a byte without its <0xXX> piece): the character is dropped, as in tokenizers
     i = end;
   }
 }
@@ -654,8 +661,10 @@ void Decoder::read(const json& j, const std::string& where, std::vector<Step>& s
     steps.push_back({type == "Fuse" ? Step::Fuse : Step::ByteFallback});
   } else if (type == "Strip") {
     if (need(j, "content", where).get<std::string>().empty()) refuse(where + ".content", "empty");
-    steps.push_back({Step::Strip, need(j, "content", where).get<std::string>(), "", j.value("start", 0),
-                     j.value("stop", 0)});
+    auto count = [&](const char* key) {  // at most the length of any token
+      return static_cast<int>(std::clamp<int64_t>(integer(j.value(key, json(0)), where + "." + key), 0, 1 << 20));
+    };
+    steps.push_back({Step::Strip, need(j, "content", where).get<std::string>(), "", count("start"), count("stop")});
   } else {
     refuse(where + ".type", fmt::format("decoder '{}' is not supported (herd reads ByteLevel, Metaspace, Replace, "
                                         "ByteFallback, Fuse, Strip, Sequence)", type));
@@ -785,7 +794,10 @@ Template Template::from_json(const json& j, const std::string& where) {
     }
     const std::string name = item.at("SpecialToken").at("id").get<std::string>();
     if (!specials.contains(name)) refuse(where + ".special_tokens", fmt::format("{} is missing", c_quoted(name)));
-    for (const json& id : specials[name].at("ids")) (seen_sequence ? t.after : t.before).push_back(id.get<int32_t>());
+    for (const json& id : specials[name].at("ids")) {
+      const int64_t v = integer(id, where + ".special_tokens");
+      (seen_sequence ? t.after : t.before).push_back(v < 0 || v > INT32_MAX ? -1 : static_cast<int32_t>(v));
+    }
   }
   return t;
 }

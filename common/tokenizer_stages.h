@@ -138,6 +138,9 @@ struct Template {
   static Template from_json(const nlohmann::json& j, const std::string& where);
 };
 
+// An integer of the file (an id, a count); TokenizerError naming `where` for anything else.
+int64_t integer(const nlohmann::json& v, const std::string& where);
+
 // `bytes` as UTF-8, each invalid sequence replaced by U+FFFD (Rust's from_utf8_lossy).
 std::string utf8_lossy(std::string_view bytes);
 
