@@ -10,9 +10,9 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/config_report.h"
-#include "cli/model_report.h"
 #include "cli/data_commands.h"
 #include "cli/model_commands.h"
+#include "cli/model_report.h"
 #include "cli/plan_command.h"
 #include "cli/status_command.h"
 #include "common/config.h"

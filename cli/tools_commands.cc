@@ -115,8 +115,8 @@ struct MakeModelFlags {
 void make_model(MakeModelFlags& f) {
   const auto known = train::known_shape(f.shape);
   if (!known) {
-    throw std::invalid_argument(fmt::format(
-        "--shape {}: not a shape herd knows ({})", f.shape, train::known_shape_names()));
+    throw std::invalid_argument(
+        fmt::format("--shape {}: not a shape herd knows ({})", f.shape, train::known_shape_names()));
   }
   f.spec.shape = known->second;
   if (f.layers > 0) f.spec.shape.num_hidden_layers = f.layers;

@@ -204,7 +204,6 @@ FormattedConversation format_orca(const OrcaRecord& r, const FormatOptions& o) {
   return f;
 }
 
-
 std::string read_text_file(const fs::path& file) {
   std::ifstream in(file, std::ios::binary);
   if (!in) throw DatasetError(fmt::format("{}: cannot read", file.string()));

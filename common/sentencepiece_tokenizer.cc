@@ -167,7 +167,7 @@ std::vector<int32_t> SentencePieceTokenizer::encode_segment(std::string_view tex
 }
 
 std::vector<int32_t> SentencePieceTokenizer::encode(std::string_view text, bool add_special,
-                                                   std::vector<Span>* spans) const {
+                                                    std::vector<Span>* spans) const {
   std::vector<int32_t> out;
   if (spans) spans->clear();
   if (add_special) {

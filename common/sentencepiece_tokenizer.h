@@ -17,7 +17,8 @@ class SentencePieceTokenizer final : public Tokenizer {
   static SentencePieceTokenizer load(const std::filesystem::path& tokenizer_model);
 
   // BOS (when add_special), then the text with special-token strings mapped to their ids.
-  std::vector<int32_t> encode(std::string_view text, bool add_special, std::vector<Span>* spans = nullptr) const override;
+  std::vector<int32_t> encode(std::string_view text, bool add_special,
+                              std::vector<Span>* spans = nullptr) const override;
   // One segment, as SentencePieceProcessor::Encode (no special-token handling);
   // spans are relative to the segment.
   std::vector<int32_t> encode_segment(std::string_view text, std::vector<Span>* spans = nullptr) const;

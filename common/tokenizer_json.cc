@@ -107,7 +107,8 @@ struct JsonTokenizer::Stages {
   Template post;
   Decoder decoder;
 
-  void encode_segment(std::string_view text, uint32_t offset, std::vector<int32_t>& ids, std::vector<Span>* spans) const;
+  void encode_segment(std::string_view text, uint32_t offset, std::vector<int32_t>& ids,
+                      std::vector<Span>* spans) const;
   void encode_normalized(const Aligned& segment, std::vector<int32_t>& ids, std::vector<Span>* spans) const;
 };
 
@@ -122,11 +123,12 @@ void read_added_tokens(const json& list, const std::string& where, size_t max_id
     const std::string at = fmt::format("{}[{}]", where, i);
     const int64_t id = integer(t.at("id"), at + ".id");
     if (id < 0 || static_cast<uint64_t>(id) >= max_ids) {
-      throw TokenizerError(fmt::format("{}.id: {} is not below {} (the vocabulary and the added tokens)", at, id,
-                                       max_ids));
+      throw TokenizerError(
+          fmt::format("{}.id: {} is not below {} (the vocabulary and the added tokens)", at, id, max_ids));
     }
-    AddedToken a{t.at("content").get<std::string>(), static_cast<int32_t>(id), t.value("special", false),
-                 t.value("lstrip", false), t.value("rstrip", false), t.value("normalized", !t.value("special", false))};
+    AddedToken a{t.at("content").get<std::string>(), static_cast<int32_t>(id),
+                 t.value("special", false),          t.value("lstrip", false),
+                 t.value("rstrip", false),           t.value("normalized", !t.value("special", false))};
     if (a.content.empty()) throw TokenizerError(at + ".content: empty");
     if (t.value("single_word", false)) throw TokenizerError(at + ".single_word: true is not supported");
     if (s.pieces.size() <= static_cast<size_t>(a.id)) s.pieces.resize(static_cast<size_t>(a.id) + 1);
@@ -184,7 +186,8 @@ std::unique_ptr<JsonTokenizer> JsonTokenizer::load(const fs::path& file) {
   } else if (!fs::exists(config_file) && !t->s_->post.before.empty()) {
     t->bos_id_ = t->s_->post.before.front();
   }
-  if (const auto eos = token_name(config, "eos_token"); !eos.empty()) t->eos_id_ = id_of(*t->s_, eos, where + ": eos_token");
+  if (const auto eos = token_name(config, "eos_token"); !eos.empty())
+    t->eos_id_ = id_of(*t->s_, eos, where + ": eos_token");
   return t;
 }
 

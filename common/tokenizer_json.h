@@ -28,7 +28,8 @@ class JsonTokenizer final : public Tokenizer {
   static std::unique_ptr<JsonTokenizer> load(const std::filesystem::path& tokenizer_json);
   ~JsonTokenizer() override;
 
-  std::vector<int32_t> encode(std::string_view text, bool add_special, std::vector<Span>* spans = nullptr) const override;
+  std::vector<int32_t> encode(std::string_view text, bool add_special,
+                              std::vector<Span>* spans = nullptr) const override;
   std::string decode(const std::vector<int32_t>& ids) const override;
   int32_t vocab_size() const override;
   const std::string& piece(int32_t id) const override;

@@ -6,9 +6,9 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <pcre2.h>
 #include <utf8proc.h>
+#include <nlohmann/json.hpp>
 
 #include "common/text.h"
 
@@ -156,8 +156,8 @@ namespace {
 
 std::string unicode_normalized(std::string_view s, int options) {
   utf8proc_uint8_t* out = nullptr;
-  const auto n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()), static_cast<utf8proc_ssize_t>(s.size()),
-                              &out, static_cast<utf8proc_option_t>(options));
+  const auto n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
+                              static_cast<utf8proc_ssize_t>(s.size()), &out, static_cast<utf8proc_option_t>(options));
   if (n < 0) throw TokenizerError(fmt::format("Unicode normalization: {}", utf8proc_errmsg(n)));
   std::string r(reinterpret_cast<char*>(out), static_cast<size_t>(n));
   std::free(out);
@@ -180,7 +180,9 @@ Aligned unicode_aligned(const Aligned& in, int options) {
   }
   starts.push_back(in.text.size());
   Aligned out;
-  auto norm = [&](size_t b, size_t e) { return unicode_normalized(std::string_view(in.text).substr(b, e - b), options); };
+  auto norm = [&](size_t b, size_t e) {
+    return unicode_normalized(std::string_view(in.text).substr(b, e - b), options);
+  };
   size_t pending = starts[0];
   for (size_t u = 1; u + 1 < starts.size(); ++u) {
     const size_t b = starts[u], e = starts[u + 1];
@@ -233,7 +235,8 @@ void Normalizer::read(const json& j, const std::string& where, std::vector<Step>
     steps.push_back({Step::Replace, 0, pattern, need(j, "content", where).get<std::string>()});
   } else {
     refuse(where + ".type", fmt::format("normalizer '{}' is not supported (herd reads NFC, NFD, NFKC, NFKD, "
-                                        "Prepend, Replace, Sequence)", type));
+                                        "Prepend, Replace, Sequence)",
+                                        type));
   }
 }
 
@@ -267,7 +270,8 @@ namespace {
 // Unicode's White_Space property, as items of a character class: what \s means to
 // Oniguruma, the engine the tokenizers library runs its patterns with. (PCRE2's \s
 // also takes U+180E, which left White_Space in Unicode 6.3.)
-const char* const kWhiteSpace = R"(\t\n\x{0b}\f\r\x{20}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000})";
+const char* const kWhiteSpace =
+    R"(\t\n\x{0b}\f\r\x{20}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000})";
 
 // `pattern` with \s and \S spelled as White_Space classes; throws on \S inside a class.
 std::string with_white_space(const std::string& pattern, const std::string& where) {
@@ -310,8 +314,8 @@ class Regex {
     PCRE2_SIZE offset = 0;
     const uint32_t options = PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK | (literal ? PCRE2_LITERAL : 0);
     const std::string translated = literal ? pattern : with_white_space(pattern, where);
-    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(), options, &error,
-                          &offset, nullptr);
+    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(), options, &error, &offset,
+                          nullptr);
     if (!code_) {
       PCRE2_UCHAR message[256];
       pcre2_get_error_message(error, message, sizeof message);
@@ -330,8 +334,8 @@ class Regex {
     pcre2_match_data* data = pcre2_match_data_create_from_pattern(code_, nullptr);
     size_t at = 0;
     while (at < text.size()) {
-      const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), at,
-                                 PCRE2_NO_UTF_CHECK, data, nullptr);
+      const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), at, PCRE2_NO_UTF_CHECK,
+                                 data, nullptr);
       if (rc < 0) break;
       const PCRE2_SIZE* v = pcre2_get_ovector_pointer(data);
       if (v[1] == v[0]) {  // an empty match: step over one character
@@ -398,8 +402,7 @@ void PreTokenizer::read(const json& j, const std::string& where, std::vector<Ste
       refuse(where + ".behavior", fmt::format("'{}' is not supported (Isolated and Removed are)", behavior));
     }
     if (j.value("invert", false)) refuse(where + ".invert", "true is not supported");
-    s = {Step::Split, std::make_shared<Regex>(pattern, !is_regex, where + ".pattern"), pattern,
-         behavior == "Removed"};
+    s = {Step::Split, std::make_shared<Regex>(pattern, !is_regex, where + ".pattern"), pattern, behavior == "Removed"};
   } else if (type == "ByteLevel") {
     s.kind = Step::ByteLevel;
     s.add_prefix = j.value("add_prefix_space", true);
@@ -417,7 +420,8 @@ void PreTokenizer::read(const json& j, const std::string& where, std::vector<Ste
     s.split = j.value("split", true);
   } else {
     refuse(where + ".type", fmt::format("pre-tokenizer '{}' is not supported (herd reads Split, ByteLevel, "
-                                        "Metaspace, Sequence)", type));
+                                        "Metaspace, Sequence)",
+                                        type));
   }
   steps.push_back(std::move(s));
 }
@@ -457,7 +461,8 @@ std::vector<Aligned> PreTokenizer::apply(Aligned segment) const {
       }
       w = replaced(w, " ", s.replacement);
       const bool at_start = !w.from.empty() && w.from[0].begin == 0;  // "first": the word starts the input
-      if (!starts_with(w.text, s.replacement) && (s.prepend == Step::Always || (s.prepend == Step::First && at_start))) {
+      if (!starts_with(w.text, s.replacement) &&
+          (s.prepend == Step::Always || (s.prepend == Step::First && at_start))) {
         w = prepended(w, s.replacement);
       }
       if (!s.split) {
@@ -609,7 +614,9 @@ void Bpe::encode(const Aligned& word, std::vector<int32_t>& out, std::vector<Spa
     int pos;
   };
   // Lowest rank first; on a tie the leftmost (the tokenizers library's order).
-  auto later = [](const Candidate& a, const Candidate& b) { return a.rank > b.rank || (a.rank == b.rank && a.pos > b.pos); };
+  auto later = [](const Candidate& a, const Candidate& b) {
+    return a.rank > b.rank || (a.rank == b.rank && a.pos > b.pos);
+  };
   std::priority_queue<Candidate, std::vector<Candidate>, decltype(later)> agenda(later);
   auto consider = [&](int left) {
     if (left < 0 || symbols[static_cast<size_t>(left)].next < 0) return;
@@ -637,7 +644,8 @@ void Bpe::encode(const Aligned& word, std::vector<int32_t>& out, std::vector<Spa
   }
   for (int i = 0; i >= 0; i = symbols[static_cast<size_t>(i)].next) {
     out.push_back(symbols[static_cast<size_t>(i)].id);
-    if (spans) spans->push_back(word.source(symbols[static_cast<size_t>(i)].begin, symbols[static_cast<size_t>(i)].end));
+    if (spans)
+      spans->push_back(word.source(symbols[static_cast<size_t>(i)].begin, symbols[static_cast<size_t>(i)].end));
   }
 }
 
@@ -667,7 +675,8 @@ void Decoder::read(const json& j, const std::string& where, std::vector<Step>& s
     steps.push_back({Step::Strip, need(j, "content", where).get<std::string>(), "", count("start"), count("stop")});
   } else {
     refuse(where + ".type", fmt::format("decoder '{}' is not supported (herd reads ByteLevel, Metaspace, Replace, "
-                                        "ByteFallback, Fuse, Strip, Sequence)", type));
+                                        "ByteFallback, Fuse, Strip, Sequence)",
+                                        type));
   }
 }
 
@@ -783,7 +792,8 @@ Template Template::from_json(const json& j, const std::string& where) {
   }
   if (type != "TemplateProcessing") {
     refuse(where + ".type", fmt::format("post-processor '{}' is not supported (herd reads TemplateProcessing, "
-                                        "ByteLevel, Sequence)", type));
+                                        "ByteLevel, Sequence)",
+                                        type));
   }
   const json& specials = need(j, "special_tokens", where);
   bool seen_sequence = false;

@@ -107,7 +107,7 @@ class Bpe {
   };
   std::unordered_map<uint64_t, Merge> merges_;  // (left id << 32 | right id)
   std::vector<std::pair<int32_t, int32_t>> merge_list_;
-  std::array<int32_t, 256> byte_ids_{};         // byte-level: each byte's id; fallback: <0xXX>
+  std::array<int32_t, 256> byte_ids_{};  // byte-level: each byte's id; fallback: <0xXX>
   bool byte_level_ = false, byte_fallback_ = false, fuse_unk_ = false, ignore_merges_ = false;
   int32_t unk_id_ = -1;
 

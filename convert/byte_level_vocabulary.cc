@@ -84,8 +84,8 @@ std::vector<std::pair<int32_t, int32_t>> learn_merges(const std::map<std::string
 }
 
 json added_token(int64_t id, const std::string& content) {
-  return {{"id", id},          {"content", content}, {"single_word", false}, {"lstrip", false},
-          {"rstrip", false},   {"normalized", false}, {"special", true}};
+  return {{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+          {"rstrip", false}, {"normalized", false}, {"special", true}};
 }
 
 }  // namespace
@@ -96,8 +96,9 @@ ByteLevelStyle byte_level_style(const std::string& name) {
   }
   if (name == "tekken") return {"tekken", kTekkenPattern, false, false, {"<unk>", "<s>", "</s>"}, "<s>", "</s>"};
   if (name == "llama3") {
-    return {"llama3", kLlama3Pattern, false, true, {"<|begin_of_text|>", "<|end_of_text|>"}, "<|begin_of_text|>",
-            "<|end_of_text|>"};
+    return {
+        "llama3",         kLlama3Pattern, false, true, {"<|begin_of_text|>", "<|end_of_text|>"}, "<|begin_of_text|>",
+        "<|end_of_text|>"};
   }
   throw std::invalid_argument(fmt::format("byte-level tokenizer style '{}': llama3, qwen2 or tekken", name));
 }
@@ -128,14 +129,16 @@ std::pair<int64_t, int64_t> write_byte_level_tokenizer(const fs::path& out, cons
            (std::find(style.specials.begin(), style.specials.end(), s) - style.specials.begin());
   };
   for (const auto& s : style.specials) added.push_back(added_token(id++, s));
-  for (int64_t n = 0; id < vocab; ++n) added.push_back(added_token(id++, fmt::format("<|reserved_special_token_{}|>", n)));
+  for (int64_t n = 0; id < vocab; ++n)
+    added.push_back(added_token(id++, fmt::format("<|reserved_special_token_{}|>", n)));
   json post = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}};
   if (!style.bos.empty()) {  // BOS first, as Llama-3's TemplateProcessing
     const json bos_item = {{"SpecialToken", {{"id", style.bos}, {"type_id", 0}}}};
     const json single = json::array({bos_item, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}});
     json special = json::object();
     special[style.bos] = {{"id", style.bos}, {"ids", {special_id(style.bos)}}, {"tokens", {style.bos}}};
-    const json templ = {{"type", "TemplateProcessing"}, {"single", single}, {"pair", single}, {"special_tokens", special}};
+    const json templ = {
+        {"type", "TemplateProcessing"}, {"single", single}, {"pair", single}, {"special_tokens", special}};
     post = {{"type", "Sequence"}, {"processors", json::array({post, templ})}};
   }
   const json tokenizer = {
@@ -148,9 +151,16 @@ std::pair<int64_t, int64_t> write_byte_level_tokenizer(const fs::path& out, cons
       {"post_processor", post},
       {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
       {"model",
-       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false},
-        {"ignore_merges", style.ignore_merges}, {"vocab", model_vocab}, {"merges", merge_list}}}};
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"continuing_subword_prefix", nullptr},
+        {"end_of_word_suffix", nullptr},
+        {"fuse_unk", false},
+        {"byte_fallback", false},
+        {"ignore_merges", style.ignore_merges},
+        {"vocab", model_vocab},
+        {"merges", merge_list}}}};
   std::ofstream(out / "tokenizer.json") << tokenizer.dump() << "\n";
   json config = {{"tokenizer_class", "PreTrainedTokenizerFast"},
                  {"model_max_length", model_max_length},

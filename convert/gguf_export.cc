@@ -268,15 +268,17 @@ void add_vocabulary(Header& h, const fs::path& model) {
   }
   const auto tokenizer = JsonTokenizer::load(tokenizer_file(model));
   if (!tokenizer->byte_level()) {
-    throw std::invalid_argument(fmt::format("{}: a {} tokenizer.json without a tokenizer.model is not exported (a "
-                                            "byte-level one or SentencePiece's is)",
-                                            model.string(), tokenizer->kind()));
+    throw std::invalid_argument(
+        fmt::format("{}: a {} tokenizer.json without a tokenizer.model is not exported (a "
+                    "byte-level one or SentencePiece's is)",
+                    model.string(), tokenizer->kind()));
   }
   const std::string pre = gguf_pre_tokenizer(tokenizer->split_patterns());
   if (pre.empty()) {
-    throw std::invalid_argument(fmt::format("{}: tokenizer.json's pre-tokenizer pattern is none llama.cpp knows "
-                                            "(Llama-3's, Qwen2's or Tekken's)",
-                                            model.string()));
+    throw std::invalid_argument(
+        fmt::format("{}: tokenizer.json's pre-tokenizer pattern is none llama.cpp knows "
+                    "(Llama-3's, Qwen2's or Tekken's)",
+                    model.string()));
   }
   add_tokenizer_metadata(h, *tokenizer, pre);
 }

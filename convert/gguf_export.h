@@ -4,8 +4,8 @@
 // (Llama and Mistral as its llama, q and k rows permuted for its rotary layout; Qwen2
 // as its qwen2, with the q/k/v biases), the tokenizer as tokenizer.ggml.* (SentencePiece's
 // tokenizer.model as "llama"; a byte-level tokenizer.json as "gpt2" with its merges and
-// the pre-tokenizer's name), and a chat template of the seed's prompt style. 1-D tensors (the norms) stay float32; the others are float16, bfloat16 or
-// Q8_0 (blocks of 32: a float16 scale max|x| / 127 and 32 rounded int8).
+// the pre-tokenizer's name), and a chat template of the seed's prompt style. 1-D tensors (the norms) stay float32; the
+// others are float16, bfloat16 or Q8_0 (blocks of 32: a float16 scale max|x| / 127 and 32 rounded int8).
 #pragma once
 
 #include <cstdint>

@@ -137,7 +137,8 @@ TEST(MemoryPlan, TheOtherFamiliesPublishedShapes) {
     auto [out, in] = c.linear_shape(m);
     params += c.num_hidden_layers * out * in;
   }
-  params += c.num_hidden_layers * (2 * c.hidden_size + c.linear_shape("q_proj").first + 2 * c.linear_shape("k_proj").first);
+  params +=
+      c.num_hidden_layers * (2 * c.hidden_size + c.linear_shape("q_proj").first + 2 * c.linear_shape("k_proj").first);
   EXPECT_NEAR(static_cast<double>(params) / 1e9, 72.7, 0.05);
   const auto nemo = known_shape("mistralai/Mistral-Nemo-Instruct-2407");
   ASSERT_TRUE(nemo);

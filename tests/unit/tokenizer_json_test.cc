@@ -31,7 +31,11 @@ json byte_fallback(const std::string& missing = "") {
   vocab["a"] = id;
   return {{"added_tokens", {{{"id", 2}, {"content", "</s>"}, {"special", true}, {"normalized", false}}}},
           {"model",
-           {{"type", "BPE"}, {"unk_token", "<unk>"}, {"byte_fallback", true}, {"vocab", vocab}, {"merges", json::array()}}}};
+           {{"type", "BPE"},
+            {"unk_token", "<unk>"},
+            {"byte_fallback", true},
+            {"vocab", vocab},
+            {"merges", json::array()}}}};
 }
 
 std::string error_of(const std::string& text) {
@@ -64,7 +68,10 @@ TEST(TokenizerJson, ACharacterWhoseBytePieceIsMissingIsUnknown) {
   std::ofstream(dir / "tokenizer.json") << byte_fallback("\xC3").dump();
   const auto t = JsonTokenizer::load(dir / "tokenizer.json");
   // "é" is C3 A9: without <0xC3> the character is <unk>; "b" falls back to <0x62>.
-  const auto ids = t->encode("a\xC3\xA9" "b", false);
+  const auto ids = t->encode(
+      "a\xC3\xA9"
+      "b",
+      false);
   ASSERT_EQ(ids.size(), 3u);
   EXPECT_EQ(t->piece(ids[0]), "a");
   EXPECT_EQ(ids[1], 0);

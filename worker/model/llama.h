@@ -116,7 +116,7 @@ struct DecoderLayer {
   torch::Tensor input_layernorm;           // float32 [hidden]
   torch::Tensor post_attention_layernorm;  // float32 [hidden]
   std::map<std::string, std::unique_ptr<LoraLinear>> linear;  // by module name
-  std::map<std::string, torch::Tensor> bias;  // Family::qkv_bias: q/k/v_proj's, compute dtype, frozen
+  std::map<std::string, torch::Tensor> bias;                  // Family::qkv_bias: q/k/v_proj's, compute dtype, frozen
 };
 
 class Llama {

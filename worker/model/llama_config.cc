@@ -38,9 +38,10 @@ double positive_number(const json& j, const std::string& source, const std::stri
 const Family* family_of(const json& j, const std::string& source) {
   const bool by_architecture = j.contains("architectures") && j["architectures"].is_array() &&
                                !j["architectures"].empty() && j["architectures"][0].is_string();
-  const std::string named = by_architecture              ? j["architectures"][0].get<std::string>()
-                            : j.contains("model_type") && j["model_type"].is_string() ? j["model_type"].get<std::string>()
-                                                                                      : "llama";
+  const std::string named = by_architecture ? j["architectures"][0].get<std::string>()
+                            : j.contains("model_type") && j["model_type"].is_string()
+                                ? j["model_type"].get<std::string>()
+                                : "llama";
   for (const Family& f : families()) {
     if (named == (by_architecture ? f.architecture : f.name)) return &f;
   }
@@ -74,8 +75,9 @@ void read_family_keys(const json& j, const std::string& source, LlamaConfig& c) 
 void read_rope(const json& j, const std::string& source, LlamaConfig& c) {
   const bool v5 = j.contains("rope_parameters") && j["rope_parameters"].is_object();
   const std::string key = v5 ? "rope_parameters" : "rope_scaling";
-  c.rope_theta = v5 && j[key].contains("rope_theta") ? positive_number(j[key], source + ": " + key, "rope_theta", 0)
-                                                      : positive_number(j, source, "rope_theta", 10000.0);
+  c.rope_theta = v5 && j[key].contains("rope_theta")
+                     ? positive_number(j[key], source + ": " + key, "rope_theta", 10000.0)
+                     : positive_number(j, source, "rope_theta", 10000.0);
   if (!j.contains(key) || j[key].is_null()) return;
   const json& s = j[key];
   if (!s.is_object()) fail(source, key, "must be an object or null");
