@@ -96,7 +96,6 @@ std::string token_name(const json& config, const char* key) {
 }  // namespace
 
 struct JsonTokenizer::Stages {
-  std::string file;
   AddedTokens raw_added, normalized_added;
   std::vector<bool> special;  // per id: an added token with special: true
   std::vector<bool> added;    // per id: an added token
@@ -155,7 +154,6 @@ std::unique_ptr<JsonTokenizer> JsonTokenizer::load(const fs::path& file) {
   const std::string name = file.string();
   if (!j.is_object() || !j.contains("model")) throw TokenizerError(name + ": not a tokenizer.json (no 'model')");
   auto s = std::make_unique<Stages>();
-  s->file = name;
   try {
     s->normalizer = Normalizer::from_json(j.value("normalizer", json()), name + ": normalizer");
     s->pre_tokenizer = PreTokenizer::from_json(j.value("pre_tokenizer", json()), name + ": pre_tokenizer");

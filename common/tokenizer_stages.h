@@ -42,7 +42,6 @@ class Normalizer {
  public:
   static Normalizer from_json(const nlohmann::json& j, const std::string& where);
   Aligned apply(Aligned in) const;
-  bool empty() const { return steps_.empty(); }
 
  private:
   struct Step {
