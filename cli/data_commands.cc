@@ -23,7 +23,7 @@ namespace fs = std::filesystem;
 namespace {
 
 struct InspectFlags {
-  std::string config, data, tokenizer, cache_dir;
+  std::string config, data, tokenizer, cache_dir, prompt_style;
   size_t samples = 3;
   size_t context = 0;
   bool json = false;
@@ -33,7 +33,7 @@ struct InspectFlags {
 // The formatted text with every byte of a masked token between « and ».
 std::string show_mask(const Tokenizer& tok, const FormattedConversation& f, const TokenizedSample& s) {
   std::vector<Tokenizer::Span> spans;
-  tok.encode(f.text, true, &spans);
+  tok.encode(f.text, !f.templated, &spans);
   std::vector<bool> masked(f.text.size(), false);
   for (size_t i = 1; i < s.ids.size(); ++i) {
     for (uint32_t b = spans[i].begin; b < spans[i].end; ++b) masked[b] = !s.mask[i];
@@ -91,16 +91,16 @@ DataInputs resolve_inputs(const InspectFlags& flags) {
     if (flags.config.empty()) in.settings.context_window = default_context(in.tokenizer.parent_path());
   }
   if (flags.context > 0) in.settings.context_window = flags.context;
+  if (!flags.prompt_style.empty()) in.settings.prompt_style = flags.prompt_style;
   if (!flags.cache_dir.empty()) in.cache_dir = flags.cache_dir;
   if (in.cache_dir.empty()) in.cache_dir = "data-cache";
   return in;
 }
 
 int inspect(const InspectFlags& flags) {
-  const DataInputs in = resolve_inputs(flags);
-  const auto tok = Tokenizer::load(in.tokenizer);
-  FormatOptions format = in.settings.format;
-  format.eos = tok->eos_piece();
+  DataInputs in = resolve_inputs(flags);
+  const auto tok = load_format(in.settings, in.tokenizer);
+  const FormatOptions& format = in.settings.format;
   const bool train_on_inputs = in.settings.train_on_inputs;
   const size_t context = in.settings.context_window;
   const std::string data = joined(in.data_files);
@@ -172,7 +172,7 @@ int inspect(const InspectFlags& flags) {
 // Tokenize once into the cache (or find it there), and say which.
 int tokenize(const InspectFlags& flags) {
   DataInputs in = resolve_inputs(flags);
-  in.settings.format.eos = Tokenizer::load(in.tokenizer)->eos_piece();
+  load_format(in.settings, in.tokenizer);
   const auto start = std::chrono::steady_clock::now();
   auto loaded = load_tokenized_dataset(in.data_files, in.tokenizer, in.settings, in.cache_dir);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -190,6 +190,13 @@ int tokenize(const InspectFlags& flags) {
   return 0;
 }
 
+void add_prompt_style(CLI::App* cmd, std::string& style) {
+  cmd->add_option("--prompt-style", style,
+                  "seed (the ### HUMAN: headers) or chat_template (the model's own); default: the config's "
+                  "data.prompt_style, else seed")
+      ->check(CLI::IsMember({"seed", "chat_template"}));
+}
+
 }  // namespace
 
 void add_data_commands(CLI::App& app, int& rc) {
@@ -204,6 +211,7 @@ void add_data_commands(CLI::App& app, int& rc) {
   inspect_cmd->add_option("--samples", flags->samples, "Samples to print")->capture_default_str();
   inspect_cmd->add_option("--context", flags->context, "Context window (default: the config's, else the model's)");
   inspect_cmd->add_flag("--mask-inputs", flags->mask_inputs, "Without a config: as data.train_on_inputs: false");
+  add_prompt_style(inspect_cmd, flags->prompt_style);
   inspect_cmd->add_flag("--json", flags->json, "Every sample's text, token ids and loss mask as JSON");
   auto* tokenize_cmd = data->add_subcommand("tokenize", "Tokenize a dataset once into the cache (keyed by its inputs)");
   auto tflags = std::make_shared<InspectFlags>();
@@ -213,6 +221,7 @@ void add_data_commands(CLI::App& app, int& rc) {
   tokenize_cmd->add_option("--tokenizer", tflags->tokenizer, "tokenizer.json, tokenizer.model or a model directory");
   tokenize_cmd->add_option("--context", tflags->context, "Context window");
   tokenize_cmd->add_flag("--mask-inputs", tflags->mask_inputs, "Without a config: as data.train_on_inputs: false");
+  add_prompt_style(tokenize_cmd, tflags->prompt_style);
   tokenize_cmd->add_option("--cache-dir", tflags->cache_dir,
                            "Cache directory (default: {trainer_output_dir}/data-cache, else ./data-cache)");
   tokenize_cmd->callback([&rc, tflags] {

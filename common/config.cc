@@ -376,10 +376,21 @@ void read_data(Reader& r, Section& root, Config& c) {
     return std::find(types.begin(), types.end(), type) != types.end() ? Need::Required : Need::Optional;
   };
   r.get(data, "dataset", c.data.dataset, need({"vicuna", "orca"}), not_empty());
+  r.get(data, "prompt_style", c.data.prompt_style, Need::Optional, one_of({"seed", "chat_template"}));
+  const bool seed_style = c.data.prompt_style == "seed";
+  auto header = [&](std::initializer_list<const char*> types) { return seed_style ? need(types) : Need::Optional; };
   r.get(data, "user_header", c.data.user_header, Need::Optional);
-  r.get(data, "response_header", c.data.response_header, need({"orca"}));
-  r.get(data, "system_header", c.data.system_header, need({"orca"}));
-  r.get(data, "instruction_header", c.data.instruction_header, need({"orca"}));
+  r.get(data, "response_header", c.data.response_header, header({"orca"}));
+  r.get(data, "system_header", c.data.system_header, header({"orca"}));
+  r.get(data, "instruction_header", c.data.instruction_header, header({"orca"}));
+  for (const char* key : {"user_header", "response_header", "system_header", "instruction_header"}) {
+    if (!seed_style && key_node(data.node, key)) {
+      r.error_key(data, key, "formats data.prompt_style seed; with chat_template the model's template formats the turns");
+    }
+  }
+  if (type == "raw_text" && !seed_style) {
+    r.error_key(data, "prompt_style", "chat_template formats conversations; raw_text is plain text");
+  }
   r.get(data, "text_files", c.data.text_files, need({"raw_text"}),
         Check<std::vector<std::string>>([](const std::vector<std::string>& v) -> std::optional<std::string> {
           if (v.empty()) return "needs at least one file";

@@ -24,33 +24,53 @@ struct BadRecord {
   std::string detail;
 };
 
+// One turn of a record: {"from", "value"} (conversations) or {"role", "content"} (messages).
+std::optional<BadRecord> to_turn(const json& turn, size_t t, bool messages, Turn& out) {
+  const char* role = messages ? "role" : "from";
+  const char* text = messages ? "content" : "value";
+  if (!turn.is_object()) return BadRecord{"turn not an object", fmt::format("turn {} is not an object", t)};
+  if (!turn.contains(role) || !turn[role].is_string()) {
+    return BadRecord{fmt::format("turn without {}", role), fmt::format("turn {} has no string \"{}\"", t, role)};
+  }
+  if (!turn.contains(text)) return BadRecord{fmt::format("turn without {}", text), fmt::format("turn {} has no \"{}\"", t, text)};
+  if (!turn[text].is_string()) {
+    return BadRecord{fmt::format("non-string {}", text),
+                     fmt::format("turn {}'s \"{}\" is {}, not a string", t, text, turn[text].type_name())};
+  }
+  if (messages) {
+    for (const auto& [key, v] : turn.items()) {
+      if (key != "role" && key != "content") {
+        return BadRecord{"message key not read",
+                         fmt::format("message {} has \"{}\": herd reads a message's role and content only", t, key)};
+      }
+    }
+  }
+  out.role = turn[role].get<std::string>();
+  if (messages && out.role == "user") out.role = "human";
+  if (messages && out.role == "assistant") out.role = "gpt";
+  out.value = turn[text].get<std::string>();
+  return std::nullopt;
+}
+
 std::optional<BadRecord> to_conversation(const json& j, size_t index, Conversation& out) {
   if (!j.is_object()) return BadRecord{"not an object", "a record must be a JSON object"};
-  if (!j.contains("conversations")) {
+  const bool messages = !j.contains("conversations") && j.contains("messages");
+  const char* key = messages ? "messages" : "conversations";
+  if (!j.contains(key)) {
     const bool orca = j.contains("question") && j.contains("response");
     return BadRecord{"missing conversations",
-                     orca ? "no \"conversations\" key: it is an Orca record (question, response), which data.type "
-                            "orca reads, and this data is read as data.type vicuna"
-                          : "no \"conversations\" key"};
+                     orca ? "no \"conversations\" or \"messages\" key: it is an Orca record (question, response), "
+                            "which data.type orca reads, and this data is read as data.type vicuna"
+                          : "no \"conversations\" or \"messages\" key"};
   }
-  const json& turns = j["conversations"];
-  if (!turns.is_array()) return BadRecord{"conversations not a list", "\"conversations\" must be a list of turns"};
-  if (turns.empty()) return BadRecord{"empty conversation", "\"conversations\" is empty"};
+  const json& turns = j[key];
+  if (!turns.is_array()) return BadRecord{"conversations not a list", fmt::format("\"{}\" must be a list of turns", key)};
+  if (turns.empty()) return BadRecord{"empty conversation", fmt::format("\"{}\" is empty", key)};
   out.record = index;
   out.id = j.contains("id") ? (j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump()) : "";
-  out.turns.clear();
+  out.turns.assign(turns.size(), {});
   for (size_t t = 0; t < turns.size(); ++t) {
-    const json& turn = turns[t];
-    if (!turn.is_object()) return BadRecord{"turn not an object", fmt::format("turn {} is not an object", t)};
-    if (!turn.contains("from") || !turn["from"].is_string()) {
-      return BadRecord{"turn without from", fmt::format("turn {} has no string \"from\"", t)};
-    }
-    if (!turn.contains("value")) return BadRecord{"turn without value", fmt::format("turn {} has no \"value\"", t)};
-    if (!turn["value"].is_string()) {
-      return BadRecord{"non-string value",
-                       fmt::format("turn {}'s \"value\" is {}, not a string", t, turn["value"].type_name())};
-    }
-    out.turns.push_back({turn["from"].get<std::string>(), turn["value"].get<std::string>()});
+    if (auto bad = to_turn(turns[t], t, messages, out.turns[t])) return bad;
   }
   return std::nullopt;
 }
@@ -194,6 +214,15 @@ FormattedConversation format_conversation(const Conversation& c, const FormatOpt
   return f;
 }
 
+FormattedConversation format_chat(const std::vector<Turn>& turns, const ChatTemplate& t) {
+  std::vector<ChatMessage> messages;
+  for (const auto& turn : turns) {
+    messages.push_back({turn.role == "human" ? "user" : turn.role == "gpt" ? "assistant" : turn.role, turn.value});
+  }
+  auto rendered = t.render(messages, /*add_generation_prompt=*/false);
+  return {std::move(rendered.text), std::move(rendered.assistant), /*templated=*/true};
+}
+
 FormattedConversation format_orca(const OrcaRecord& r, const FormatOptions& o) {
   FormattedConversation f;
   f.text = o.system_header + r.system_prompt + "\n\n" + o.instruction_header + r.question + "\n\n" +
@@ -243,6 +272,25 @@ std::vector<std::string> chunk_text(const std::string& text, const RawTextOption
   return chunks;
 }
 
+namespace {
+
+// Formats with `format`; a record the chat template fails on is an error naming the
+// file and the record, or (skip_invalid) skipped and counted.
+void add_sample(std::vector<TextSample>& out, size_t record, const std::string& id, const fs::path& file,
+                bool skip_invalid, ReadReport& r, const std::function<FormattedConversation()>& format) {
+  try {
+    out.push_back({record, id, format()});
+  } catch (const ChatTemplateError& e) {
+    if (!skip_invalid) {
+      throw DatasetError(fmt::format("{}: record {}: {} (chat template error; data.skip_invalid: true skips such records)",
+                                     file.string(), record, e.what()));
+    }
+    ++r.skipped["chat template error"];
+  }
+}
+
+}  // namespace
+
 std::vector<TextSample> read_samples(const std::string& type, const std::vector<fs::path>& files,
                                      const FormatOptions& format, const RawTextOptions& raw, bool skip_invalid,
                                      ReadReport* report) {
@@ -261,11 +309,22 @@ std::vector<TextSample> read_samples(const std::string& type, const std::vector<
     return out;
   }
   if (files.size() != 1) throw std::invalid_argument(fmt::format("data.type {} reads one file", type));
+  const ChatTemplate* chat = format.chat_template.get();
   if (type == "orca") {
-    for (auto& rec : read_orca(files[0], skip_invalid, &r)) out.push_back({rec.record, rec.id, format_orca(rec, format)});
+    for (auto& rec : read_orca(files[0], skip_invalid, &r)) {
+      add_sample(out, rec.record, rec.id, files[0], skip_invalid, r, [&] {
+        if (!chat) return format_orca(rec, format);
+        std::vector<Turn> turns;
+        if (!rec.system_prompt.empty()) turns.push_back({"system", rec.system_prompt});
+        turns.push_back({"human", rec.question});
+        turns.push_back({"gpt", rec.response});
+        return format_chat(turns, *chat);
+      });
+    }
   } else if (type == "vicuna") {
     for (auto& c : read_conversations(files[0], skip_invalid, &r)) {
-      out.push_back({c.record, c.id, format_conversation(c, format)});
+      add_sample(out, c.record, c.id, files[0], skip_invalid, r,
+                 [&] { return chat ? format_chat(c.turns, *chat) : format_conversation(c, format); });
     }
   } else {
     throw std::invalid_argument(fmt::format("data.type '{}': vicuna, orca or raw_text", type));
@@ -277,7 +336,8 @@ TokenizedSample tokenize_conversation(const Tokenizer& tokenizer, const Formatte
                                       size_t context_window) {
   TokenizedSample s;
   std::vector<Tokenizer::Span> spans;
-  s.ids = tokenizer.encode(f.text, /*add_special=*/true, &spans);
+  s.ids = tokenizer.encode(f.text, /*add_special=*/!f.templated, &spans);
+  if (s.ids.empty()) return s;
   s.mask.assign(s.ids.size(), 1);
   s.mask[0] = 0;  // nothing predicts BOS
   if (!train_on_inputs) {
@@ -285,8 +345,10 @@ TokenizedSample tokenize_conversation(const Tokenizer& tokenizer, const Formatte
       const auto [b, e] = spans[i];
       bool response = false;
       for (const auto& [rb, re] : f.responses) {
-        // a token counts when any of its bytes (or, for an empty span, its position) is in a response
-        response = response || (b == e ? (b >= rb && b < re) : (b < re && e > rb));
+        // a token counts when any of its bytes (or, for an empty span, its position) is in a response;
+        // templated, so does the special token that starts where a response ends (its end of turn)
+        response = response || (b == e ? (b >= rb && b < re) : (b < re && e > rb)) ||
+                   (f.templated && b == re && e > b && tokenizer.special(s.ids[i]));
       }
       s.mask[i] = response;
     }

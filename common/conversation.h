@@ -16,12 +16,13 @@
 #include <utility>
 #include <vector>
 
+#include "common/chat_template.h"
 #include "common/tokenizer.h"
 
 namespace herd {
 
 struct Turn {
-  std::string role;  // "human", "gpt" or any other role
+  std::string role;  // "human", "gpt" or any other role (a messages record's user and assistant read as human and gpt)
   std::string value;
 };
 
@@ -41,7 +42,9 @@ struct ReadReport {
   std::map<std::string, size_t> skipped;  // reason -> count (with skip_invalid)
 };
 
-// A JSON array or JSON Lines of {"id": ..., "conversations": [{"from", "value"}...]}.
+// A JSON array or JSON Lines of {"id": ..., "conversations": [{"from", "value"}...]}
+// or {"id": ..., "messages": [{"role", "content"}...]} (roles user and assistant read
+// as human and gpt; a message's other keys are refused, not dropped).
 // Without skip_invalid the first bad record throws DatasetError naming the file, the
 // record index and the reason; a JSON syntax error or a truncated file names the
 // byte offset.
@@ -53,6 +56,9 @@ struct FormatOptions {
   std::string response_header = "### RESPONSE:\n";
   std::string system_header, instruction_header;  // orca
   std::string eos = "</s>";  // the tokenizer's EOS string, written after each response
+  // data.prompt_style chat_template: the model's template formats vicuna and orca
+  // records instead of the headers above.
+  std::shared_ptr<const ChatTemplate> chat_template;
 };
 
 // The text, and the byte ranges that are responses (value, EOS and the "\n\n" of
@@ -60,11 +66,19 @@ struct FormatOptions {
 struct FormattedConversation {
   std::string text;
   std::vector<std::pair<uint32_t, uint32_t>> responses;
+  // Rendered by a chat template: the text has its special tokens (none are added),
+  // and a special token right after a response ends that turn, in the loss too.
+  bool templated = false;
 };
 
 // human: user_header + value + "\n\n"; gpt: response_header + value + EOS + "\n\n";
 // any other role R: "### " + upper(R) + ":\n" + value + "\n\n".
 FormattedConversation format_conversation(const Conversation& c, const FormatOptions& options);
+
+// The turns as messages (human -> user, gpt -> assistant), rendered by the template;
+// the responses are the bytes of the assistant messages' content. Throws
+// ChatTemplateError.
+FormattedConversation format_chat(const std::vector<Turn>& turns, const ChatTemplate& t);
 
 // An Orca record (OpenOrca's columns).
 struct OrcaRecord {
@@ -112,7 +126,7 @@ std::vector<TextSample> read_samples(const std::string& type, const std::vector<
                                      ReadReport* report = nullptr);
 
 struct TokenizedSample {
-  std::vector<int32_t> ids;   // BOS first
+  std::vector<int32_t> ids;   // BOS first (templated: the template's first token)
   std::vector<uint8_t> mask;  // 1: the token is a loss target (predicted from the one before); BOS never is
   bool truncated = false;     // cut at the context window (right truncation)
 };

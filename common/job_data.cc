@@ -49,9 +49,20 @@ fs::path data_file(const fs::path& p) {
   return found[0];
 }
 
+std::unique_ptr<Tokenizer> load_format(DatasetSettings& settings, const fs::path& tokenizer_file) {
+  auto tokenizer = Tokenizer::load(tokenizer_file);
+  if (settings.prompt_style == "chat_template") {
+    settings.format.chat_template = ChatTemplate::load(tokenizer_file.parent_path());
+  } else {
+    settings.format.eos = tokenizer->eos_piece();
+  }
+  return tokenizer;
+}
+
 JobData job_data(const Config& c) {
   JobData d;
   d.settings.type = c.data.type;
+  d.settings.prompt_style = c.data.prompt_style;
   d.settings.format.user_header = c.data.user_header;
   d.settings.format.response_header = c.data.response_header;
   d.settings.format.system_header = c.data.system_header;

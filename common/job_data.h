@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <memory>
 #include <vector>
 
 #include "common/token_cache.h"
@@ -17,11 +18,16 @@ struct Config;
 struct JobData {
   std::vector<std::filesystem::path> data_files;
   std::filesystem::path tokenizer, cache_dir;  // tokenizer: the file (tokenizer_file in common/tokenizer.h)
-  DatasetSettings settings;  // format.eos is left to the caller (it needs the tokenizer)
+  DatasetSettings settings;  // the format is completed by load_format (it needs the tokenizer)
 };
 
 // Resolves hub ids (common/hf_cache.h); throws HubNotFound / DatasetError.
 JobData job_data(const Config& config);
+
+// Completes `settings.format` from the tokenizer's folder: prompt_style seed, the
+// tokenizer's EOS string; chat_template, the model's template (ChatTemplate::load,
+// whose errors it throws). Returns the tokenizer it loaded.
+std::unique_ptr<Tokenizer> load_format(DatasetSettings& settings, const std::filesystem::path& tokenizer_file);
 
 // The model's context window when the config does not set one: tokenizer_config.json's
 // model_max_length (what the seed's trainer used), else config.json's

@@ -81,6 +81,7 @@ std::string DatasetSettings::describe() const {
   auto q = [](const std::string& v) { return nlohmann::json(v).dump(); };
   std::string d = fmt::format("format=2 type={} eos={} train_on_inputs={} skip_invalid={} context={}", type,
                               q(format.eos), train_on_inputs, skip_invalid, context_window);
+  if (format.chat_template) return d + " " + format.chat_template->describe();
   if (type == "vicuna") d += fmt::format(" user={} response={}", q(format.user_header), q(format.response_header));
   if (type == "orca") {
     d += fmt::format(" system={} instruction={} response={}", q(format.system_header), q(format.instruction_header),

@@ -22,6 +22,7 @@ uint64_t hash_file(const std::filesystem::path& file);
 
 struct DatasetSettings {
   std::string type = "vicuna";  // vicuna | orca | raw_text
+  std::string prompt_style = "seed";  // seed | chat_template (format.chat_template, once loaded)
   FormatOptions format;
   RawTextOptions raw;  // raw_text
   bool train_on_inputs = true;

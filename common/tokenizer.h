@@ -46,6 +46,9 @@ class Tokenizer {
 
   virtual int32_t vocab_size() const = 0;
   virtual const std::string& piece(int32_t id) const = 0;
+  // One of the tokenizer's special tokens (an added token with special: true; a
+  // SentencePiece control piece): what ends a chat template's turn.
+  virtual bool special(int32_t id) const = 0;
   // What `herd config check` prints: "sentencepiece", "byte-level BPE", "BPE with byte fallback".
   virtual std::string kind() const = 0;
 

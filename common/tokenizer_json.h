@@ -39,7 +39,7 @@ class JsonTokenizer final : public Tokenizer {
   bool byte_level() const;
   std::vector<std::string> merges() const;  // "left right" as the file spells the pieces, by rank
   bool added(int32_t id) const;             // an added token
-  bool special(int32_t id) const;           // an added token with special: true
+  bool special(int32_t id) const override;  // an added token with special: true
   std::vector<std::string> split_patterns() const;
   bool adds_bos() const;  // the post-processor puts a special token first
 

@@ -62,7 +62,7 @@ JobSettings JobSettings::from_config(const Config& c) {
 
 std::unique_ptr<Job> load_job(const Config& config, const std::filesystem::path& journal_file) {
   JobData data = job_data(config);
-  data.settings.format.eos = Tokenizer::load(data.tokenizer)->eos_piece();
+  load_format(data.settings, data.tokenizer);
   auto loaded = load_tokenized_dataset(data.data_files, data.tokenizer, data.settings, data.cache_dir);
   auto samples = std::make_shared<CachedSamples>(std::move(loaded.cache));
   auto split = split_eval(samples->size(), config.data.eval_fraction, static_cast<uint64_t>(config.trainer.seed));

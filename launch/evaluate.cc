@@ -41,7 +41,7 @@ fs::path data_for_type(const std::string& type, const fs::path& path) {
 EvalReport evaluate(const Config& config, const EvalOptions& options) {
   JobData d = job_data(config);
   if (!options.data.empty()) d.data_files = {data_for_type(config.data.type, options.data)};
-  d.settings.format.eos = Tokenizer::load(d.tokenizer)->eos_piece();
+  load_format(d.settings, d.tokenizer);
   auto loaded = load_tokenized_dataset(d.data_files, d.tokenizer, d.settings, d.cache_dir);
   const std::string read(loaded.cache->report());
   const coordinator::CachedSamples samples(std::move(loaded.cache));

@@ -120,8 +120,56 @@ INSTANTIATE_TEST_SUITE_P(
         Bad{"value_list", R"({"conversations": [{"from": "gpt", "value": ["a"]}]})", "non-string value"},
         Bad{"invalid_utf8", "{\"conversations\": [{\"from\": \"gpt\", \"value\": \"\xC3\x28\"}]}", "invalid UTF-8"},
         Bad{"syntax", R"({"conversations": [{"from": "gpt", "value": "a"})", "JSON syntax error"},
-        Bad{"trailing_comma", R"({"conversations": [],})", "JSON syntax error"}),
+        Bad{"trailing_comma", R"({"conversations": [],})", "JSON syntax error"},
+        Bad{"messages_without_content", R"({"messages": [{"role": "user"}]})", "turn without content"},
+        Bad{"messages_content_parts", R"({"messages": [{"role": "user", "content": [{"type": "text"}]}]})",
+            "non-string content"},
+        Bad{"messages_tool_calls", R"({"messages": [{"role": "assistant", "content": "", "tool_calls": []}]})",
+            "message key not read"}),
     [](const ::testing::TestParamInfo<Bad>& p) { return std::string(p.param.name); });
+
+TEST_F(Records, MessagesRecordsReadAsTheSameTurns) {
+  const auto c = read_conversations(
+      write("m.jsonl", R"({"id": 7, "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},)"
+                       R"( {"role": "assistant", "content": "yo"}]})"
+                       "\n"),
+      false);
+  ASSERT_EQ(c.size(), 1u);
+  EXPECT_EQ(c[0].id, "7");
+  ASSERT_EQ(c[0].turns.size(), 3u);
+  EXPECT_EQ(c[0].turns[0].role, "system");
+  EXPECT_EQ(c[0].turns[1].role, "human");
+  EXPECT_EQ(c[0].turns[2].role, "gpt");
+  EXPECT_EQ(c[0].turns[2].value, "yo");
+  // the seed's format reads them as it reads conversations
+  EXPECT_EQ(format_conversation(c[0], {}).text, "### SYSTEM:\ns\n\n### HUMAN:\nhi\n\n### RESPONSE:\nyo</s>\n\n");
+}
+
+TEST_F(Records, AChatTemplateErrorIsTheRecordsOrItIsSkipped) {
+  FormatOptions o;
+  o.chat_template = std::make_shared<const ChatTemplate>(
+      "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+      "[{{ m.role }}]{{ m.content }}{% endfor %}",
+      std::vector<std::pair<std::string, std::string>>{}, "t.jinja");
+  const fs::path f = write("t.jsonl", kGood + "\n" +
+                                          R"({"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}]})" +
+                                          "\n");
+  try {
+    read_samples("vicuna", {f}, o, {}, false);
+    FAIL();
+  } catch (const DatasetError& e) {
+    EXPECT_NE(std::string(e.what()).find(": record 1: chat template (t.jinja) line 1: the template raised: no system role"),
+              std::string::npos)
+        << e.what();
+  }
+  ReadReport r;
+  const auto samples = read_samples("vicuna", {f}, o, {}, true, &r);
+  ASSERT_EQ(samples.size(), 1u);
+  EXPECT_EQ(samples[0].formatted.text, "[user]hi[assistant]yo");
+  EXPECT_TRUE(samples[0].formatted.templated);
+  EXPECT_EQ(samples[0].formatted.responses, (std::vector<std::pair<uint32_t, uint32_t>>{{19, 21}}));
+  EXPECT_EQ(r.skipped.at("chat template error"), 1u);
+}
 
 TEST_F(Records, FileLevelErrorsNameTheByteOffset) {
   EXPECT_NE(error_of("[" + kGood + ", " + kGood.substr(0, 30)).find("(the file is truncated)"), std::string::npos);
