@@ -1,4 +1,5 @@
-// herd chat CONFIG | MODEL [--adapter DIR] [--prompt TEXT]: the seed's prompt style, streamed.
+// herd chat CONFIG | MODEL [--adapter DIR] [--prompt TEXT] [--prompt-style seed|chat_template]:
+// the reply streamed, in the seed's prompt style or the model's chat template.
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -23,7 +24,7 @@ namespace {
 
 struct ChatFlags {
   ModelFlags model;
-  std::string target, prompt;
+  std::string target, prompt, prompt_style;
   model::SamplingOptions sampling;
   bool json = false;
 };
@@ -39,6 +40,7 @@ fs::path load(ChatFlags& f, std::optional<model::Llama>& model) {
   }
   f.model.refuse_loading_flags();
   const Config c = load_config(f.target);
+  if (f.prompt_style.empty()) f.prompt_style = c.data.prompt_style;
   const fs::path dir = resolve_hub_path(c.base_model, HubRepoType::Model, "base_model");
   if (f.model.adapter.empty()) {
     const fs::path trained = fs::path(c.model_output_dir) / (c.model_name + "_adapter");
@@ -57,7 +59,10 @@ void chat(ChatFlags& f) {
   const fs::path dir = load(f, model);
   model->set_training(false);
   const auto tokenizer = Tokenizer::load(tokenizer_file(dir));
-  model::Chat conversation(*model, *tokenizer, f.sampling);
+  // Without a config or the flag: the model's template when it has one (as transformers' pipelines).
+  const fs::path folder = tokenizer_file(dir).parent_path();
+  const bool templated = f.prompt_style.empty() ? ChatTemplate::available(folder) : f.prompt_style == "chat_template";
+  model::Chat conversation(*model, *tokenizer, f.sampling, templated ? ChatTemplate::load(folder) : nullptr);
   if (!f.prompt.empty()) {
     model::print_turn(conversation, f.prompt, f.json, std::cout);
     return;
@@ -89,7 +94,7 @@ void add_sampling_flags(CLI::App* cmd, model::SamplingOptions& so) {
 void add_chat_command(CLI::App& app, int& rc) {
   auto f = std::make_shared<ChatFlags>();
   auto* cmd = app.add_subcommand("chat", "Talk to a model (NF4 base + adapter, or a merged model) in the seed's "
-                                         "prompt style; one-shot with --prompt. Without --device: a CONFIG's "
+                                         "prompt style or its chat template; one-shot with --prompt. Without --device: a CONFIG's "
                                          "trainer.device, else a GPU when one is visible");
   cmd->add_option("target", f->target,
                   "A job's YAML config (its base_model, quantization and {model_output_dir}/{model_name}_adapter), "
@@ -98,6 +103,10 @@ void add_chat_command(CLI::App& app, int& rc) {
       ->check(CLI::ExistingPath);
   f->model.add_to(cmd, /*positional=*/false);
   cmd->add_option("--prompt", f->prompt, "One prompt: print the reply and exit");
+  cmd->add_option("--prompt-style", f->prompt_style,
+                  "seed (### HUMAN: / ### RESPONSE:) or chat_template (the model's own); default: a CONFIG's "
+                  "data.prompt_style, else the model's template when it has one")
+      ->check(CLI::IsMember({"seed", "chat_template"}));
   add_sampling_flags(cmd, f->sampling);
   cmd->add_flag("--json", f->json, "Each reply as a JSON line (the prompt's and the reply's token ids, its text)");
   cmd->callback([&rc, f] { rc = guarded("chat", [&] { chat(*f); }); });

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "common/hf_cache.h"
+#include "common/chat_template.h"
 #include "common/tokenizer.h"
 #include "worker/model/llama_config.h"
 
@@ -43,13 +44,17 @@ std::optional<ModelReport> model_report(const Config& c) {
     throw std::invalid_argument(fmt::format("{}: {} ids, more than the model's vocab_size {} ({})", r.tokenizer_file,
                                             r.tokenizer_vocab, r.model_vocab, (dir / "config.json").string()));
   }
+  // data.prompt_style chat_template: the template is read (and a construct herd cannot render refused) now.
+  if (c.data.prompt_style == "chat_template") r.chat_template = ChatTemplate::load(file.parent_path())->origin();
   return r;
 }
 
 std::string ModelReport::table() const {
   return fmt::format(
-      "\nmodel\n  family                {} ({})\n  tokenizer             {} ({}, {} ids)\n  vocab_size            {}\n",
-      family, architecture, tokenizer_file, tokenizer_kind, tokenizer_vocab, model_vocab);
+      "\nmodel\n  family                {} ({})\n  tokenizer             {} ({}, {} ids)\n  vocab_size            {}\n"
+      "  chat template         {}\n",
+      family, architecture, tokenizer_file, tokenizer_kind, tokenizer_vocab, model_vocab,
+      chat_template.empty() ? "not used (data.prompt_style seed)" : chat_template);
 }
 
 nlohmann::json ModelReport::json() const {
@@ -57,7 +62,8 @@ nlohmann::json ModelReport::json() const {
           {"family", family},
           {"architecture", architecture},
           {"tokenizer", {{"file", tokenizer_file}, {"kind", tokenizer_kind}, {"vocab_size", tokenizer_vocab}}},
-          {"vocab_size", model_vocab}};
+          {"vocab_size", model_vocab},
+          {"chat_template", chat_template.empty() ? nlohmann::json() : nlohmann::json(chat_template)}};
 }
 
 }  // namespace herd::cli

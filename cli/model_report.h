@@ -18,6 +18,7 @@ struct ModelReport {
   std::string family, architecture;
   std::string tokenizer_file, tokenizer_kind;
   int64_t tokenizer_vocab = 0, model_vocab = 0;
+  std::string chat_template;  // the file it is read from (data.prompt_style chat_template), else empty
 
   std::string table() const;
   nlohmann::json json() const;
@@ -27,7 +28,8 @@ struct ModelReport {
 // config.json). Throws
 // std::invalid_argument naming the file and key for an architecture herd does not
 // train (listing those it does), `model_family: llama` on another family, a tokenizer
-// that does not read, or one with more ids than the model's embedding.
+// that does not read, or one with more ids than the model's embedding; throws
+// ChatTemplateError for a chat template that is missing or cannot be rendered.
 std::optional<ModelReport> model_report(const Config& config);
 
 }  // namespace herd::cli

@@ -28,7 +28,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   int32_t vocab_size() const override { return static_cast<int32_t>(pieces_.size()); }
   const std::string& piece(int32_t id) const override { return pieces_.at(static_cast<size_t>(id)).text; }
   std::string kind() const override { return "sentencepiece"; }
-  bool special(int32_t id) const override { return kind(id) == Kind::Control; }
+  bool special(int32_t id) const override { return id >= 0 && id < vocab_size() && kind(id) == Kind::Control; }
   // SentencePiece's piece types, in its order (NORMAL = 1 ... BYTE = 6 as int + 1).
   enum class Kind { Normal, Unknown, Control, UserDefined, Unused, Byte };
   float score(int32_t id) const { return pieces_.at(static_cast<size_t>(id)).score; }

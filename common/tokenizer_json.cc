@@ -262,8 +262,13 @@ std::vector<std::string> JsonTokenizer::merges() const {
   return out;
 }
 
-bool JsonTokenizer::added(int32_t id) const { return s_->added.at(static_cast<size_t>(id)); }
-bool JsonTokenizer::special(int32_t id) const { return s_->special.at(static_cast<size_t>(id)); }
+// An id past the vocabulary (a model's embedding may be larger) is neither.
+bool JsonTokenizer::added(int32_t id) const {
+  return id >= 0 && static_cast<size_t>(id) < s_->added.size() && s_->added[static_cast<size_t>(id)];
+}
+bool JsonTokenizer::special(int32_t id) const {
+  return id >= 0 && static_cast<size_t>(id) < s_->special.size() && s_->special[static_cast<size_t>(id)];
+}
 std::vector<std::string> JsonTokenizer::split_patterns() const { return s_->pre_tokenizer.split_patterns(); }
 bool JsonTokenizer::adds_bos() const { return !s_->post.before.empty(); }
 

@@ -100,10 +100,20 @@ size_t showable(const std::string& text) {
 }
 }  // namespace
 
-Chat::Chat(const Llama& model, const Tokenizer& tokenizer, SamplingOptions options)
-    : model_(model), tokenizer_(tokenizer), options_(options) {}
+Chat::Chat(const Llama& model, const Tokenizer& tokenizer, SamplingOptions options,
+           std::shared_ptr<const ChatTemplate> chat_template)
+    : model_(model), tokenizer_(tokenizer), options_(options), template_(std::move(chat_template)) {}
 
 std::string Chat::format(const std::string& prompt, size_t skip) const {
+  if (template_) {
+    std::vector<ChatMessage> messages;
+    for (size_t i = skip; i < history_.size(); ++i) {
+      messages.push_back({"user", history_[i].first});
+      messages.push_back({"assistant", history_[i].second});
+    }
+    messages.push_back({"user", prompt});
+    return template_->render(messages, /*add_generation_prompt=*/true).text;
+  }
   std::string text;
   const std::string eos = tokenizer_.eos_piece();
   for (size_t i = skip; i < history_.size(); ++i) {
@@ -119,7 +129,7 @@ Chat::Reply Chat::reply(const std::string& prompt, const std::function<void(cons
   const int64_t room = o.max_new_tokens > 0 ? o.max_new_tokens : std::max<int64_t>(1, o.max_length / 4);
   Reply r;
   for (;; ++r.dropped) {
-    r.prompt = tokenizer_.encode(format(prompt, r.dropped), /*add_special=*/true);
+    r.prompt = tokenizer_.encode(format(prompt, r.dropped), /*add_special=*/!template_);
     if (static_cast<int64_t>(r.prompt.size()) + room <= cap || r.dropped == history_.size()) break;
   }
   if (static_cast<int64_t>(r.prompt.size()) >= cap) {
@@ -134,6 +144,11 @@ Chat::Reply Chat::reply(const std::string& prompt, const std::function<void(cons
   generate(model_, r.prompt, tokenizer_.eos_id(), run, [&](int32_t token) {
     so_far.push_back(token);
     r.text = tokenizer_.decode(so_far);
+    if (template_) {  // the template's turns end at a special token; the text leaves it out
+      if (on_text && r.text.size() > shown) on_text(r.text.substr(shown));
+      shown = r.text.size();
+      return !tokenizer_.special(token);
+    }
     const size_t stop = r.text.find(kStop);
     if (stop != std::string::npos) {
       r.text.resize(stop);

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/chat_template.h"
 #include "common/tokenizer.h"
 #include "worker/model/llama.h"
 
@@ -40,13 +41,17 @@ std::vector<int32_t> generate(const Llama& model, const std::vector<int32_t>& pr
 
 // A conversation in the seed's prompt style: each earlier turn as training formatted
 // it ("### HUMAN:\n{you}\n\n### RESPONSE:\n{reply}</s>\n\n"), then
-// "### HUMAN:\n{prompt}\n\n### RESPONSE:\n" (the seed's inference.py prompt). The
-// oldest turns are dropped when the prompt would leave the reply too little room:
-// with max_new_tokens, that many under the context window; else a quarter of
-// max_length under max_length (or the context window, when smaller).
+// "### HUMAN:\n{prompt}\n\n### RESPONSE:\n" (the seed's inference.py prompt). Or,
+// with a chat template, the turns as its messages and its generation prompt
+// (apply_chat_template(..., add_generation_prompt=True)), and the reply ends at a
+// special token (the end of its turn). The oldest turns are dropped when the prompt
+// would leave the reply too little room: with max_new_tokens, that many under the
+// context window; else a quarter of max_length under max_length (or the context
+// window, when smaller).
 class Chat {
  public:
-  Chat(const Llama& model, const Tokenizer& tokenizer, SamplingOptions options);
+  Chat(const Llama& model, const Tokenizer& tokenizer, SamplingOptions options,
+       std::shared_ptr<const ChatTemplate> chat_template = nullptr);
 
   struct Reply {
     std::string text;
@@ -55,7 +60,7 @@ class Chat {
   };
   // The model's reply, streamed to on_text a piece at a time as it is decoded. It
   // ends at EOS, at the length rule, or where the model starts a "### HUMAN:" turn
-  // (never shown). The turn joins the history.
+  // (never shown); with a template, at a special token. The turn joins the history.
   Reply reply(const std::string& prompt, const std::function<void(const std::string&)>& on_text = {});
   void reset() { history_.clear(); }
   std::string format(const std::string& prompt, size_t skip = 0) const;  // skipping the oldest `skip` turns
@@ -64,6 +69,7 @@ class Chat {
   const Llama& model_;
   const Tokenizer& tokenizer_;
   SamplingOptions options_;
+  std::shared_ptr<const ChatTemplate> template_;
   std::vector<std::pair<std::string, std::string>> history_;
 };
 
