@@ -93,9 +93,11 @@ void add_sampling_flags(CLI::App* cmd, model::SamplingOptions& so) {
 
 void add_chat_command(CLI::App& app, int& rc) {
   auto f = std::make_shared<ChatFlags>();
-  auto* cmd = app.add_subcommand("chat", "Talk to a model (NF4 base + adapter, or a merged model) in the seed's "
-                                         "prompt style or its chat template; one-shot with --prompt. Without --device: a CONFIG's "
-                                         "trainer.device, else a GPU when one is visible");
+  auto* cmd =
+      app.add_subcommand("chat",
+                         "Talk to a model (NF4 base + adapter, or a merged model) in the seed's "
+                         "prompt style or its chat template; one-shot with --prompt. Without --device: a CONFIG's "
+                         "trainer.device, else a GPU when one is visible");
   cmd->add_option("target", f->target,
                   "A job's YAML config (its base_model, quantization and {model_output_dir}/{model_name}_adapter), "
                   "or a model directory")

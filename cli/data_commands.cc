@@ -35,7 +35,7 @@ std::string show_mask(const Tokenizer& tok, const FormattedConversation& f, cons
   std::vector<Tokenizer::Span> spans;
   tok.encode(f.text, !f.templated, &spans);
   std::vector<bool> masked(f.text.size(), false);
-  for (size_t i = 1; i < s.ids.size(); ++i) {
+  for (size_t i = 0; i < s.ids.size(); ++i) {
     for (uint32_t b = spans[i].begin; b < spans[i].end; ++b) masked[b] = !s.mask[i];
   }
   std::string out;

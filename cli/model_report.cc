@@ -2,8 +2,8 @@
 
 #include <fmt/format.h>
 
-#include "common/hf_cache.h"
 #include "common/chat_template.h"
+#include "common/hf_cache.h"
 #include "common/tokenizer.h"
 #include "worker/model/llama_config.h"
 

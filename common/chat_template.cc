@@ -48,7 +48,8 @@ std::string config_template(const json& config, const fs::path& file) {
         return entry["template"].get<std::string>();
       }
     }
-    throw ChatTemplateError(fmt::format("{}: chat_template is a list without an entry named \"default\"", file.string()));
+    throw ChatTemplateError(
+        fmt::format("{}: chat_template is a list without an entry named \"default\"", file.string()));
   }
   throw ChatTemplateError(fmt::format("{}: chat_template is {}, not a string or a list", file.string(), t.type_name()));
 }
@@ -75,10 +76,10 @@ std::shared_ptr<const ChatTemplate> ChatTemplate::load(const fs::path& dir) {
     source = config_template(config, config_file);
     origin = config_file;
     if (source.empty()) {
-      throw ChatTemplateError(fmt::format(
-          "{}: no chat template (neither chat_template.jinja nor tokenizer_config.json's chat_template); "
-          "data.prompt_style seed formats without one",
-          dir.string()));
+      throw ChatTemplateError(
+          fmt::format("{}: no chat template (neither chat_template.jinja nor tokenizer_config.json's chat_template); "
+                      "data.prompt_style seed formats without one",
+                      dir.string()));
     }
   }
   std::vector<std::pair<std::string, std::string>> specials;
@@ -111,7 +112,8 @@ ChatTemplate::Rendered ChatTemplate::render(const std::vector<ChatMessage>& mess
     const auto& m = messages[i];
     std::vector<jinja::Mark> marks;
     if (m.role == "assistant") marks.push_back({0, static_cast<uint32_t>(m.content.size()), static_cast<int32_t>(i)});
-    list.push_back(Value::of_dict({{"role", Value::of_string(m.role)}, {"content", Value::of_string(m.content, marks)}}));
+    list.push_back(
+        Value::of_dict({{"role", Value::of_string(m.role)}, {"content", Value::of_string(m.content, marks)}}));
   }
   jinja::Object vars = special_tokens_;
   vars.emplace_back("messages", Value::of_list(std::move(list)));

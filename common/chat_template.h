@@ -36,8 +36,7 @@ class ChatTemplate {
   static std::shared_ptr<const ChatTemplate> load(const std::filesystem::path& dir);
   static bool available(const std::filesystem::path& dir);  // the folder has a template
 
-  ChatTemplate(std::string source, std::vector<std::pair<std::string, std::string>> special_tokens,
-               std::string origin);
+  ChatTemplate(std::string source, std::vector<std::pair<std::string, std::string>> special_tokens, std::string origin);
 
   struct Rendered {
     std::string text;
@@ -49,7 +48,7 @@ class ChatTemplate {
   Rendered render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
 
   const std::string& origin() const { return origin_; }  // the file it came from
-  std::string describe() const;  // what changes the text: the source and the special tokens
+  std::string describe() const;                          // what changes the text: the source and the special tokens
 
  private:
   std::string source_, origin_;

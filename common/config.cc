@@ -385,7 +385,8 @@ void read_data(Reader& r, Section& root, Config& c) {
   r.get(data, "instruction_header", c.data.instruction_header, header({"orca"}));
   for (const char* key : {"user_header", "response_header", "system_header", "instruction_header"}) {
     if (!seed_style && key_node(data.node, key)) {
-      r.error_key(data, key, "formats data.prompt_style seed; with chat_template the model's template formats the turns");
+      r.error_key(data, key,
+                  "formats data.prompt_style seed; with chat_template the model's template formats the turns");
     }
   }
   if (type == "raw_text" && !seed_style) {

@@ -15,7 +15,7 @@ namespace herd {
 struct DataConfig {
   std::string type;     // vicuna | orca | raw_text (the seed's data processors)
   std::string dataset;  // local path or Hugging Face dataset id (vicuna, orca)
-  std::string prompt_style = "seed";  // seed (the headers below) | chat_template (the model's own)
+  std::string prompt_style = "seed";                // seed (the headers below) | chat_template (the model's own)
   std::string user_header = "### HUMAN:\n";         // vicuna
   std::string response_header = "### RESPONSE:\n";  // vicuna (this default), orca (required)
   std::string system_header, instruction_header;    // orca (required)

@@ -32,7 +32,8 @@ std::optional<BadRecord> to_turn(const json& turn, size_t t, bool messages, Turn
   if (!turn.contains(role) || !turn[role].is_string()) {
     return BadRecord{fmt::format("turn without {}", role), fmt::format("turn {} has no string \"{}\"", t, role)};
   }
-  if (!turn.contains(text)) return BadRecord{fmt::format("turn without {}", text), fmt::format("turn {} has no \"{}\"", t, text)};
+  if (!turn.contains(text))
+    return BadRecord{fmt::format("turn without {}", text), fmt::format("turn {} has no \"{}\"", t, text)};
   if (!turn[text].is_string()) {
     return BadRecord{fmt::format("non-string {}", text),
                      fmt::format("turn {}'s \"{}\" is {}, not a string", t, text, turn[text].type_name())};
@@ -64,7 +65,8 @@ std::optional<BadRecord> to_conversation(const json& j, size_t index, Conversati
                           : "no \"conversations\" or \"messages\" key"};
   }
   const json& turns = j[key];
-  if (!turns.is_array()) return BadRecord{"conversations not a list", fmt::format("\"{}\" must be a list of turns", key)};
+  if (!turns.is_array())
+    return BadRecord{"conversations not a list", fmt::format("\"{}\" must be a list of turns", key)};
   if (turns.empty()) return BadRecord{"empty conversation", fmt::format("\"{}\" is empty", key)};
   out.record = index;
   out.id = j.contains("id") ? (j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump()) : "";
@@ -282,8 +284,9 @@ void add_sample(std::vector<TextSample>& out, size_t record, const std::string& 
     out.push_back({record, id, format()});
   } catch (const ChatTemplateError& e) {
     if (!skip_invalid) {
-      throw DatasetError(fmt::format("{}: record {}: {} (chat template error; data.skip_invalid: true skips such records)",
-                                     file.string(), record, e.what()));
+      throw DatasetError(
+          fmt::format("{}: record {}: {} (chat template error; data.skip_invalid: true skips such records)",
+                      file.string(), record, e.what()));
     }
     ++r.skipped["chat template error"];
   }

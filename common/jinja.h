@@ -55,8 +55,8 @@ struct Value {
   bool boolean = false;
   int64_t integer = 0;
   double number = 0;
-  std::string text;         // String; Undefined: why (the error when it is used)
-  std::vector<Mark> marks;  // String
+  std::string text;                          // String; Undefined: why (the error when it is used)
+  std::vector<Mark> marks;                   // String
   std::shared_ptr<const List> list;          // List, Tuple
   std::shared_ptr<Object> object;            // Dict (never changed once made), Namespace (set ns.x changes it)
   std::shared_ptr<const Callable> callable;  // Callable

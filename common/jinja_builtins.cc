@@ -38,8 +38,7 @@ Value make_callable(std::string name, std::function<Value(const Value&, const Ar
 // Python's str.isspace() characters.
 bool python_space(uint32_t cp) {
   return (cp >= 0x09 && cp <= 0x0d) || (cp >= 0x1c && cp <= 0x20) || cp == 0x85 || cp == 0xa0 || cp == 0x1680 ||
-         (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f || cp == 0x205f ||
-         cp == 0x3000;
+         (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f || cp == 0x205f || cp == 0x3000;
 }
 
 uint32_t code_point(const std::string& s, size_t b, size_t e) {
@@ -169,10 +168,12 @@ const std::map<std::string, Method, std::less<>>& string_methods() {
       {"strip", [](const Value& s, const Args& a) { return strip(s, arg(a, 0, "chars"), true, true); }},
       {"lstrip", [](const Value& s, const Args& a) { return strip(s, arg(a, 0, "chars"), true, false); }},
       {"rstrip", [](const Value& s, const Args& a) { return strip(s, arg(a, 0, "chars"), false, true); }},
-      {"startswith", [](const Value& s, const Args& a) {
+      {"startswith",
+       [](const Value& s, const Args& a) {
          return Value::of_bool(starts_or_ends(s, arg(a, 0, "prefix").value_or(Value::none()), true));
        }},
-      {"endswith", [](const Value& s, const Args& a) {
+      {"endswith",
+       [](const Value& s, const Args& a) {
          return Value::of_bool(starts_or_ends(s, arg(a, 0, "suffix").value_or(Value::none()), false));
        }},
       {"split", split},
@@ -180,12 +181,14 @@ const std::map<std::string, Method, std::less<>>& string_methods() {
       {"lower", [](const Value& s, const Args&) { return Value::of_string(map_case(s.text, utf8proc_tolower)); }},
       {"title", [](const Value& s, const Args&) { return Value::of_string(capitalize(s.text, true)); }},
       {"capitalize", [](const Value& s, const Args&) { return Value::of_string(capitalize(s.text, false)); }},
-      {"replace", [](const Value& s, const Args& a) {
+      {"replace",
+       [](const Value& s, const Args& a) {
          const auto count = arg(a, 2, "count");
          return replace(s, string_arg(a, 0, "old", "replace"), string_arg(a, 1, "new", "replace"),
                         count && count->kind == Value::Kind::Int ? count->integer : -1);
        }},
-      {"find", [](const Value& s, const Args& a) {
+      {"find",
+       [](const Value& s, const Args& a) {
          const size_t at = s.text.find(string_arg(a, 0, "sub", "find"));
          if (at == std::string::npos) return Value::of_int(-1);
          return Value::of_int(static_cast<int64_t>(code_point_offsets(s.text.substr(0, at)).size() - 1));
@@ -208,12 +211,14 @@ const std::map<std::string, Method, std::less<>>& dict_methods() {
   static const std::map<std::string, Method, std::less<>> m = {
       {"items", [](const Value& d, const Args&) { return items_of(d); }},
       {"keys", [](const Value& d, const Args&) { return Value::of_list(iterate(d)); }},
-      {"values", [](const Value& d, const Args&) {
+      {"values",
+       [](const Value& d, const Args&) {
          List out;
          for (const auto& e : *d.object) out.push_back(e.second);
          return Value::of_list(std::move(out));
        }},
-      {"get", [](const Value& d, const Args& a) {
+      {"get",
+       [](const Value& d, const Args& a) {
          const auto key = arg(a, 0, "key");
          const Value* found = key && key->is_string() ? d.find(key->text) : nullptr;
          return found ? *found : arg(a, 1, "default").value_or(Value::none());
@@ -240,7 +245,8 @@ Value get_attribute(const Value& v, const std::string& name) {
   if (v.is_string() || v.kind == Value::Kind::Dict) {
     if (auto m = methods.find(name); m != methods.end()) {
       const Method f = m->second;
-      return make_callable(name, [f](const Value& self, const Args& a) { return f(self, a); }, v);
+      return make_callable(
+          name, [f](const Value& self, const Args& a) { return f(self, a); }, v);
     }
   }
   if (const Value* found = v.find(name)) return *found;

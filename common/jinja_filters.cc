@@ -55,25 +55,32 @@ struct JsonStyle {
 
 std::string json_dumps(const Value& v, const JsonStyle& st, int level) {
   switch (v.kind) {
-    case Value::Kind::None: return "null";
-    case Value::Kind::Bool: return v.boolean ? "true" : "false";
-    case Value::Kind::Int: return str(v);
+    case Value::Kind::None:
+      return "null";
+    case Value::Kind::Bool:
+      return v.boolean ? "true" : "false";
+    case Value::Kind::Int:
+      return str(v);
     case Value::Kind::Float:
       if (std::isnan(v.number)) return "NaN";
       if (std::isinf(v.number)) return v.number > 0 ? "Infinity" : "-Infinity";
       return str(v);
-    case Value::Kind::String: return json_string(v.text, st.ascii);
+    case Value::Kind::String:
+      return json_string(v.text, st.ascii);
     case Value::Kind::List:
     case Value::Kind::Tuple:
-    case Value::Kind::Dict: break;
-    default: type_error(fmt::format("Object of type {} is not JSON serializable", type_name(v)));
+    case Value::Kind::Dict:
+      break;
+    default:
+      type_error(fmt::format("Object of type {} is not JSON serializable", type_name(v)));
   }
   const bool dict = v.kind == Value::Kind::Dict;
   std::vector<std::string> parts;
   if (dict) {
     Object entries = *v.object;
     if (st.sort) std::stable_sort(entries.begin(), entries.end(), [](auto& a, auto& b) { return a.first < b.first; });
-    for (const auto& [k, x] : entries) parts.push_back(json_string(k, st.ascii) + st.key_sep + json_dumps(x, st, level + 1));
+    for (const auto& [k, x] : entries)
+      parts.push_back(json_string(k, st.ascii) + st.key_sep + json_dumps(x, st, level + 1));
   } else {
     for (const auto& x : *v.list) parts.push_back(json_dumps(x, st, level + 1));
   }
@@ -94,7 +101,8 @@ Value tojson(const Value& v, const Args& a) {
   JsonStyle st;
   st.ascii = truthy(opt(a, 0, "ensure_ascii", Value::of_bool(false)));
   const Value indent = opt(a, 1, "indent", Value::none());
-  if (indent.kind == Value::Kind::Int) st.indent = std::string(static_cast<size_t>(std::max<int64_t>(0, indent.integer)), ' ');
+  if (indent.kind == Value::Kind::Int)
+    st.indent = std::string(static_cast<size_t>(std::max<int64_t>(0, indent.integer)), ' ');
   if (indent.is_string()) st.indent = indent.text;
   const Value seps = opt(a, 2, "separators", Value::none());
   st.item_sep = st.indent ? "," : ", ";
@@ -109,12 +117,17 @@ Value tojson(const Value& v, const Args& a) {
 
 int64_t length(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::String: return static_cast<int64_t>(code_point_offsets(v.text).size() - 1);
+    case Value::Kind::String:
+      return static_cast<int64_t>(code_point_offsets(v.text).size() - 1);
     case Value::Kind::List:
-    case Value::Kind::Tuple: return static_cast<int64_t>(v.list->size());
-    case Value::Kind::Dict: return static_cast<int64_t>(v.object->size());
-    case Value::Kind::Undefined: return 0;
-    default: type_error(fmt::format("object of type '{}' has no len()", type_name(v)));
+    case Value::Kind::Tuple:
+      return static_cast<int64_t>(v.list->size());
+    case Value::Kind::Dict:
+      return static_cast<int64_t>(v.object->size());
+    case Value::Kind::Undefined:
+      return 0;
+    default:
+      type_error(fmt::format("object of type '{}' has no len()", type_name(v)));
   }
 }
 
@@ -196,7 +209,8 @@ Value dictsort(const Value& d, const Args& a) {
   for (const auto& [k, v] : *d.object) items.push_back(Value::of_list({Value::of_string(k), v}, Value::Kind::Tuple));
   auto key = [&](const Value& item) {
     Value k = (*item.list)[by_value ? 1 : 0];
-    if (!case_sensitive && k.is_string()) k = Value::of_string(k.text), std::transform(k.text.begin(), k.text.end(), k.text.begin(), ::tolower);
+    if (!case_sensitive && k.is_string())
+      k = Value::of_string(k.text), std::transform(k.text.begin(), k.text.end(), k.text.begin(), ::tolower);
     return k;
   };
   std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
@@ -263,12 +277,23 @@ std::string html_escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -295,7 +320,8 @@ Value first_or_last(const Value& v, bool first) {
 
 Value to_number(const Value& v, const Args& a, bool integer) {
   const Value def = opt(a, 0, "default", integer ? Value::of_int(0) : Value::of_float(0));
-  if (v.kind == Value::Kind::Int || v.kind == Value::Kind::Bool) return integer ? Value::of_int(v.integer + v.boolean) : Value::of_float(static_cast<double>(v.integer + v.boolean));
+  if (v.kind == Value::Kind::Int || v.kind == Value::Kind::Bool)
+    return integer ? Value::of_int(v.integer + v.boolean) : Value::of_float(static_cast<double>(v.integer + v.boolean));
   if (v.kind == Value::Kind::Float) return integer ? Value::of_int(static_cast<int64_t>(v.number)) : v;
   if (!v.is_string()) return def;
   try {
@@ -329,7 +355,8 @@ const std::map<std::string, Filter, std::less<>>& filters() {
       {"selectattr", [](const Value& v, const Args& a, R& r) { return select(v, a, r, true, true); }},
       {"rejectattr", [](const Value& v, const Args& a, R& r) { return select(v, a, r, true, false); }},
       {"map", map_filter},
-      {"items", [](const Value& v, const Args& a, R&) { return call_method(v.kind == Value::Kind::Undefined ? Value::of_dict({}) : v, "items", a); }},
+      {"items", [](const Value& v, const Args& a,
+                   R&) { return call_method(v.kind == Value::Kind::Undefined ? Value::of_dict({}) : v, "items", a); }},
       {"default", default_filter},
       {"d", default_filter},
       {"upper", [](const Value& v, const Args& a, R&) { return call_method(v, "upper", a); }},
@@ -339,7 +366,8 @@ const std::map<std::string, Filter, std::less<>>& filters() {
       {"replace", [](const Value& v, const Args& a, R&) { return call_method(v, "replace", a); }},
       {"first", [](const Value& v, const Args&, R&) { return first_or_last(v, true); }},
       {"last", [](const Value& v, const Args&, R&) { return first_or_last(v, false); }},
-      {"reverse", [](const Value& v, const Args&, R&) {
+      {"reverse",
+       [](const Value& v, const Args&, R&) {
          if (v.is_string()) return slice(v, std::nullopt, std::nullopt, -1);
          auto items = iterate(v);
          std::reverse(items.begin(), items.end());
@@ -350,7 +378,8 @@ const std::map<std::string, Filter, std::less<>>& filters() {
       {"e", [](const Value& v, const Args&, R&) { return Value::of_string(html_escape(str(v))); }},
       {"int", [](const Value& v, const Args& a, R&) { return to_number(v, a, true); }},
       {"float", [](const Value& v, const Args& a, R&) { return to_number(v, a, false); }},
-      {"abs", [](const Value& v, const Args&, R&) {
+      {"abs",
+       [](const Value& v, const Args&, R&) {
          if (v.kind == Value::Kind::Float) return Value::of_float(std::fabs(v.number));
          if (v.kind == Value::Kind::Int) return Value::of_int(v.integer < 0 ? -v.integer : v.integer);
          type_error(fmt::format("bad operand type for abs(): '{}'", type_name(v)));
@@ -363,7 +392,6 @@ const std::map<std::string, Filter, std::less<>>& filters() {
   };
   return f;
 }
-
 
 namespace {
 
@@ -384,7 +412,8 @@ bool compare_test(const Value& v, const Args& a, const char* op) {
 }
 
 int64_t integer_of(const Value& v, const char* test) {
-  if (v.kind != Value::Kind::Int && v.kind != Value::Kind::Bool) type_error(fmt::format("the test '{}' needs an integer", test));
+  if (v.kind != Value::Kind::Int && v.kind != Value::Kind::Bool)
+    type_error(fmt::format("the test '{}' needs an integer", test));
   return v.integer + v.boolean;
 }
 
@@ -405,10 +434,10 @@ const std::map<std::string, Test, std::less<>>& tests() {
       {"true", [](const Value& v, const Args&, R&) { return v.kind == K::Bool && v.boolean; }},
       {"false", [](const Value& v, const Args&, R&) { return v.kind == K::Bool && !v.boolean; }},
       {"mapping", [](const Value& v, const Args&, R&) { return v.kind == K::Dict; }},
-      {"iterable", [](const Value& v, const Args&, R&) {
-         return v.is_string() || v.is_sequence() || v.kind == K::Dict || v.kind == K::Undefined;
-       }},
-      {"sequence", [](const Value& v, const Args&, R&) { return v.is_string() || v.is_sequence() || v.kind == K::Dict; }},
+      {"iterable", [](const Value& v, const Args&,
+                      R&) { return v.is_string() || v.is_sequence() || v.kind == K::Dict || v.kind == K::Undefined; }},
+      {"sequence",
+       [](const Value& v, const Args&, R&) { return v.is_string() || v.is_sequence() || v.kind == K::Dict; }},
       {"callable", [](const Value& v, const Args&, R&) { return v.kind == K::Callable; }},
       {"equalto", [](const Value& v, const Args& a, R&) { return compare_test(v, a, "=="); }},
       {"eq", [](const Value& v, const Args& a, R&) { return compare_test(v, a, "=="); }},
@@ -423,7 +452,8 @@ const std::map<std::string, Test, std::less<>>& tests() {
       {"in", [](const Value& v, const Args& a, R&) { return contains(a.get(0, "seq").value_or(Value::none()), v); }},
       {"odd", [](const Value& v, const Args&, R&) { return integer_of(v, "odd") % 2 != 0; }},
       {"even", [](const Value& v, const Args&, R&) { return integer_of(v, "even") % 2 == 0; }},
-      {"divisibleby", [](const Value& v, const Args& a, R&) {
+      {"divisibleby",
+       [](const Value& v, const Args& a, R&) {
          const int64_t d = integer_of(a.get(0, "num").value_or(Value::none()), "divisibleby");
          if (d == 0) type_error("divisibleby 0");
          return integer_of(v, "divisibleby") % d == 0;
@@ -483,25 +513,33 @@ const std::map<std::string, Callable, std::less<>>& global_functions() {
   static const std::map<std::string, Callable, std::less<>> g = {
       {"range", global("range", range)},
       {"dict", global("dict", [](const Value&, const Args& a) { return Value::of_dict(entries(a)); })},
-      {"namespace", global("namespace", [](const Value&, const Args& a) {
-         Value v = Value::of_dict(entries(a));
-         for (const auto& [k, x] : *v.object) {
-           if (!k.empty() && k[0] == '_') type_error(fmt::format("a namespace attribute may not start with '_': {}", k));
-         }
-         v.kind = Value::Kind::Namespace;
-         return v;
-       })},
-      {"raise_exception", global("raise_exception", [](const Value&, const Args& a) -> Value {
-         throw RenderError(fmt::format("the template raised: {}", str(a.get(0, "message").value_or(Value::of_string("")))));
-       })},
-      {"strftime_now", global("strftime_now", [](const Value&, const Args& a) {
-         const std::time_t now = std::time(nullptr);
-         std::tm local{};
-         localtime_r(&now, &local);
-         char buf[256];
-         const size_t n = std::strftime(buf, sizeof buf, str(a.get(0, "format").value_or(Value::of_string(""))).c_str(), &local);
-         return Value::of_string(std::string(buf, n));
-       })},
+      {"namespace", global("namespace",
+                           [](const Value&, const Args& a) {
+                             Value v = Value::of_dict(entries(a));
+                             for (const auto& [k, x] : *v.object) {
+                               if (!k.empty() && k[0] == '_')
+                                 type_error(fmt::format("a namespace attribute may not start with '_': {}", k));
+                             }
+                             v.kind = Value::Kind::Namespace;
+                             return v;
+                           })},
+      {"raise_exception", global("raise_exception",
+                                 [](const Value&, const Args& a) -> Value {
+                                   throw RenderError(
+                                       fmt::format("the template raised: {}",
+                                                   str(a.get(0, "message").value_or(Value::of_string("")))));
+                                 })},
+      {"strftime_now", global("strftime_now",
+                              [](const Value&, const Args& a) {
+                                const std::time_t now = std::time(nullptr);
+                                std::tm local{};
+                                localtime_r(&now, &local);
+                                char buf[256];
+                                const size_t n = std::strftime(
+                                    buf, sizeof buf, str(a.get(0, "format").value_or(Value::of_string(""))).c_str(),
+                                    &local);
+                                return Value::of_string(std::string(buf, n));
+                              })},
   };
   return g;
 }

@@ -21,16 +21,32 @@ struct Arg {
 
 struct Expr {
   enum class Kind {
-    Literal, Name, Attr, Item, Slice, Call, Filter, Test, Neg, Not, And, Or, Binary, Compare, Cond, List, Tuple,
+    Literal,
+    Name,
+    Attr,
+    Item,
+    Slice,
+    Call,
+    Filter,
+    Test,
+    Neg,
+    Not,
+    And,
+    Or,
+    Binary,
+    Compare,
+    Cond,
+    List,
+    Tuple,
     Dict,
   };
   Kind kind;
   int line = 0;
-  Value literal;                // Literal
-  std::string name;             // Name, Attr, Filter, Test; Binary and Compare: the operator
-  bool negated = false;         // Test: "is not"
-  std::vector<ExprPtr> items;   // the operands, the subject first (Slice: subject, start, stop, step; null: left out)
-  std::vector<Arg> args;        // Call, Filter, Test
+  Value literal;               // Literal
+  std::string name;            // Name, Attr, Filter, Test; Binary and Compare: the operator
+  bool negated = false;        // Test: "is not"
+  std::vector<ExprPtr> items;  // the operands, the subject first (Slice: subject, start, stop, step; null: left out)
+  std::vector<Arg> args;       // Call, Filter, Test
 };
 
 struct Node;
@@ -40,13 +56,13 @@ struct Node {
   enum class Kind { Text, Output, If, For, Set, SetBlock, Macro, Break, Continue };
   Kind kind;
   int line = 0;
-  std::string text;                                 // Text
-  ExprPtr expr;                                     // Output, Set: the value; For: what it iterates
-  std::vector<std::pair<ExprPtr, Body>> branches;   // If: each condition and its body
-  Body body, else_body;                             // For, SetBlock, Macro; If and For: else
-  std::vector<std::string> targets;                 // For, Set: the names; Macro: its name
-  std::string attribute;                            // Set: ns.attribute
-  ExprPtr filter;                                   // For ... if
+  std::string text;                                     // Text
+  ExprPtr expr;                                         // Output, Set: the value; For: what it iterates
+  std::vector<std::pair<ExprPtr, Body>> branches;       // If: each condition and its body
+  Body body, else_body;                                 // For, SetBlock, Macro; If and For: else
+  std::vector<std::string> targets;                     // For, Set: the names; Macro: its name
+  std::string attribute;                                // Set: ns.attribute
+  ExprPtr filter;                                       // For ... if
   std::vector<std::pair<std::string, ExprPtr>> params;  // Macro: each parameter and its default (or null)
 };
 
@@ -78,10 +94,10 @@ struct Callable {
 bool truthy(const Value& v);
 bool equal(const Value& a, const Value& b);
 int compare(const Value& a, const Value& b, const std::string& op);  // <0, 0, >0; throws RenderError
-std::string str(const Value& v);   // Python's str()
-std::string repr(const Value& v);  // Python's repr()
+std::string str(const Value& v);                                     // Python's str()
+std::string repr(const Value& v);                                    // Python's repr()
 std::string type_name(const Value& v);
-Value as_string(const Value& v);   // str(), keeping a string's marks
+Value as_string(const Value& v);               // str(), keeping a string's marks
 Value concat(const Value& a, const Value& b);  // strings, keeping marks
 Value arithmetic(const std::string& op, const Value& a, const Value& b);
 bool contains(const Value& container, const Value& item);

@@ -90,8 +90,8 @@ std::vector<Segment> lex(std::string_view raw) {
     const char end_sign = end > inner ? s[end - 1] : '\0';
     const size_t content_end = end_sign == '-' || end_sign == '+' ? end - 1 : end;
     if (type != '#') {
-      out.push_back({type == '{' ? Segment::Kind::Var : Segment::Kind::Block, s.substr(inner, content_end - inner),
-                     line});
+      out.push_back(
+          {type == '{' ? Segment::Kind::Var : Segment::Kind::Block, s.substr(inner, content_end - inner), line});
     }
     pos = end + 2;
     if (end_sign == '-') {
@@ -154,7 +154,8 @@ std::string string_literal(std::string_view s, size_t& i, int line) {
     } else if (e >= '0' && e <= '7') {
       uint32_t v = 0;
       size_t n = 0;
-      for (; n < 3 && i < s.size() && s[i] >= '0' && s[i] <= '7'; ++n, ++i) v = v * 8 + static_cast<uint32_t>(s[i] - '0');
+      for (; n < 3 && i < s.size() && s[i] >= '0' && s[i] <= '7'; ++n, ++i)
+        v = v * 8 + static_cast<uint32_t>(s[i] - '0');
       --i;
       append_utf8(out, v);
     } else {
@@ -169,8 +170,8 @@ std::string string_literal(std::string_view s, size_t& i, int line) {
 
 std::vector<Token> tokenize(std::string_view s, int line) {
   std::vector<Token> out;
-  static const char* const ops[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~", "(", ")",
-                                    "[",  "]",  "{",  "}",  ",",  ":",  ".", "|", "=", "<", ">"};
+  static const char* const ops[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~", "(",
+                                    ")",  "[",  "]",  "{",  "}",  ",",  ":", ".", "|", "=", "<", ">"};
   for (size_t i = 0; i < s.size();) {
     const char c = s[i];
     if (space(c)) {
@@ -202,7 +203,10 @@ std::vector<Token> tokenize(std::string_view s, int line) {
       }
       Token t{real ? Token::Kind::Float : Token::Kind::Int, digits};
       try {
-        if (real) t.number = std::stod(digits); else t.integer = std::stoll(digits);
+        if (real)
+          t.number = std::stod(digits);
+        else
+          t.integer = std::stoll(digits);
       } catch (const std::exception&) {
         refuse(line, fmt::format("the number {} is out of range", digits));
       }
@@ -336,13 +340,8 @@ class Parser {
     ExprPtr e = parse_math1();
     bool compared = false;
     for (;;) {
-      std::string o;
-      for (const char* c : {"==", "!=", "<=", ">=", "<", ">"}) {
-        if (op(c)) {
-          o = c;
-          break;
-        }
-      }
+      const char* c = first_op({"==", "!=", "<=", ">=", "<", ">"});
+      std::string o = c ? c : "";
       if (o.empty() && name("in")) o = "in";
       if (o.empty() && peek_name("not") && t_[i_ + 1].kind == Token::Kind::Name && t_[i_ + 1].text == "in") {
         i_ += 2;
@@ -354,17 +353,17 @@ class Parser {
       e = binary(Expr::Kind::Compare, o, std::move(e), parse_math1());
     }
   }
+  // The first of `ops` that is next (consumed), or null.
+  const char* first_op(std::initializer_list<const char*> ops) {
+    for (const char* o : ops) {
+      if (op(o)) return o;
+    }
+    return nullptr;
+  }
   ExprPtr parse_math1() {
     ExprPtr e = parse_concat();
-    for (;;) {
-      if (op("+")) {
-        e = binary(Expr::Kind::Binary, "+", std::move(e), parse_concat());
-      } else if (op("-")) {
-        e = binary(Expr::Kind::Binary, "-", std::move(e), parse_concat());
-      } else {
-        return e;
-      }
-    }
+    while (const char* o = first_op({"+", "-"})) e = binary(Expr::Kind::Binary, o, std::move(e), parse_concat());
+    return e;
   }
   ExprPtr parse_concat() {
     ExprPtr e = parse_math2();
@@ -373,14 +372,8 @@ class Parser {
   }
   ExprPtr parse_math2() {
     ExprPtr e = parse_pow();
-    for (;;) {
-      const char* o = nullptr;
-      for (const char* c : {"//", "/", "*", "%"}) {
-        if (!o && op(c)) o = c;
-      }
-      if (!o) return e;
-      e = binary(Expr::Kind::Binary, o, std::move(e), parse_pow());
-    }
+    while (const char* o = first_op({"//", "/", "*", "%"})) e = binary(Expr::Kind::Binary, o, std::move(e), parse_pow());
+    return e;
   }
   ExprPtr parse_pow() {
     ExprPtr e = parse_unary(true);

@@ -33,15 +33,23 @@ void Renderer::render(const Body& body, Output& out) {
 void Renderer::render_node(const Node& n, Output& out) {
   try {
     switch (n.kind) {
-      case Node::Kind::Text: out.text += n.text; break;
+      case Node::Kind::Text:
+        out.text += n.text;
+        break;
       case Node::Kind::Output: {
         const Value v = as_string(eval(*n.expr));
         out.append(v.text, v.marks);
         break;
       }
-      case Node::Kind::If: render_if(n, out); break;
-      case Node::Kind::For: render_for(n, out); break;
-      case Node::Kind::Set: assign(n, eval(*n.expr)); break;
+      case Node::Kind::If:
+        render_if(n, out);
+        break;
+      case Node::Kind::For:
+        render_for(n, out);
+        break;
+      case Node::Kind::Set:
+        assign(n, eval(*n.expr));
+        break;
       case Node::Kind::SetBlock: {
         Output inner;
         render(n.body, inner);
@@ -58,8 +66,12 @@ void Renderer::render_node(const Node& n, Output& out) {
         scopes_.back()[n.targets[0]] = v;
         break;
       }
-      case Node::Kind::Break: loop_control_ = 1; break;
-      case Node::Kind::Continue: loop_control_ = 2; break;
+      case Node::Kind::Break:
+        loop_control_ = 1;
+        break;
+      case Node::Kind::Continue:
+        loop_control_ = 2;
+        break;
     }
   } catch (const RenderError& e) {
     if (std::string_view(e.what()).substr(0, 5) == "line ") throw;
@@ -106,10 +118,14 @@ void Renderer::render_for(const Node& n, Output& out) {
     auto& scope = scopes_.back();
     const auto parts = unpack(items[static_cast<size_t>(i)], n.targets.size());
     for (size_t k = 0; k < parts.size(); ++k) scope[n.targets[k]] = parts[k];
-    Object loop = {{"index", Value::of_int(i + 1)},         {"index0", Value::of_int(i)},
-                   {"revindex", Value::of_int(count - i)},   {"revindex0", Value::of_int(count - i - 1)},
-                   {"first", Value::of_bool(i == 0)},        {"last", Value::of_bool(i == count - 1)},
-                   {"length", Value::of_int(count)},         {"depth", Value::of_int(1)},
+    Object loop = {{"index", Value::of_int(i + 1)},
+                   {"index0", Value::of_int(i)},
+                   {"revindex", Value::of_int(count - i)},
+                   {"revindex0", Value::of_int(count - i - 1)},
+                   {"first", Value::of_bool(i == 0)},
+                   {"last", Value::of_bool(i == count - 1)},
+                   {"length", Value::of_int(count)},
+                   {"depth", Value::of_int(1)},
                    {"depth0", Value::of_int(0)}};
     if (i > 0) loop.emplace_back("previtem", items[static_cast<size_t>(i - 1)]);
     if (i + 1 < count) loop.emplace_back("nextitem", items[static_cast<size_t>(i + 1)]);
@@ -180,8 +196,8 @@ Value Renderer::call(const Value& callee, const Args& args, int line) {
 Value Renderer::call_macro(const Callable& c, const Args& args, int) {
   const Node& m = *c.macro;
   if (args.positional.size() > m.params.size()) {
-    throw RenderError(fmt::format("macro '{}' takes {} arguments, given {}", c.name, m.params.size(),
-                                  args.positional.size()));
+    throw RenderError(
+        fmt::format("macro '{}' takes {} arguments, given {}", c.name, m.params.size(), args.positional.size()));
   }
   std::map<std::string, Value, std::less<>> bound;
   for (const auto& [name, v] : args.named) {
@@ -237,8 +253,10 @@ std::optional<int64_t> slice_bound(const Value& v) {
 Value Renderer::eval_access(const Expr& e) {
   const Value subject = eval(*e.items[0]);
   switch (e.kind) {
-    case Expr::Kind::Attr: return get_attribute(subject, e.name);
-    case Expr::Kind::Item: return get_item(subject, eval(*e.items[1]));
+    case Expr::Kind::Attr:
+      return get_attribute(subject, e.name);
+    case Expr::Kind::Item:
+      return get_item(subject, eval(*e.items[1]));
     case Expr::Kind::Slice: {
       std::optional<int64_t> b[3];
       for (size_t i = 0; i < 3; ++i) {
@@ -246,9 +264,12 @@ Value Renderer::eval_access(const Expr& e) {
       }
       return slice(subject, b[0], b[1], b[2]);
     }
-    case Expr::Kind::Call: return call(subject, eval_args(e.args), e.line);
-    case Expr::Kind::Filter: return apply_filter(e.name, subject, eval_args(e.args), e.line);
-    default: return Value::of_bool(apply_test(e.name, subject, eval_args(e.args), e.line) != e.negated);
+    case Expr::Kind::Call:
+      return call(subject, eval_args(e.args), e.line);
+    case Expr::Kind::Filter:
+      return apply_filter(e.name, subject, eval_args(e.args), e.line);
+    default:
+      return Value::of_bool(apply_test(e.name, subject, eval_args(e.args), e.line) != e.negated);
   }
 }
 
@@ -258,11 +279,16 @@ Value Renderer::eval_operator(const Expr& e) {
     case Expr::Kind::Neg:
       if (!a.is_number()) throw RenderError(fmt::format("bad operand type for unary -: '{}'", type_name(a)));
       return a.kind == Value::Kind::Float ? Value::of_float(-a.number) : Value::of_int(-(a.integer + a.boolean));
-    case Expr::Kind::Not: return Value::of_bool(!truthy(a));
-    case Expr::Kind::And: return truthy(a) ? eval(*e.items[1]) : a;
-    case Expr::Kind::Or: return truthy(a) ? a : eval(*e.items[1]);
-    case Expr::Kind::Binary: return arithmetic(e.name, a, eval(*e.items[1]));
-    default: break;
+    case Expr::Kind::Not:
+      return Value::of_bool(!truthy(a));
+    case Expr::Kind::And:
+      return truthy(a) ? eval(*e.items[1]) : a;
+    case Expr::Kind::Or:
+      return truthy(a) ? a : eval(*e.items[1]);
+    case Expr::Kind::Binary:
+      return arithmetic(e.name, a, eval(*e.items[1]));
+    default:
+      break;
   }
   const Value b = eval(*e.items[1]);  // Compare
   if (e.name == "==") return Value::of_bool(equal(a, b));
@@ -276,8 +302,10 @@ Value Renderer::eval_operator(const Expr& e) {
 
 Value Renderer::eval(const Expr& e) {
   switch (e.kind) {
-    case Expr::Kind::Literal: return e.literal;
-    case Expr::Kind::Name: return lookup(e.name);
+    case Expr::Kind::Literal:
+      return e.literal;
+    case Expr::Kind::Name:
+      return lookup(e.name);
     case Expr::Kind::Cond:
       if (truthy(eval(*e.items[1]))) return eval(*e.items[0]);
       return e.items.size() > 2 ? eval(*e.items[2]) : Value::undefined("the conditional expression has no else");
@@ -301,8 +329,10 @@ Value Renderer::eval(const Expr& e) {
     case Expr::Kind::Slice:
     case Expr::Kind::Call:
     case Expr::Kind::Filter:
-    case Expr::Kind::Test: return eval_access(e);
-    default: return eval_operator(e);
+    case Expr::Kind::Test:
+      return eval_access(e);
+    default:
+      return eval_operator(e);
   }
 }
 

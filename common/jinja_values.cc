@@ -82,17 +82,28 @@ void Output::append(const std::string& s, const std::vector<Mark>& m) {
 
 std::string type_name(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::Undefined: return "Undefined";
-    case Value::Kind::None: return "NoneType";
-    case Value::Kind::Bool: return "bool";
-    case Value::Kind::Int: return "int";
-    case Value::Kind::Float: return "float";
-    case Value::Kind::String: return "str";
-    case Value::Kind::List: return "list";
-    case Value::Kind::Tuple: return "tuple";
-    case Value::Kind::Dict: return "dict";
-    case Value::Kind::Namespace: return "Namespace";
-    case Value::Kind::Callable: return "function";
+    case Value::Kind::Undefined:
+      return "Undefined";
+    case Value::Kind::None:
+      return "NoneType";
+    case Value::Kind::Bool:
+      return "bool";
+    case Value::Kind::Int:
+      return "int";
+    case Value::Kind::Float:
+      return "float";
+    case Value::Kind::String:
+      return "str";
+    case Value::Kind::List:
+      return "list";
+    case Value::Kind::Tuple:
+      return "tuple";
+    case Value::Kind::Dict:
+      return "dict";
+    case Value::Kind::Namespace:
+      return "Namespace";
+    case Value::Kind::Callable:
+      return "function";
   }
   return "?";
 }
@@ -100,21 +111,30 @@ std::string type_name(const Value& v) {
 bool truthy(const Value& v) {
   switch (v.kind) {
     case Value::Kind::Undefined:
-    case Value::Kind::None: return false;
-    case Value::Kind::Bool: return v.boolean;
-    case Value::Kind::Int: return v.integer != 0;
-    case Value::Kind::Float: return v.number != 0;
-    case Value::Kind::String: return !v.text.empty();
+    case Value::Kind::None:
+      return false;
+    case Value::Kind::Bool:
+      return v.boolean;
+    case Value::Kind::Int:
+      return v.integer != 0;
+    case Value::Kind::Float:
+      return v.number != 0;
+    case Value::Kind::String:
+      return !v.text.empty();
     case Value::Kind::List:
-    case Value::Kind::Tuple: return !v.list->empty();
-    case Value::Kind::Dict: return !v.object->empty();
-    default: return true;
+    case Value::Kind::Tuple:
+      return !v.list->empty();
+    case Value::Kind::Dict:
+      return !v.object->empty();
+    default:
+      return true;
   }
 }
 
 namespace {
 double as_double(const Value& v) {
-  return v.kind == Value::Kind::Float ? v.number : static_cast<double>(v.kind == Value::Kind::Bool ? v.boolean : v.integer);
+  return v.kind == Value::Kind::Float ? v.number
+                                      : static_cast<double>(v.kind == Value::Kind::Bool ? v.boolean : v.integer);
 }
 int64_t as_int(const Value& v) { return v.kind == Value::Kind::Bool ? v.boolean : v.integer; }
 }  // namespace
@@ -127,8 +147,10 @@ bool equal(const Value& a, const Value& b) {
   if (a.kind != b.kind) return false;
   switch (a.kind) {
     case Value::Kind::Undefined:
-    case Value::Kind::None: return true;
-    case Value::Kind::String: return a.text == b.text;
+    case Value::Kind::None:
+      return true;
+    case Value::Kind::String:
+      return a.text == b.text;
     case Value::Kind::List:
     case Value::Kind::Tuple:
       return std::equal(a.list->begin(), a.list->end(), b.list->begin(), b.list->end(), equal);
@@ -139,7 +161,8 @@ bool equal(const Value& a, const Value& b) {
         if (!w || !equal(v, *w)) return false;
       }
       return true;
-    default: return a.object == b.object && a.callable == b.callable;
+    default:
+      return a.object == b.object && a.callable == b.callable;
   }
 }
 
@@ -195,7 +218,8 @@ std::string string_repr(const std::string& s) {
 
 std::string repr(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::String: return string_repr(v.text);
+    case Value::Kind::String:
+      return string_repr(v.text);
     case Value::Kind::List:
     case Value::Kind::Tuple: {
       std::string out = v.kind == Value::Kind::List ? "[" : "(";
@@ -210,21 +234,31 @@ std::string repr(const Value& v) {
       }
       return out + "}";
     }
-    default: return str(v);
+    default:
+      return str(v);
   }
 }
 
 std::string str(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::Undefined: return "";
-    case Value::Kind::None: return "None";
-    case Value::Kind::Bool: return v.boolean ? "True" : "False";
-    case Value::Kind::Int: return std::to_string(v.integer);
-    case Value::Kind::Float: return python_float(v.number);
-    case Value::Kind::String: return v.text;
-    case Value::Kind::Namespace: return "<Namespace>";
-    case Value::Kind::Callable: return fmt::format("<function {}>", v.callable->name);
-    default: return repr(v);
+    case Value::Kind::Undefined:
+      return "";
+    case Value::Kind::None:
+      return "None";
+    case Value::Kind::Bool:
+      return v.boolean ? "True" : "False";
+    case Value::Kind::Int:
+      return std::to_string(v.integer);
+    case Value::Kind::Float:
+      return python_float(v.number);
+    case Value::Kind::String:
+      return v.text;
+    case Value::Kind::Namespace:
+      return "<Namespace>";
+    case Value::Kind::Callable:
+      return fmt::format("<function {}>", v.callable->name);
+    default:
+      return repr(v);
   }
 }
 
@@ -299,14 +333,18 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b) {
 bool contains(const Value& c, const Value& item) {
   switch (c.kind) {
     case Value::Kind::String:
-      if (!item.is_string()) type_error(fmt::format("'in <string>' requires string as left operand, not {}", type_name(item)));
+      if (!item.is_string())
+        type_error(fmt::format("'in <string>' requires string as left operand, not {}", type_name(item)));
       return c.text.find(item.text) != std::string::npos;
     case Value::Kind::List:
     case Value::Kind::Tuple:
       return std::any_of(c.list->begin(), c.list->end(), [&](const Value& v) { return equal(v, item); });
-    case Value::Kind::Dict: return item.is_string() && c.find(item.text) != nullptr;
-    case Value::Kind::Undefined: return false;
-    default: type_error(fmt::format("argument of type '{}' is not iterable", type_name(c)));
+    case Value::Kind::Dict:
+      return item.is_string() && c.find(item.text) != nullptr;
+    case Value::Kind::Undefined:
+      return false;
+    default:
+      type_error(fmt::format("argument of type '{}' is not iterable", type_name(c)));
   }
 }
 
@@ -336,7 +374,9 @@ std::vector<Mark> clip(const std::vector<Mark>& marks, size_t b, size_t e) {
 
 }  // namespace
 
-Value substring(const Value& s, size_t b, size_t e) { return Value::of_string(s.text.substr(b, e - b), clip(s.marks, b, e)); }
+Value substring(const Value& s, size_t b, size_t e) {
+  return Value::of_string(s.text.substr(b, e - b), clip(s.marks, b, e));
+}
 
 Value get_item(const Value& v, const Value& key) {
   if (v.kind == Value::Kind::Undefined) type_error(v.text);
@@ -347,7 +387,8 @@ Value get_item(const Value& v, const Value& key) {
   if (key.kind == Value::Kind::Int && v.is_string()) {
     const auto at = code_point_offsets(v.text);
     const auto i = index_of(key.integer, at.size() - 1);
-    return i ? substring(v, at[*i], at[*i + 1]) : Value::undefined(fmt::format("str object has no element {}", key.integer));
+    return i ? substring(v, at[*i], at[*i + 1])
+             : Value::undefined(fmt::format("str object has no element {}", key.integer));
   }
   if (key.is_string()) {
     if (const Value* found = v.find(key.text)) return *found;
@@ -388,7 +429,8 @@ Value slice(const Value& v, std::optional<int64_t> start, std::optional<int64_t>
 std::vector<Value> iterate(const Value& v) {
   switch (v.kind) {
     case Value::Kind::List:
-    case Value::Kind::Tuple: return *v.list;
+    case Value::Kind::Tuple:
+      return *v.list;
     case Value::Kind::Dict: {
       std::vector<Value> keys;
       for (const auto& e : *v.object) keys.push_back(Value::of_string(e.first));
@@ -400,8 +442,10 @@ std::vector<Value> iterate(const Value& v) {
       for (size_t i = 0; i + 1 < at.size(); ++i) chars.push_back(substring(v, at[i], at[i + 1]));
       return chars;
     }
-    case Value::Kind::Undefined: return {};
-    default: type_error(fmt::format("'{}' object is not iterable", type_name(v)));
+    case Value::Kind::Undefined:
+      return {};
+    default:
+      type_error(fmt::format("'{}' object is not iterable", type_name(v)));
   }
 }
 

@@ -18,7 +18,7 @@ struct Config;
 struct JobData {
   std::vector<std::filesystem::path> data_files;
   std::filesystem::path tokenizer, cache_dir;  // tokenizer: the file (tokenizer_file in common/tokenizer.h)
-  DatasetSettings settings;  // the format is completed by load_format (it needs the tokenizer)
+  DatasetSettings settings;                    // the format is completed by load_format (it needs the tokenizer)
 };
 
 // Resolves hub ids (common/hf_cache.h); throws HubNotFound / DatasetError.

@@ -130,9 +130,10 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST_F(Records, MessagesRecordsReadAsTheSameTurns) {
   const auto c = read_conversations(
-      write("m.jsonl", R"({"id": 7, "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},)"
-                       R"( {"role": "assistant", "content": "yo"}]})"
-                       "\n"),
+      write("m.jsonl",
+            R"({"id": 7, "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},)"
+            R"( {"role": "assistant", "content": "yo"}]})"
+            "\n"),
       false);
   ASSERT_EQ(c.size(), 1u);
   EXPECT_EQ(c[0].id, "7");
@@ -151,15 +152,17 @@ TEST_F(Records, AChatTemplateErrorIsTheRecordsOrItIsSkipped) {
       "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
       "[{{ m.role }}]{{ m.content }}{% endfor %}",
       std::vector<std::pair<std::string, std::string>>{}, "t.jinja");
-  const fs::path f = write("t.jsonl", kGood + "\n" +
-                                          R"({"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}]})" +
-                                          "\n");
+  const fs::path f =
+      write("t.jsonl", kGood + "\n" +
+                           R"({"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}]})" +
+                           "\n");
   try {
     read_samples("vicuna", {f}, o, {}, false);
     FAIL();
   } catch (const DatasetError& e) {
-    EXPECT_NE(std::string(e.what()).find(": record 1: chat template (t.jinja) line 1: the template raised: no system role"),
-              std::string::npos)
+    EXPECT_NE(
+        std::string(e.what()).find(": record 1: chat template (t.jinja) line 1: the template raised: no system role"),
+        std::string::npos)
         << e.what();
   }
   ReadReport r;

@@ -28,7 +28,8 @@ TEST(Jinja, PythonValuesPrintAsPythonDoes) {
 }
 
 TEST(Jinja, LoopsScopeEachIterationAndNamespacesCarryOut) {
-  EXPECT_EQ(render("{% set x = 1 %}{% for i in [1, 2] %}{{ x }}{% set x = x + 1 %}{{ x }}{% endfor %}{{ x }}"), "12121");
+  EXPECT_EQ(render("{% set x = 1 %}{% for i in [1, 2] %}{{ x }}{% set x = x + 1 %}{{ x }}{% endfor %}{{ x }}"),
+            "12121");
   EXPECT_EQ(render("{% set ns = namespace(n=0) %}{% for i in range(4) if i is odd %}{% set ns.n = ns.n + i %}"
                    "{{ loop.index }}/{{ loop.length }}{% endfor %}={{ ns.n }}"),
             "1/22/2=4");
