@@ -478,7 +478,7 @@ Value range(const Value&, const Args& a) {
   List out;
   for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
     out.push_back(Value::of_int(i));
-    if (out.size() > 1000000) type_error("range() of more than a million numbers");
+    if (out.size() > 100000) type_error("range() of more than 100000 numbers (jinja2's sandbox limit)");
   }
   return Value::of_list(std::move(out));
 }

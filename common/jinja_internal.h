@@ -99,6 +99,7 @@ std::string repr(const Value& v);                                    // Python's
 std::string type_name(const Value& v);
 Value as_string(const Value& v);               // str(), keeping a string's marks
 Value concat(const Value& a, const Value& b);  // strings, keeping marks
+constexpr size_t kMaxString = 64u << 20;        // a longer string is a RenderError
 Value arithmetic(const std::string& op, const Value& a, const Value& b);
 bool contains(const Value& container, const Value& item);
 Value get_item(const Value& v, const Value& key);
@@ -129,6 +130,12 @@ class Renderer {
   const Object& variables_;
   std::vector<std::map<std::string, Value, std::less<>>> scopes_;
   int loop_control_ = 0;  // 1: break, 2: continue
+  // A template from the hub is untrusted: its work and its macros' recursion are bounded.
+  static constexpr uint64_t kMaxSteps = 1'000'000;  // statements and loop iterations
+  static constexpr int kMaxMacroDepth = 64;
+  uint64_t steps_ = 0;
+  int macro_depth_ = 0;
+  void step();  // one statement or loop iteration more; throws past kMaxSteps
   void render_node(const Node& n, Output& out);
   void render_for(const Node& n, Output& out);
   void render_if(const Node& n, Output& out);

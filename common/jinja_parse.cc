@@ -238,6 +238,7 @@ class Parser {
   Parser(std::vector<Token> tokens, int line) : t_(std::move(tokens)), line_(line) {}
 
   ExprPtr expression() {
+    const Nest nest(*this);
     ExprPtr e = parse_or();
     while (name("if")) {
       auto c = make(Expr::Kind::Cond);
@@ -306,6 +307,16 @@ class Parser {
   std::vector<Token> t_;
   size_t i_ = 0;
   int line_;
+  // Nesting is bounded, so that no template can exhaust the stack.
+  static constexpr int kMaxDepth = 64;
+  int depth_ = 0;
+  struct Nest {
+    explicit Nest(Parser& p) : p_(p) {
+      if (++p_.depth_ > kMaxDepth) refuse(p_.line_, fmt::format("expressions nested deeper than {}", kMaxDepth));
+    }
+    ~Nest() { --p_.depth_; }
+    Parser& p_;
+  };
 
   ExprPtr make(Expr::Kind k) {
     auto e = std::make_unique<Expr>();
@@ -332,6 +343,7 @@ class Parser {
   }
   ExprPtr parse_not() {
     if (!name("not")) return parse_compare();
+    const Nest nest(*this);
     auto e = make(Expr::Kind::Not);
     e->items.push_back(parse_not());
     return e;
@@ -382,6 +394,7 @@ class Parser {
   }
   ExprPtr parse_unary(bool with_filter) {
     ExprPtr e;
+    const Nest nest(*this);
     if (op("-")) {
       e = make(Expr::Kind::Neg);
       e->items.push_back(parse_unary(false));
@@ -563,7 +576,7 @@ class StatementParser {
  private:
   std::vector<Segment> s_;
   size_t i_ = 0;
-  int macro_depth_ = 0;
+  int depth_ = 0;
 
   static std::string keyword(const Segment& s) {
     size_t b = s.text.find_first_not_of(" \t\n\r");
@@ -595,6 +608,11 @@ std::unique_ptr<Node> make_node(Node::Kind k, int line) {
 }
 
 Body StatementParser::parse_body(const std::vector<std::string>& ends, std::string& end) {
+  if (++depth_ > 64) refuse(i_ < s_.size() ? s_[i_].line : 0, "blocks nested deeper than 64");
+  struct Leave {
+    int& d;
+    ~Leave() { --d; }
+  } leave{depth_};
   Body body;
   while (i_ < s_.size()) {
     const Segment& seg = s_[i_++];

@@ -32,6 +32,7 @@ void Renderer::render(const Body& body, Output& out) {
 
 void Renderer::render_node(const Node& n, Output& out) {
   try {
+    step();
     switch (n.kind) {
       case Node::Kind::Text:
         out.text += n.text;
@@ -79,6 +80,10 @@ void Renderer::render_node(const Node& n, Output& out) {
   }
 }
 
+void Renderer::step() {
+  if (++steps_ > kMaxSteps) throw RenderError(fmt::format("the template ran more than {} steps", kMaxSteps));
+}
+
 void Renderer::render_if(const Node& n, Output& out) {
   for (const auto& [cond, body] : n.branches) {
     if (truthy(eval(*cond))) return render(body, out);
@@ -114,6 +119,7 @@ void Renderer::render_for(const Node& n, Output& out) {
   if (items.empty()) return render(n.else_body, out);
   const auto count = static_cast<int64_t>(items.size());
   for (int64_t i = 0; i < count; ++i) {
+    step();
     scopes_.emplace_back();
     auto& scope = scopes_.back();
     const auto parts = unpack(items[static_cast<size_t>(i)], n.targets.size());
@@ -195,17 +201,21 @@ Value Renderer::call(const Value& callee, const Args& args, int line) {
 
 Value Renderer::call_macro(const Callable& c, const Args& args, int) {
   const Node& m = *c.macro;
+  if (macro_depth_ >= kMaxMacroDepth) {
+    throw RenderError(fmt::format("macro '{}': calls nested deeper than {}", c.name, kMaxMacroDepth));
+  }
   if (args.positional.size() > m.params.size()) {
     throw RenderError(
         fmt::format("macro '{}' takes {} arguments, given {}", c.name, m.params.size(), args.positional.size()));
   }
   std::map<std::string, Value, std::less<>> bound;
-  for (const auto& [name, v] : args.named) {
-    if (std::none_of(m.params.begin(), m.params.end(), [&](const auto& p) { return p.first == name; })) {
-      throw RenderError(fmt::format("macro '{}' has no parameter '{}'", c.name, name));
+  for (const auto& arg : args.named) {
+    if (std::none_of(m.params.begin(), m.params.end(), [&](const auto& p) { return p.first == arg.first; })) {
+      throw RenderError(fmt::format("macro '{}' has no parameter '{}'", c.name, arg.first));
     }
-    bound[name] = v;
+    bound[arg.first] = arg.second;
   }
+  ++macro_depth_;  // a throw ends the render: nothing to restore
   // The macro sees the template's top level and its parameters, not the caller's loops.
   std::vector<std::map<std::string, Value, std::less<>>> saved(scopes_.begin() + 1, scopes_.end());
   scopes_.resize(1);
@@ -222,6 +232,7 @@ Value Renderer::call_macro(const Callable& c, const Args& args, int) {
   }
   Output out;
   render(m.body, out);
+  --macro_depth_;
   loop_control_ = 0;
   scopes_.resize(1);
   scopes_.insert(scopes_.end(), saved.begin(), saved.end());

@@ -75,6 +75,7 @@ const Value* Value::find(std::string_view key) const {
 }
 
 void Output::append(const std::string& s, const std::vector<Mark>& m) {
+  if (text.size() + s.size() > kMaxString) throw RenderError("the output passed 64 MiB");
   const auto at = static_cast<uint32_t>(text.size());
   for (const auto& mark : m) marks.push_back({mark.begin + at, mark.end + at, mark.tag});
   text += s;
@@ -265,6 +266,7 @@ std::string str(const Value& v) {
 Value as_string(const Value& v) { return v.is_string() ? v : Value::of_string(str(v)); }
 
 Value concat(const Value& a, const Value& b) {
+  if (a.text.size() + b.text.size() > kMaxString) type_error("a string longer than 64 MiB");
   std::vector<Mark> marks = a.marks;
   const auto at = static_cast<uint32_t>(a.text.size());
   for (const auto& m : b.marks) marks.push_back({m.begin + at, m.end + at, m.tag});
@@ -274,6 +276,8 @@ Value concat(const Value& a, const Value& b) {
 namespace {
 
 Value repeat(const Value& seq, int64_t n) {
+  const size_t each = seq.is_string() ? seq.text.size() : seq.list->size() * 16;
+  if (n > 0 && each > 0 && static_cast<uint64_t>(n) > kMaxString / each) type_error("a repetition past 64 MiB");
   if (seq.is_string()) {
     std::string out;
     for (int64_t i = 0; i < n; ++i) out += seq.text;

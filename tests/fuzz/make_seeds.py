@@ -120,3 +120,10 @@ seed("safetensors", "one-tensor", struct.pack("<Q", 64) + json.dumps(
 seed("safetensors", "two-dtypes", struct.pack("<Q", 112) + json.dumps(
     {"a": {"dtype": "BF16", "shape": [1, 2], "data_offsets": [0, 4]},
      "b": {"dtype": "U8", "shape": [3], "data_offsets": [4, 7]}}).ljust(112).encode() + bytes(7))
+
+# chat_template: three real templates (scripts/install-deps fetches them) and one with the
+# engine's other constructs.
+TEMPLATES = Path(sys.prefix) / "share" / "chat-templates"
+for name in ("meta-llama-Llama-3.1-8B-Instruct", "Qwen-Qwen2.5-7B-Instruct", "mistralai-Mistral-Nemo-Instruct-2407"):
+    seed("chat_template", f"{name}.jinja", (TEMPLATES / f"{name}.jinja").read_bytes())
+seed("chat_template", "constructs.jinja", '{% macro f(a, b=2) %}{{ a ~ b }}{% endmacro %}{% set ns = namespace(n=0) %}{% for m in messages if m.role != "x" %}{{ f(loop.index) }}{{ m.content[1:] | trim | tojson(indent=2) }}{% set ns.n = ns.n + 1 %}{% else %}none{% endfor %}{{ ns.n }}{{ messages | selectattr("role", "equalto", "user") | map(attribute="content") | join(",") }}{{ "a,b".split(",") }}{{ {"k": [1, 2.5, none]} | dictsort }}\n')

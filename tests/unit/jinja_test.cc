@@ -101,6 +101,29 @@ TEST(Jinja, RenderErrorsNameTheLineAndTheCause) {
   }
 }
 
+TEST(Jinja, AnUntrustedTemplateCannotRecurseLoopOrGrowWithoutBound) {
+  auto render_error = [](const std::string& source) {
+    try {
+      render(source);
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("rendered");
+  };
+  EXPECT_EQ(render_error("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"),
+            "line 1: macro 'f': calls nested deeper than 64");
+  EXPECT_EQ(render_error("{% for i in range(100000) %}{% for j in range(100) %}{% endfor %}{% endfor %}"),
+            "line 1: the template ran more than 1000000 steps");
+  EXPECT_EQ(render_error("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
+                         "{% endfor %}"),
+            "line 1: a string longer than 64 MiB");
+  EXPECT_EQ(render_error("{{ 'x' * 100000000 }}"), "line 1: a repetition past 64 MiB");
+  EXPECT_THROW(Template("{{ " + std::string(200, '(') + "1" + std::string(200, ')') + " }}"), TemplateError);
+  std::string nested;
+  for (int i = 0; i < 100; ++i) nested += "{% if true %}";
+  EXPECT_THROW(Template{nested}, TemplateError);
+}
+
 TEST(ChatTemplateSpans, EachAssistantContentAsRenderedEvenWhenTrimmedOrRepeatedElsewhere) {
   // The reply "4" also appears in the user's text: the spans come from where the content was output.
   ChatTemplate t(
