@@ -121,9 +121,7 @@ seed("safetensors", "two-dtypes", struct.pack("<Q", 112) + json.dumps(
     {"a": {"dtype": "BF16", "shape": [1, 2], "data_offsets": [0, 4]},
      "b": {"dtype": "U8", "shape": [3], "data_offsets": [4, 7]}}).ljust(112).encode() + bytes(7))
 
-# chat_template: three real templates (scripts/install-deps fetches them) and one with the
-# engine's other constructs.
-TEMPLATES = Path(sys.prefix) / "share" / "chat-templates"
-for name in ("meta-llama-Llama-3.1-8B-Instruct", "Qwen-Qwen2.5-7B-Instruct", "mistralai-Mistral-Nemo-Instruct-2407"):
-    seed("chat_template", f"{name}.jinja", (TEMPLATES / f"{name}.jinja").read_bytes())
+# chat_template: the shape of a real template (a system turn taken out, alternation
+# checked, turns trimmed) and one with the engine's other constructs.
+seed("chat_template", "turns.jinja", "{{- bos_token }}\n{%- if messages[0]['role'] == 'system' %}\n    {%- set system = messages[0]['content'] | trim %}\n    {%- set messages = messages[1:] %}\n{%- else %}\n    {%- set system = '' %}\n{%- endif %}\n{{- '<|header|>system\\n\\n' + system + '<|end|>' }}\n{%- for message in messages %}\n    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}\n        {{- raise_exception('roles must alternate') }}\n    {%- endif %}\n    {{- '<|header|>' + message['role'] + '\\n\\n' + message['content'] | trim + '<|end|>' }}\n{%- endfor %}\n{%- if add_generation_prompt %}\n    {{- '<|header|>assistant\\n\\n' }}\n{%- endif %}\n")
 seed("chat_template", "constructs.jinja", '{% macro f(a, b=2) %}{{ a ~ b }}{% endmacro %}{% set ns = namespace(n=0) %}{% for m in messages if m.role != "x" %}{{ f(loop.index) }}{{ m.content[1:] | trim | tojson(indent=2) }}{% set ns.n = ns.n + 1 %}{% else %}none{% endfor %}{{ ns.n }}{{ messages | selectattr("role", "equalto", "user") | map(attribute="content") | join(",") }}{{ "a,b".split(",") }}{{ {"k": [1, 2.5, none]} | dictsort }}\n')
