@@ -119,7 +119,8 @@ def test_the_demo_config_learns(tmp_path):
     orca.write_text(json.dumps({"system_prompt": "", "question": "q", "response": "r"}) + "\n")
     out = herd("eval", config, "--adapter", adapter_dir, "--data", orca)
     assert out.returncode == 1
-    assert f"herd eval: {orca}: record 0: no \"conversations\" key: it is an Orca record (question, response), " \
+    assert f"herd eval: {orca}: record 0: no \"conversations\" or \"messages\" key: it is an Orca record " \
+        "(question, response), " \
         "which data.type orca reads, and this data is read as data.type vicuna" in out.stderr, out.stderr
     out = herd("eval", config, "--no-quantize")
     assert out.returncode == 1 and "--no-quantize picks how a model directory is loaded" in out.stderr, out.stderr

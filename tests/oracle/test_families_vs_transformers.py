@@ -227,7 +227,8 @@ model_output_dir: {tmp_path}/models
     assert json.loads(out.stdout)["model"] == {
         "dir": str(model), "family": "qwen2", "architecture": "Qwen2ForCausalLM", "vocab_size": 512,
         "tokenizer": {"file": str(model / "tokenizer.json"), "kind": "byte-level BPE",
-                      "vocab_size": Tokenizer.from_file(str(model / "tokenizer.json")).get_vocab_size()}}
+                      "vocab_size": Tokenizer.from_file(str(model / "tokenizer.json")).get_vocab_size()},
+        "chat_template": None}  # data.prompt_style seed: no template read
     out = check("model_family: llama\n")
     assert out.returncode != 0 and "model_family: llama (the seed's Llama classes), but" in out.stderr
     assert "is a Qwen2ForCausalLM; leave model_family out" in out.stderr
