@@ -11,6 +11,7 @@
 
 #include "cli/model_commands.h"
 #include "cli/model_flags.h"
+#include "common/chat_template.h"
 #include "common/config.h"
 #include "common/hf_cache.h"
 #include "common/process_memory.h"
@@ -157,9 +158,12 @@ void export_gguf(const ExportFlags& f) {
           fmt::format("{}: no merged model there (herd merge {} writes it)", spec.model.string(), f.target));
     }
     if (spec.out.empty()) spec.out = fs::path(c.model_output_dir) / (c.model_name + "-" + f.type + ".gguf");
+    // The prompt style the model was trained in (the merged folder has the base model's template).
+    if (c.data.prompt_style == "chat_template") spec.chat_template = chat_template_source(spec.model);
   } else {
     spec.model = f.target;
     if (spec.out.empty()) throw std::invalid_argument("give the output file: herd export gguf MODEL OUT.gguf");
+    spec.chat_template = chat_template_source(spec.model);  // the model's own, when it has one
   }
   const auto report = convert::export_gguf(spec);
   std::cout << fmt::format("herd export gguf: wrote {}: {} tensors ({}), {} metadata keys, {}\n", spec.out.string(),

@@ -1,5 +1,6 @@
 #include "common/chat_template.h"
 
+#include <ctime>
 #include <fstream>
 #include <sstream>
 
@@ -56,31 +57,30 @@ std::string config_template(const json& config, const fs::path& file) {
 
 }  // namespace
 
+std::string chat_template_source(const fs::path& dir, fs::path* origin) {
+  const fs::path config_file = dir / "tokenizer_config.json", jinja_file = dir / "chat_template.jinja";
+  if (origin) *origin = fs::exists(jinja_file) ? jinja_file : config_file;
+  if (fs::exists(jinja_file)) return read_file(jinja_file);
+  return config_template(read_config(config_file), config_file);
+}
+
 bool ChatTemplate::available(const fs::path& dir) {
-  if (fs::exists(dir / "chat_template.jinja")) return true;
   try {
-    return !config_template(read_config(dir / "tokenizer_config.json"), dir / "tokenizer_config.json").empty();
+    return !chat_template_source(dir).empty();
   } catch (const ChatTemplateError&) {
     return true;  // there is one, and load() says what is wrong with it
   }
 }
 
 std::shared_ptr<const ChatTemplate> ChatTemplate::load(const fs::path& dir) {
-  const fs::path config_file = dir / "tokenizer_config.json", jinja_file = dir / "chat_template.jinja";
-  const json config = read_config(config_file);
-  std::string source;
-  fs::path origin = jinja_file;
-  if (fs::exists(jinja_file)) {
-    source = read_file(jinja_file);
-  } else {
-    source = config_template(config, config_file);
-    origin = config_file;
-    if (source.empty()) {
-      throw ChatTemplateError(
-          fmt::format("{}: no chat template (neither chat_template.jinja nor tokenizer_config.json's chat_template); "
-                      "data.prompt_style seed formats without one",
-                      dir.string()));
-    }
+  const json config = read_config(dir / "tokenizer_config.json");
+  fs::path origin;
+  std::string source = chat_template_source(dir, &origin);
+  if (source.empty()) {
+    throw ChatTemplateError(fmt::format(
+        "{}: no chat template (neither chat_template.jinja nor tokenizer_config.json's chat_template); "
+        "data.prompt_style seed formats without one",
+        dir.string()));
   }
   std::vector<std::pair<std::string, std::string>> specials;
   for (const char* key : kSpecialTokens) {
@@ -149,6 +149,12 @@ ChatTemplate::Rendered ChatTemplate::render(const std::vector<ChatMessage>& mess
 std::string ChatTemplate::describe() const {
   std::string d = fmt::format("template={}", json(source_).dump());
   for (const auto& [k, v] : special_tokens_) d += fmt::format(" {}={}", k, json(v.text).dump());
+  if (source_.find("strftime_now") != std::string::npos) {  // the text has today's date (Llama-3.2's template)
+    const std::time_t now = std::time(nullptr);
+    std::tm local{};
+    localtime_r(&now, &local);
+    d += fmt::format(" date={}-{}-{}", local.tm_year + 1900, local.tm_mon + 1, local.tm_mday);
+  }
   return d;
 }
 

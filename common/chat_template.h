@@ -25,6 +25,10 @@ struct ChatMessage {
   std::string content;
 };
 
+// The source of the folder's template where AutoTokenizer finds it (below), unparsed;
+// empty when it has none. `origin`: the file it is read from.
+std::string chat_template_source(const std::filesystem::path& dir, std::filesystem::path* origin = nullptr);
+
 class ChatTemplate {
  public:
   // The template of the model folder `dir`, where AutoTokenizer finds it:

@@ -2,7 +2,6 @@
 // methods, and the globals transformers adds (raise_exception, strftime_now,
 // namespace, dict) beside jinja2's range. Each behaves as its Python original.
 #include <algorithm>
-#include <ctime>
 
 #include <fmt/format.h>
 #include <utf8proc.h>

@@ -161,7 +161,7 @@ Value select(const Value& seq, const Args& a, Renderer& r, bool attr, bool keep)
   if (!truthy(seq)) return Value::of_list({});  // jinja2 selects nothing from a false value (none)
   for (const Value& item : iterate(seq)) {
     const Value subject = attr ? attribute_path(item, attribute) : item;
-    const bool pass = test ? r.apply_test(str(*test), subject, test_args, 0) : truthy(subject);
+    const bool pass = test ? r.apply_test(str(*test), subject, test_args) : truthy(subject);
     if (pass == keep) out.push_back(item);
   }
   return Value::of_list(std::move(out));
@@ -182,7 +182,7 @@ Value map_filter(const Value& seq, const Args& a, Renderer& r) {
     Args rest;
     rest.positional.assign(a.positional.begin() + 1, a.positional.end());
     rest.named = a.named;
-    out.push_back(r.apply_filter(str(a.positional[0]), item, rest, 0));
+    out.push_back(r.apply_filter(str(a.positional[0]), item, rest));
   }
   return Value::of_list(std::move(out));
 }

@@ -41,7 +41,6 @@ struct Expr {
     Dict,
   };
   Kind kind;
-  int line = 0;
   Value literal;               // Literal
   std::string name;            // Name, Attr, Filter, Test; Binary and Compare: the operator
   bool negated = false;        // Test: "is not"
@@ -122,9 +121,9 @@ class Renderer {
   explicit Renderer(const Object& variables);
   void render(const Body& body, Output& out);
   Value eval(const Expr& e);
-  Value call(const Value& callee, const Args& args, int line);
-  Value apply_filter(const std::string& name, const Value& subject, const Args& args, int line);
-  bool apply_test(const std::string& name, const Value& subject, const Args& args, int line);
+  Value call(const Value& callee, const Args& args);
+  Value apply_filter(const std::string& name, const Value& subject, const Args& args);
+  bool apply_test(const std::string& name, const Value& subject, const Args& args);
 
  private:
   const Object& variables_;
@@ -144,7 +143,7 @@ class Renderer {
   Value eval_operator(const Expr& e);
   Value eval_access(const Expr& e);
   Args eval_args(const std::vector<Arg>& args);
-  Value call_macro(const Callable& c, const Args& args, int line);
+  Value call_macro(const Callable& c, const Args& args);
 };
 
 [[noreturn]] void fail(int line, const std::string& what);  // throws RenderError

@@ -321,7 +321,6 @@ class Parser {
   ExprPtr make(Expr::Kind k) {
     auto e = std::make_unique<Expr>();
     e->kind = k;
-    e->line = line_;
     return e;
   }
   ExprPtr binary(Expr::Kind k, std::string op, ExprPtr a, ExprPtr b) {

@@ -190,16 +190,16 @@ Args Renderer::eval_args(const std::vector<Arg>& args) {
   return out;
 }
 
-Value Renderer::call(const Value& callee, const Args& args, int line) {
+Value Renderer::call(const Value& callee, const Args& args) {
   if (callee.kind == Value::Kind::Undefined) throw RenderError(callee.text);
   if (callee.kind != Value::Kind::Callable) {
     throw RenderError(fmt::format("'{}' object is not callable", type_name(callee)));
   }
-  if (callee.callable->macro) return call_macro(*callee.callable, args, line);
+  if (callee.callable->macro) return call_macro(*callee.callable, args);
   return callee.callable->builtin(callee.callable->self, args);
 }
 
-Value Renderer::call_macro(const Callable& c, const Args& args, int) {
+Value Renderer::call_macro(const Callable& c, const Args& args) {
   const Node& m = *c.macro;
   if (macro_depth_ >= kMaxMacroDepth) {
     throw RenderError(fmt::format("macro '{}': calls nested deeper than {}", c.name, kMaxMacroDepth));
@@ -239,14 +239,14 @@ Value Renderer::call_macro(const Callable& c, const Args& args, int) {
   return Value::of_string(out.text, out.marks);
 }
 
-Value Renderer::apply_filter(const std::string& name, const Value& subject, const Args& args, int) {
+Value Renderer::apply_filter(const std::string& name, const Value& subject, const Args& args) {
   const auto& f = filters();
   const auto it = f.find(name);
   if (it == f.end()) throw RenderError(fmt::format("the filter '{}' is not supported", name));
   return it->second(subject, args, *this);
 }
 
-bool Renderer::apply_test(const std::string& name, const Value& subject, const Args& args, int) {
+bool Renderer::apply_test(const std::string& name, const Value& subject, const Args& args) {
   const auto& t = tests();
   const auto it = t.find(name);
   if (it == t.end()) throw RenderError(fmt::format("the test '{}' is not supported", name));
@@ -276,11 +276,11 @@ Value Renderer::eval_access(const Expr& e) {
       return slice(subject, b[0], b[1], b[2]);
     }
     case Expr::Kind::Call:
-      return call(subject, eval_args(e.args), e.line);
+      return call(subject, eval_args(e.args));
     case Expr::Kind::Filter:
-      return apply_filter(e.name, subject, eval_args(e.args), e.line);
+      return apply_filter(e.name, subject, eval_args(e.args));
     default:
-      return Value::of_bool(apply_test(e.name, subject, eval_args(e.args), e.line) != e.negated);
+      return Value::of_bool(apply_test(e.name, subject, eval_args(e.args)) != e.negated);
   }
 }
 

@@ -238,10 +238,9 @@ void add_tokenizer_metadata(Header& h, const JsonTokenizer& tokenizer, const std
   if (tokenizer.eos_id() >= 0) h.u32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(tokenizer.eos_id()));
   h.boolean("tokenizer.ggml.add_bos_token", tokenizer.adds_bos());
   h.boolean("tokenizer.ggml.add_eos_token", false);
-  h.text("tokenizer.chat_template", kSeedChatTemplate);
 }
 
-// The SentencePiece vocabulary and special tokens, and the seed's chat template.
+// The SentencePiece vocabulary and special tokens.
 void add_tokenizer_metadata(Header& h, const SentencePieceTokenizer& tokenizer) {
   std::vector<int32_t> ids(static_cast<size_t>(tokenizer.vocab_size()));
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
@@ -256,7 +255,6 @@ void add_tokenizer_metadata(Header& h, const SentencePieceTokenizer& tokenizer) 
   h.u32("tokenizer.ggml.unknown_token_id", static_cast<uint32_t>(tokenizer.unk_id()));
   h.boolean("tokenizer.ggml.add_bos_token", true);
   h.boolean("tokenizer.ggml.add_eos_token", false);
-  h.text("tokenizer.chat_template", kSeedChatTemplate);
 }
 
 // The model's vocabulary: SentencePiece's tokenizer.model where there is one (as
@@ -339,6 +337,7 @@ GgufReport export_gguf(const GgufSpec& spec, const std::function<void(uint64_t, 
       spec.name.empty() ? fs::absolute(spec.model).lexically_normal().filename().string() : spec.name;
   add_model_metadata(h, config, name, type_number);
   add_vocabulary(h, spec.model);
+  h.text("tokenizer.chat_template", spec.chat_template.empty() ? kSeedChatTemplate : spec.chat_template);
   const std::string head = file_head(h, items);
 
   fs::create_directories(fs::absolute(spec.out).parent_path());

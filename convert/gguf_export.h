@@ -19,6 +19,7 @@ struct GgufSpec {
   std::filesystem::path model, out;
   std::string type = "f16";  // f16, bf16, q8_0
   std::string name;          // general.name; empty: the model directory's name
+  std::string chat_template;  // tokenizer.chat_template; empty: the seed's prompt style (kSeedChatTemplate)
 };
 
 struct GgufReport {

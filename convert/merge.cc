@@ -251,7 +251,7 @@ void write_model_files(const fs::path& base, const fs::path& dir, const std::str
   cfg["torch_dtype"] = dtype;
   std::ofstream(dir / "config.json") << cfg.dump(2) << "\n";
   for (const char* file : {"generation_config.json", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                           "special_tokens_map.json", "added_tokens.json"}) {
+                           "special_tokens_map.json", "added_tokens.json", "chat_template.jinja"}) {
     if (fs::exists(base / file)) fs::copy_file(base / file, dir / file);
   }
 }

@@ -1,6 +1,7 @@
 """data.prompt_style chat_template against transformers' apply_chat_template, on the real
 templates llama.cpp ships (scripts/install-deps puts them in .venv/share/chat-templates):
-the text byte for byte, the ids, and the loss mask token by token; herd chat's prompt.
+the text byte for byte, the ids, and the loss mask token by token; herd chat's prompt and
+the template in herd export gguf's file.
 Every other template there is either rendered as transformers renders it or refused with
 the construct named, never rendered differently."""
 import json
@@ -120,6 +121,11 @@ def test_herd_chat_prompts_with_the_template(tmp_path):
     seed = json.loads(herd("chat", model, "--prompt", "Hi there", "--json", "--greedy", "--max-new-tokens", "3",
                            "--prompt-style", "seed").stdout)
     assert tok.decode(seed["prompt_tokens"]) == "<|begin_of_text|>### HUMAN:\nHi there\n\n### RESPONSE:\n"
+    # the GGUF for llama.cpp carries the model's template (a model without one: the seed's prompt style)
+    import gguf
+    herd("export", "gguf", model, tmp_path / "m.gguf")
+    written = gguf.GGUFReader(str(tmp_path / "m.gguf")).fields["tokenizer.chat_template"].contents()
+    assert written == (TEMPLATES / f"{name}.jinja").read_text()
 
 
 def test_every_shipped_template_renders_as_transformers_or_is_refused_by_name(tmp_path):
