@@ -40,8 +40,12 @@ size_t tag_end(std::string_view s, size_t from, std::string_view close, int line
       }
       continue;
     }
-    if (c == '(' || c == '[' || c == '{') ++depth;
-    if ((c == ')' || c == ']' || c == '}') && depth > 0 && s.compare(i, close.size(), close) != 0) --depth;
+    if (c == '(' || c == '[' || c == '{') {
+      ++depth;
+    } else if (depth > 0 && (c == ')' || c == ']' || c == '}')) {
+      --depth;
+      continue;
+    }
     if (depth == 0 && s.compare(i, close.size(), close) == 0) return i;
   }
   refuse(line, fmt::format("a tag is not closed with '{}'", close));

@@ -17,6 +17,7 @@ TEST(Jinja, WhitespaceControlTrimBlocksAndLstripBlocks) {
   EXPECT_EQ(render("a  {%- if true -%}  b  {%- endif %}  c"), "ab  c");
   EXPECT_EQ(render("{{ 'x' }}\n{# note #}\ny"), "x\ny");
   EXPECT_EQ(render("  {%+ if true %}z{% endif %}"), "  z");
+  EXPECT_EQ(render("{{ {'a': {'b': 1}}}}|{% set d = {'k': [1]} %}{{ d.k }}"), "{'a': {'b': 1}}|[1]");
 }
 
 TEST(Jinja, PythonValuesPrintAsPythonDoes) {
