@@ -2,6 +2,7 @@
 // call. Each takes Python's arguments (positional or by name) and behaves as its
 // Python original.
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <ctime>
 
@@ -137,8 +138,11 @@ Value attribute_path(const Value& v, const std::string& path) {
   for (size_t pos = 0;;) {
     const size_t dot = path.find('.', pos);
     const std::string part = path.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
+    int64_t index = 0;
+    const auto [end, ec] = std::from_chars(part.data(), part.data() + part.size(), index);
     const bool digits = !part.empty() && part.find_first_not_of("0123456789") == std::string::npos;
-    cur = get_item(cur, digits ? Value::of_int(std::stoll(part)) : Value::of_string(part));
+    if (digits && ec != std::errc()) return Value::undefined(fmt::format("no element {}", part));  // found by tests/fuzz
+    cur = get_item(cur, digits ? Value::of_int(index) : Value::of_string(part));
     if (dot == std::string::npos) return cur;
     pos = dot + 1;
   }

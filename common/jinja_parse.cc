@@ -489,6 +489,7 @@ ExprPtr Parser::subscript(ExprPtr subject) {  // after "["
     if (++n > 2) refuse(line_, "a slice has at most three parts");
   }
   if (!sliced) {
+    if (!parts[0]) refuse(line_, "an empty subscript []");  // found by tests/fuzz
     auto e = make(Expr::Kind::Item);
     e->items.push_back(std::move(subject));
     e->items.push_back(std::move(parts[0]));

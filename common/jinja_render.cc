@@ -5,10 +5,15 @@
 #include <fmt/format.h>
 
 #include "common/jinja_internal.h"
+#include "common/text.h"
 
 namespace herd::jinja {
 
 Template::Template(std::string_view source) : program_(std::make_unique<Program>()) {
+  // Strings are walked by code point: the text must be UTF-8 (found by tests/fuzz).
+  if (const size_t bad = invalid_utf8(source); bad != std::string_view::npos) {
+    throw TemplateError(fmt::format("invalid UTF-8 at byte {}", bad));
+  }
   program_->body = parse_template(source);
 }
 Template::~Template() = default;
@@ -289,7 +294,8 @@ Value Renderer::eval_operator(const Expr& e) {
   switch (e.kind) {
     case Expr::Kind::Neg:
       if (!a.is_number()) throw RenderError(fmt::format("bad operand type for unary -: '{}'", type_name(a)));
-      return a.kind == Value::Kind::Float ? Value::of_float(-a.number) : Value::of_int(-(a.integer + a.boolean));
+      if (a.kind == Value::Kind::Float) return Value::of_float(-a.number);
+      return arithmetic("-", Value::of_int(0), a);  // as 0 - a: an overflow is an error
     case Expr::Kind::Not:
       return Value::of_bool(!truthy(a));
     case Expr::Kind::And:

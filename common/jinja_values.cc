@@ -3,6 +3,7 @@
 // strings carry through them.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include <fmt/format.h>
 
@@ -219,6 +220,8 @@ std::string string_repr(const std::string& s) {
 
 std::string repr(const Value& v) {
   switch (v.kind) {
+    case Value::Kind::Undefined:
+      return "Undefined";  // jinja2's Undefined.__repr__
     case Value::Kind::String:
       return string_repr(v.text);
     case Value::Kind::List:
@@ -301,16 +304,29 @@ Value numeric(const std::string& op, const Value& a, const Value& b) {
     if (op == "%") return Value::of_float(x - y * std::floor(x / y));
     return Value::of_float(std::pow(x, y));
   }
+  // Python's integers are unbounded; herd's are 64-bit and overflow is an error (found by tests/fuzz).
   const int64_t i = as_int(a), j = as_int(b);
-  if (op == "+") return Value::of_int(i + j);
-  if (op == "-") return Value::of_int(i - j);
-  if (op == "*") return Value::of_int(i * j);
-  const int64_t q = i / j - ((i % j != 0 && ((i < 0) != (j < 0))) ? 1 : 0);  // floor division
-  if (op == "//") return Value::of_int(q);
-  if (op == "%") return Value::of_int(i - q * j);
+  int64_t r = 0;
+  auto checked = [&](bool overflowed) {
+    if (overflowed) type_error(fmt::format("{} {} {} overflows a 64-bit integer", i, op, j));
+    return Value::of_int(r);
+  };
+  if (op == "+") return checked(__builtin_add_overflow(i, j, &r));
+  if (op == "-") return checked(__builtin_sub_overflow(i, j, &r));
+  if (op == "*") return checked(__builtin_mul_overflow(i, j, &r));
+  if (op == "//" || op == "%") {
+    if (i == INT64_MIN && j == -1) return checked(true);
+    const int64_t q = i / j - ((i % j != 0 && ((i < 0) != (j < 0))) ? 1 : 0);  // floor division
+    r = op == "//" ? q : i - q * j;
+    return Value::of_int(r);
+  }
   if (j < 0) return Value::of_float(std::pow(x, y));
-  int64_t r = 1;
-  for (int64_t k = 0; k < j; ++k) r *= i;
+  if (i == 0 || i == 1) return Value::of_int(j == 0 ? 1 : i);
+  if (i == -1) return Value::of_int(j % 2 == 0 ? 1 : -1);
+  r = 1;
+  for (int64_t k = 0; k < j; ++k) {  // |i| >= 2: at most 63 rounds before an overflow
+    if (__builtin_mul_overflow(r, i, &r)) return checked(true);
+  }
   return Value::of_int(r);
 }
 

@@ -49,6 +49,8 @@ TEST(Jinja, FiltersTestsMethodsAndMacros) {
                    "{{ m | map(attribute='role') | join(',') }}{{ m[-1].role | upper }}{{ m[5] is defined }}",
                    vars),
             "1user,assistantASSISTANTFalse");
+  EXPECT_EQ(render("{{ m | map(attribute='99999999999999999999') | list }}", vars),  // found by tests/fuzz
+            "[Undefined, Undefined]");
   EXPECT_EQ(render("{{ '  a b  '.strip() }}|{{ 'a,b,,c'.split(',') }}|{{ 'abc'[1:] }}{{ 'abc'[::-1] }}|"
                    "{{ 'Hi'.startswith(('x', 'H')) }}|{{ 'x' ~ 1 ~ none }}"),
             "a b|['a', 'b', '', 'c']|bccba|True|x1None");
@@ -84,6 +86,8 @@ TEST(Jinja, ConstructsHerdCannotRenderAreRefusedByNameWhenRead) {
   EXPECT_EQ(refusal("{% if x is frobnicated %}{% endif %}"), "line 1: the test 'frobnicated' is not supported");
   EXPECT_EQ(refusal("{% if x %}no end"), "line 1: {% if %} is not closed with {% endif %}");
   EXPECT_EQ(refusal("{{ 'open }}"), "line 1: a tag is not closed with '}}'");
+  EXPECT_EQ(refusal("{{ messages[0][] }}"), "line 1: an empty subscript []");  // found by tests/fuzz
+  EXPECT_EQ(refusal("{{ 'caf\xC3' }}"), "invalid UTF-8 at byte 7");  // found by tests/fuzz
 }
 
 TEST(Jinja, RenderErrorsNameTheLineAndTheCause) {
@@ -119,6 +123,9 @@ TEST(Jinja, AnUntrustedTemplateCannotRecurseLoopOrGrowWithoutBound) {
                          "{% endfor %}"),
             "line 1: a string longer than 64 MiB");
   EXPECT_EQ(render_error("{{ 'x' * 100000000 }}"), "line 1: a repetition past 64 MiB");
+  EXPECT_EQ(render_error("{{ 200000000000 * 200000000000 }}"),  // found by tests/fuzz
+            "line 1: 200000000000 * 200000000000 overflows a 64-bit integer");
+  EXPECT_EQ(render("{{ 2 ** 62 }}|{{ (-1) ** 7 }}|{{ -7 // 2 }}|{{ 0 ** 0 }}"), "4611686018427387904|-1|-4|1");
   EXPECT_THROW(Template("{{ " + std::string(200, '(') + "1" + std::string(200, ')') + " }}"), TemplateError);
   std::string nested;
   for (int i = 0; i < 100; ++i) nested += "{% if true %}";
