@@ -58,9 +58,10 @@ void chat(ChatFlags& f) {
   std::optional<model::Llama> model;
   const fs::path dir = load(f, model);
   model->set_training(false);
-  const auto tokenizer = Tokenizer::load(tokenizer_file(dir));
+  const fs::path file = tokenizer_file(dir);
+  const auto tokenizer = Tokenizer::load(file);
   // Without a config or the flag: the model's template when it has one (as transformers' pipelines).
-  const fs::path folder = tokenizer_file(dir).parent_path();
+  const fs::path folder = file.parent_path();
   const bool templated = f.prompt_style.empty() ? ChatTemplate::available(folder) : f.prompt_style == "chat_template";
   model::Chat conversation(*model, *tokenizer, f.sampling, templated ? ChatTemplate::load(folder) : nullptr);
   if (!f.prompt.empty()) {

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include <fmt/format.h>
+#include <utf8proc.h>
 
 #include "common/jinja_internal.h"
 
@@ -108,6 +109,22 @@ std::vector<Segment> lex(std::string_view raw) {
   return out;
 }
 
+// One level of nesting while it lives: past 64 the template is refused, so that no
+// template can exhaust the stack.
+class Nesting {
+ public:
+  Nesting(int& depth, int line, const char* what) : depth_(depth) {
+    if (++depth_ > kMaxDepth) refuse(line, fmt::format("{} nested deeper than {}", what, kMaxDepth));
+  }
+  ~Nesting() { --depth_; }
+  Nesting(const Nesting&) = delete;
+  Nesting& operator=(const Nesting&) = delete;
+
+ private:
+  static constexpr int kMaxDepth = 64;
+  int& depth_;
+};
+
 struct Token {
   enum class Kind { Name, Int, Float, String, Op, End } kind;
   std::string text;  // Name, String (decoded), Op
@@ -115,22 +132,12 @@ struct Token {
   double number = 0;
 };
 
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
+// A \x, \u, \U or octal escape's code point, as UTF-8; Python refuses what is not one.
+void append_code_point(std::string& out, uint32_t cp, int line) {
+  const auto c = static_cast<utf8proc_int32_t>(cp);
+  if (cp > 0x10FFFF || !utf8proc_codepoint_valid(c)) refuse(line, fmt::format("a string literal escapes U+{:X}, not a character", cp));
+  utf8proc_uint8_t buf[4];
+  out.append(reinterpret_cast<const char*>(buf), static_cast<size_t>(utf8proc_encode_char(c, buf)));
 }
 
 // A string literal's value, decoded as Python's unicode-escape decodes it (what
@@ -153,7 +160,7 @@ std::string string_literal(std::string_view s, size_t& i, int line) {
       if (i + n >= s.size() || s.substr(i + 1, n).find_first_not_of("0123456789abcdefABCDEF") != std::string::npos) {
         refuse(line, fmt::format("a string literal has a bad \\{} escape", e));
       }
-      append_utf8(out, static_cast<uint32_t>(std::stoul(std::string(s.substr(i + 1, n)), nullptr, 16)));
+      append_code_point(out, static_cast<uint32_t>(std::stoul(std::string(s.substr(i + 1, n)), nullptr, 16)), line);
       i += n;
     } else if (e >= '0' && e <= '7') {
       uint32_t v = 0;
@@ -161,7 +168,7 @@ std::string string_literal(std::string_view s, size_t& i, int line) {
       for (; n < 3 && i < s.size() && s[i] >= '0' && s[i] <= '7'; ++n, ++i)
         v = v * 8 + static_cast<uint32_t>(s[i] - '0');
       --i;
-      append_utf8(out, v);
+      append_code_point(out, v, line);
     } else {
       out += '\\';
       out += e;
@@ -242,7 +249,7 @@ class Parser {
   Parser(std::vector<Token> tokens, int line) : t_(std::move(tokens)), line_(line) {}
 
   ExprPtr expression() {
-    const Nest nest(*this);
+    const Nesting nest(depth_, line_, "expressions");
     ExprPtr e = parse_or();
     while (name("if")) {
       auto c = make(Expr::Kind::Cond);
@@ -311,16 +318,7 @@ class Parser {
   std::vector<Token> t_;
   size_t i_ = 0;
   int line_;
-  // Nesting is bounded, so that no template can exhaust the stack.
-  static constexpr int kMaxDepth = 64;
   int depth_ = 0;
-  struct Nest {
-    explicit Nest(Parser& p) : p_(p) {
-      if (++p_.depth_ > kMaxDepth) refuse(p_.line_, fmt::format("expressions nested deeper than {}", kMaxDepth));
-    }
-    ~Nest() { --p_.depth_; }
-    Parser& p_;
-  };
 
   ExprPtr make(Expr::Kind k) {
     auto e = std::make_unique<Expr>();
@@ -346,7 +344,7 @@ class Parser {
   }
   ExprPtr parse_not() {
     if (!name("not")) return parse_compare();
-    const Nest nest(*this);
+    const Nesting nest(depth_, line_, "expressions");
     auto e = make(Expr::Kind::Not);
     e->items.push_back(parse_not());
     return e;
@@ -397,7 +395,7 @@ class Parser {
   }
   ExprPtr parse_unary(bool with_filter) {
     ExprPtr e;
-    const Nest nest(*this);
+    const Nesting nest(depth_, line_, "expressions");
     if (op("-")) {
       e = make(Expr::Kind::Neg);
       e->items.push_back(parse_unary(false));
@@ -612,11 +610,7 @@ std::unique_ptr<Node> make_node(Node::Kind k, int line) {
 }
 
 Body StatementParser::parse_body(const std::vector<std::string>& ends, std::string& end) {
-  if (++depth_ > 64) refuse(i_ < s_.size() ? s_[i_].line : 0, "blocks nested deeper than 64");
-  struct Leave {
-    int& d;
-    ~Leave() { --d; }
-  } leave{depth_};
+  const Nesting nest(depth_, i_ < s_.size() ? s_[i_].line : 0, "blocks");
   Body body;
   while (i_ < s_.size()) {
     const Segment& seg = s_[i_++];

@@ -87,6 +87,7 @@ TEST(Jinja, ConstructsHerdCannotRenderAreRefusedByNameWhenRead) {
   EXPECT_EQ(refusal("{% if x %}no end"), "line 1: {% if %} is not closed with {% endif %}");
   EXPECT_EQ(refusal("{{ 'open }}"), "line 1: a tag is not closed with '}}'");
   EXPECT_EQ(refusal("{{ messages[0][] }}"), "line 1: an empty subscript []");  // found by tests/fuzz
+  EXPECT_EQ(refusal("{{ '\\U00110000' }}"), "line 1: a string literal escapes U+110000, not a character");
   EXPECT_EQ(refusal("{{ 'caf\xC3' }}"), "invalid UTF-8 at byte 7");  // found by tests/fuzz
 }
 
