@@ -56,9 +56,15 @@ def test_every_step_is_a_script_ci_runs_and_the_image_is_pinned_and_not_root(ima
     runs = [args for op, args in steps if op == "RUN"]
     assert runs
     for run in runs:
-        for command in run.split("&&"):
+        # The one flag a step may have: the proxy's CA as a build secret, in no layer.
+        flags = re.match(r"((?:--\S+\s+)*)", run).group(1).split()
+        assert set(flags) <= {"--mount=type=secret,id=ca"}, run
+        for command in run[len(" ".join(flags)):].split("&&"):
             m = re.fullmatch(r"\s*(?:/opt/herd/)?scripts/([\w-]+)(\s.*)?", command)
             assert m and m.group(1) in ci, command
+    # The build stage installs the smallest tier that builds the image's programs.
+    tier = {"coordinator": "--coordinator", "worker": "--cuda"}[image]
+    assert f"--mount=type=secret,id=ca scripts/install-deps {tier} && scripts/build {' '.join(IMAGES[image])}" in runs
     for op, args in steps:
         if op == "FROM":
             ref = args.split()[0]
@@ -118,3 +124,19 @@ def test_the_runtime_packages_provide_what_the_binaries_link(image):
         for lib in wheel:  # at the same path in the image, under a directory it copies
             site = str(lib)[str(lib).index("/site-packages/"):]
             assert any(site.startswith(c[c.index("/site-packages/"):] + "/") for c in copied), lib
+
+
+def test_the_worker_image_has_the_gloo_module_and_the_libraries_it_loads():
+    # herd finds libherd_gloo.so in ../lib beside its binary (worker/comm/gloo.cc): both files of
+    # the build's lib/ are copied to /opt/herd/lib, beside /opt/herd/bin.
+    built = sorted(p.name for p in (BIN.parent / "lib").glob("libherd_gloo*.so"))
+    assert built == ["libherd_gloo.so", "libherd_gloo_core.so"]
+    copied = [args.split()[1:] for op, args in instructions("worker") if op == "COPY" and args.startswith("--from=build")]
+    assert [f"/opt/herd/build/lib/{name}" for name in built] + ["/opt/herd/lib/"] in copied
+    # The module's copy of libgloo lists no dependencies; herd loads Debian libgloo's first.
+    libgloo = re.search(r"libgloo\.so\.0 .*=> (\S+)", subprocess.run(["ldconfig", "-p"], capture_output=True,
+                                                                      text=True).stdout).group(1)
+    packages, _ = packages_providing(libgloo)
+    listed = subprocess.run([str(SRC / "scripts" / "install-deps"), "--runtime", "worker", "--list"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert packages - closure(listed) - BASE == set()
