@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -75,9 +76,23 @@ std::string host_name() {
 
 std::string port_of(const std::string& address) { return address.substr(address.rfind(':') + 1); }
 
+// What resumes a stopped job in the way this worker was launched (the stop message).
+std::string resume_how(const Launch& launch) {
+  if (const char* how = std::getenv("HERD_RESUME_HOW")) return how;  // herd train's worker processes
+  if (launch.source == "slurm") return "submit the same sbatch line again";
+  if (launch.source == "openmpi" || launch.source == "pmi") return "run the same mpirun line again";
+  if (launch.source == "torchrun") return "run the same torchrun line again";
+  if (launch.source == "kubernetes" || launch.source == "kubeflow") return "apply the job's kit again";
+  return "start herd-coordinator and its workers again with the same config";
+}
+
+std::string herd_train_resume(const std::string& config_path) {
+  return fmt::format("`herd train {} --resume`", config_path);
+}
+
 // One worker: trains until the job ends for it; answers the exit status.
 int train_as_worker(const Config& config, const client::ClientOptions& client, int local_rank,
-                    const volatile std::sig_atomic_t* stop) {
+                    const std::string& resume, const volatile std::sig_atomic_t* stop) {
   client::SessionOptions session_options;
   session_options.client = client;
   session_options.job_id = config.model_name;
@@ -89,6 +104,7 @@ int train_as_worker(const Config& config, const client::ClientOptions& client, i
   options.gloo_hostname = local_address_towards(client.address.substr(0, client.address.rfind(':')));
   options.local_rank = local_rank;
   options.stop = stop;
+  options.resume_how = resume;
   options.progress_bar = ::isatty(STDERR_FILENO) != 0;
   options.on_gang = [](const client::Gang& gang, int64_t held, int64_t whole) {
     std::cout << fmt::format("rank {} of {} (attempt {}): base weights held {} of {} bytes; resident {} MiB",
@@ -166,12 +182,15 @@ int run_worker_process(const WorkerArgs& args) {
     if (token) flags.token = *token;
     const auto client = client::client_options(flags, &config->security, process_env());
     const auto* stop = host::stop_on_signals();
-    std::cout << fmt::format("herd worker: launched by {}{}; coordinator {}{}", launch.source,
-                             launch.rank ? fmt::format(" (rank {} of {})", *launch.rank, launch.world_size.value_or(0))
-                                         : "",
-                             client.address, hosted ? " (hosted here)" : "")
+    // The launcher's rank and size where it gives both (a Kubernetes index alone is a hint);
+    // the gang's are printed once it is formed.
+    const std::string rank = !launch.rank         ? ""
+                             : launch.world_size ? fmt::format(" (rank {} of {})", *launch.rank, *launch.world_size)
+                                                 : fmt::format(" (index {})", *launch.rank);
+    std::cout << fmt::format("herd worker: launched by {}{}; coordinator {}{}", launch.source, rank, client.address,
+                             hosted ? " (hosted here)" : "")
               << std::endl;
-    const int rc = train_as_worker(*config, client, launch.local_rank, stop);
+    const int rc = train_as_worker(*config, client, launch.local_rank, resume_how(launch), stop);
     if (hosted) hosted->finish(30);  // the other ranks see the job's end first
     if (mpi) {
       MPI_Barrier(MPI_COMM_WORLD);
@@ -204,6 +223,7 @@ int supervise(host::CoordinatorHost& hosted, const std::string& config_path, int
       if (::getppid() != parent) ::_exit(1);
       ::setenv("HERD_JOB_TOKEN", token.c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(i).c_str(), 1);  // its GPU, its metrics port
+      ::setenv("HERD_RESUME_HOW", herd_train_resume(config_path).c_str(), 1);
       // The workers share this machine's cores (as torchrun does, unless told).
       const auto threads = std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(workers));
       ::setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 0);
@@ -266,7 +286,7 @@ int run_local(const Config& config, int workers, bool resume, const std::string&
     host::CoordinatorHost hosted(
         config, {"127.0.0.1:0", token, std::max(workers, 1), !resume && config.checkpoint.resume != "auto"});
     if (workers > 0) return supervise(hosted, config.source.string(), workers, self, token, stop);
-    const int rc = train_as_worker(config, hosted.client_options("127.0.0.1"), 0, stop);
+    const int rc = train_as_worker(config, hosted.client_options("127.0.0.1"), 0, herd_train_resume(config.source.string()), stop);
     hosted.finish(0);
     return rc;
   } catch (const std::exception& e) {

@@ -1,8 +1,10 @@
 """The deploy kit's launch lines run as docs/deploy.md gives them, each with 2 ranks on this host,
 and train what `herd train --workers 2` trains: deploy/mpi/herd-mpirun, and deploy/slurm/herd.sbatch
-submitted to a real single-node SLURM cluster (munged, slurmctld and slurmd started here)."""
+submitted to a real single-node SLURM cluster (munged, slurmctld and slurmd started here), also
+stopped in each way SLURM stops a job and submitted again."""
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -10,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from runs import adapter, assert_trains_as, config, documented, free_port, losses
+from runs import adapter, assert_trains_as, config, documented, events, free_port, losses
 
 BIN = Path(os.environ["HERD_BIN"])
 SRC = Path(os.environ["HERD_SOURCE_DIR"])
 
 
-def job(d, model):
+def job(d, model, steps=8, distributed=""):
     d.mkdir(exist_ok=True)
-    return config(d / "c.yaml", model, d, accumulation=2, steps=8, extra="distributed: {world_size: 2}\n")
+    return config(d / "c.yaml", model, d, accumulation=2, steps=steps,
+                  extra=f"distributed: {{world_size: 2{distributed}}}\n")
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +128,114 @@ def test_the_sbatch_script_trains_as_herd_train_workers_2_on_a_real_slurm(model,
     assert state.stdout.strip() == "COMPLETED", state.stdout + state.stderr
     assert "launched by slurm (rank 0 of 2)" in log and "(hosted here)" in log, log
     assert_trains_as(tmp_path, *reference)
+
+
+# Each way SLURM stops a running job: scancel's arguments, or sbatch's for the time limit's signal
+# (the script's --signal=TERM@120 with a limit that brings it within seconds: SLURM looks at time
+# limits every 30 s).
+STOPS = {
+    "scancel": (["scancel"], []),
+    "scancel --signal=TERM": (["scancel", "--signal=TERM"], []),
+    "scancel --full --signal=TERM": (["scancel", "--full", "--signal=TERM"], []),
+    "the time limit's SIGTERM": (None, ["--time=2", "--signal=TERM@110"]),
+}
+LONG = 300  # steps: a run that is still training when SLURM's signal comes
+
+
+def herd_pids(job_id, env):
+    """The job's `herd worker` processes (this host is its only node)."""
+    out = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True, env=env).stdout
+    pids = [int(line.split()[0]) for line in out.splitlines()[1:] if line.split() and line.split()[0].isdigit()]
+    argv = {p: Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0") for p in pids if Path(f"/proc/{p}").exists()}
+    return [p for p, a in argv.items() if a[0] == str(BIN / "herd").encode() and a[1:2] == [b"worker"]]
+
+
+def signalled(pid, signum):
+    """Whether a process we stopped (SIGSTOP) got `signum`: pending, or SLURM continued it to take it
+    (it sends SIGCONT first), or it has ended already."""
+    try:
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except FileNotFoundError:
+        return True
+    pending = int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)
+    return bool(pending >> (signum - 1) & 1) or not status["State"].strip().startswith("T")
+
+
+def task_exits(log):
+    """Task -> exit code, from srun's lines ("task 1: ..." or "tasks 0-1: Exited with exit code 130")."""
+    out = {}
+    for tasks, code in re.findall(r"tasks? ([\d,-]+): Exited with exit code (\d+)", log):
+        for part in tasks.split(","):
+            first, _, last = part.partition("-")
+            out.update({task: int(code) for task in range(int(first), int(last or first) + 1)})
+    return out
+
+
+def job_state(job_id, env):
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, env=env).stdout
+    return dict(re.findall(r"(\w+)=(\S+)", out))
+
+
+def stop_while_training(d, slurm, scancel, sbatch_args):
+    """Submits the job, lets it train a step and stops it as named; answers the job's record and
+    its log."""
+    before = len(events(d))
+    out = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--ntasks=2", f"--chdir={d}", *sbatch_args,
+                          str(SRC / "deploy" / "slurm" / "herd.sbatch"), str(d / "c.yaml")],
+                         capture_output=True, text=True, timeout=60, env=slurm, check=True)
+    job_id = out.stdout.strip().split(";")[0]
+    deadline = time.time() + 120
+    while len(events(d)) <= before:
+        assert time.time() < deadline, "".join(p.read_text() for p in d.glob("herd-*.out"))
+        time.sleep(0.05)
+    if scancel:
+        subprocess.run([*scancel, job_id], check=True, env=slurm)
+    else:
+        # Both ranks wait, stopped, until the time limit's SIGTERM is pending in each: that SLURM
+        # sent it, and not that the run was short, is what ends them.
+        pids = herd_pids(job_id, slurm)
+        assert len(pids) == 2, pids
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        while not all(signalled(pid, signal.SIGTERM) for pid in pids):
+            assert time.time() < deadline + 60, "no SIGTERM before the time limit"
+            time.sleep(0.2)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    while job_state(job_id, slurm).get("JobState") in ("PENDING", "RUNNING", "COMPLETING"):
+        assert time.time() < deadline + 120
+        time.sleep(0.2)
+    return job_state(job_id, slurm), "".join(p.read_text() for p in d.glob(f"herd-{job_id}.out"))
+
+
+def test_every_slurm_stop_is_a_checkpoint_and_the_same_sbatch_line_resumes(model, tmp_path, slurm):
+    d = tmp_path / "run"
+    slurm = dict(slurm, HERD_BIN=str(BIN / "herd"), MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    # A long heartbeat timeout: the ranks are stopped (SIGSTOP) for up to 30 s in the time-limit case.
+    job(d, model, steps=LONG, distributed=", heartbeat_timeout_s: 120")
+    for name, (scancel, sbatch_args) in STOPS.items():
+        record, log = stop_while_training(d, slurm, scancel, sbatch_args)
+        # Every rank stopped at a committed checkpoint (exit 130; a rank that was killed is 137 or
+        # "Killed"), and the stop message says how this launch mode resumes.
+        assert task_exits(log) == {0: 130, 1: 130} and "Killed" not in log, f"{name}: {record}\n{log}"
+        assert record["ExitCode"] == "130:0", f"{name}: {record}"
+        stopped = events(d, "interrupted")[-1]
+        assert stopped["checkpoint"] == stopped["step"] < LONG, name
+        assert (d / "trainer" / f"checkpoint-{stopped['step']}" / "checkpoint.json").exists(), name
+        assert "to resume: submit the same sbatch line again" in log, log
+        print(f"{name}: stopped after step {stopped['step']}, {record.get('JobState')} "
+              f"ExitCode={record.get('ExitCode')}")
+    assert len(events(d, "interrupted")) == len(STOPS)
+    # The same sbatch line again: it resumes and ends as the uninterrupted run.
+    out = subprocess.run(["sbatch", "--parsable", "--wait", "--nodes=1", "--ntasks=2", f"--chdir={d}",
+                          str(SRC / "deploy" / "slurm" / "herd.sbatch"), str(d / "c.yaml")],
+                         capture_output=True, text=True, timeout=300, env=slurm)
+    assert out.returncode == 0, out.stderr + "".join(p.read_text() for p in d.glob("herd-*.out"))
+    ref = tmp_path / "reference"
+    run = subprocess.run([str(BIN / "herd"), "train", str(job(ref, model, steps=LONG)), "--workers", "2"],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr
+    assert_trains_as(d, losses(ref), adapter(ref), steps=LONG, adapter_atol=1e-4)

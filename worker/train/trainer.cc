@@ -308,8 +308,8 @@ class TrainerRecipe final : public client::Recipe {
     if (interrupted) {
       result_.interrupted = true;
       record_.end("interrupted", {{"step", step}, {"checkpoint", checkpoint}, {"export_seconds", export_seconds()}},
-                  fmt::format("interrupted after step {}: `herd train CONFIG --resume` continues from checkpoint-{}",
-                              step, checkpoint));
+                  fmt::format("interrupted after step {}, at checkpoint-{}; to resume: {}", step, checkpoint,
+                              options_.resume_how));
       return;
     }
     result_.adapter_dir = config_.adapter_dir();

@@ -49,6 +49,8 @@ struct WorkerOptions {
   // Set (by a signal handler): every rank stops after the step in which one rank
   // saw it set, with a committed checkpoint, and the job is STOPPED (a restart resumes).
   const volatile std::sig_atomic_t* stop = nullptr;
+  // What resumes a stopped job in this launch mode, for the stop message.
+  std::string resume_how = "`herd train CONFIG --resume`";
   // Called with each gang joined: the bytes of frozen base weights this rank holds
   // between uses, and the whole model's.
   std::function<void(const client::Gang&, int64_t held_bytes, int64_t model_bytes)> on_gang;
