@@ -184,7 +184,7 @@ int run_worker_process(const WorkerArgs& args) {
     const auto* stop = host::stop_on_signals();
     // The launcher's rank and size where it gives both (a Kubernetes index alone is a hint);
     // the gang's are printed once it is formed.
-    const std::string rank = !launch.rank         ? ""
+    const std::string rank = !launch.rank        ? ""
                              : launch.world_size ? fmt::format(" (rank {} of {})", *launch.rank, *launch.world_size)
                                                  : fmt::format(" (index {})", *launch.rank);
     std::cout << fmt::format("herd worker: launched by {}{}; coordinator {}{}", launch.source, rank, client.address,
@@ -286,7 +286,8 @@ int run_local(const Config& config, int workers, bool resume, const std::string&
     host::CoordinatorHost hosted(
         config, {"127.0.0.1:0", token, std::max(workers, 1), !resume && config.checkpoint.resume != "auto"});
     if (workers > 0) return supervise(hosted, config.source.string(), workers, self, token, stop);
-    const int rc = train_as_worker(config, hosted.client_options("127.0.0.1"), 0, herd_train_resume(config.source.string()), stop);
+    const int rc =
+        train_as_worker(config, hosted.client_options("127.0.0.1"), 0, herd_train_resume(config.source.string()), stop);
     hosted.finish(0);
     return rc;
   } catch (const std::exception& e) {

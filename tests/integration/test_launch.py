@@ -8,6 +8,7 @@ checkpoint (exit 130), and --resume gives the uninterrupted run."""
 import concurrent.futures
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -156,6 +157,7 @@ def test_herd_train_two_workers_stopped_by_sigint_and_resumed(model, tls, refere
         if p.poll() is None:  # a failed assertion: leave no process behind
             os.killpg(p.pid, signal.SIGKILL)
     assert codes == [130] and len(events(d, "interrupted")) == 1, outs
+    assert f"to resume: `herd train {cfg} --resume`" in outs[0], outs  # what resumes in this launch mode
     check_stopped_and_resume(d, reference, command + ["--resume"])
 
 
@@ -217,6 +219,7 @@ def test_mpirun_stopped_by_sigint_and_relaunched(model, tls, long_reference, tmp
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
     assert codes != [0] and len(events(tmp_path, "interrupted")) == 1, outs
+    assert "to resume: run the same mpirun line again" in outs[0], outs
     stopped = events(tmp_path, "interrupted")[0]["step"]
     print(f"mpirun: SIGINT after step 1, stopped after step {stopped}")
     check_stopped_and_resume(tmp_path, long_reference, command, adapter_atol=1e-4)
@@ -285,6 +288,11 @@ def test_herd_coordinator_and_two_workers(model, tls, reference, tmp_path, index
                        for _ in range(2)]
         codes, outs = finish(workers)
         assert codes == [0, 0], outs
+        # An index is a rank hint, with no world size; the gang's rank and size come once it forms.
+        starts = sorted(re.search(r"herd worker: launched by (\w+)([^;]*);", o).group(1, 2) for o in outs)
+        assert starts == ([("kubernetes", " (index 0)"), ("kubernetes", " (index 1)")] if indexed_job else
+                          [("flags", ""), ("flags", "")]), outs
+        assert all(re.search(r"^rank [01] of 2 \(attempt 1\)", o, re.M) for o in outs), outs
         out = coordinator.communicate(timeout=60)[0]  # a batch coordinator exits by itself: DONE is 0
         assert coordinator.returncode == 0 and "the job is DONE; every live worker knows; exiting 0" in out, out
     finally:
