@@ -76,6 +76,12 @@ if(NOT Torch_DIR)
     set(CMAKE_CUDA_COMPILER "${_wheel_cuda}/bin/nvcc")
   endif()
 endif()
+# The system toolkit's nvcc where PATH has none (a shell whose PATH lacks
+# /usr/local/cuda/bin): torch's config enables CUDA with it.
+find_program(HERD_NVCC_ON_PATH nvcc)
+if(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX} AND NOT HERD_NVCC_ON_PATH AND EXISTS /usr/local/cuda/bin/nvcc)
+  set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+endif()
 # herd builds its own CUDA code for these; torch's own flags only need a list so
 # that it does not probe for a GPU.
 set(HERD_CUDA_ARCHITECTURES "80;90" CACHE STRING "GPU architectures herd's kernels are built for")
@@ -132,9 +138,6 @@ target_link_options(herd_torch INTERFACE "LINKER:-rpath,${_torch_root}/lib" "LIN
 set(HERD_CUDA OFF)
 if(CAFFE2_USE_CUDA)
   include(CheckLanguage)
-  if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
-    set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
-  endif()
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     enable_language(CUDA)
