@@ -101,6 +101,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             time.sleep(0.5)
         yield env
     finally:
+        # A test that failed half-way leaves no job running past the cluster.
+        subprocess.run(["scancel", "--full", "--signal=KILL", f"--user={os.getuid()}"], env=env, capture_output=True)
+        time.sleep(1)
         for daemon in ("slurmd", "slurmctld", "munged"):
             pid = d / f"{daemon}.pid"
             if pid.exists():
