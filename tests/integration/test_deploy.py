@@ -3,6 +3,7 @@ and train what `herd train --workers 2` trains: deploy/mpi/herd-mpirun, and depl
 submitted to a real single-node SLURM cluster (munged, slurmctld and slurmd started here), also
 stopped in each way SLURM stops a job and submitted again."""
 import os
+import random
 import re
 import signal
 import socket
@@ -47,6 +48,20 @@ def test_the_mpirun_line_trains_as_herd_train_workers_2(model, tmp_path, referen
     assert "launched by openmpi (rank 0 of 2)" in out.stdout, out.stdout
     assert "Warning" not in out.stderr, out.stderr  # every -x names a variable that is set
     assert_trains_as(tmp_path, *reference)
+
+
+def master_port():
+    """A free port below the ephemeral range: srun listens on ephemeral ports of its own, and one of
+    them given as MASTER_PORT keeps rank 0's coordinator from listening."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 10000), low), 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+                return port
+            except OSError:
+                continue
+    raise AssertionError("no free port below the ephemeral range")
 
 
 @pytest.fixture
@@ -121,7 +136,7 @@ def test_the_sbatch_script_trains_as_herd_train_workers_2_on_a_real_slurm(model,
     out = subprocess.run(["sbatch", "--parsable", "--wait", "--nodes=1", "--ntasks=2", f"--chdir={tmp_path}",
                           str(SRC / "deploy" / "slurm" / "herd.sbatch"), str(job(tmp_path, model))],
                          capture_output=True, text=True, timeout=300,
-                         env=dict(slurm, HERD_BIN=str(BIN / "herd"), MASTER_PORT=str(free_port()),
+                         env=dict(slurm, HERD_BIN=str(BIN / "herd"), MASTER_PORT=str(master_port()),
                                   OMP_NUM_THREADS="1"))
     job_id = out.stdout.strip().split(";")[0]
     log = "".join(p.read_text() for p in tmp_path.glob("herd-*.out"))
@@ -216,7 +231,7 @@ def stop_while_training(d, slurm, scancel, sbatch_args):
 
 def test_every_slurm_stop_is_a_checkpoint_and_the_same_sbatch_line_resumes(model, tmp_path, slurm):
     d = tmp_path / "run"
-    slurm = dict(slurm, HERD_BIN=str(BIN / "herd"), MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1")
+    slurm = dict(slurm, HERD_BIN=str(BIN / "herd"), MASTER_PORT=str(master_port()), OMP_NUM_THREADS="1")
     # A long heartbeat timeout: the ranks are stopped (SIGSTOP) for up to 30 s in the time-limit case.
     job(d, model, steps=LONG, distributed=", heartbeat_timeout_s: 120")
     for name, (scancel, sbatch_args) in STOPS.items():
