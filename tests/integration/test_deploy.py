@@ -116,9 +116,14 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             time.sleep(0.5)
         yield env
     finally:
-        # A test that failed half-way leaves no job running past the cluster.
-        subprocess.run(["scancel", "--full", "--signal=KILL", f"--user={os.getuid()}"], env=env, capture_output=True)
-        time.sleep(1)
+        # A test that failed half-way leaves no job running past the cluster: its tasks are killed,
+        # and the cluster stops once the job has ended.
+        subprocess.run(["scancel", "--signal=KILL", f"--user={os.getuid()}"], env=env, capture_output=True)
+        deadline = time.time() + 60
+        while subprocess.run(["squeue", "-h"], capture_output=True, text=True, env=env).stdout.strip():
+            if time.time() > deadline:
+                break
+            time.sleep(0.5)
         for daemon in ("slurmd", "slurmctld", "munged"):
             pid = d / f"{daemon}.pid"
             if pid.exists():
