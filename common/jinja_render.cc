@@ -149,11 +149,35 @@ void Renderer::render_for(const Node& n, Output& out) {
   }
 }
 
+namespace {
+
+// Whether v holds `object`, itself or inside a list or dict: a namespace set into itself would
+// never be freed (values share their parts).
+bool holds(const Value& v, const void* object) {
+  if (v.object.get() == object) return true;
+  if (v.object) {
+    for (const auto& kv : *v.object) {
+      if (holds(kv.second, object)) return true;
+    }
+  }
+  if (v.list) {
+    for (const auto& x : *v.list) {
+      if (holds(x, object)) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 void Renderer::assign(const Node& n, Value v) {
   if (!n.attribute.empty()) {
     Value ns = lookup(n.targets[0]);
     if (ns.kind != Value::Kind::Namespace) {
       throw RenderError(fmt::format("set {}.{}: {} is not a namespace", n.targets[0], n.attribute, n.targets[0]));
+    }
+    if (holds(v, ns.object.get())) {
+      throw RenderError(fmt::format("set {}.{}: a namespace cannot hold itself", n.targets[0], n.attribute));
     }
     for (auto& [k, x] : *ns.object) {
       if (k == n.attribute) return void(x = std::move(v));

@@ -123,6 +123,11 @@ TEST(Jinja, AnUntrustedTemplateCannotRecurseLoopOrGrowWithoutBound) {
   EXPECT_EQ(render_error("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
                          "{% endfor %}"),
             "line 1: a string longer than 64 MiB");
+  // Found by the fuzzer: a namespace set into itself would be a cycle never freed.
+  EXPECT_EQ(render_error("{% set ns = namespace(n=1) %}{% set ns.me = ns %}"),
+            "line 1: set ns.me: a namespace cannot hold itself");
+  EXPECT_EQ(render_error("{% set ns = namespace(n=1) %}{% set ns.me = [1, {'k': ns}] %}"),
+            "line 1: set ns.me: a namespace cannot hold itself");
   EXPECT_EQ(render_error("{{ 'x' * 100000000 }}"), "line 1: a repetition past 64 MiB");
   EXPECT_EQ(render_error("{{ 200000000000 * 200000000000 }}"),  // found by tests/fuzz
             "line 1: 200000000000 * 200000000000 overflows a 64-bit integer");
