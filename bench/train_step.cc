@@ -73,17 +73,19 @@ double now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 
 struct Variant {
   bool bf16 = true, quantize = true, recompute = true, fused = true, gradient_sums = true, philox_dropout = true,
-       keep_attention = false;
+       keep_attention = false, dora = false;
 };
 
 // The config the benchmark's step runs under: the seed's LoRA (r 8, alpha 32,
-// dropout 0.05 on q/k/v), its optimizer and clipping, the variant's dtypes.
+// dropout 0.05 on q/k/v; DoRA's form of it with --dora), its optimizer and clipping,
+// the variant's dtypes.
 herd::Config bench_config(const Variant& v) {
   herd::Config c;
   c.lora.r = 8;
   c.lora.lora_alpha = 32;
   c.lora.lora_dropout = 0.05;
   c.lora.target_modules = {"q_proj", "k_proj", "v_proj"};
+  c.lora.use_dora = v.dora;
   c.trainer.learning_rate = 1e-4;
   c.trainer.bf16 = v.bf16;
   c.trainer.gradient_checkpointing = v.recompute;
@@ -265,7 +267,7 @@ int main(int argc, char** argv) {
   int warmup = 2, steps = 5, projected_layers = 80;
   double peak = 989.4;
   bool fp32_activations = false, per_layer = false, dense = false, no_recompute = false, eager = false,
-       autograd_sums = false, torch_dropout = false, keep_attention = false;
+       autograd_sums = false, torch_dropout = false, keep_attention = false, dora = false;
   std::string profile, config_path;
   app.add_option("--config", config_path,
                  "Train this config's model on its data (as herd train does) for --steps steps: a JSON line a step");
@@ -287,6 +289,7 @@ int main(int argc, char** argv) {
                "Fused kernels, but autograd's pairwise gradient sums (what summing in one buffer saves)");
   app.add_flag("--torch-dropout", torch_dropout,
                "torch's LoRA dropout, its masks kept, instead of herd's regenerated ones (what that saves)");
+  app.add_flag("--dora", dora, "DoRA adapters (lora.use_dora) instead of LoRA");
   app.add_flag("--keep-attention", keep_attention,
                "Keep each layer's attention for its recompute instead of running it again (what that saves)");
   app.add_option("--profile", profile, "Record one more step with the profiler into this Chrome trace");
@@ -308,19 +311,20 @@ int main(int argc, char** argv) {
                           .fused = !eager,
                           .gradient_sums = !autograd_sums,
                           .philox_dropout = !torch_dropout,
-                          .keep_attention = keep_attention};
+                          .keep_attention = keep_attention,
+                          .dora = dora};
     const herd::Config config = bench_config(variant);
     auto replica = std::make_unique<herd::train::Replica>();
     make_replica(*replica, config, shape, device, variant, shape.layers);
     sync(device);
     std::printf(
         "model: %s, %lld layers, hidden %lld, %.3fB GEMM parameters, built in %.1f s on %s (%s base, %s "
-        "activations%s%s%s%s%s)\n",
+        "activations%s%s%s%s%s%s)\n",
         shape_name.c_str(), static_cast<long long>(shape.layers), static_cast<long long>(shape.hidden),
         replica->flops.gemm_parameters() / 1e9, now() - t_build, device.str().c_str(), dense ? "bf16" : "NF4",
         fp32_activations ? "float32" : "bf16", no_recompute ? ", no recompute" : "", eager ? ", eager ops" : "",
         autograd_sums ? ", autograd's gradient sums" : "", torch_dropout ? ", torch's dropout" : "",
-        keep_attention ? ", attention kept for the recompute" : "");
+        keep_attention ? ", attention kept for the recompute" : "", dora ? ", DoRA" : "");
     const double ceiling = gemm_tflops(device);
     std::printf("GEMM ceiling measured here: %.4g TFLOP/s\n", ceiling);
 

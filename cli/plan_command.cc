@@ -40,7 +40,7 @@ int plan(const std::string& path, int64_t workers, const std::string& gpu_mem, i
     in.checkpointing = config.trainer.gradient_checkpointing;
     in.loss_chunk = config.trainer.loss_chunk_tokens;
     in.offload_activations = config.trainer.offload_activations;
-    in.lora_parameters = in.shape.lora_parameters(config.lora.r, config.lora.target_modules);
+    train::set_lora(in, config.lora.r, config.lora.target_modules, config.lora.use_dora);
     std::optional<double> capacity;
     if (!gpu_mem.empty()) {
       capacity = train::parse_bytes(gpu_mem);

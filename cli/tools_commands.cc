@@ -223,7 +223,8 @@ void add_tokenize(CLI::App* tools, int& rc) {
 }
 
 // herd tools init-adapter MODEL OUT: a fresh adapter as training starts it (B = 0),
-// or with random B (--random-b) so that it changes the outputs.
+// or with random B (--random-b) so that it changes the outputs; with --dora, DoRA's
+// magnitude is ||W + s B A|| (peft's start), times U(0.5, 1.5) with --random-b.
 void add_init_adapter(CLI::App* tools, int& rc) {
   struct Flags {
     std::string model, out;
@@ -239,6 +240,7 @@ void add_init_adapter(CLI::App* tools, int& rc) {
   cmd->add_option("--targets", f->lora.target_modules)->delimiter(',')->capture_default_str();
   cmd->add_option("--seed", f->lora.seed)->capture_default_str();
   cmd->add_flag("--rslora", f->lora.use_rslora);
+  cmd->add_flag("--dora", f->lora.use_dora);
   cmd->add_flag("--random-b", f->random_b, "Initialize B ~ N(0, 0.1) instead of zeros (for tests)");
   cmd->callback([&rc, f] {
     rc = guarded("tools init-adapter", [&] {
@@ -251,6 +253,13 @@ void add_init_adapter(CLI::App* tools, int& rc) {
         torch::manual_seed(f->lora.seed + 1);
         for (auto& [name, t] : model.lora_tensors()) {
           if (name.find("lora_B") != std::string::npos) t.normal_(0.0, 0.1);
+        }
+        for (auto& layer : model.layers()) {
+          for (auto& [module, l] : layer.linear) {
+            if (!l->dora()) continue;
+            l->reset_magnitude();
+            l->magnitude().mul_(torch::rand_like(l->magnitude()).add_(0.5));
+          }
         }
       }
       model::save_adapter(model, f->out, fs::absolute(f->model).string());

@@ -264,7 +264,13 @@ class Reader {
           continue;
         }
         const std::string& m = item.Scalar();
-        if (std::find(known.begin(), known.end(), m) == known.end()) {
+        if (m == "embed_tokens" || m == "lm_head") {
+          error_at(item, path,
+                   fmt::format("'{}': herd adapts the decoder's linear layers only (LoRA or DoRA on an embedding or "
+                               "the output layer is not supported; known: {})",
+                               m, join(known)));
+          ok = false;
+        } else if (std::find(known.begin(), known.end(), m) == known.end()) {
           error_at(item, path,
                    fmt::format("unknown target module {}; did you mean '{}'? (known: {})", c_quoted(m),
                                closest_match(m, known), join(known)));
@@ -440,6 +446,8 @@ void read_lora(Reader& r, Section& root, Config& c) {
   r.get(lora, "bias", c.lora.bias, Need::Required, one_of({"none", "all", "lora_only"}));
   r.get(lora, "task_type", c.lora.task_type, Need::Required, one_of({"CAUSAL_LM"}));
   r.get(lora, "use_rslora", c.lora.use_rslora, Need::Optional);
+  r.get(lora, "use_dora", c.lora.use_dora, Need::Optional);
+  r.get(lora, "loraplus_lr_ratio", c.lora.loraplus_lr_ratio, Need::Optional, above(0.0));
 }
 
 Section& read_trainer(Reader& r, Section& root, Config& c) {

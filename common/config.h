@@ -36,6 +36,8 @@ struct LoraConfig {
   std::string bias;       // none | all | lora_only (peft's values)
   std::string task_type;  // CAUSAL_LM
   bool use_rslora = false;
+  bool use_dora = false;         // peft's DoRA: a trained magnitude per output feature
+  double loraplus_lr_ratio = 0;  // LoRA+: B's (and DoRA's magnitude's) lr over A's; 0: off
 
   double scaling() const;  // lora_alpha / r, or / sqrt(r) with use_rslora (peft)
 };

@@ -69,7 +69,7 @@ std::vector<int64_t> quantized_shape(const SafetensorsCheckpoint& ckpt, const st
 }
 
 struct Delta {
-  std::string a, b;  // the adapter's tensor names
+  std::string a, b, magnitude;  // the adapter's tensor names; magnitude with DoRA only
 };
 
 // One target module's adapter tensors, checked against the adapter config's r and
@@ -79,8 +79,11 @@ Delta module_delta(const fs::path& adapter_file, const SafetensorsFile& adapter,
                    std::set<std::string>& used) {
   const std::string module = module_path(layer, m);
   const auto [out, in] = config.linear_shape(m);
-  const Delta d{"base_model.model." + module + ".lora_A.weight", "base_model.model." + module + ".lora_B.weight"};
-  const std::pair<std::string, std::vector<int64_t>> want[] = {{d.a, {lora.r, in}}, {d.b, {out, lora.r}}};
+  const std::string prefix = "base_model.model." + module;
+  const Delta d{prefix + ".lora_A.weight", prefix + ".lora_B.weight",
+                lora.use_dora ? prefix + ".lora_magnitude_vector" : ""};
+  std::vector<std::pair<std::string, std::vector<int64_t>>> want = {{d.a, {lora.r, in}}, {d.b, {out, lora.r}}};
+  if (lora.use_dora) want.push_back({d.magnitude, {out}});
   for (const auto& [name, shape] : want) {
     if (!adapter.contains(name)) {
       throw ModelConfigError(fmt::format("{}: tensor '{}' is missing (target_modules {} at r {} on {} layers)",
@@ -213,7 +216,8 @@ struct Sources {
 };
 
 // One tensor as written: the stored one (dequantized from 4 bits), plus B A scaling
-// where the adapter changes it, in the output dtype.
+// where the adapter changes it, in the output dtype. DoRA, as peft's merge: each row
+// of W + s B A rescaled to its magnitude, (m / ||W + s B A||) (W + s B A).
 void write_item(const Sources& in, const Item& item, void* dst) {
   torch::NoGradGuard no_grad;
   const TensorView& stored = in.base.tensor(item.name);
@@ -237,6 +241,10 @@ void write_item(const Sources& in, const Item& item, void* dst) {
     const auto a = view_tensor(in.adapter.tensor(delta->second.a)).to(torch::kFloat32);
     const auto b = view_tensor(in.adapter.tensor(delta->second.b)).to(torch::kFloat32);
     w = w.to(torch::kFloat32) + torch::matmul(b, a) * in.scaling;
+    if (!delta->second.magnitude.empty()) {
+      const auto m = view_tensor(in.adapter.tensor(delta->second.magnitude)).to(torch::kFloat32);
+      w = (m / torch::linalg_vector_norm(w, 2, {1})).unsqueeze(1) * w;
+    }
   }
   w = w.to(torch_dtype(item.dtype)).contiguous();
   std::memcpy(dst, w.data_ptr(), item.bytes);

@@ -1,7 +1,8 @@
 // herd merge: a LoRA adapter folded into its base model's weights, streamed tensor by
 // tensor, so that a 70B model merges on an ordinary machine. Each base tensor is read
 // from the mapped safetensors (a 4-bit one in the bitsandbytes layout dequantized),
-// W + (B @ A) * scaling is computed in float32 for the adapter's modules, cast to the
+// W + (B @ A) * scaling is computed in float32 for the adapter's modules (with DoRA
+// each row then rescaled to m / its norm, as peft merges DoRA), cast to the
 // output dtype and written into the current shard; its pages are then released. The
 // process holds about one tensor at a time.
 //

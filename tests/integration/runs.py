@@ -20,13 +20,14 @@ def make_tiny_model(d):
     return d
 
 
-def config(path, model, out, accumulation, steps=12, extra=""):
-    """Global batch 2 x accumulation x ranks; dropout 0 so that ranks draw nothing."""
+def config(path, model, out, accumulation, steps=12, extra="", lora_extra=""):
+    """Global batch 2 x accumulation x ranks; dropout 0 so that ranks draw nothing. lora_extra: more keys of
+    the lora section (", use_dora: true")."""
     path.write_text(f"""model_name: t
 base_model: {model}
 model_context_window: 128
 data: {{type: vicuna, dataset: {Path(os.environ['HERD_SOURCE_DIR']) / 'data' / 'sample-vicuna.json'}}}
-lora: {{r: 8, lora_alpha: 16, target_modules: all-linear, lora_dropout: 0.0, bias: none, task_type: CAUSAL_LM}}
+lora: {{r: 8, lora_alpha: 16, target_modules: all-linear, lora_dropout: 0.0, bias: none, task_type: CAUSAL_LM{lora_extra}}}
 trainer: {{device: cpu, batch_size: 2, gradient_accumulation_steps: {accumulation}, warmup_steps: 3, num_train_epochs: 1,
           max_steps: {steps}, learning_rate: 0.01, logging_steps: 1, seed: 7}}
 trainer_output_dir: {out}/trainer

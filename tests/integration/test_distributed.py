@@ -53,6 +53,30 @@ def test_local_workers_equal_one_rank(model, tmp_path, one_rank, workers, shardi
             assert mine == whole
 
 
+# A ratio of 2: at 8 (magnitudes at lr 0.08) the run is chaotic enough that the ranks' other
+# order of sums grew to 1.8e-5 relative by step 12 (1e-7 at 2, as without LoRA+).
+DORA_LORAPLUS = ", use_dora: true, loraplus_lr_ratio: 2"
+
+
+@pytest.fixture(scope="module")
+def one_rank_dora(model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("one-dora")
+    out = herd("train", config(d / "c.yaml", model, d, accumulation=4, lora_extra=DORA_LORAPLUS))
+    assert out.returncode == 0, out.stderr
+    return losses(d), adapter(d)
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_dora_with_loraplus_at_2_and_4_workers_equals_one_rank(model, tmp_path, one_rank_dora, workers):
+    """The magnitudes are replicated like A and B and their gradients summed alike."""
+    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=4 // workers, lora_extra=DORA_LORAPLUS)
+    out = herd("train", c, "--workers", workers)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert_same((losses(tmp_path), adapter(tmp_path)), one_rank_dora)
+    magnitudes = [k for k in one_rank_dora[1] if k.endswith(".lora_magnitude_vector")]
+    assert len(magnitudes) == 2 * 7
+
+
 def test_eval_loss_over_ranks_equals_one_rank(model, tmp_path):
     """The held-out split is shared out over the ranks and its loss summed: the same figure."""
     evals = {}

@@ -231,3 +231,27 @@ def test_a_mismatched_adapter_is_refused_before_anything_is_written(tiny_gqa, tm
     assert p.returncode == 1
     assert message in p.stderr, p.stderr
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_a_dora_adapter_merges_as_peft_merge_and_unload(tiny_gqa, tmp_path):
+    """DoRA: each row of W + s B A rescaled to m / its norm."""
+    from peft import LoraConfig, get_peft_model
+    base = LlamaForCausalLM.from_pretrained(str(tiny_gqa), torch_dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                            target_modules=["q_proj", "v_proj", "down_proj"], use_dora=True,
+                                            init_lora_weights=False))
+    with torch.no_grad():  # a magnitude away from ||W + s B A||, as training leaves it
+        for name, p in model.named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(torch.linspace(0.5, 1.5, p.numel()))
+    model.save_pretrained(str(tmp_path / "adapter"))
+    report = merge("--base", tiny_gqa, "--adapter", tmp_path / "adapter", "--out", tmp_path / "merged", "--dtype",
+                   "float32")
+    assert report["merged"] == 2 * 3
+    theirs = model.merge_and_unload().state_dict()
+    source = tensors(tiny_gqa)
+    changed = 0
+    for name, t in tensors(tmp_path / "merged").items():
+        assert (t - theirs[name]).abs().max().item() <= 1e-6 * theirs[name].abs().max().item(), name
+        changed += not torch.equal(t, source[name])
+    assert changed == 2 * 3

@@ -93,5 +93,51 @@ TEST(Checkpoint, ATrainerStateWithoutAHistoryIsRefusedByName) {
   fs::remove_all(dir);
 }
 
+// LoRA+'s two parameter groups (A; B) come back with their state; an optimizer of
+// another shape is refused naming the file and the setting.
+TEST(Checkpoint, LoraPlusGroupsComeBackAndAnotherShapeIsRefused) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "herd_checkpoint_test_groups";
+  fs::remove_all(dir);
+  auto two_groups = [](model::Llama& m) {
+    std::vector<torch::Tensor> a, b;
+    for (auto& [name, t] : m.lora_tensors()) (name.ends_with(".lora_A.weight") ? a : b).push_back(t);
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(a, std::make_unique<torch::optim::AdamWOptions>(1e-3));
+    groups.emplace_back(b, std::make_unique<torch::optim::AdamWOptions>(1.6e-2));
+    return std::make_unique<torch::optim::AdamW>(std::move(groups), torch::optim::AdamWOptions(1e-3));
+  };
+  auto model = tiny_model();
+  auto optimizer = two_groups(model);
+  for (auto& [name, t] : model.lora_tensors()) t.mutable_grad() = torch::ones_like(t);
+  optimizer->step();
+  const auto written = write_checkpoint(dir, 1, model, *optimizer, {{1, 0.5, 1.0, 1e-3, 1.0, 10}}, {}, 1);
+
+  auto fresh = tiny_model();
+  auto same = two_groups(fresh);
+  load_checkpoint(written, fresh, *same);
+  ASSERT_EQ(same->param_groups().size(), 2u);
+  for (size_t g = 0; g < 2; ++g) {
+    const auto& want = optimizer->param_groups()[g];
+    const auto& got = same->param_groups()[g];
+    ASSERT_EQ(got.params().size(), want.params().size());
+    for (size_t i = 0; i < got.params().size(); ++i) {
+      const auto& s =
+          static_cast<torch::optim::AdamWParamState&>(*same->state().at(got.params()[i].unsafeGetTensorImpl()));
+      const auto& w =
+          static_cast<torch::optim::AdamWParamState&>(*optimizer->state().at(want.params()[i].unsafeGetTensorImpl()));
+      EXPECT_TRUE(torch::equal(s.exp_avg(), w.exp_avg())) << g << " " << i;
+    }
+  }
+  torch::optim::AdamW one(fresh.trainable_parameters(), torch::optim::AdamWOptions(1e-3));
+  try {
+    load_checkpoint(written, fresh, one);
+    FAIL() << "loaded";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer.pt: "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("lora.loraplus_lr_ratio"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace herd::train

@@ -344,6 +344,35 @@ TEST(Config, RsLoraScaling) {
   EXPECT_DOUBLE_EQ(c.lora.scaling(), 32.0 / std::sqrt(8.0));
 }
 
+TEST(Config, DoraAndLoraPlusAreReadAndCheckedByName) {
+  Config c =
+      parse_config(seed_with("  bias: none\n", "  bias: none\n  use_dora: true\n  loraplus_lr_ratio: 16\n"), "x.yaml");
+  EXPECT_TRUE(c.lora.use_dora);
+  EXPECT_DOUBLE_EQ(c.lora.loraplus_lr_ratio, 16.0);
+  const Config seed = parse_config(seed_text(), "x.yaml");
+  EXPECT_FALSE(seed.lora.use_dora);
+  EXPECT_DOUBLE_EQ(seed.lora.loraplus_lr_ratio, 0.0);  // off
+
+  auto errors = errors_of(seed_with("  bias: none\n", "  bias: none\n  loraplus_lr_ratio: 0\n"));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].key, "lora.loraplus_lr_ratio");
+  errors = errors_of(seed_with("  bias: none\n", "  bias: none\n  use_dora: maybe\n"));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].key, "lora.use_dora");
+  errors = errors_of(seed_with("  bias: none\n", "  bias: none\n  loraplus_lr_embedding: 1.0e-6\n"));
+  ASSERT_EQ(errors.size(), 1u);  // no adapters on embeddings: peft's key for them is unknown here
+  EXPECT_EQ(errors[0].key, "lora.loraplus_lr_embedding");
+  for (const char* embedding : {"embed_tokens", "lm_head"}) {
+    errors = errors_of(seed_with("  - q_proj\n", std::string("  - ") + embedding + "\n"));
+    ASSERT_EQ(errors.size(), 1u) << embedding;
+    EXPECT_EQ(errors[0].key, "lora.target_modules");
+    EXPECT_NE(errors[0].message.find(std::string("'") + embedding +
+                                     "': herd adapts the decoder's linear layers only (LoRA or DoRA on an embedding"),
+              std::string::npos)
+        << errors[0].message;
+  }
+}
+
 TEST(Config, BooleansAsPyYamlReadsThem) {
   for (const char* yes : {"true", "True", "yes", "on"}) {
     Config c = parse_config(seed_text() + "quantization:\n  double_quant: " + yes + "\n", "x.yaml");

@@ -344,6 +344,45 @@ TEST(LinearGroup, MatchesEachLayerOnItsOwn) {
   EXPECT_EQ(linear_group({&torch_dropout}, torch::randn({2, 40}), false).size(), 1u);
 }
 
+// DoRA with dropout on, as peft computes it: the base term is the dropped input's
+// product with W (not the layer's base output), scaled by m / ||W + s B A|| - 1; the
+// same torch seed draws the same mask, so the expectation is written out here. The
+// NF4 weight is dequantized once for the forward: W in the expectation is that.
+TEST(LoraLinear, DoraWithDropoutIsPeftsFormula) {
+  torch::manual_seed(5);
+  for (const bool quantized : {false, true}) {
+    SCOPED_TRACE(quantized);
+    const auto w0 = torch::randn({24, 64});
+    auto fw = quantized ? FrozenWeight::quantize(w0, true) : FrozenWeight::dense_weight(w0);
+    const auto w = fw.materialize(torch::kFloat32);
+    LoraSpec spec{.r = 4, .scaling = 2.5, .dropout = 0.4, .dora = true};
+    LoraLinear layer(std::move(fw), torch::kFloat32, spec, nullptr);
+    {
+      torch::NoGradGuard no_grad;
+      layer.lora_B().normal_(0.0, 0.3);
+      EXPECT_TRUE(torch::allclose(layer.magnitude(), w.norm(2, {1}), 1e-6, 0));  // B = 0 at the start: ||W||
+      layer.magnitude().mul_(torch::linspace(0.5, 1.5, 24));
+    }
+    const auto x = torch::randn({3, 64});
+    torch::manual_seed(17);
+    const auto y = layer.forward(x, true);
+    torch::manual_seed(17);
+    const auto h = torch::dropout(x, 0.4, true);
+    const auto& a = layer.lora_A();
+    const auto& b = layer.lora_B();
+    const auto n = (w + 2.5 * torch::mm(b, a)).norm(2, {1});
+    const auto scale = (layer.magnitude() / n).detach();
+    const auto expected =
+        torch::mm(x, w.t()) + (scale - 1) * torch::mm(h, w.t()) + scale * torch::mm(torch::mm(h, a.t()), b.t()) * 2.5;
+    EXPECT_TRUE(torch::allclose(y, expected.detach(), 1e-5, 1e-5));
+    EXPECT_FALSE(torch::allclose(y, layer.forward(x, false), 1e-3, 1e-3));  // the dropout term is there
+    // The magnitude's gradient: d y / d m = (the base term + the adapter term) / n.
+    y.sum().backward();
+    const auto dm = ((torch::mm(h, w.t()) + torch::mm(torch::mm(h, a.t()), b.t()) * 2.5) / n).sum(0);
+    EXPECT_TRUE(torch::allclose(layer.magnitude().grad(), dm.detach(), 1e-4, 1e-5));
+  }
+}
+
 // g W for a frozen W, every form, against the float64 product: bfloat16 on the CPU
 // takes the transposed operand, which rounds only once, as torch's own product does.
 TEST(FrozenMatmul, TheInputsGradientIsGTimesWInEveryDtype) {
@@ -598,7 +637,10 @@ TEST(PeftAdapter, SeventyBShapeHas22282240TrainableParameters) {
   c.head_dim = 128;
   const std::vector<std::string> qkv = {"q_proj", "k_proj", "v_proj"};
   EXPECT_EQ(c.lora_parameters(8, qkv), 22'282'240);
-  auto layout = adapter_layout(c, 8, qkv);
+  LoraOptions lora;
+  lora.r = 8;
+  lora.target_modules = qkv;
+  auto layout = adapter_layout(c, lora);
   ASSERT_EQ(layout.size(), 80u * 3 * 2);
   int64_t total = 0;
   for (const auto& [name, shape] : layout) total += shape[0] * shape[1];

@@ -18,7 +18,7 @@ PlanInput seed(int64_t workers) {
   PlanInput in;
   in.shape = known_shape("TheBloke/Llama-2-70B-fp16")->second;
   in.workers = workers;
-  in.lora_parameters = in.shape.lora_parameters(8, {"q_proj", "k_proj", "v_proj"});
+  set_lora(in, 8, {"q_proj", "k_proj", "v_proj"}, false);
   return in;
 }
 
@@ -36,6 +36,22 @@ TEST(MemoryPlan, Llama2_70BOnOneRank) {
   EXPECT_DOUBLE_EQ(item(items, "LoRA"), 22'282'240.0 * 16);
   EXPECT_DOUBLE_EQ(item(items, "activations"), 80.0 * 4096 * 8192 * 4);
   EXPECT_DOUBLE_EQ(item(items, "logits"), 2.0 * 4096 * 32000 * 4);  // on a GPU: no softmax kept
+}
+
+// DoRA: a magnitude per output feature (8192 + 1024 + 1024 a layer) with its gradient and
+// moments, the float32 ||W + s B A|| of q_proj (8192 x 8192), and per token the base and
+// adapter outputs of q, k and v kept for backward in the layer computing (float32).
+TEST(MemoryPlan, DoraAddsItsMagnitudesItsNormBufferAndWhatItKeeps) {
+  const auto lora = seed(1);
+  auto dora = seed(1);
+  set_lora(dora, 8, {"q_proj", "k_proj", "v_proj"}, true);
+  EXPECT_EQ(dora.lora_parameters, 22'282'240 + 80 * (8192 + 1024 + 1024));
+  const auto with = memory_plan(dora), without = memory_plan(lora);
+  EXPECT_DOUBLE_EQ(item(with, "LoRA"), (22'282'240.0 + 819'200) * 16);
+  EXPECT_DOUBLE_EQ(item(with, "DoRA: ||W + s B A||"), 8192.0 * 8192 * 4);
+  EXPECT_DOUBLE_EQ(item(with, "one layer recomputed") - item(without, "one layer recomputed"), 4096.0 * 10240 * 4 * 2);
+  EXPECT_DOUBLE_EQ(plan_total(dora) - plan_total(lora), 819'200.0 * 16 + 8192.0 * 8192 * 4 + 4096.0 * 10240 * 8);
+  for (const auto& i : without) EXPECT_EQ(i.what.find("DoRA"), std::string::npos) << i.what;
 }
 
 TEST(MemoryPlan, Bf16StreamHalvesTheLayerInputsAndTheLogits) {

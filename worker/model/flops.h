@@ -18,6 +18,12 @@
 //     layer's forward again (2 N_layers + 4 T d L + 2 r (in + out) per token).
 //
 // Embedding lookups, norms, rotary, activations and the loss are not counted.
+// DoRA (lora.use_dora) counts as LoRA: its extra work is in neither figure, so its
+// MFU measures the same useful work and its cost shows as a lower MFU. That work:
+// per adapted linear and forward (once per micro-batch, not per token; recompute
+// repeats it), the row norms ||W + s B A||, (2 r + 4) out x in; per token, a few
+// element-wise passes over the output and, while dropout is on, peft's second
+// product dropout(x) W^T, 4 in x out (forward and input gradient).
 #pragma once
 
 #include <cstdint>

@@ -109,7 +109,7 @@ std::vector<torch::Tensor> linear_group(const std::vector<const LoraLinear*>& li
   for (const LoraLinear* l : linears) {
     if (l->compute_dtype() != dtype || l->weight().in_features != in) return {};
     if (!l->has_lora()) continue;
-    if (l->adapter_dtype(x) != dtype) return {};
+    if (l->adapter_dtype(x) != dtype || l->dora()) return {};  // DoRA: each layer on its own
     // The group regenerates dropout's masks from their draws; torch's dropout (the
     // CPU's default) keeps its masks, which only each layer on its own handles.
     if (training && l->lora_spec()->dropout > 0 && !l->lora_spec()->philox_dropout(x)) return {};

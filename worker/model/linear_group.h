@@ -19,7 +19,7 @@ namespace herd::model {
 
 // {x W_i^T + s_i dropout_i(x) A_i^T B_i^T} for the layers, in their order. Empty
 // where it does not apply, and the caller runs LoraLinear::forward: the layers'
-// compute dtype or an adapter's dtype (LoraLinear::adapter_dtype) is not x's, one
+// compute dtype or an adapter's dtype (LoraLinear::adapter_dtype) is not x's, DoRA, one
 // row without gradients (the NF4 gemv's case), or torch's dropout (the CPU's by
 // default, LoraSpec::Dropout).
 std::vector<torch::Tensor> linear_group(const std::vector<const LoraLinear*>& linears, const torch::Tensor& x,

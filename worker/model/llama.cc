@@ -226,8 +226,13 @@ void Llama::add_layer(int64_t index, const std::function<torch::Tensor(const std
     std::optional<LoraSpec> spec;
     const auto& targets = options_.lora ? options_.lora->target_modules : std::vector<std::string>{};
     if (std::find(targets.begin(), targets.end(), module) != targets.end()) {
-      spec = LoraSpec{options_.lora->r, options_.lora->scaling(), options_.lora->dropout, options_.fused_kernels,
-                      options_.lora_dropout};
+      const auto& lora = *options_.lora;
+      spec = LoraSpec{.r = lora.r,
+                      .scaling = lora.scaling(),
+                      .dropout = lora.dropout,
+                      .in_input_dtype = options_.fused_kernels,
+                      .dropout_kind = options_.lora_dropout,
+                      .dora = lora.use_dora};
     }
     auto linear = std::make_unique<LoraLinear>(std::move(*weight), options_.compute_dtype, spec, rng);
     linear->to(options_.device);  // initialized on the CPU: the same adapter on any device
@@ -649,11 +654,8 @@ std::vector<std::pair<std::string, torch::Tensor>> Llama::lora_tensors() {
   std::vector<std::pair<std::string, torch::Tensor>> out;
   for (size_t i = 0; i < layers_.size(); ++i) {
     for (const auto& module : linear_modules()) {
-      auto& l = *layers_[i].linear.at(module);
-      if (!l.has_lora()) continue;
       const std::string base = "base_model.model." + module_path(static_cast<int64_t>(i), module);
-      out.emplace_back(base + ".lora_A.weight", l.lora_A());
-      out.emplace_back(base + ".lora_B.weight", l.lora_B());
+      for (auto& [name, t] : layers_[i].linear.at(module)->adapter_tensors()) out.emplace_back(base + "." + name, *t);
     }
   }
   return out;

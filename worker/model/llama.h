@@ -40,7 +40,8 @@ struct LoraOptions {
   double dropout = 0.0;
   bool use_rslora = false;
   std::vector<std::string> target_modules = {"q_proj", "v_proj"};
-  uint64_t seed = 42;  // initialization of A
+  uint64_t seed = 42;     // initialization of A
+  bool use_dora = false;  // peft's DoRA (LoraSpec::dora)
 
   double scaling() const;
 };

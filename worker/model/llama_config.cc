@@ -198,11 +198,11 @@ std::pair<int64_t, int64_t> LlamaConfig::linear_shape(const std::string& module)
   throw ModelConfigError("unknown linear module '" + module + "'");
 }
 
-int64_t LlamaConfig::lora_parameters(int64_t r, const std::vector<std::string>& modules) const {
+int64_t LlamaConfig::lora_parameters(int64_t r, const std::vector<std::string>& modules, bool dora) const {
   int64_t per_layer = 0;
   for (const auto& m : modules) {
     auto [out, in] = linear_shape(m);
-    per_layer += r * (in + out);
+    per_layer += r * (in + out) + (dora ? out : 0);
   }
   return per_layer * num_hidden_layers;
 }

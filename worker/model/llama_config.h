@@ -59,8 +59,9 @@ struct LlamaConfig {
   static LlamaConfig from_file(const std::filesystem::path& config_json);
   nlohmann::json to_json() const;  // the keys transformers' LlamaConfig reads
 
-  // Parameters of LoRA adapters of rank r on the given modules, all layers.
-  int64_t lora_parameters(int64_t r, const std::vector<std::string>& modules) const;
+  // Parameters of LoRA adapters of rank r on the given modules, all layers (with
+  // DoRA, each module's magnitude vector too).
+  int64_t lora_parameters(int64_t r, const std::vector<std::string>& modules, bool dora = false) const;
   // {out_features, in_features} of one of the seven linear modules.
   std::pair<int64_t, int64_t> linear_shape(const std::string& module) const;
 };

@@ -187,19 +187,33 @@ FrozenWeight FrozenWeight::dense_weight(torch::Tensor weight) {
 namespace {
 
 // x W^T with W rebuilt from its NF4 form in forward and again in backward: no
-// dequantized copy outlives the call.
+// dequantized copy outlives the call. `w` is W already rebuilt in x's dtype by the
+// caller (DoRA reads it for its norm too), or null.
 struct FrozenLinear : public torch::autograd::Function<FrozenLinear> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
-                               const FrozenWeight* weight) {
+                               const FrozenWeight* weight, const torch::Tensor* w) {
     ctx->saved_data["weight"] = reinterpret_cast<int64_t>(weight);  // owned by the layer, which outlives the graph
-    return torch::matmul(x, weight->materialize(x.scalar_type()).t());
+    return torch::matmul(x, (w != nullptr ? *w : weight->materialize(x.scalar_type())).t());
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad) {
     const auto* weight = reinterpret_cast<const FrozenWeight*>(ctx->saved_data["weight"].toInt());
-    return {input_grad(grad[0], weight->materialize(grad[0].scalar_type())), torch::Tensor()};
+    return {input_grad(grad[0], weight->materialize(grad[0].scalar_type())), torch::Tensor(), torch::Tensor()};
   }
 };
+
+// x W^T for x in the weight's compute dtype; w as FrozenLinear takes it.
+torch::Tensor base_linear(const FrozenWeight& weight, const torch::Tensor& x, const torch::Tensor& w = {}) {
+  if (!weight.quantized()) return torch::matmul(x, weight.dense.to(x.scalar_type()).t());
+  if (!w.defined()) return FrozenLinear::apply(x, &weight, nullptr);
+  const auto in_x_dtype = w.to(x.scalar_type());
+  return FrozenLinear::apply(x, &weight, &in_x_dtype);
+}
+
+// W in the dtype it is stored or dequantized in.
+torch::Tensor stored_weight(const FrozenWeight& weight) {
+  return weight.quantized() ? weight.materialize(weight.dtype) : weight.dense;
+}
 
 }  // namespace
 
@@ -218,7 +232,27 @@ LoraLinear::LoraLinear(FrozenWeight weight, torch::ScalarType compute_dtype, std
   }
   lora_A_.set_requires_grad(true);
   lora_B_ = torch::zeros({weight_.out_features, lora_->r}, options).set_requires_grad(true);
+  if (lora_->dora) reset_magnitude();
 }
+
+std::vector<std::pair<std::string, torch::Tensor*>> LoraLinear::adapter_tensors() {
+  if (!lora_) return {};
+  std::vector<std::pair<std::string, torch::Tensor*>> out = {{"lora_A.weight", &lora_A_}, {"lora_B.weight", &lora_B_}};
+  if (lora_->dora) out.emplace_back("lora_magnitude_vector", &magnitude_);
+  return out;
+}
+
+torch::Tensor LoraLinear::weight_norm(const torch::Tensor& w) const {
+  // peft's get_weight_norm: float32 W + scaling (B A), the norm of each row. One
+  // [out, in] float32 buffer: the product, to which W is added in place.
+  torch::NoGradGuard no_grad;
+  const auto& dense = w.defined() ? w : stored_weight(weight_);
+  auto sum = torch::mm(lora_B_.detach().to(torch::kFloat32), lora_A_.detach().to(torch::kFloat32));
+  sum.mul_(lora_->scaling).add_(dense.to(sum.device()));
+  return torch::linalg_vector_norm(sum, 2, {1});
+}
+
+void LoraLinear::reset_magnitude() { magnitude_ = weight_norm().set_requires_grad(true); }
 
 void LoraLinear::to(torch::Device device) {
   weight_.to(device);
@@ -226,6 +260,7 @@ void LoraLinear::to(torch::Device device) {
   torch::NoGradGuard no_grad;
   lora_A_ = lora_A_.to(device).set_requires_grad(true);
   lora_B_ = lora_B_.to(device).set_requires_grad(true);
+  if (magnitude_.defined()) magnitude_ = magnitude_.to(device).set_requires_grad(true);
 }
 
 torch::ScalarType LoraLinear::adapter_dtype(const torch::Tensor& x) const {
@@ -233,16 +268,19 @@ torch::ScalarType LoraLinear::adapter_dtype(const torch::Tensor& x) const {
   return low_precision ? x.scalar_type() : torch::kFloat32;
 }
 
+torch::Tensor LoraLinear::adapter_dropout(const torch::Tensor& h) const {
+  return lora_->philox_dropout(h) ? philox_dropout(h, draw_dropout(h.device(), lora_->dropout))
+                                  : torch::dropout(h, lora_->dropout, true);
+}
+
 torch::Tensor LoraLinear::forward(const torch::Tensor& x, bool training) const {
+  if (dora()) return dora_forward(x, training);
   auto xc = x.to(compute_dtype_);
   torch::Tensor y;
 #ifdef HERD_CUDA
   y = gemv_cuda(weight_, xc);  // one row without gradients: straight from the codes
 #endif
-  if (!y.defined()) {
-    y = weight_.quantized() ? FrozenLinear::apply(xc, &weight_)
-                            : torch::matmul(xc, weight_.dense.to(compute_dtype_).t());
-  }
+  if (!y.defined()) y = base_linear(weight_, xc);
   y = y.to(x.scalar_type());
   if (!lora_) return y;
   // peft casts the input to the adapter's dtype (float32); with in_input_dtype a GPU
@@ -254,10 +292,7 @@ torch::Tensor LoraLinear::forward(const torch::Tensor& x, bool training) const {
   const auto dtype = adapter_dtype(x);
   const bool low_precision = dtype != torch::kFloat32;
   auto h = x.to(dtype);
-  if (training && lora_->dropout > 0) {
-    h = lora_->philox_dropout(h) ? philox_dropout(h, draw_dropout(h.device(), lora_->dropout))
-                                 : torch::dropout(h, lora_->dropout, true);
-  }
+  if (training && lora_->dropout > 0) h = adapter_dropout(h);
   auto low = torch::matmul(h, lora_A_.to(dtype).t()).reshape({-1, lora_->r});
   if (low_precision) {  // into the base output itself (nothing saves it): no copy of it first
     y.view({-1, weight_.out_features}).addmm_(low, lora_B_.to(dtype).t(), 1.0, lora_->scaling);
@@ -267,6 +302,28 @@ torch::Tensor LoraLinear::forward(const torch::Tensor& x, bool training) const {
   auto sum =
       torch::addmm(y.reshape({-1, weight_.out_features}).to(dtype), low, lora_B_.to(dtype).t(), 1.0, lora_->scaling);
   return sum.view(out_shape).to(y.scalar_type());
+}
+
+// peft's DoRA forward (DoraLinearLayer.forward), in the adapter's dtype. W is
+// dequantized once: the base GEMM, the norm and, with dropout on, peft's second
+// product dropout(x) W^T read it; the backward rebuilds it as for LoRA.
+torch::Tensor LoraLinear::dora_forward(const torch::Tensor& x, bool training) const {
+  torch::Tensor w;
+  {
+    torch::NoGradGuard no_grad;
+    w = stored_weight(weight_);
+  }
+  const auto y = base_linear(weight_, x.to(compute_dtype_), w).to(x.scalar_type());
+  const auto dtype = adapter_dtype(x);
+  auto h = x.to(dtype);
+  auto base = y.to(dtype);
+  if (training && lora_->dropout > 0) {
+    h = adapter_dropout(h);
+    base = base_linear(weight_, h, w);
+  }
+  const auto lora = torch::matmul(torch::matmul(h, lora_A_.to(dtype).t()), lora_B_.to(dtype).t());
+  const auto scale = (magnitude_ / weight_norm(w)).to(dtype);  // m / ||W + s B A||, the norm detached
+  return y.to(dtype).add((scale - 1) * base + scale * lora * lora_->scaling).to(y.scalar_type());
 }
 
 }  // namespace herd::model

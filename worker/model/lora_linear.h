@@ -1,5 +1,10 @@
 // One linear layer of the base model with its LoRA adapter, as peft computes it:
 //   y = x W^T + dropout(x) A^T B^T * scaling
+// or with DoRA (LoraSpec::dora), peft's weight-decomposed form with a trained
+// magnitude m [out] per output feature and n = ||W + scaling B A|| over each row
+// (detached: no gradient flows through it):
+//   y = x W^T + (m/n - 1) * base + (m/n) * scaling * dropout(x) A^T B^T
+// where base is x W^T, or dropout(x) W^T while dropout is on (as peft does).
 // As bitsandbytes' Linear4bit does, x W^T runs in the compute dtype and its result
 // is cast back to x's dtype; the adapter runs in float32 (peft), or on a GPU in
 // x's dtype when LoraSpec::in_input_dtype says so.
@@ -10,6 +15,9 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -65,6 +73,7 @@ struct LoraSpec {
   // (the fused path on the CPU in tests; torch's on a GPU for comparison).
   enum class Dropout { kAuto, kPhilox, kTorch };
   Dropout dropout_kind = Dropout::kAuto;
+  bool dora = false;  // DoRA: a magnitude vector beside A and B
 
   bool philox_dropout(const torch::Tensor& x) const {
     return dropout_kind == Dropout::kPhilox || (dropout_kind == Dropout::kAuto && x.is_cuda());
@@ -88,6 +97,16 @@ class LoraLinear {
   torch::Tensor& lora_B() { return lora_B_; }  // [out, r], float32
   const torch::Tensor& lora_A() const { return lora_A_; }
   const torch::Tensor& lora_B() const { return lora_B_; }
+  bool dora() const { return lora_ && lora_->dora; }
+  const torch::Tensor& magnitude() const { return magnitude_; }  // [out], float32; DoRA only
+  // The adapter's trainable tensors with peft's names after the module's path:
+  // lora_A.weight, lora_B.weight and, with DoRA, lora_magnitude_vector.
+  std::vector<std::pair<std::string, torch::Tensor*>> adapter_tensors();
+  // DoRA: ||W + scaling B A|| over each row of W (float32, no gradient); w is W as
+  // dequantized for the forward (weight().materialize(weight().dtype) when undefined).
+  torch::Tensor weight_norm(const torch::Tensor& w = {}) const;
+  // DoRA: m set to weight_norm(), as peft initialises it (B = 0 gives ||W||).
+  void reset_magnitude();
   // The adapter's dtype for input x: float32, or x's with LoraSpec::in_input_dtype.
   torch::ScalarType adapter_dtype(const torch::Tensor& x) const;
 
@@ -95,7 +114,10 @@ class LoraLinear {
   FrozenWeight weight_;
   torch::ScalarType compute_dtype_;
   std::optional<LoraSpec> lora_;
-  torch::Tensor lora_A_, lora_B_;
+  torch::Tensor lora_A_, lora_B_, magnitude_;
+
+  torch::Tensor dora_forward(const torch::Tensor& x, bool training) const;
+  torch::Tensor adapter_dropout(const torch::Tensor& h) const;
 };
 
 }  // namespace herd::model

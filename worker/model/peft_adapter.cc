@@ -39,10 +39,9 @@ LoraOptions read_adapter_config(const fs::path& adapter_dir) {
   o.lora_alpha = need_number("lora_alpha");
   o.dropout = j.contains("lora_dropout") ? need_number("lora_dropout") : 0.0;
   o.use_rslora = j.value("use_rslora", false);
+  o.use_dora = j.value("use_dora", false);
   if (o.r <= 0) fail(file, "r: must be positive");
-  for (const char* unsupported : {"use_dora", "fan_in_fan_out"}) {
-    if (j.value(unsupported, false)) fail(file, fmt::format("{}: not supported by herd", unsupported));
-  }
+  if (j.value("fan_in_fan_out", false)) fail(file, "fan_in_fan_out: not supported by herd");
   for (const char* key : {"rank_pattern", "alpha_pattern"}) {
     if (j.contains(key) && !j[key].is_null() && !j[key].empty())
       fail(file, fmt::format("{}: not supported by herd", key));
@@ -92,7 +91,7 @@ void save_adapter(Llama& model, const fs::path& adapter_dir, const std::string& 
                  {"layers_pattern", nullptr},
                  {"revision", nullptr},
                  {"use_rslora", lora->use_rslora},
-                 {"use_dora", false},
+                 {"use_dora", lora->use_dora},
                  {"rank_pattern", json::object()},
                  {"alpha_pattern", json::object()}};
   write_file(adapter_dir / "adapter_config.json", config.dump(2) + "\n");
@@ -120,8 +119,10 @@ void load_adapter_weights(Llama& model, const fs::path& adapter_dir) {
   }
 }
 
-std::vector<std::pair<std::string, std::vector<int64_t>>> adapter_layout(const LlamaConfig& config, int64_t r,
-                                                                         const std::vector<std::string>& modules) {
+std::vector<std::pair<std::string, std::vector<int64_t>>> adapter_layout(const LlamaConfig& config,
+                                                                         const LoraOptions& lora) {
+  const auto& modules = lora.target_modules;
+  const int64_t r = lora.r;
   std::vector<std::pair<std::string, std::vector<int64_t>>> out;
   for (int64_t i = 0; i < config.num_hidden_layers; ++i) {
     for (const auto& m : linear_modules()) {
@@ -130,6 +131,7 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> adapter_layout(const L
       const std::string base = "base_model.model." + module_path(i, m);
       out.push_back({base + ".lora_A.weight", {r, in}});
       out.push_back({base + ".lora_B.weight", {o, r}});
+      if (lora.use_dora) out.push_back({base + ".lora_magnitude_vector", {o}});
     }
   }
   return out;

@@ -1,8 +1,8 @@
 // LoRA adapters as peft saves them: adapter_config.json and
 // adapter_model.safetensors with peft's names and shapes
 // (base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight [r, in],
-// ...lora_B.weight [out, r], float32). Loading validates both files against the
-// model and names the file and tensor of any mismatch.
+// ...lora_B.weight [out, r], with DoRA ...lora_magnitude_vector [out], float32). Loading validates both files against
+// the model and names the file and tensor of any mismatch.
 #pragma once
 
 #include <filesystem>
@@ -15,7 +15,7 @@
 namespace herd::model {
 
 // LoRA settings from an adapter_config.json (r, lora_alpha, lora_dropout,
-// target_modules, use_rslora); unsupported peft features are errors.
+// target_modules, use_rslora, use_dora); unsupported peft features are errors.
 LoraOptions read_adapter_config(const std::filesystem::path& adapter_dir);
 
 // Writes adapter_config.json and adapter_model.safetensors.
@@ -32,7 +32,7 @@ Llama load_with_adapter(const std::filesystem::path& model_dir, LoadOptions opti
                         const std::filesystem::path& adapter_dir);
 
 // The adapter's tensor names and shapes for a model shape (no weights needed).
-std::vector<std::pair<std::string, std::vector<int64_t>>> adapter_layout(const LlamaConfig& config, int64_t r,
-                                                                         const std::vector<std::string>& modules);
+std::vector<std::pair<std::string, std::vector<int64_t>>> adapter_layout(const LlamaConfig& config,
+                                                                         const LoraOptions& lora);
 
 }  // namespace herd::model

@@ -131,7 +131,15 @@ fs::path write_checkpoint(const fs::path& output_dir, uint64_t step, model::Llam
 
 std::vector<StepLog> load_checkpoint(const fs::path& dir, model::Llama& model, torch::optim::Optimizer& optimizer) {
   model::load_adapter_weights(model, dir);
-  torch::load(optimizer, (dir / "optimizer.pt").string(), model.device());  // its state beside the adapter
+  const auto optimizer_file = dir / "optimizer.pt";  // its state beside the adapter
+  try {
+    torch::load(optimizer, optimizer_file.string(), model.device());
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(
+        fmt::format("{}: {} (this job's optimizer has {} parameter group(s): LoRA+, "
+                    "lora.loraplus_lr_ratio, makes two; resume with the checkpoint's setting)",
+                    optimizer_file.string(), e.what_without_backtrace(), optimizer.param_groups().size()));
+  }
   torch::Tensor rng;
   torch::load(rng, (dir / "rng_state.pt").string());
   model::set_rng_state(rng);

@@ -8,6 +8,17 @@
 
 namespace herd::train {
 
+void set_lora(PlanInput& in, int64_t r, const std::vector<std::string>& modules, bool dora) {
+  in.lora_parameters = in.shape.lora_parameters(r, modules, dora);
+  in.dora_out_features = in.dora_largest_weight = 0;
+  for (const auto& m : modules) {
+    if (!dora) break;
+    const auto [out, in_features] = in.shape.linear_shape(m);
+    in.dora_out_features += out;
+    in.dora_largest_weight = std::max(in.dora_largest_weight, out * in_features);
+  }
+}
+
 std::vector<PlanItem> memory_plan(const PlanInput& in) {
   const auto& s = in.shape;
   const double L = static_cast<double>(s.num_hidden_layers), H = static_cast<double>(s.hidden_size),
@@ -53,7 +64,12 @@ std::vector<PlanItem> memory_plan(const PlanInput& in) {
   // once (measured: integration.plan), each in the wider of the compute and the
   // stream dtype (a weight is dequantized in the compute dtype, then cast to the
   // stream's).
-  const double layer_work = B * T * (4 * H + 2 * kv + 3 * I) * c * 2 + 2 * H * I * std::max(c, a);
+  const double dora_kept = B * T * static_cast<double>(in.dora_out_features) * 4 * 2;
+  const double layer_work = B * T * (4 * H + 2 * kv + 3 * I) * c * 2 + 2 * H * I * std::max(c, a) + dora_kept;
+  if (in.dora_largest_weight > 0) {
+    add("DoRA: ||W + s B A|| of the largest adapted layer (float32 [out, in])",
+        static_cast<double>(in.dora_largest_weight) * 4);
+  }
   const double layer_input = B * T * H * a;
   if (in.checkpointing && in.offload_activations) {
     add(fmt::format("activations: 2 layers' inputs ({}; {:.2f} GiB in pinned host memory)", stream,

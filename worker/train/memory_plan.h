@@ -7,7 +7,10 @@
 //   full_shard, plus the gathered layers in flight (the one computing and the one
 //   prefetched) and the larger of the embedding's and lm_head's buffers (never
 //   gathered at once);
-// - LoRA parameters in float32 with their gradients and AdamW's two moments;
+// - LoRA parameters in float32 with their gradients and AdamW's two moments (with
+//   DoRA its magnitudes among them, plus the float32 [out, in] buffer of
+//   ||W + s B A|| for the largest adapted layer, and per token of a layer computing
+//   the base and adapter outputs its forward keeps for backward, float32);
 // - activations: with checkpointing each layer's input (in the hidden stream's
 //   dtype), plus one layer's recomputation and backward (in the compute dtype) and
 //   two of the largest weights dequantized; without, every layer's; with
@@ -39,7 +42,10 @@ struct PlanInput {
   bool checkpointing = true;
   int64_t loss_chunk = 0;  // trainer.loss_chunk_tokens
   bool offload_activations = false;
-  int64_t lora_parameters = 0;
+  int64_t lora_parameters = 0;  // with DoRA's magnitudes
+  // DoRA: the adapted linears' output features in a layer, and the largest one's
+  // [out, in] elements (0 without DoRA).
+  int64_t dora_out_features = 0, dora_largest_weight = 0;
   bool gpu = true;
 };
 
@@ -47,6 +53,9 @@ struct PlanItem {
   std::string what;
   double bytes = 0;
 };
+
+// The adapter's fields of `input` for LoRA (DoRA) of rank r on these modules.
+void set_lora(PlanInput& input, int64_t r, const std::vector<std::string>& modules, bool dora);
 
 std::vector<PlanItem> memory_plan(const PlanInput& input);
 double plan_total(const PlanInput& input);

@@ -69,10 +69,7 @@ void ShardedWeights::adopt_layer(int64_t index, model::DecoderLayer& layer) {
   layers_.push_back(make_flat(frozen_tensors(layer)));
   std::vector<torch::Tensor> lora;
   for (const auto& module : model::linear_modules()) {
-    auto& l = *layer.linear.at(module);
-    if (!l.has_lora()) continue;
-    lora.push_back(l.lora_A());
-    lora.push_back(l.lora_B());
+    for (auto& [name, t] : layer.linear.at(module)->adapter_tensors()) lora.push_back(*t);
   }
   lora_.push_back(std::move(lora));
 }

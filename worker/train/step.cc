@@ -86,6 +86,7 @@ model::LoadOptions load_options(const Config& config, torch::Device device) {
   lora.lora_alpha = config.lora.lora_alpha;
   lora.dropout = config.lora.lora_dropout;
   lora.use_rslora = config.lora.use_rslora;
+  lora.use_dora = config.lora.use_dora;
   lora.target_modules = config.lora.target_modules;
   lora.seed = static_cast<uint64_t>(config.trainer.seed);
   load.lora = lora;
@@ -108,11 +109,25 @@ void build_replica(Replica& r, const Config& config, std::unique_ptr<comm::Colle
   r.flops = {r.model->config(), config.lora.r, config.lora.target_modules, config.trainer.gradient_checkpointing};
   r.params = r.model->trainable_parameters();
   for (auto& p : r.params) p.set_requires_grad(true);
-  r.optimizer = std::make_unique<FusedAdamW>(
-      r.params, torch::optim::AdamWOptions(config.trainer.learning_rate)
-                    .betas({config.trainer.adam_beta1, config.trainer.adam_beta2})
-                    .eps(config.trainer.adam_epsilon)
-                    .weight_decay(config.trainer.weight_decay));
+  auto adamw = torch::optim::AdamWOptions(config.trainer.learning_rate)
+                   .betas({config.trainer.adam_beta1, config.trainer.adam_beta2})
+                   .eps(config.trainer.adam_epsilon)
+                   .weight_decay(config.trainer.weight_decay);
+  const double ratio = config.lora.loraplus_lr_ratio;
+  if (ratio <= 0) {
+    r.optimizer = std::make_unique<FusedAdamW>(r.params, adamw);
+    r.lr_ratios = {1.0};
+    return;
+  }
+  std::vector<torch::Tensor> a, b;
+  for (auto& [name, t] : r.model->lora_tensors()) {
+    (name.ends_with(".lora_A.weight") ? a : b).push_back(t);
+  }
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(a, std::make_unique<torch::optim::AdamWOptions>(adamw));
+  groups.emplace_back(b, std::make_unique<torch::optim::AdamWOptions>(adamw));
+  r.optimizer = std::make_unique<FusedAdamW>(std::move(groups), adamw);
+  r.lr_ratios = {1.0, ratio};
 }
 
 double learning_rate(const Config& config, uint64_t step, uint64_t total) {
@@ -122,7 +137,10 @@ double learning_rate(const Config& config, uint64_t step, uint64_t total) {
 
 StepOutcome train_step(Replica& r, const Config& config, const std::vector<v1::MicroBatch>& batches, double lr,
                        bool stop_requested) {
-  for (auto& group : r.optimizer->param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  auto& groups = r.optimizer->param_groups();
+  for (size_t g = 0; g < groups.size(); ++g) {
+    static_cast<torch::optim::AdamWOptions&>(groups[g].options()).lr(lr * r.lr_ratios.at(g));
+  }
   r.optimizer->zero_grad();
   const double normaliser = static_cast<double>(std::max<uint64_t>(1, batches.front().step_loss_tokens()));
   const bool alone = r.comm->size() == 1;

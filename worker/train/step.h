@@ -40,6 +40,7 @@ struct Replica {
   std::unique_ptr<ShardedWeights> weights;
   std::vector<torch::Tensor> params;
   std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::vector<double> lr_ratios;  // each optimizer group's lr over the schedule's (LoRA+)
   model::FlopCounter flops;  // of the model as trained (its LoRA, its recompute)
 };
 
@@ -48,7 +49,10 @@ model::LoadOptions load_options(const Config& config, torch::Device device);
 
 // A replica over `comm`: the model comes from `load` (the base model's files for
 // the trainer, random tensors of a shape for the benchmark), given `options` with
-// this rank's sharding hook added; the optimizer is the config's AdamW.
+// this rank's sharding hook added; the optimizer is the config's AdamW: one group,
+// or with lora.loraplus_lr_ratio peft's LoRA+ groups (create_loraplus_optimizer):
+// the A matrices at the schedule's lr, the B matrices and DoRA's magnitudes (peft's
+// 1-D parameters) at ratio times it; trainer.weight_decay in both.
 void build_replica(Replica& r, const Config& config, std::unique_ptr<comm::Collective> comm,
                    model::LoadOptions options, const std::function<model::Llama(const model::LoadOptions&)>& load);
 
