@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
 from conftest import BIN, herd
-from test_merge import write_adapter
+from test_merge import write_adapter, write_dora_adapter
 
 EOS = 2
 
@@ -62,6 +62,17 @@ def test_greedy_with_an_adapter_is_peft_generate_and_the_merged_models(tiny_gqa,
     herd("merge", "--base", tiny_gqa, "--adapter", adapter, "--out", tmp_path / "merged", "--dtype", "float32")
     merged = chat(tmp_path / "merged", "--prompt", "Tell me about sharding.", "--greedy", "--max-new-tokens", 24)
     assert merged["tokens"] == got["tokens"] and merged["text"] == got["text"]
+
+
+def test_a_dora_adapter_chats_as_peft_generate_and_as_its_merged_model(tiny_gqa, tmp_path):
+    write_dora_adapter(tmp_path / "dora", tiny_gqa)
+    got = chat(tiny_gqa, "--adapter", tmp_path / "dora", "--prompt", "Tell me about sharding.", "--greedy",
+               "--max-new-tokens", 24)
+    assert got["tokens"] == reference(tiny_gqa, got["prompt_tokens"], 24, 1.15, tmp_path / "dora")
+    herd("merge", "--base", tiny_gqa, "--adapter", tmp_path / "dora", "--out", tmp_path / "merged", "--dtype",
+         "float32")
+    merged = chat(tmp_path / "merged", "--prompt", "Tell me about sharding.", "--greedy", "--max-new-tokens", 24)
+    assert merged["tokens"] == got["tokens"]
 
 
 def test_sampling_with_a_seed_is_reproducible(tiny_gqa):

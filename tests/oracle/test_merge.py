@@ -233,18 +233,24 @@ def test_a_mismatched_adapter_is_refused_before_anything_is_written(tiny_gqa, tm
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
-def test_a_dora_adapter_merges_as_peft_merge_and_unload(tiny_gqa, tmp_path):
-    """DoRA: each row of W + s B A rescaled to m / its norm."""
+def write_dora_adapter(path, base, targets=("q_proj", "v_proj", "down_proj")):
+    """A peft DoRA adapter with random A and B and magnitudes away from ||W + s B A||, as training
+    leaves them; the peft model too."""
     from peft import LoraConfig, get_peft_model
-    base = LlamaForCausalLM.from_pretrained(str(tiny_gqa), torch_dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                            target_modules=["q_proj", "v_proj", "down_proj"], use_dora=True,
-                                            init_lora_weights=False))
-    with torch.no_grad():  # a magnitude away from ||W + s B A||, as training leaves it
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(str(base), torch_dtype=torch.float32), LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM", target_modules=list(targets), use_dora=True,
+        init_lora_weights=False))
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_magnitude_vector" in name:
                 p.mul_(torch.linspace(0.5, 1.5, p.numel()))
-    model.save_pretrained(str(tmp_path / "adapter"))
+    model.save_pretrained(str(path))
+    return model
+
+
+def test_a_dora_adapter_merges_as_peft_merge_and_unload(tiny_gqa, tmp_path):
+    """DoRA: each row of W + s B A rescaled to m / its norm."""
+    model = write_dora_adapter(tmp_path / "adapter", tiny_gqa)
     report = merge("--base", tiny_gqa, "--adapter", tmp_path / "adapter", "--out", tmp_path / "merged", "--dtype",
                    "float32")
     assert report["merged"] == 2 * 3
