@@ -28,7 +28,12 @@ target_compile_options(herd_warnings INTERFACE
 # libtorch libraries share one precompiled <torch/torch.h>: it is compiled once and
 # reused, which saves most of the parse time of every libtorch translation unit.
 # (Libraries only: executables are compiled -fPIE, which a -fPIC header can't serve.)
+# The sources after NO_TORCH include no libtorch header: they skip the header, whose
+# loading alone costs some 7 s a translation unit (2 cores), more than most of them
+# take without it.
 function(herd_use_torch target)
+  cmake_parse_arguments(PARSE_ARGV 1 arg "" "" "NO_TORCH")
+  set_source_files_properties(${arg_NO_TORCH} PROPERTIES SKIP_PRECOMPILE_HEADERS ON)
   target_link_libraries(${target} PUBLIC herd_torch)
   target_compile_definitions(${target} PUBLIC HERD_TORCH_CUDA_VERSION="${HERD_TORCH_CUDA_VERSION}")
   if(NOT TARGET herd_torch_pch)
