@@ -257,6 +257,19 @@ void reset_peak(torch::Device device) {
   (void)device;
 }
 
+// The run's first line: the model, where it was built and the variant.
+void print_model(const std::string& name, const Shape& shape, const herd::train::Replica& r, double build_s,
+                 const torch::Device& device, const Variant& v) {
+  std::printf(
+      "model: %s, %lld layers, hidden %lld, %.3fB GEMM parameters, built in %.1f s on %s (%s base, %s "
+      "activations%s%s%s%s%s%s)\n",
+      name.c_str(), static_cast<long long>(shape.layers), static_cast<long long>(shape.hidden),
+      r.flops.gemm_parameters() / 1e9, build_s, device.str().c_str(), v.quantize ? "NF4" : "bf16",
+      v.bf16 ? "bf16" : "float32", v.recompute ? "" : ", no recompute", v.fused ? "" : ", eager ops",
+      v.gradient_sums ? "" : ", autograd's gradient sums", v.philox_dropout ? "" : ", torch's dropout",
+      v.keep_attention ? ", attention kept for the recompute" : "", v.dora ? ", DoRA" : "");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -317,14 +330,7 @@ int main(int argc, char** argv) {
     auto replica = std::make_unique<herd::train::Replica>();
     make_replica(*replica, config, shape, device, variant, shape.layers);
     sync(device);
-    std::printf(
-        "model: %s, %lld layers, hidden %lld, %.3fB GEMM parameters, built in %.1f s on %s (%s base, %s "
-        "activations%s%s%s%s%s%s)\n",
-        shape_name.c_str(), static_cast<long long>(shape.layers), static_cast<long long>(shape.hidden),
-        replica->flops.gemm_parameters() / 1e9, now() - t_build, device.str().c_str(), dense ? "bf16" : "NF4",
-        fp32_activations ? "float32" : "bf16", no_recompute ? ", no recompute" : "", eager ? ", eager ops" : "",
-        autograd_sums ? ", autograd's gradient sums" : "", torch_dropout ? ", torch's dropout" : "",
-        keep_attention ? ", attention kept for the recompute" : "", dora ? ", DoRA" : "");
+    print_model(shape_name, shape, *replica, now() - t_build, device, variant);
     const double ceiling = gemm_tflops(device);
     std::printf("GEMM ceiling measured here: %.4g TFLOP/s\n", ceiling);
 
