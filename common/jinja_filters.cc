@@ -93,7 +93,10 @@ std::string json_dumps(const Value& v, const JsonStyle& st, int level) {
     outer = "\n" + pad.substr(0, pad.size() - st.indent->size());
     pad = "\n" + pad;
   }
-  for (size_t i = 0; i < parts.size(); ++i) inner += (i ? st.item_sep : "") + pad + parts[i];
+  for (size_t i = 0; i < parts.size(); ++i) {
+    inner += (i ? st.item_sep : "") + pad + parts[i];
+    if (inner.size() > kMaxString) type_error("tojson: a string longer than 64 MiB");
+  }
   return open + inner + outer + close;
 }
 
@@ -102,6 +105,12 @@ Value tojson(const Value& v, const Args& a) {
   JsonStyle st;
   st.ascii = truthy(opt(a, 0, "ensure_ascii", Value::of_bool(false)));
   const Value indent = opt(a, 1, "indent", Value::none());
+  // Found by tests/fuzz: an indent of 10^14 spaces asked for that many bytes at once.
+  constexpr int64_t kMaxIndent = 4096;
+  if ((indent.kind == Value::Kind::Int && indent.integer > kMaxIndent) ||
+      (indent.is_string() && indent.text.size() > static_cast<size_t>(kMaxIndent))) {
+    type_error(fmt::format("tojson: an indent past {} characters", kMaxIndent));
+  }
   if (indent.kind == Value::Kind::Int)
     st.indent = std::string(static_cast<size_t>(std::max<int64_t>(0, indent.integer)), ' ');
   if (indent.is_string()) st.indent = indent.text;

@@ -129,6 +129,11 @@ TEST(Jinja, AnUntrustedTemplateCannotRecurseLoopOrGrowWithoutBound) {
   EXPECT_EQ(render_error("{% set ns = namespace(n=1) %}{% set ns.me = [1, {'k': ns}] %}"),
             "line 1: set ns.me: a namespace cannot hold itself");
   EXPECT_EQ(render_error("{{ 'x' * 100000000 }}"), "line 1: a repetition past 64 MiB");
+  // Found by tests/fuzz: an indent of 10^14 spaces was one allocation of that size.
+  EXPECT_EQ(render_error("{{ [1] | tojson(indent=111111111111111) }}"), "line 1: tojson: an indent past 4096 characters");
+  EXPECT_EQ(render_error("{% set ns = namespace(s='x') %}{% for i in range(13) %}{% set ns.s = ns.s ~ ns.s %}"
+                         "{% endfor %}{{ [[[[1, 2]]]] | tojson(indent=ns.s) }}"),
+            "line 1: tojson: an indent past 4096 characters");
   EXPECT_EQ(render_error("{{ 200000000000 * 200000000000 }}"),  // found by tests/fuzz
             "line 1: 200000000000 * 200000000000 overflows a 64-bit integer");
   EXPECT_EQ(render("{{ 2 ** 62 }}|{{ (-1) ** 7 }}|{{ -7 // 2 }}|{{ 0 ** 0 }}"), "4611686018427387904|-1|-4|1");

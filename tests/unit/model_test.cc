@@ -651,6 +651,16 @@ TEST(PeftAdapter, SeventyBShapeHas22282240TrainableParameters) {
   EXPECT_EQ(layout[1].second, (std::vector<int64_t>{8192, 8}));
   EXPECT_EQ(layout[3].second, (std::vector<int64_t>{1024, 8}));  // k_proj's B: 8 KV heads x 128
   EXPECT_EQ(layout.back().first, "base_model.model.model.layers.79.self_attn.v_proj.lora_B.weight");
+  // DoRA: a magnitude [out] after each module's B, 819,200 more parameters.
+  lora.use_dora = true;
+  layout = adapter_layout(c, lora);
+  ASSERT_EQ(layout.size(), 80u * 3 * 3);
+  EXPECT_EQ(layout[2].first, "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector");
+  EXPECT_EQ(layout[5].second, (std::vector<int64_t>{1024}));
+  int64_t with_dora = 0;
+  for (const auto& [name, shape] : layout) with_dora += shape.size() == 1 ? shape[0] : shape[0] * shape[1];
+  EXPECT_EQ(with_dora, c.lora_parameters(8, qkv, true));
+  EXPECT_EQ(with_dora, 22'282'240 + 819'200);
 }
 
 TEST(PeftAdapter, SaveThenLoadGivesTheSameOutputs) {
