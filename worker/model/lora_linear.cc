@@ -316,14 +316,15 @@ torch::Tensor LoraLinear::dora_forward(const torch::Tensor& x, bool training) co
   const auto y = base_linear(weight_, x.to(compute_dtype_), w).to(x.scalar_type());
   const auto dtype = adapter_dtype(x);
   auto h = x.to(dtype);
-  auto base = y.to(dtype);
+  const auto y_adapter = y.to(dtype);
+  auto base = y_adapter;
   if (training && lora_->dropout > 0) {
     h = adapter_dropout(h);
     base = base_linear(weight_, h, w);
   }
   const auto lora = torch::matmul(torch::matmul(h, lora_A_.to(dtype).t()), lora_B_.to(dtype).t());
   const auto scale = (magnitude_ / weight_norm(w)).to(dtype);  // m / ||W + s B A||, the norm detached
-  return y.to(dtype).add((scale - 1) * base + scale * lora * lora_->scaling).to(y.scalar_type());
+  return y_adapter.add((scale - 1) * base + scale * lora * lora_->scaling).to(y.scalar_type());
 }
 
 }  // namespace herd::model
