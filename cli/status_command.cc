@@ -71,8 +71,10 @@ std::string format_status(const herd::v1::JobStatus& s) {
     out += fmt::format(", loss {:.4f}, rank imbalance {:.3f}", s.last_loss(), s.step_imbalance());
   }
   if (s.eta_seconds() > 0) out += ", ETA " + duration(s.eta_seconds());
-  out += fmt::format("\nworkers: {} alive, gang of {} (world size {}), accumulation {}\n", s.registered_workers(),
-                     s.gang_size(), s.world_size(), s.gradient_accumulation_steps());
+  out += fmt::format("\nworkers: {} alive, gang of {} (world size {}), {} spare{}, accumulation {}{}\n",
+                     s.registered_workers(), s.gang_size(), s.world_size(), s.spares(), s.spares() == 1 ? "" : "s",
+                     s.gradient_accumulation_steps(),
+                     s.attempt_reason().empty() ? "" : fmt::format(" (attempt formed by {})", s.attempt_reason()));
   if (!s.message().empty()) out += "message: " + s.message() + "\n";
   if (s.ranks_size() > 0) {
     out += fmt::format("{:>5}  {:<12}  {:<24}  {:>8}  {:>10}  {}\n", "rank", "worker", "host", "step", "tokens/s",

@@ -38,6 +38,7 @@ Gang to_gang(const v1::WaitForGangResponse& g) {
   out.total_steps = g.total_steps();
   out.steps_per_epoch = g.steps_per_epoch();
   out.resume_checkpoint = g.resume_checkpoint();
+  out.reason = g.reason();
   return out;
 }
 
@@ -461,11 +462,13 @@ bool WorkerSession::commit_checkpoint(uint64_t step, const std::string& path, co
   return response.committed();
 }
 
-void WorkerSession::report_failure(const std::string& reason) {
+void WorkerSession::report_failure(const std::string& reason, bool leaving) {
+  if (worker_id().empty()) return;  // never registered
   v1::ReportFailureRequest request;
   request.set_worker_id(worker_id());
   request.set_attempt(attempt());
   request.set_reason(reason.substr(0, protocol::kMaxReason));
+  request.set_leaving(leaving);
   v1::ReportFailureResponse response;
   Call call(*this, kCallTimeout);
   (void)stub_->ReportFailure(&call.context, request, &response);

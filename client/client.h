@@ -75,6 +75,7 @@ struct Gang {
   uint32_t rank = 0, world_size = 1, accumulation = 1;
   uint64_t attempt = 0, resume_step = 0, total_steps = 0, steps_per_epoch = 0;
   std::string resume_checkpoint;  // "" when resume_step is 0
+  std::string reason;             // why the attempt was formed: start, failure, shrink or regrow
 };
 
 // This worker's attempt is over (a member died, the coordinator restarted or says
@@ -132,8 +133,9 @@ class WorkerSession {
   bool report_step(uint64_t step, double loss, uint64_t tokens, const herd::v1::StepTimings& timings);
   bool commit_checkpoint(uint64_t step, const std::string& path, const std::string& digest);
   // This rank's collective failed: the coordinator starts a new attempt (best
-  // effort: a refusal means one has started already).
-  void report_failure(const std::string& reason);
+  // effort: a refusal means one has started already). `leaving`: this worker cannot
+  // go on and exits; the coordinator declares it dead at once.
+  void report_failure(const std::string& reason, bool leaving = false);
   // This rank's share of the held-out split (empty: no eval).
   std::vector<herd::v1::MicroBatch> eval_batches();
   // Asks the coordinator to stop the job at the next committed checkpoint.

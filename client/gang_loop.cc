@@ -42,7 +42,11 @@ class Attempt {
         recipe_.finish(step, true, last_checkpoint_);
         return LoopEnd::kInterrupted;
       }
-      if (step == gang_.total_steps || due(step, options_.checkpoint_every)) checkpoint(step);
+      if (step == gang_.total_steps || due(step, options_.checkpoint_every) || attempt_ends_) checkpoint(step);
+      if (attempt_ends_) {  // the coordinator forms a larger gang from this checkpoint (the stream stays
+                            // open until then: a stream that ends is a member lost)
+        throw AttemptOver(fmt::format("the gang regrows from the checkpoint of step {}", step));
+      }
     }
     session_.close_stream();
     recipe_.finish(gang_.total_steps, false, last_checkpoint_);
@@ -64,6 +68,7 @@ class Attempt {
     r.world_size = gang_.world_size;
     r.epoch = static_cast<double>(step) / static_cast<double>(std::max<uint64_t>(gang_.steps_per_epoch, 1));
     const auto batches = session_.next_step(step);
+    attempt_ends_ = std::any_of(batches.begin(), batches.end(), [](const auto& b) { return b.attempt_ends(); });
     r.data_wait_seconds = seconds_since(start);
     const bool stop_requested = (options_.stop && *options_.stop) || session_.draining();
     recipe_.step(batches, stop_requested, r);
@@ -84,6 +89,7 @@ class Attempt {
   const LoopOptions& options_;
   const Gang gang_;
   uint64_t last_checkpoint_;
+  bool attempt_ends_ = false;  // this step's batches say the attempt ends at its checkpoint
   std::vector<v1::MicroBatch> held_out_;
 };
 
@@ -120,6 +126,13 @@ LoopEnd run_gang_loop(WorkerSession& session, Recipe& recipe, const LoopOptions&
       // Every member may still look alive to the coordinator: say the attempt failed.
       say(fmt::format("attempt {}: {}; waiting for the next gang", gang.attempt, e.what()));
       session.report_failure(e.what());
+    } catch (const JobOver&) {
+      throw;
+    } catch (const std::exception& e) {
+      // This worker cannot go on (its set-up or a step failed here): the coordinator
+      // hears it now rather than after the heartbeat timeout.
+      session.report_failure(e.what(), true);
+      throw;
     }
   }
 }

@@ -13,11 +13,14 @@
 //       when every rank agreed to stop: ask the coordinator to drain, commit a
 //       checkpoint of this step (unless one was), and end interrupted;
 //       commit a checkpoint every checkpoint_every steps and at the last step;
+//       when the step's batches say the attempt ends (the coordinator regrows the
+//       gang): commit a checkpoint of it and wait for the next gang;
 //     leave the stream; the recipe finishes the job.
 //   After each attempt, however it ended, the recipe releases what it holds.
 //   An attempt that ends early (AttemptOver: a member died, the coordinator
 //   restarted) or fails here (GangError: a collective broke, which the coordinator
-//   may not see; it is reported) is left for the next gang. JobOver ends the loop.
+//   may not see; it is reported) is left for the next gang. JobOver ends the loop;
+//   any other error is reported as this worker leaving the job, and thrown.
 #pragma once
 
 #include <csignal>

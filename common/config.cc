@@ -498,6 +498,8 @@ Section& read_distributed(Reader& r, Section& root, Config& c) {
   r.get(d, "heartbeat_timeout_s", c.distributed.heartbeat_timeout_s, Need::Optional, above(0.0));
   r.get(d, "collective_timeout_s", c.distributed.collective_timeout_s, Need::Optional, above(0.0));
   r.get(d, "replacement_timeout_s", c.distributed.replacement_timeout_s, Need::Optional, at_least<double>(0.0));
+  r.get(d, "regrow", c.distributed.regrow, Need::Optional);
+  r.get(d, "regrow_after_s", c.distributed.regrow_after_s, Need::Optional, at_least<double>(0.0));
   return d;
 }
 

@@ -89,6 +89,8 @@ struct DistributedConfig {
   double collective_timeout_s = 300;
   double replacement_timeout_s = 60;  // after a failure: wait this long for a replacement
                                       // before continuing with fewer workers (min_workers)
+  bool regrow = true;                 // a gang below world_size takes spares back in at a checkpoint
+  double regrow_after_s = 30;         // how long a spare must have been alive before it counts
 };
 
 struct CheckpointConfig {

@@ -55,6 +55,8 @@ JobSettings JobSettings::from_config(const Config& c) {
   s.max_steps = static_cast<uint64_t>(c.trainer.max_steps);
   s.heartbeat_timeout_s = c.distributed.heartbeat_timeout_s;
   s.replacement_timeout_s = c.distributed.replacement_timeout_s;
+  s.regrow = c.distributed.regrow;
+  s.regrow_after_s = c.distributed.regrow_after_s;
   s.shared = shared_settings(c);
   s.checkpoint_root = c.trainer_output_dir;
   return s;
@@ -358,21 +360,42 @@ void Job::try_form_gang_locked(double now) {
   if (failure_reported_ && now - recovering_since_ < kFailureGraceS) return;
   const std::vector<Worker*> alive = roster_.alive_by_arrival();
   if (alive.size() >= settings_.world_size) {
-    form_gang_locked(settings_.world_size, alive);
+    form_gang_locked(settings_.world_size, alive, state_ == herd::v1::REGISTERING ? "start" : "failure");
     return;
   }
   // Fewer workers, once the wait for a replacement is over, when the global batch
   // can be kept by raising accumulation.
   if (state_ != herd::v1::RECOVERING || now - recovering_since_ < settings_.replacement_timeout_s) return;
-  for (size_t n = alive.size(); n >= settings_.min_workers && n > 0; --n) {
-    if (settings_.global_batch() % (uint64_t{settings_.batch_size} * n) == 0) {
-      form_gang_locked(static_cast<uint32_t>(n), alive);
-      return;
-    }
-  }
+  if (const uint32_t n = largest_gang_locked(alive.size()); n > 0) form_gang_locked(n, alive, "shrink");
 }
 
-void Job::form_gang_locked(uint32_t size, const std::vector<Worker*>& alive) {
+uint32_t Job::largest_gang_locked(size_t workers) const {
+  for (size_t n = std::min<size_t>(workers, settings_.world_size); n >= settings_.min_workers && n > 0; --n) {
+    if (settings_.global_batch() % (uint64_t{settings_.batch_size} * n) == 0) return static_cast<uint32_t>(n);
+  }
+  return 0;
+}
+
+// A gang below the world size, with spares that have been alive for regrow_after_s:
+// its ranks are told (MicroBatch.attempt_ends) to checkpoint a step none of them was
+// streamed yet and to wait for the next gang; CommitCheckpoint forms it.
+void Job::try_regrow_locked(double now) {
+  if (!settings_.regrow || state_ != herd::v1::RUNNING || regrow_step_ != 0) return;
+  const size_t gang = roster_.gang().size();
+  if (gang >= settings_.world_size) return;
+  size_t ready = 0;
+  for (const Worker* w : roster_.alive_by_arrival()) {
+    ready += w->attempt == attempt_ || now - w->registered_at >= settings_.regrow_after_s;
+  }
+  const uint32_t n = largest_gang_locked(ready);
+  const uint64_t step = ledger_.committed_step() + settings_.lookahead_steps + 1;  // beyond every stream
+  if (n <= gang || step >= total_steps_) return;  // no larger gang, or the job's end comes first
+  regrow_step_ = step;
+  message_ = fmt::format("regrowing from {} to {} workers at step {}'s checkpoint", gang, n, step);
+  changed_locked();
+}
+
+void Job::form_gang_locked(uint32_t size, const std::vector<Worker*>& alive, const char* reason) {
   ++attempt_;
   const PlanShape shape{settings_.batch_size, settings_.global_batch() / (uint64_t{settings_.batch_size} * size), size};
   planner_->set_shape(shape);
@@ -383,9 +406,12 @@ void Job::form_gang_locked(uint32_t size, const std::vector<Worker*>& alive) {
                              {"world_size", size},
                              {"accumulation", shape.gradient_accumulation_steps},
                              {"resume_step", ledger_.checkpoint_step()},
-                             {"workers", roster_.gang()}}
+                             {"workers", roster_.gang()},
+                             {"reason", reason}}
                             .dump());
   failure_reported_ = false;
+  attempt_reason_ = reason;
+  regrow_step_ = 0;
   set_state_locked(herd::v1::RUNNING, "");
 }
 
@@ -435,6 +461,7 @@ Status Job::WaitForGang(const herd::v1::WaitForGangRequest& request, herd::v1::W
       response->set_total_steps(total_steps_);
       response->set_batch_size(settings_.batch_size);
       response->set_steps_per_epoch(planner_->steps_per_epoch());
+      response->set_reason(attempt_reason_);
       return Status::OK;
     }
     if (cancelled()) return error(StatusCode::CANCELLED, "the client went away");
@@ -521,6 +548,11 @@ Status Job::ReportFailure(const herd::v1::ReportFailureRequest& request) {
   }
   std::lock_guard lock(mutex_);
   Worker* w = nullptr;
+  if (request.leaving()) {  // declared dead at once, rather than after its heartbeat timeout
+    if (auto s = roster_.find(request.worker_id(), &w); !s.ok()) return s;
+    mark_dead_locked(*w, "left: " + request.reason(), clock_());
+    return Status::OK;
+  }
   if (auto s = member_locked(request.worker_id(), request.attempt(), &w); !s.ok()) return s;
   if (!training_locked()) return Status::OK;  // a recovery is under way
   const std::string why = fmt::format("rank {} (worker {}, host {}) reported: {}", w->rank, w->id, w->host,
@@ -568,6 +600,7 @@ Job::StreamStep Job::NextStep(const herd::v1::StreamBatchesRequest& request, uin
   StreamStep out;
   std::vector<std::vector<size_t>> micro;
   uint64_t loss_tokens = 0;
+  bool attempt_ends = false;
   {
     std::lock_guard lock(mutex_);
     auto end = [&](Status s) {
@@ -590,6 +623,7 @@ Job::StreamStep Job::NextStep(const herd::v1::StreamBatchesRequest& request, uin
     micro = planned.plan.ranks[w->rank];
     loss_tokens = planned.loss_tokens;
     micro.resize(planner_->shape().gradient_accumulation_steps);  // a rank that ran out gets empty micro-batches
+    attempt_ends = step == regrow_step_;
   }
   for (uint32_t m = 0; m < micro.size(); ++m) {
     herd::v1::MicroBatch& batch = out.batches.emplace_back(micro_batch(micro[m]));
@@ -597,6 +631,7 @@ Job::StreamStep Job::NextStep(const herd::v1::StreamBatchesRequest& request, uin
     batch.set_micro_step(m);
     batch.set_epoch((step - 1) / planner_->steps_per_epoch());
     batch.set_step_loss_tokens(loss_tokens);
+    batch.set_attempt_ends(attempt_ends);
   }
   return out;
 }
@@ -703,6 +738,10 @@ Status Job::CommitCheckpoint(const herd::v1::CommitCheckpointRequest& request,
     set_state_locked(herd::v1::DONE, "");
   } else if (drain_requested_) {
     set_state_locked(herd::v1::STOPPED, fmt::format("drained at checkpoint {}", step));
+  } else if (step == regrow_step_) {  // every rank stops here and waits for the larger gang
+    const auto alive =
+        roster_.alive_by_arrival();  // the members (each alive, or the job would be RECOVERING) and spares
+    form_gang_locked(largest_gang_locked(alive.size()), alive, "regrow");
   } else {
     changed_locked();
   }
@@ -729,6 +768,11 @@ void Job::GetStatus(herd::v1::JobStatus* out, bool ranks) const {
   out->set_last_loss(ledger_.last_loss());
   out->set_step_imbalance(ledger_.last_imbalance());
   out->set_gradient_accumulation_steps(static_cast<uint32_t>(planner_->shape().gradient_accumulation_steps));
+  out->set_attempt_reason(attempt_reason_);
+  out->set_regrow_step(regrow_step_);
+  size_t members = 0;
+  for (const auto& id : roster_.gang()) members += roster_.at(id).alive;
+  out->set_spares(static_cast<uint32_t>(roster_.alive() - members));
   if (const auto eta = ledger_.eta_seconds(total_steps_); eta && training_locked()) out->set_eta_seconds(*eta);
   if (!ranks) return;
   for (const auto& id : roster_.gang()) {
@@ -782,6 +826,7 @@ void Job::tick() {
     }
     roster_.forget_dead(attempt_, now);
     try_form_gang_locked(now);
+    try_regrow_locked(now);
   } catch (const JournalError&) {  // the job is FAILED and says why
   }
 }

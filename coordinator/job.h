@@ -46,6 +46,8 @@ struct JobSettings {
   uint64_t max_steps = 0;  // 0: num_train_epochs
   double heartbeat_timeout_s = 30;
   double replacement_timeout_s = 60;
+  bool regrow = true;            // a gang below world_size takes spares back in at a checkpoint
+  double regrow_after_s = 30;    // how long a spare must have been alive before it counts for that
   uint32_t lookahead_steps = 2;  // how far a stream runs ahead of the last committed step
   uint64_t pack_window = 0;      // data.packing: rows packed to this many tokens (the context window)
   std::map<std::string, std::string> shared;  // shared_settings(config): what a worker's config must match
@@ -60,7 +62,7 @@ struct JobSettings {
 // Journal record types (payloads are JSON).
 enum RecordType : uint32_t {
   kStart = 1,       // a coordinator process started: {incarnation, job_id, plan fingerprint}
-  kGang = 2,        // a gang formed: {attempt, world_size, accumulation, resume_step, workers}
+  kGang = 2,        // a gang formed: {attempt, world_size, accumulation, resume_step, workers, reason}
   kStep = 3,        // a step committed: {step, attempt, loss, tokens, samples}
   kCheckpoint = 4,  // a checkpoint committed: {step, attempt, paths, digests}
   kWorkerLost = 5,  // a gang member died: {worker, rank, attempt, reason}
@@ -163,8 +165,9 @@ class Job {
   // checkpoint): the coordinator of a batch job may exit.
   bool everyone_told() const;
 
-  // Declares workers whose heartbeat is overdue dead and forms a smaller gang when
-  // the replacement wait is over. The service calls it several times a second.
+  // Declares workers whose heartbeat is overdue dead, forms a smaller gang when the
+  // replacement wait is over, and asks a gang below the world size to stop at a
+  // checkpoint when spares can regrow it. The service calls it several times a second.
   void tick();
   // Ends every blocking call (UNAVAILABLE): the server is going away.
   void shutdown();
@@ -177,7 +180,12 @@ class Job {
   // The caller as a member of the current gang in `attempt`, or the status that refuses it.
   grpc::Status member_locked(const std::string& worker_id, uint64_t attempt, Worker** out);
   void try_form_gang_locked(double now);
-  void form_gang_locked(uint32_t size, const std::vector<Worker*>& alive);
+  // The largest gang of at most `workers` (and the world size) that keeps the global
+  // batch and min_workers; 0 when none does.
+  uint32_t largest_gang_locked(size_t workers) const;
+  void try_regrow_locked(double now);
+  // `reason`: "start", "failure", "shrink" or "regrow" (WaitForGangResponse.reason).
+  void form_gang_locked(uint32_t size, const std::vector<Worker*>& alive, const char* reason);
   void mark_dead_locked(Worker& w, const std::string& reason, double now);
   void set_state_locked(herd::v1::JobState state, std::string message);
   void journal_locked(RecordType type, const std::string& payload);
@@ -206,6 +214,8 @@ class Job {
   uint64_t attempt_ = 0;
   double recovering_since_ = 0;
   bool failure_reported_ = false;  // RECOVERING because a member's collective failed
+  std::string attempt_reason_;     // why the current attempt was formed
+  uint64_t regrow_step_ = 0;       // the step whose batches end the attempt for a regrow (0: none)
   CommitLedger ledger_;
   RendezvousStore store_;  // the current attempt's
   std::vector<std::string> resume_warnings_;

@@ -16,6 +16,7 @@ Roster::Worker& Roster::add(const std::string& host, double now) {
   w.id = fmt::format("w{}-{}", incarnation_, w.seq);
   w.host = host;
   w.last_heartbeat = now;
+  w.registered_at = now;
   const std::string id = w.id;
   return workers_.emplace(id, std::move(w)).first->second;
 }

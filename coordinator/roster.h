@@ -20,6 +20,7 @@ class Roster {
     bool alive = true;
     std::string death;
     double last_heartbeat = 0;
+    double registered_at = 0;
     uint64_t attempt = 0;  // the attempt it holds a rank in (0: none)
     uint32_t rank = 0;
     uint64_t reported = 0;  // last step it reported in that attempt

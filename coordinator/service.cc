@@ -49,10 +49,17 @@ class Metrics {
                       .Help("Gang attempts formed (the first, and one a recovery)")
                       .Register(*registry_)
                       .Add({})),
-        state_(prometheus::BuildGauge().Name("herd_job_state").Help("1 for the job's state, 0 for the others").Register(*registry_)),
-        workers_(prometheus::BuildGauge().Name("herd_workers").Help("Live workers: in the gang, or spare").Register(*registry_)),
+        state_(prometheus::BuildGauge()
+                   .Name("herd_job_state")
+                   .Help("1 for the job's state, 0 for the others")
+                   .Register(*registry_)),
+        workers_(prometheus::BuildGauge()
+                     .Name("herd_workers")
+                     .Help("Live workers: in the gang, or spare")
+                     .Register(*registry_)),
         committed_step_(gauge("herd_committed_step", "The last step every rank reported")),
         total_steps_(gauge("herd_total_steps", "Steps the job trains")),
+        world_size_(gauge("herd_world_size", "distributed.world_size: the gang's size when no worker is missing")),
         checkpoint_step_(gauge("herd_checkpoint_step", "The step of the last committed checkpoint")),
         eta_(gauge("herd_eta_seconds", "Time to the last step at the pace of the last 20 commits")),
         imbalance_(gauge("herd_plan_imbalance_ratio", "The last committed step's max over mean tokens per rank")) {
@@ -79,13 +86,13 @@ class Metrics {
       if (!v1::JobState_IsValid(i) || i == v1::JOB_STATE_UNSPECIFIED) continue;
       state_.Add({{"state", v1::JobState_Name(static_cast<v1::JobState>(i))}}).Set(s.state() == i ? 1 : 0);
     }
-    const double in_gang = std::min(s.gang_size(), s.registered_workers());
-    workers_.Add({{"state", "in_gang"}}).Set(in_gang);
-    workers_.Add({{"state", "spare"}}).Set(s.registered_workers() - in_gang);
+    workers_.Add({{"state", "in_gang"}}).Set(s.registered_workers() - s.spares());  // the gang's live members
+    workers_.Add({{"state", "spare"}}).Set(s.spares());
     if (s.attempt() > attempts_seen_) attempts_.Increment(static_cast<double>(s.attempt() - attempts_seen_));
     attempts_seen_ = s.attempt();
     committed_step_.Set(static_cast<double>(s.committed_step()));
     total_steps_.Set(static_cast<double>(s.total_steps()));
+    world_size_.Set(s.world_size());
     checkpoint_step_.Set(static_cast<double>(s.checkpoint_step()));
     eta_.Set(s.eta_seconds());
     imbalance_.Set(s.step_imbalance());
@@ -108,7 +115,7 @@ class Metrics {
   prometheus::Counter& attempts_;
   prometheus::Family<prometheus::Gauge>& state_;
   prometheus::Family<prometheus::Gauge>& workers_;
-  prometheus::Gauge &committed_step_, &total_steps_, &checkpoint_step_, &eta_, &imbalance_;
+  prometheus::Gauge &committed_step_, &total_steps_, &world_size_, &checkpoint_step_, &eta_, &imbalance_;
   uint64_t attempts_seen_ = 0;  // update() runs on one thread
   std::mutex mutex_;
   std::map<std::string, Method> methods_;

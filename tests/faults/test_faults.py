@@ -44,19 +44,22 @@ def report(fault, outcome, checked, **measured):
 
 @pytest.fixture(scope="module")
 def reference(model, tmp_path_factory):
-    """steps -> the losses of one rank training that many steps uninterrupted (the schedule
-    depends on the length)."""
+    """(steps, workers, accumulation) -> the losses of that many workers (one rank at accumulation 4
+    unless told) training that many steps uninterrupted (the schedule depends on the length)."""
     runs = {}
 
-    def of(steps):
-        if steps not in runs:
-            d = tmp_path_factory.mktemp(f"reference-{steps}")
-            out = subprocess.run([str(Path(os.environ["HERD_BIN"]) / "herd"), "train",
-                                  str(config(d / "r.yaml", model, d, accumulation=4, steps=steps))],
+    def of(steps, workers=1, accumulation=4):
+        key = (steps, workers, accumulation)
+        if key not in runs:
+            d = tmp_path_factory.mktemp(f"reference-{steps}-{workers}")
+            extra = f"distributed: {{world_size: {workers}}}\n" if workers > 1 else ""
+            path = config(d / "r.yaml", model, d, accumulation=accumulation, steps=steps, extra=extra)
+            out = subprocess.run([str(Path(os.environ["HERD_BIN"]) / "herd"), "train", str(path),
+                                  *(["--workers", str(workers)] if workers > 1 else [])],
                                  capture_output=True, text=True, timeout=600)
             assert out.returncode == 0, out.stderr
-            runs[steps] = losses(d)
-        return runs[steps]
+            runs[key] = losses(d)
+        return runs[key]
 
     return of
 
@@ -66,10 +69,13 @@ class Job:
     `trainer` and coordinator state in `state` (a size-limited mount, for the disk-full faults)."""
 
     def __init__(self, model, tmp, distributed="heartbeat_timeout_s: 3", workers=2, steps=EPOCH, trainer=None,
-                 state=None, start=True):
+                 state=None, start=True, accumulation=None):
         self.tmp, self.steps = tmp, steps
         self.trainer = trainer or tmp / "trainer"
-        accumulation = 4 // workers
+        accumulation = accumulation or 4 // workers
+        # The uninterrupted run it is compared with: one rank at global batch 8 (2 x 4), else its own shape.
+        self.shape = (1, 4) if workers * accumulation == 4 else (workers, accumulation)
+        self.epoch = 240 // (2 * accumulation * workers)  # steps
         self.config = config(tmp / "c.yaml", model, tmp, accumulation=accumulation, steps=steps,
                              extra=f"distributed: {{world_size: {workers}, {distributed}}}\n"
                                    f"checkpoint: {{every_steps: {CHECKPOINT_EVERY}, keep_last: 3}}\n")
@@ -85,7 +91,7 @@ class Job:
         self.procs[name] = self.coord.worker(self.tmp / f"{name}.log", **kwargs)
         return self.procs[name]
 
-    def step_events(self):
+    def step_events(self, event="step"):
         path = self.trainer / "events.jsonl"
         out = []
         for line in path.read_text().splitlines() if path.exists() else []:
@@ -93,9 +99,27 @@ class Job:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if r["event"] == "step":
+            if r["event"] == event:
                 out.append(r)
         return out
+
+    def wait_for_attempt(self, reason, after=0, timeout=120):
+        """The events file's first record of an attempt after `after` formed for `reason`, once it
+        has trained a step."""
+        deadline = time.time() + timeout
+        while True:
+            formed = [a for a in self.step_events("attempt") if a["reason"] == reason and a["attempt"] > after]
+            if formed and any(r["attempt"] == formed[0]["attempt"] for r in self.step_events()):
+                return formed[0]
+            assert time.time() < deadline, self.all_logs()
+            time.sleep(0.05)
+
+    def wait_for_status(self, ok, timeout=120):
+        """Polls `herd status --json` until ok(status)."""
+        deadline = time.time() + timeout
+        while not ok(self.coord.status()):
+            assert time.time() < deadline, self.all_logs()
+            time.sleep(0.05)
 
     def wait_for_step(self, step, timeout=120):
         deadline = time.time() + timeout
@@ -135,13 +159,13 @@ class Job:
         within LOSS_RTOL of one uninterrupted rank. Answers the largest relative difference."""
         lineage = self.coord.samples()
         assert sorted(lineage) == list(range(1, self.steps + 1))
-        for epoch in range(self.steps // EPOCH):
-            trained = sorted(s for step, ids in lineage.items() if (step - 1) // EPOCH == epoch for s in ids)
+        for epoch in range(self.steps // self.epoch):
+            trained = sorted(s for step, ids in lineage.items() if (step - 1) // self.epoch == epoch for s in ids)
             assert trained == list(range(240)), f"epoch {epoch}"
         got = {r["step"]: r["loss"] for r in self.step_events()}
-        reference = reference(self.steps)
+        reference = reference(self.steps, *self.shape)
         worst = 0.0
-        for step in range(EPOCH, self.steps + 1, EPOCH):
+        for step in range(self.epoch, self.steps + 1, self.epoch):
             assert got[step] == pytest.approx(reference[step], rel=LOSS_RTOL), step
             worst = max(worst, abs(got[step] / reference[step] - 1))
         return worst
@@ -176,6 +200,63 @@ def test_worker_sigkill_and_replacement(job_of, reference):
     job.finish(["w0", "w2"])
     report("worker SIGKILL, a replacement started at once", "DONE, attempt 2", "lineage exactly once; loss",
            recover_s=job.recovered_after(), rel_diff=job.check_exactly_once(reference))
+
+
+# Three workers that may go on as two (global batch 12: 2 x 2 x 3, or 2 x 3 x 2; 20 steps an epoch),
+# for three epochs: the spare's wait and the stop fit well before the end.
+REGROW = ("heartbeat_timeout_s: 3, collective_timeout_s: 3, min_workers: 2, replacement_timeout_s: 2, "
+          "regrow_after_s: 1")
+
+
+def test_a_shrunk_gang_regrows_when_a_replacement_returns(job_of, reference):
+    """A worker SIGKILLed and not replaced within replacement_timeout_s: the other two train on at
+    accumulation 3. A replacement started later registers as a spare; after regrow_after_s the gang
+    stops at the checkpoint of a step no rank was streamed yet and is three again from it."""
+    job = job_of(workers=3, accumulation=2, steps=60, distributed=REGROW)
+    job.wait_for_step(fault_step("regrow", 3, 8))
+    job.procs["w2"].kill()
+    job.procs["w2"].wait()
+    shrunk = job.wait_for_attempt("shrink")
+    assert (shrunk["world_size"], shrunk["accumulation"]) == (2, 3)
+    started = time.time()
+    job.start("w3")
+    job.wait_for_status(lambda s: s.get("spares") == 1)
+    regrown = job.wait_for_attempt("regrow", after=shrunk["attempt"])
+    assert (regrown["world_size"], regrown["accumulation"]) == (3, 2), regrown
+    assert regrown["step"] > shrunk["step"]  # from the checkpoint the shrunk gang stopped at
+    first_step = min(r["time"] for r in job.step_events() if r["attempt"] == regrown["attempt"])
+    job.finish()
+    report("worker SIGKILL, no replacement within replacement_timeout_s (2 s), one started later",
+           "DONE; the gang shrinks to 2, then regrows to 3 at a checkpoint", "lineage exactly once; loss",
+           recover_s=job.recovered_after(), start_to_first_step_s=round(first_step - started, 2),
+           regrow_after_s=1, rel_diff=job.check_exactly_once(reference))
+
+
+def test_a_second_failure_and_a_returning_worker_during_the_stop_for_regrow(job_of, reference):
+    """As above, but rank 0 is frozen once the spare registered, so the gang never reaches the
+    checkpoint it was asked to stop at; a worker started while the coordinator waits for that
+    checkpoint, and rank 0 declared dead at its heartbeat timeout: the next gang is the live three,
+    from the last checkpoint, and the frozen worker, continued, is a spare until the end."""
+    job = job_of(workers=3, accumulation=2, steps=60,
+                 distributed=REGROW.replace("heartbeat_timeout_s: 3, collective_timeout_s: 3",
+                                            "heartbeat_timeout_s: 4, collective_timeout_s: 10"))
+    job.wait_for_step(fault_step("regrow-twice", 3, 8))
+    job.procs["w2"].kill()
+    job.procs["w2"].wait()
+    shrunk = job.wait_for_attempt("shrink")
+    job.start("w3")
+    job.wait_for_status(lambda s: s.get("spares") == 1)
+    job.procs["w0"].send_signal(signal.SIGSTOP)
+    job.wait_for_status(lambda s: int(s.get("regrow_step", 0)) > 0)
+    job.start("w4")
+    recovered = job.wait_for_attempt("failure", after=shrunk["attempt"])
+    job.procs["w0"].send_signal(signal.SIGCONT)
+    assert (recovered["world_size"], recovered["accumulation"]) == (3, 2), recovered
+    assert not any(a["reason"] == "regrow" for a in job.step_events("attempt"))
+    job.finish()
+    report("during the stop for regrow: a worker returns, and rank 0 is frozen past its heartbeat timeout",
+           "DONE; the next gang is the live three (reason failure), from the last checkpoint",
+           "lineage exactly once; loss", rel_diff=job.check_exactly_once(reference))
 
 
 def test_coordinator_sigkill_and_restart(job_of, reference):

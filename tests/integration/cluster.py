@@ -48,14 +48,15 @@ class Coordinator:
             time.sleep(0.05)
         self.address = f"127.0.0.1:{int(port_file.read_text())}"
 
-    def worker(self, log, with_config=True, config=None, address=None):
+    def worker(self, log, with_config=True, config=None, address=None, env=None):
         """A worker process; without the config it fetches the coordinator's, as a pod does. `config`
-        gives it another file; `address` another way to the coordinator (a proxy)."""
+        gives it another file; `address` another way to the coordinator (a proxy); `env` more
+        environment variables."""
         config = [str(config or self.config)] if with_config else []
         return subprocess.Popen([str(BIN / "herd"), "worker", *config, "--coordinator", address or self.address,
                                  "--token-file", str(self.state.parent / "token")],
                                 stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+                                env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
 
     def status(self):
         out = herd("status", "--coordinator", self.address, "--json", env=dict(os.environ, HERD_JOB_TOKEN=TOKEN))

@@ -160,7 +160,7 @@ def test_coordinator_tokenizes_the_job_and_serves_status(coordinator, tiny_job):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[:2] == [
         "job tiny-job: REGISTERING, attempt 0, step 0/36 (epoch 0), checkpoint 0",
-        "workers: 0 alive, gang of 0 (world size 2), accumulation 3"]
+        "workers: 0 alive, gang of 0 (world size 2), 0 spares, accumulation 3"]
     # The token can come from the job's config instead; JSON is the JobStatus message.
     out = herd("status", "--coordinator", coordinator, "--config", tiny_job, "--json")
     assert out.returncode == 0, out.stderr

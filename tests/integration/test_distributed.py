@@ -11,7 +11,7 @@ import time
 import pytest
 
 from cluster import BIN, TOKEN, Coordinator, herd, logs, sample_log, wait_for_recorded_step
-from runs import adapter, config, events, free_port, losses
+from runs import adapter, config, events, free_port, free_ports, losses
 
 HELD = re.compile(r"^rank (\d+) of (\d+) \(attempt (\d+)\): base weights held (\d+) of (\d+) bytes; resident \d+ MiB$", re.M)
 # Sums over ranks happen in another order than one rank's accumulation: fp32 rounding.
@@ -150,6 +150,63 @@ def test_coordinator_launched_workers_equal_one_rank(model, tmp_path, one_rank):
     finally:
         coord.stop()
     assert_same((losses(tmp_path), adapter(tmp_path)), one_rank)
+
+
+def test_indexed_workers_of_one_host_given_one_metrics_port_all_train(model, tmp_path):
+    """Three workers of one host as a Kubernetes Indexed Job's pods on the host network (an index
+    each, no local rank) share metrics.worker_port: one serves it, the others the next free ports,
+    and the job ends DONE."""
+    port, coordinator_port = free_ports(3), free_port()
+    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=1, steps=4, extra="distributed: {world_size: 3}\n")
+    c.write_text(c.read_text().replace("metrics: {enabled: false}",
+                                       f"metrics: {{enabled: true, port: {coordinator_port}, worker_port: {port}, "
+                                       f"tensorboard: false}}"))
+    coord = Coordinator(c, tmp_path / "state")
+    try:
+        workers = [coord.worker(tmp_path / f"w{i}.log", env={"JOB_COMPLETION_INDEX": str(i)}) for i in range(3)]
+        assert [w.wait(timeout=300) for w in workers] == [0, 0, 0], logs(tmp_path, "w0", "w1", "w2")
+        code, out = coord.ended()
+        assert code == 0 and "the job is DONE; every live worker knows; exiting 0" in out, out
+    finally:
+        coord.stop()
+    served = [re.findall(r"^worker metrics on http://0\.0\.0\.0:(\d+)/metrics( \(\d+ is in use\))?$",
+                         logs(tmp_path, f"w{i}"), re.M) for i in range(3)]
+    assert all(len(s) == 1 for s in served), served
+    ports = sorted(int(s[0][0]) for s in served)
+    assert ports[0] == port and len(set(ports)) == 3 and ports[-1] < port + 64, ports
+    assert sorted(bool(s[0][1]) for s in served) == [False, True, True], served
+    gangs = sorted(m[:2] for i in range(3) for m in HELD.findall(logs(tmp_path, f"w{i}")))
+    assert gangs == [("0", "3"), ("1", "3"), ("2", "3")], gangs
+
+
+def test_a_worker_that_cannot_load_the_model_leaves_at_once_and_exits_1(model, tmp_path):
+    """A worker whose base model is damaged (its set-up fails after it was given a rank) tells the
+    coordinator it leaves: the job is RECOVERING within seconds, not at the heartbeat timeout (60 s),
+    and a replacement finishes it."""
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    c = config(tmp_path / "c.yaml", model, tmp_path, accumulation=2, steps=4,
+               extra="distributed: {world_size: 2, heartbeat_timeout_s: 60}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(c.read_text().replace(f"base_model: {model}", f"base_model: {broken}"))
+    coord = Coordinator(c, tmp_path / "state")
+    try:
+        good = coord.worker(tmp_path / "good.log")
+        failing = coord.worker(tmp_path / "bad.log", config=bad)
+        assert failing.wait(timeout=120) == 1, logs(tmp_path, "bad")
+        exited = time.time()
+        while (status := coord.status()).get("state") != "RECOVERING":
+            assert time.time() - exited < 30, status
+            time.sleep(0.05)
+        assert "left: " in status["message"] and "model.safetensors" in status["message"], status
+        replacement = coord.worker(tmp_path / "replacement.log")
+        assert [good.wait(timeout=300), replacement.wait(timeout=300)] == [0, 0], logs(tmp_path, "good", "replacement")
+        code, out = coord.ended()
+        assert code == 0, out
+    finally:
+        coord.stop()
 
 
 def test_a_cancelled_job_fails_its_workers_and_its_coordinator(model, tmp_path):

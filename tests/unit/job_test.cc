@@ -276,6 +276,194 @@ TEST(Job, FewerWorkersKeepTheGlobalBatchByRaisingAccumulation) {
   EXPECT_EQ(f.wait(ids[2], &r).error_code(), StatusCode::DEADLINE_EXCEEDED);
 }
 
+// Three workers, min_workers 2 (global batch 6: 2 ranks at accumulation 3): worker
+// 2 dies and is not replaced within replacement_timeout_s, so the gang shrinks to
+// ranks 0 and 1, which train steps 1..`steps`.
+struct Shrunk {
+  Fixture f{3};
+  std::vector<std::string> ids;
+  uint64_t attempt = 0;
+
+  explicit Shrunk(uint64_t steps, bool regrow = true) {
+    f.settings.min_workers = 2;
+    f.settings.regrow = regrow;
+    f.settings.regrow_after_s = 20;
+    f.reopen({});
+    for (int i = 0; i < 3; ++i) ids.push_back(f.add());
+    f.now += 11;
+    beat();
+    f.job->tick();  // worker 2 missed its heartbeats: RECOVERING
+    f.now += 31;
+    beat();
+    f.job->tick();  // no replacement within 30 s: a gang of 2
+    const auto g = f.gang(ids[0]);
+    EXPECT_EQ(g.world_size(), 2u);
+    EXPECT_EQ(g.reason(), "shrink");
+    attempt = g.attempt();
+    for (uint64_t s = 1; s <= steps; ++s) report_both(s);
+  }
+  void beat() {
+    for (size_t i = 0; i < 2; ++i) ASSERT_TRUE(f.beat(ids[i]).ok());
+  }
+  void report_both(uint64_t step) {
+    for (size_t i = 0; i < 2; ++i) ASSERT_TRUE(f.report(ids[i], attempt, step).ok()) << step;
+  }
+  // Whether rank `i`'s batches of `step` end the attempt.
+  bool ends(size_t i, uint64_t step) {
+    v1::StreamBatchesRequest q;
+    q.set_worker_id(ids[i]);
+    q.set_attempt(attempt);
+    q.set_from_step(step);
+    const auto next = f.job->NextStep(q, step);
+    EXPECT_FALSE(next.batches.empty()) << step;
+    return !next.batches.empty() && next.batches.front().attempt_ends();
+  }
+};
+
+TEST(Job, ASpareRegrowsTheGangAtTheCheckpointOfAStepNoRankWasStreamed) {
+  Shrunk s(3);
+  const auto spare = s.f.add("returned");
+  for (double dt : {9.0, 10.0}) {  // the spare has been alive 19 s of the 20 it needs
+    s.f.now += dt;
+    s.beat();
+    ASSERT_TRUE(s.f.beat(spare).ok());
+  }
+  s.f.job->tick();
+  EXPECT_EQ(s.f.status().regrow_step(), 0u);
+  EXPECT_EQ(s.f.status().spares(), 1u);
+  s.f.now += 2;
+  s.beat();
+  ASSERT_TRUE(s.f.beat(spare).ok());
+  s.f.job->tick();
+  // Committed step 3, streams at most 2 ahead: step 6 is the first no rank can have read.
+  ASSERT_EQ(s.f.status().regrow_step(), 6u);
+  EXPECT_EQ(s.f.status().state(), v1::RUNNING);
+  EXPECT_NE(s.f.status().message().find("regrowing from 2 to 3 workers at step 6"), std::string::npos);
+  for (uint64_t step = 4; step <= 6; ++step) {
+    for (size_t i = 0; i < 2; ++i) EXPECT_EQ(s.ends(i, step), step == 6) << step;
+    s.report_both(step);
+  }
+  ASSERT_TRUE(s.f.checkpoint(s.ids[0], s.attempt, 6).ok());
+  EXPECT_EQ(s.f.status().attempt(), s.attempt);  // until every rank's share
+  ASSERT_TRUE(s.f.checkpoint(s.ids[1], s.attempt, 6).ok());
+  const auto g = s.f.gang(spare);
+  EXPECT_EQ(g.attempt(), s.attempt + 1);
+  EXPECT_EQ(g.reason(), "regrow");
+  EXPECT_EQ(g.world_size(), 3u);
+  EXPECT_EQ(g.rank(), 2u);
+  EXPECT_EQ(g.gradient_accumulation_steps(), 2u);  // the global batch 6 again: 1 x 2 x 3
+  EXPECT_EQ(g.resume_step(), 6u);
+  EXPECT_EQ(s.f.gang(s.ids[0], s.attempt).rank(), 0u);
+  const auto st = s.f.status();
+  EXPECT_EQ(st.attempt_reason(), "regrow");
+  EXPECT_EQ(st.regrow_step(), 0u);
+  EXPECT_EQ(st.spares(), 0u);
+  EXPECT_EQ(st.checkpoint_step(), 6u);
+  EXPECT_EQ(st.committed_step(), 6u);
+}
+
+TEST(Job, RegrowFalseKeepsTheSmallerGangAndItsSpares) {
+  Shrunk s(3, /*regrow=*/false);
+  const auto spare = s.f.add("returned");
+  for (double dt : {9.0, 9.0, 9.0}) {
+    s.f.now += dt;
+    s.beat();
+    ASSERT_TRUE(s.f.beat(spare).ok());
+  }
+  s.f.job->tick();
+  EXPECT_EQ(s.f.status().regrow_step(), 0u);
+  EXPECT_EQ(s.f.status().spares(), 1u);
+  EXPECT_FALSE(s.ends(0, 4));
+}
+
+TEST(Job, AWorkerThatArrivesDuringTheStopForRegrowJoinsTheLargerGang) {
+  // World 4, min 2, global batch 8: 2 ranks train; a spare asks for a regrow to 3? 8 is
+  // not divisible by 3, so it takes two spares; the second arrives during the stop.
+  Fixture f(4);
+  f.settings.min_workers = 2;
+  f.settings.regrow_after_s = 0;
+  f.reopen({});
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(f.add());
+  auto beat = [&](size_t n) {
+    for (size_t i = 0; i < n; ++i) ASSERT_TRUE(f.beat(ids[i]).ok());
+  };
+  f.now += 11;
+  beat(2);
+  f.job->tick();  // two of four dead
+  f.now += 31;
+  beat(2);
+  f.job->tick();
+  const uint64_t one = f.gang(ids[0]).attempt();
+  ASSERT_EQ(f.status().gang_size(), 2u);
+  ids.push_back(f.add("back-1"));
+  f.job->tick();
+  EXPECT_EQ(f.status().regrow_step(), 0u);  // 3 workers cannot keep the global batch 8
+  ids.push_back(f.add("back-2"));
+  f.job->tick();
+  ASSERT_EQ(f.status().regrow_step(), 3u);
+  ids.push_back(f.add("back-3"));  // during the stop: a fifth live worker, a spare at world size 4
+  for (uint64_t step = 1; step <= 3; ++step) {
+    for (size_t i = 0; i < 2; ++i) ASSERT_TRUE(f.report(ids[i], one, step).ok());
+  }
+  for (size_t i = 0; i < 2; ++i) ASSERT_TRUE(f.checkpoint(ids[i], one, 3).ok());
+  const auto g = f.gang(ids[4], one);
+  EXPECT_EQ(g.world_size(), 4u);
+  EXPECT_EQ(g.reason(), "regrow");
+  EXPECT_EQ(f.status().spares(), 1u);
+}
+
+TEST(Job, AFailureDuringTheStopForRegrowRecoversWithTheSpares) {
+  Shrunk s(3);
+  const auto spare = s.f.add("returned");
+  for (double dt : {9.0, 9.0, 3.0}) {
+    s.f.now += dt;
+    s.beat();
+    ASSERT_TRUE(s.f.beat(spare).ok());
+  }
+  s.f.job->tick();
+  ASSERT_EQ(s.f.status().regrow_step(), 6u);
+  s.report_both(4);
+  // Rank 1's collective fails before the regrow step: the whole live set forms the next gang.
+  v1::ReportFailureRequest q;
+  q.set_worker_id(s.ids[1]);
+  q.set_attempt(s.attempt);
+  q.set_reason("all_reduce timed out");
+  ASSERT_TRUE(s.f.job->ReportFailure(q).ok());
+  s.f.now += 1.5;
+  s.f.job->tick();
+  const auto g = s.f.gang(spare);
+  EXPECT_EQ(g.reason(), "failure");
+  EXPECT_EQ(g.world_size(), 3u);
+  EXPECT_EQ(g.resume_step(), 0u);  // no checkpoint yet: steps 1..4 are trained again
+  EXPECT_EQ(s.f.status().regrow_step(), 0u);
+  EXPECT_EQ(s.f.status().committed_step(), 0u);
+}
+
+TEST(Job, AWorkerThatCannotGoOnLeavesAndIsDeadAtOnce) {
+  Fixture f(2);
+  const auto [a, b, one] = f.two_ranks_past_checkpoint_2();
+  v1::ReportFailureRequest q;
+  q.set_worker_id(b);
+  q.set_attempt(0);  // any attempt: a worker may leave before its first gang
+  q.set_reason("cannot load the base model");
+  q.set_leaving(true);
+  ASSERT_TRUE(f.job->ReportFailure(q).ok());
+  const auto st = f.status();
+  EXPECT_EQ(st.state(), v1::RECOVERING);
+  EXPECT_NE(st.message().find("left: cannot load the base model"), std::string::npos) << st.message();
+  EXPECT_EQ(st.registered_workers(), 1u);
+  EXPECT_EQ(f.job->ReportFailure(q).error_code(), StatusCode::FAILED_PRECONDITION);  // dead already
+  const auto c = f.add("replacement");
+  EXPECT_EQ(f.gang(c).resume_step(), 2u);
+  // A spare that leaves changes nothing but the count.
+  const auto d = f.add("spare");
+  q.set_worker_id(d);
+  ASSERT_TRUE(f.job->ReportFailure(q).ok());
+  EXPECT_EQ(f.status().state(), v1::RUNNING);
+  EXPECT_EQ(f.status().spares(), 0u);
+}
+
 TEST(Job, JournalRestartResumesAndLineageDropsRolledBackSteps) {
   const auto dir = std::filesystem::temp_directory_path() / ("herd-job-test-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);

@@ -70,6 +70,7 @@ void RunRecord::begin(const client::Gang& gang) {
   }
   fs::rename(tmp, file_);
   events_.open(file_, std::ios::app);
+  write("attempt", {{"step", gang.resume_step}, {"reason", gang.reason}, {"accumulation", gang.accumulation}});
   if (!tensorboard_ && !tensorboard_dir_.empty()) tensorboard_ = std::make_unique<EventWriter>(tensorboard_dir_);
 }
 

@@ -137,22 +137,33 @@ WorkerMetrics::WorkerMetrics(int port, std::optional<double> peak_flops)
     : registry_(std::make_shared<prometheus::Registry>()),
       series_(std::make_unique<Series>(*registry_)),
       peak_flops_(peak_flops) {
-  const std::string listen = fmt::format("0.0.0.0:{}", port);
-  try {
-    exposer_ = std::make_unique<prometheus::Exposer>(listen);
-  } catch (const std::exception& e) {
-    throw std::runtime_error(fmt::format("worker: cannot serve metrics on {} (metrics.worker_port, plus the local "
-                                         "rank, in use?): {}",
-                                         listen, e.what()));
+  std::string first_error;
+  for (int p = port; p < (port == 0 ? 1 : std::min(port + kPortsTried, 65536)) && !exposer_; ++p) {
+    try {
+      exposer_ = std::make_unique<prometheus::Exposer>(fmt::format("0.0.0.0:{}", p));
+    } catch (const std::exception& e) {
+      if (first_error.empty()) first_error = e.what();
+    }
+  }
+  if (!exposer_) {
+    std::cout << fmt::format(
+                     "worker: cannot serve metrics on ports {}..{} (metrics.worker_port plus the local rank, "
+                     "and the {} after it: {}); this worker trains on without its /metrics endpoint",
+                     port, std::min(port + kPortsTried, 65536) - 1, kPortsTried - 1, first_error)
+              << std::endl;
+    return;
   }
   exposer_->RegisterCollectable(registry_);
-  std::cout << fmt::format("worker metrics on http://0.0.0.0:{}/metrics", this->port()) << std::endl;
+  const int served = this->port();
+  std::cout << fmt::format("worker metrics on http://0.0.0.0:{}/metrics{}", served,
+                           port != 0 && served != port ? fmt::format(" ({} is in use)", port) : "")
+            << std::endl;
 }
 
 WorkerMetrics::~WorkerMetrics() = default;
 
 int WorkerMetrics::port() const {
-  const auto ports = exposer_->GetListeningPorts();
+  const auto ports = exposer_ ? exposer_->GetListeningPorts() : std::vector<int>{};
   return ports.empty() ? 0 : ports.front();
 }
 

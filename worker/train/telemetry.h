@@ -21,11 +21,15 @@ namespace herd::train {
 
 class WorkerMetrics {
  public:
-  // Serves /metrics on 0.0.0.0:`port` (0: a free port); `peak_flops` (FLOP/s of
-  // the device; none: no MFU series).
+  // Serves /metrics on 0.0.0.0:`port` (0: a free port), or on the next free one of
+  // the kPortsTried after it (workers of one host that were given one port, such as
+  // a Kubernetes Indexed Job's pods on the host network); where none is free it says
+  // so once and serves nothing: a worker trains on without its endpoint.
+  // `peak_flops` (FLOP/s of the device; none: no MFU series).
+  static constexpr int kPortsTried = 64;
   WorkerMetrics(int port, std::optional<double> peak_flops);
   ~WorkerMetrics();
-  int port() const;
+  int port() const;  // 0: not served
 
   void attempt(uint64_t attempt, uint32_t rank);
   void step(const client::StepRecord& r);  // this rank's figures of it
