@@ -1,11 +1,13 @@
 """Soak: a herd-coordinator and 4 CPU `herd worker` processes train a tiny model for a long time
 (30 min by default) while a fault strikes every few minutes, in turn: a worker SIGKILLed and
 started again, the coordinator SIGKILLed and started again on its port, a worker frozen (SIGSTOP)
-past its heartbeat timeout and continued. The job is then drained (`herd drain`: it stops at a
-checkpoint) and checked.
+past its heartbeat timeout and continued, a worker SIGKILLed and started again only after the
+replacement timeout (the gang shrinks to 2, min_workers, and regrows to 4 once the worker is back).
+The job is then drained (`herd drain`: it stops at a checkpoint) and checked.
 
 Reported: steps committed, each fault and its time to recover (from the fault to the first step a
-later attempt trained), every epoch the journal finished holding each of the 240 samples once, and
+later attempt trained), the attempts by reason (events.jsonl: start, failure, shrink, regrow),
+every epoch the journal finished holding each of the 240 samples once, and
 memory: each process's resident set (VmRSS) sampled every 10 s, at its start (after a 2-minute
 warm-up, or its first sample for a shorter life) and end, with the least-squares trend in MiB/hour.
 A leak shows as a trend that does not flatten; a restarted process starts a new series. The
@@ -29,6 +31,7 @@ BIN = ROOT / "build" / "bin"
 TOKEN = "soak-token"
 WORKERS = 4
 EPOCH = 30  # steps: 240 samples, 8 a step
+REPLACEMENT_TIMEOUT = 10  # seconds
 
 
 def rss_mib(pid):
@@ -73,7 +76,8 @@ trainer_output_dir: {work}/trainer
 model_output_dir: {work}/models
 quantization: {{enabled: true, compute_dtype: float32}}
 checkpoint: {{every_steps: 10, keep_last: 2}}
-distributed: {{world_size: {WORKERS}, heartbeat_timeout_s: 2, collective_timeout_s: 3}}
+distributed: {{world_size: {WORKERS}, heartbeat_timeout_s: 2, collective_timeout_s: 3, min_workers: 2,
+              replacement_timeout_s: {REPLACEMENT_TIMEOUT}, regrow_after_s: 5}}
 metrics: {{enabled: false}}
 """)
         (work / "token").write_text(TOKEN + "\n")
@@ -109,7 +113,7 @@ metrics: {{enabled: false}}
         p.name = f"{slot}#{n}"
         self.workers[slot] = p
 
-    def steps(self):
+    def steps(self, event="step"):
         path = self.work / "trainer" / "events.jsonl"
         out = []
         for line in path.read_text().splitlines() if path.exists() else []:
@@ -117,7 +121,7 @@ metrics: {{enabled: false}}
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if r.get("event") == "step":
+            if r.get("event") == event:
                 out.append(r)
         return out
 
@@ -131,11 +135,14 @@ metrics: {{enabled: false}}
     def fault(self, kind):
         attempt = max((r["attempt"] for r in self.steps()), default=0)
         at = time.time()
-        if kind == "worker SIGKILL, restarted":
-            victim = self.workers["w1"]
+        if kind.startswith("worker SIGKILL"):
+            slot = "w1" if kind == "worker SIGKILL, restarted" else "w3"
+            victim = self.workers[slot]
             victim.kill()
             victim.wait()
-            self.start_worker("w1")
+            if slot == "w3":  # past the heartbeat and replacement timeouts: the gang shrinks first
+                time.sleep(2 + REPLACEMENT_TIMEOUT + 3)
+            self.start_worker(slot)
         elif kind == "coordinator SIGKILL, restarted":
             self.coordinator.kill()
             self.coordinator.wait()
@@ -157,7 +164,8 @@ metrics: {{enabled: false}}
                     f["recover_s"] = round(min(later) - f["at"], 2)
 
     def run(self):
-        kinds = ["worker SIGKILL, restarted", "coordinator SIGKILL, restarted", "worker SIGSTOP 6 s, SIGCONT"]
+        kinds = ["worker SIGKILL, restarted", "coordinator SIGKILL, restarted", "worker SIGSTOP 6 s, SIGCONT",
+                 "worker SIGKILL, restarted 15 s later"]
         end = self.start + 60 * self.minutes
         next_fault = self.start + self.fault_every
         next_sample = self.start
@@ -203,7 +211,11 @@ metrics: {{enabled: false}}
                             "start_mib": round(warm[0][1], 1),
                             "end_mib": round(series[-1][1], 1), "seconds": round(series[-1][0] - series[0][0]),
                             "trend_mib_per_hour": None if trend(warm) is None else round(trend(warm), 2)}
+        attempts = {}
+        for a in self.steps("attempt"):
+            attempts[a["reason"]] = attempts.get(a["reason"], 0) + 1
         return {"minutes": self.minutes, "workers": WORKERS, "steps_committed": last, "epochs_checked": epochs_ok,
+                "attempts_by_reason": attempts,
                 "faults": [{k: v for k, v in f.items() if k != "at"} for f in self.faults],
                 "exit_codes": {"workers": codes, "coordinator": code}, "memory": memory}
 
@@ -227,7 +239,8 @@ def main():
           f"{r['epochs_checked']} epochs each with every sample once; drained: workers exit "
           f"{sorted(set(codes.values()))}, coordinator {code}")
     for f in r["faults"]:
-        print(f"  fault at {f['at_s']:7.1f} s: {f['kind']:<32} recovered in {f['recover_s']} s")
+        print(f"  fault at {f['at_s']:7.1f} s: {f['kind']:<36} recovered in {f['recover_s']} s")
+    print("  attempts by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(r["attempts_by_reason"].items())))
     print("  memory (VmRSS, MiB): process, start (after 2 min), end, life, trend")
     for name, m in sorted(r["memory"].items()):
         print(f"  {name:<15} {m['start_mib']:8.1f} {m['end_mib']:8.1f} {m['seconds']:6d} s "

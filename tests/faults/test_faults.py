@@ -246,6 +246,7 @@ def test_a_second_failure_and_a_returning_worker_during_the_stop_for_regrow(job_
     shrunk = job.wait_for_attempt("shrink")
     job.start("w3")
     job.wait_for_status(lambda s: s.get("spares") == 1)
+    job.fault_at, job.fault_attempt = time.time(), shrunk["attempt"]
     job.procs["w0"].send_signal(signal.SIGSTOP)
     job.wait_for_status(lambda s: int(s.get("regrow_step", 0)) > 0)
     job.start("w4")
@@ -256,7 +257,7 @@ def test_a_second_failure_and_a_returning_worker_during_the_stop_for_regrow(job_
     job.finish()
     report("during the stop for regrow: a worker returns, and rank 0 is frozen past its heartbeat timeout",
            "DONE; the next gang is the live three (reason failure), from the last checkpoint",
-           "lineage exactly once; loss", rel_diff=job.check_exactly_once(reference))
+           "lineage exactly once; loss", recover_s=job.recovered_after(), rel_diff=job.check_exactly_once(reference))
 
 
 def test_coordinator_sigkill_and_restart(job_of, reference):

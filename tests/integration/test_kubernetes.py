@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runs import adapter, assert_trains_as, documented, free_port, losses
+from runs import adapter, assert_trains_as, documented, events, free_port, losses
 
 BIN = Path(os.environ["HERD_BIN"])
 SRC = Path(os.environ["HERD_SOURCE_DIR"])
@@ -401,8 +401,16 @@ class Pods:
                                 env=environment)
 
 
-def test_the_rendered_jobs_train_here_and_a_killed_worker_rejoins(kit, model, tmp_path):
-    """The multi-gpu overlay resized to 2 ranks (a user's own overlay), its herd.yaml the tiny job."""
+@pytest.mark.parametrize("recreated,steps,elastic,reasons", [
+    ("at once", 8, "", ["start", "failure"]),
+    # min_workers 1: one rank trains on at accumulation 4 until the pod is back, then two again (the
+    # whole epoch, 30 steps, and no wait for the spare: the tiny job is quick).
+    ("after the replacement timeout", 30, ", min_workers: 1, replacement_timeout_s: 1, regrow_after_s: 0",
+     ["start", "shrink", "regrow"])])
+def test_the_rendered_jobs_train_here_and_a_killed_worker_rejoins(kit, model, tmp_path, recreated, steps, elastic,
+                                                                  reasons):
+    """The multi-gpu overlay resized to 2 ranks (a user's own overlay), its herd.yaml the tiny job; index
+    1's pod is killed and recreated (backoffLimitPerIndex) at once, or only once the gang shrank."""
     k8s = kit / "deploy" / "k8s"
     (k8s / "job" / "herd.yaml").write_text(f"""model_name: t
 base_model: /models/tiny
@@ -410,15 +418,15 @@ model_context_window: 128
 data: {{type: vicuna, dataset: /data/sample-vicuna.json}}
 lora: {{r: 8, lora_alpha: 16, target_modules: all-linear, lora_dropout: 0.0, bias: none, task_type: CAUSAL_LM}}
 trainer: {{device: cpu, batch_size: 2, gradient_accumulation_steps: 2, warmup_steps: 3, num_train_epochs: 1,
-          max_steps: 8, learning_rate: 0.01, logging_steps: 1, seed: 7}}
+          max_steps: {steps}, learning_rate: 0.01, logging_steps: 1, seed: 7}}
 trainer_output_dir: /outputs/trainer
 model_output_dir: /outputs/models
 quantization: {{enabled: true, compute_dtype: float32}}
 checkpoint: {{every_steps: 2}}
-distributed: {{world_size: 2, backend: gloo, heartbeat_timeout_s: 3}}
+distributed: {{world_size: 2, backend: gloo, heartbeat_timeout_s: 3{elastic}}}
 metrics: {{enabled: true, port: {free_port()}, worker_port: 0}}
 """)
-    (k8s / "overlays" / "two").mkdir()
+    (k8s / "overlays" / "two").mkdir(exist_ok=True)
     (k8s / "overlays" / "two" / "kustomization.yaml").write_text("""resources: [../multi-gpu]
 patches:
 - target: {kind: Job, name: herd-coordinator}
@@ -456,27 +464,32 @@ patches:
             time.sleep(0.01)
         workers[1].send_signal(signal.SIGKILL)
         workers[1].wait()
+        while reasons[1] == "shrink" and not any(a["reason"] == "shrink" and a["attempt"] == r["attempt"]
+                                                 for a in events(run, "attempt") for r in events(run)):
+            assert time.time() < deadline and workers[0].poll() is None, workers[0].communicate()[0]
+            time.sleep(0.05)
         workers[1] = pods.start(pod_of(worker_job["spec"]), "worker", {"JOB_COMPLETION_INDEX": "1"})
         outs = [w.communicate(timeout=300)[0] for w in workers]
         assert [w.returncode for w in workers] == [0, 0], outs
         out = coordinator.communicate(timeout=60)[0]
         assert coordinator.returncode == 0 and "the job is DONE" in out, out
-        assert "attempt 2" in out, out  # the killed worker's replacement joined a new attempt
+        # The attempts the job went through: the killed worker's replacement joined a new one.
+        assert [a["reason"] for a in events(run, "attempt")] == reasons, out
     finally:
         for p in [coordinator, *workers]:
             if p.poll() is None:
                 p.kill()
                 p.communicate()
-    # Every sample once: the journal's committed steps 1..8, 8 samples each, none twice.
+    # Every sample once: the journal's committed steps, 8 samples each, none twice.
     cfg = pods.root / "journal-config.yaml"
     cfg.write_text(pods.mapped((k8s / "job" / "herd.yaml").read_text(), {"/outputs": run}))
     log = subprocess.run([str(BIN / "herd-coordinator"), "--config", str(cfg), "--state-dir",
                           str(pods.claims / "herd-journal"), "--sample-log"], capture_output=True, text=True, timeout=60)
     assert log.returncode == 0, log.stderr
-    steps = [list(map(int, line.split())) for line in log.stdout.splitlines()]
-    assert [s[0] for s in steps] == list(range(1, 9))
-    samples = [i for s in steps for i in s[1:]]
-    assert len(samples) == 8 * 8 and len(set(samples)) == len(samples)
+    lineage = [list(map(int, line.split())) for line in log.stdout.splitlines()]
+    assert [s[0] for s in lineage] == list(range(1, steps + 1))
+    samples = [i for s in lineage for i in s[1:]]
+    assert len(samples) == 8 * steps and len(set(samples)) == len(samples)
     # And it trained what `herd train --workers 2` trains on the same config.
     reference = tmp_path / "reference"
     cfg.write_text(pods.mapped((k8s / "job" / "herd.yaml").read_text(),
@@ -485,4 +498,4 @@ patches:
     out = subprocess.run([str(BIN / "herd"), "train", str(cfg), "--workers", "2"], capture_output=True, text=True,
                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr
-    assert_trains_as(run, losses(reference), adapter(reference))
+    assert_trains_as(run, losses(reference), adapter(reference), steps=steps)

@@ -118,7 +118,7 @@ def run(model, tmp_path_factory):
 
 def test_every_process_serves_the_catalogue_and_only_it(run):
     want = catalogue()
-    assert len(want["worker"]) == 19 and len(want["coordinator"]) == 12, want
+    assert len(want["worker"]) == 19 and len(want["coordinator"]) == 13, want
     got = run.scrapes()
     assert got["coordinator"][0] == want["coordinator"]
     ranks = set()

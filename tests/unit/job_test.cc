@@ -305,6 +305,14 @@ struct Shrunk {
   void beat() {
     for (size_t i = 0; i < 2; ++i) ASSERT_TRUE(f.beat(ids[i]).ok());
   }
+  // Time passes by `steps` seconds, the ranks and `spare` heartbeating after each.
+  void pass(std::initializer_list<double> steps, const std::string& spare) {
+    for (double dt : steps) {
+      f.now += dt;
+      beat();
+      ASSERT_TRUE(f.beat(spare).ok());
+    }
+  }
   void report_both(uint64_t step) {
     for (size_t i = 0; i < 2; ++i) ASSERT_TRUE(f.report(ids[i], attempt, step).ok()) << step;
   }
@@ -323,11 +331,7 @@ struct Shrunk {
 TEST(Job, ASpareRegrowsTheGangAtTheCheckpointOfAStepNoRankWasStreamed) {
   Shrunk s(3);
   const auto spare = s.f.add("returned");
-  for (double dt : {9.0, 10.0}) {  // the spare has been alive 19 s of the 20 it needs
-    s.f.now += dt;
-    s.beat();
-    ASSERT_TRUE(s.f.beat(spare).ok());
-  }
+  s.pass({9, 10}, spare);  // the spare has been alive 19 s of the 20 it needs
   s.f.job->tick();
   EXPECT_EQ(s.f.status().regrow_step(), 0u);
   EXPECT_EQ(s.f.status().spares(), 1u);
@@ -365,11 +369,7 @@ TEST(Job, ASpareRegrowsTheGangAtTheCheckpointOfAStepNoRankWasStreamed) {
 TEST(Job, RegrowFalseKeepsTheSmallerGangAndItsSpares) {
   Shrunk s(3, /*regrow=*/false);
   const auto spare = s.f.add("returned");
-  for (double dt : {9.0, 9.0, 9.0}) {
-    s.f.now += dt;
-    s.beat();
-    ASSERT_TRUE(s.f.beat(spare).ok());
-  }
+  s.pass({9, 9, 9}, spare);
   s.f.job->tick();
   EXPECT_EQ(s.f.status().regrow_step(), 0u);
   EXPECT_EQ(s.f.status().spares(), 1u);
@@ -377,50 +377,44 @@ TEST(Job, RegrowFalseKeepsTheSmallerGangAndItsSpares) {
 }
 
 TEST(Job, AWorkerThatArrivesDuringTheStopForRegrowJoinsTheLargerGang) {
-  // World 4, min 2, global batch 8: 2 ranks train; a spare asks for a regrow to 3? 8 is
-  // not divisible by 3, so it takes two spares; the second arrives during the stop.
-  Fixture f(4);
+  // World 6, global batch 12 (gangs of 6, 4, 3 or 2 keep it), min 2: four workers die and
+  // two go on. One returns: a regrow to 3 is asked; a second arrives while the gang stops,
+  // and the gang formed at the checkpoint is 4.
+  Fixture f(6);
   f.settings.min_workers = 2;
   f.settings.regrow_after_s = 0;
   f.reopen({});
   std::vector<std::string> ids;
-  for (int i = 0; i < 4; ++i) ids.push_back(f.add());
-  auto beat = [&](size_t n) {
-    for (size_t i = 0; i < n; ++i) ASSERT_TRUE(f.beat(ids[i]).ok());
-  };
-  f.now += 11;
-  beat(2);
-  f.job->tick();  // two of four dead
-  f.now += 31;
-  beat(2);
-  f.job->tick();
+  for (int i = 0; i < 6; ++i) ids.push_back(f.add());
+  for (double dt : {11.0, 31.0}) {
+    f.now += dt;
+    for (size_t i = 0; i < 2; ++i) ASSERT_TRUE(f.beat(ids[i]).ok());
+    f.job->tick();  // four dead; then no replacement in time: a gang of 2
+  }
   const uint64_t one = f.gang(ids[0]).attempt();
   ASSERT_EQ(f.status().gang_size(), 2u);
   ids.push_back(f.add("back-1"));
   f.job->tick();
-  EXPECT_EQ(f.status().regrow_step(), 0u);  // 3 workers cannot keep the global batch 8
-  ids.push_back(f.add("back-2"));
-  f.job->tick();
   ASSERT_EQ(f.status().regrow_step(), 3u);
-  ids.push_back(f.add("back-3"));  // during the stop: a fifth live worker, a spare at world size 4
+  EXPECT_NE(f.status().message().find("from 2 to 3 workers"), std::string::npos) << f.status().message();
+  ids.push_back(f.add("back-2"));  // during the stop
   for (uint64_t step = 1; step <= 3; ++step) {
     for (size_t i = 0; i < 2; ++i) ASSERT_TRUE(f.report(ids[i], one, step).ok());
   }
   for (size_t i = 0; i < 2; ++i) ASSERT_TRUE(f.checkpoint(ids[i], one, 3).ok());
-  const auto g = f.gang(ids[4], one);
-  EXPECT_EQ(g.world_size(), 4u);
+  const auto g = f.gang(ids[7], one);
   EXPECT_EQ(g.reason(), "regrow");
-  EXPECT_EQ(f.status().spares(), 1u);
+  EXPECT_EQ(g.world_size(), 4u);
+  EXPECT_EQ(g.rank(), 3u);
+  EXPECT_EQ(g.gradient_accumulation_steps(), 3u);  // 12 = 1 x 3 x 4
+  EXPECT_EQ(g.resume_step(), 3u);
+  EXPECT_EQ(f.status().spares(), 0u);
 }
 
 TEST(Job, AFailureDuringTheStopForRegrowRecoversWithTheSpares) {
   Shrunk s(3);
   const auto spare = s.f.add("returned");
-  for (double dt : {9.0, 9.0, 3.0}) {
-    s.f.now += dt;
-    s.beat();
-    ASSERT_TRUE(s.f.beat(spare).ok());
-  }
+  s.pass({9, 9, 3}, spare);
   s.f.job->tick();
   ASSERT_EQ(s.f.status().regrow_step(), 6u);
   s.report_both(4);
