@@ -173,12 +173,25 @@ def herd_pids(job_id, env):
     return [p for p, a in argv.items() if a[0] == str(BIN / "herd").encode() and a[1:2] == [b"worker"]]
 
 
+def proc_status(pid):
+    """/proc/PID/status as a dict; None once the process has ended."""
+    try:
+        return dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except FileNotFoundError:
+        return None
+
+
+def stopped(pid):
+    """Whether a process we sent SIGSTOP has stopped (the signal is delivered asynchronously), or ended."""
+    status = proc_status(pid)
+    return status is None or status["State"].strip().startswith("T")
+
+
 def signalled(pid, signum):
     """Whether a process we stopped (SIGSTOP) got `signum`: pending, or SLURM continued it to take it
     (it sends SIGCONT first), or it has ended already."""
-    try:
-        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    except FileNotFoundError:
+    status = proc_status(pid)
+    if status is None:
         return True
     pending = int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)
     return bool(pending >> (signum - 1) & 1) or not status["State"].strip().startswith("T")
@@ -220,6 +233,9 @@ def stop_while_training(d, slurm, scancel, sbatch_args):
         assert len(pids) == 2, pids
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
+        while not all(stopped(pid) for pid in pids):  # else a running one reads as continued by SLURM
+            assert time.time() < deadline, pids
+            time.sleep(0.01)
         while not all(signalled(pid, signal.SIGTERM) for pid in pids):
             assert time.time() < deadline + 60, "no SIGTERM before the time limit"
             time.sleep(0.2)
