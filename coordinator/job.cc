@@ -738,9 +738,10 @@ Status Job::CommitCheckpoint(const herd::v1::CommitCheckpointRequest& request,
     set_state_locked(herd::v1::DONE, "");
   } else if (drain_requested_) {
     set_state_locked(herd::v1::STOPPED, fmt::format("drained at checkpoint {}", step));
-  } else if (step == regrow_step_) {  // every rank stops here and waits for the larger gang
-    const auto alive =
-        roster_.alive_by_arrival();  // the members (each alive, or the job would be RECOVERING) and spares
+  } else if (step == regrow_step_) {
+    // Every rank stops here and waits for the larger gang: the members (each alive, or
+    // the job would be RECOVERING) first, then the spares.
+    const auto alive = roster_.alive_by_arrival();
     form_gang_locked(largest_gang_locked(alive.size()), alive, "regrow");
   } else {
     changed_locked();
