@@ -89,6 +89,8 @@ TEST(Config, DefaultsAreWhatTheSeedsStackDid) {
   EXPECT_FALSE(c.trainer.offload_activations);
   EXPECT_EQ(c.distributed.world_size, 1);
   EXPECT_EQ(c.distributed.min_workers, 1);
+  EXPECT_TRUE(c.distributed.regrow);
+  EXPECT_DOUBLE_EQ(c.distributed.regrow_after_s, 30);
 }
 
 TEST(Config, EveryValueCarriesItsOrigin) {
@@ -125,13 +127,16 @@ TEST(Config, OrcaAndRawTextReadTheirOwnKeys) {
 TEST(Config, HerdSectionsOverrideDefaults) {
   Config c = parse_config(seed_text() +
                               "quantization:\n  enabled: false\n  compute_dtype: float32\n"
-                              "distributed:\n  world_size: 8\n  min_workers: 6\n  sharding: no_shard\n",
+                              "distributed:\n  world_size: 8\n  min_workers: 6\n  sharding: no_shard\n"
+                              "  regrow: false\n  regrow_after_s: 120\n",
                           "x.yaml");
   EXPECT_FALSE(c.quantization.enabled);
   EXPECT_EQ(c.quantization.compute_dtype, "float32");
   EXPECT_EQ(c.distributed.world_size, 8);
   EXPECT_EQ(c.distributed.min_workers, 6);
   EXPECT_EQ(c.distributed.sharding, "no_shard");
+  EXPECT_FALSE(c.distributed.regrow);
+  EXPECT_DOUBLE_EQ(c.distributed.regrow_after_s, 120);
   EXPECT_EQ(value_of(c, "distributed.world_size"), "8 @ x.yaml:31");
 }
 
@@ -225,6 +230,10 @@ INSTANTIATE_TEST_SUITE_P(
         BrokenCase{"invalid_yaml", seed_with("  r: 8\n", "  r: [8\n"), 10, "", "invalid YAML"},
         BrokenCase{"min_workers_above_world_size", seed_text() + "distributed:\n  world_size: 2\n  min_workers: 3\n",
                    29, "distributed.min_workers", "must be <= distributed.world_size (2)"},
+        BrokenCase{"regrow_after_negative", seed_text() + "distributed:\n  regrow_after_s: -1\n", 28,
+                   "distributed.regrow_after_s", "must be >= 0"},
+        BrokenCase{"regrow_not_a_bool", seed_text() + "distributed:\n  regrow: sometimes\n", 28, "distributed.regrow",
+                   "expected true or false"},
         BrokenCase{"fp4", seed_text() + "quantization:\n  quant_type: fp4\n", 28, "quantization.quant_type",
                    "fp4 is not supported"},
         BrokenCase{"compute_dtype", seed_text() + "quantization:\n  compute_dtype: float8\n", 28,
