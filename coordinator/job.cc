@@ -156,6 +156,7 @@ Job::Job(JobSettings settings, std::shared_ptr<const SampleSource> samples, std:
   }
   ++incarnation_;
   roster_.set_incarnation(incarnation_);
+  recovering_since_ = clock_();  // a resumed job waits replacement_timeout_s for all its workers
   if (journal_) journal_->append(kStart, json{{"incarnation", incarnation_}, {"plan", fingerprint}}.dump());
 }
 
@@ -364,8 +365,12 @@ void Job::try_form_gang_locked(double now) {
     return;
   }
   // Fewer workers, once the wait for a replacement is over, when the global batch
-  // can be kept by raising accumulation.
-  if (state_ != herd::v1::RECOVERING || now - recovering_since_ < settings_.replacement_timeout_s) return;
+  // can be kept by raising accumulation: after a loss, or when a restarted coordinator
+  // resumes a job that had a gang (its workers may be fewer now; a regrow follows).
+  const bool resumed = state_ == herd::v1::REGISTERING && attempt_ > 0;
+  if ((state_ != herd::v1::RECOVERING && !resumed) || now - recovering_since_ < settings_.replacement_timeout_s) {
+    return;
+  }
   if (const uint32_t n = largest_gang_locked(alive.size()); n > 0) form_gang_locked(n, alive, "shrink");
 }
 

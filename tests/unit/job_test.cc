@@ -505,6 +505,60 @@ TEST(Job, JournalRestartResumesAndLineageDropsRolledBackSteps) {
 // reads): the job ends DONE with every sample of both epochs once in the journal.
 // Under TSan (scripts/test --tsan) this is the coordinator's state machine with
 // every access instrumented.
+TEST(Job, ARestartedCoordinatorWithFewerWorkersShrinksAfterTheReplacementWaitThenRegrows) {
+  const auto dir = std::filesystem::temp_directory_path() / ("herd-job-shrink-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  const auto file = dir / "journal.log";
+  Fixture f(2, 20, file);
+  f.settings.min_workers = 1;
+  f.settings.regrow_after_s = 5;
+  f.reopen(file);
+  auto a = f.add(), b = f.add();
+  const uint64_t one = f.gang(a).attempt();
+  for (uint64_t s = 1; s <= 2; ++s) {
+    ASSERT_TRUE(f.report(a, one, s).ok());
+    ASSERT_TRUE(f.report(b, one, s).ok());
+  }
+  ASSERT_TRUE(f.checkpoint(a, one, 2).ok());
+  ASSERT_TRUE(f.checkpoint(b, one, 2).ok());
+  f.reopen(file);  // the coordinator restarts; one worker comes back
+  a = f.add();
+  f.now += 29;
+  ASSERT_TRUE(f.beat(a).ok());
+  f.job->tick();
+  EXPECT_EQ(f.status().state(), v1::REGISTERING);  // waiting for the other
+  f.now += 2;
+  ASSERT_TRUE(f.beat(a).ok());
+  f.job->tick();
+  const auto g = f.gang(a);
+  EXPECT_EQ(g.reason(), "shrink");
+  EXPECT_EQ(g.world_size(), 1u);
+  EXPECT_EQ(g.gradient_accumulation_steps(), 4u);
+  EXPECT_EQ(g.resume_step(), 2u);
+  b = f.add();  // back later: a spare, then the gang of 2 again at a checkpoint
+  f.now += 6;
+  ASSERT_TRUE(f.beat(a).ok());
+  ASSERT_TRUE(f.beat(b).ok());
+  f.job->tick();
+  EXPECT_EQ(f.status().regrow_step(), 5u);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Job, AFreshJobWaitsForItsWholeWorldSize) {
+  Fixture f(2);
+  f.settings.min_workers = 1;
+  f.reopen({});
+  const auto a = f.add();
+  f.now += 5;
+  ASSERT_TRUE(f.beat(a).ok());
+  f.now += 5;
+  ASSERT_TRUE(f.beat(a).ok());
+  f.now += 25;  // past the replacement timeout: no gang ever formed, none to shrink
+  ASSERT_TRUE(f.beat(a).ok());
+  f.job->tick();
+  EXPECT_EQ(f.status().state(), v1::REGISTERING);
+}
+
 TEST(Job, ConcurrentCallsFromEveryWorkerAndTheReaperEndDoneAndExactlyOnce) {
   const auto dir = std::filesystem::temp_directory_path() / ("herd-job-threads-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
