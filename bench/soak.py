@@ -136,11 +136,12 @@ metrics: {{enabled: false}}
         attempt = max((r["attempt"] for r in self.steps()), default=0)
         at = time.time()
         if kind.startswith("worker SIGKILL"):
-            slot = "w1" if kind == "worker SIGKILL, restarted" else "w3"
+            late = kind.endswith("later")  # past the heartbeat and replacement timeouts: the gang shrinks first
+            slot = "w3" if late else "w1"
             victim = self.workers[slot]
             victim.kill()
             victim.wait()
-            if slot == "w3":  # past the heartbeat and replacement timeouts: the gang shrinks first
+            if late:
                 time.sleep(2 + REPLACEMENT_TIMEOUT + 3)
             self.start_worker(slot)
         elif kind == "coordinator SIGKILL, restarted":

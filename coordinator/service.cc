@@ -49,14 +49,8 @@ class Metrics {
                       .Help("Gang attempts formed (the first, and one a recovery)")
                       .Register(*registry_)
                       .Add({})),
-        state_(prometheus::BuildGauge()
-                   .Name("herd_job_state")
-                   .Help("1 for the job's state, 0 for the others")
-                   .Register(*registry_)),
-        workers_(prometheus::BuildGauge()
-                     .Name("herd_workers")
-                     .Help("Live workers: in the gang, or spare")
-                     .Register(*registry_)),
+        state_(gauges("herd_job_state", "1 for the job's state, 0 for the others")),
+        workers_(gauges("herd_workers", "Live workers: in the gang, or spare")),
         committed_step_(gauge("herd_committed_step", "The last step every rank reported")),
         total_steps_(gauge("herd_total_steps", "Steps the job trains")),
         world_size_(gauge("herd_world_size", "distributed.world_size: the gang's size when no worker is missing")),
@@ -101,9 +95,10 @@ class Metrics {
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
  private:
-  prometheus::Gauge& gauge(const char* name, const char* help) {
-    return prometheus::BuildGauge().Name(name).Help(help).Register(*registry_).Add({});
+  prometheus::Family<prometheus::Gauge>& gauges(const char* name, const char* help) {
+    return prometheus::BuildGauge().Name(name).Help(help).Register(*registry_);
   }
+  prometheus::Gauge& gauge(const char* name, const char* help) { return gauges(name, help).Add({}); }
   struct Method {
     prometheus::Histogram* latency = nullptr;
     std::map<grpc::StatusCode, prometheus::Counter*> codes;

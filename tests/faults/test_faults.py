@@ -91,7 +91,7 @@ class Job:
         self.procs[name] = self.coord.worker(self.tmp / f"{name}.log", **kwargs)
         return self.procs[name]
 
-    def step_events(self, event="step"):
+    def events(self, event="step"):
         path = self.trainer / "events.jsonl"
         out = []
         for line in path.read_text().splitlines() if path.exists() else []:
@@ -108,8 +108,8 @@ class Job:
         has trained a step."""
         deadline = time.time() + timeout
         while True:
-            formed = [a for a in self.step_events("attempt") if a["reason"] == reason and a["attempt"] > after]
-            if formed and any(r["attempt"] == formed[0]["attempt"] for r in self.step_events()):
+            formed = [a for a in self.events("attempt") if a["reason"] == reason and a["attempt"] > after]
+            if formed and any(r["attempt"] == formed[0]["attempt"] for r in self.events()):
                 return formed[0]
             assert time.time() < deadline, self.all_logs()
             time.sleep(0.05)
@@ -117,8 +117,8 @@ class Job:
     def wait_for_status(self, ok, timeout=120):
         """Polls `herd status --json` until ok(status); answers when that came true: after the start of
         the last call that found it false (or the wait's), before the end of the first that found it true."""
-        deadline = last_false = time.time()
-        deadline += timeout
+        last_false = time.time()
+        deadline = last_false + timeout
         while True:
             asked = time.time()
             if ok(self.coord.status()):
@@ -129,12 +129,12 @@ class Job:
 
     def wait_for_step(self, step, timeout=120):
         deadline = time.time() + timeout
-        while max((r["step"] for r in self.step_events()), default=0) < step:
+        while max((r["step"] for r in self.events()), default=0) < step:
             assert time.time() < deadline, self.all_logs()
             assert all(p.poll() is None for p in self.procs.values()), self.all_logs()
             time.sleep(0.01)
         self.fault_at = time.time()
-        self.fault_attempt = max(r["attempt"] for r in self.step_events())
+        self.fault_attempt = max(r["attempt"] for r in self.events())
 
     def checkpoint_committed(self, at_least, timeout=120):
         """Until the coordinator has committed a checkpoint of step >= at_least."""
@@ -148,7 +148,7 @@ class Job:
 
     def recovered_after(self):
         """Seconds from the fault to the first step a later attempt trained."""
-        later = [r["time"] for r in self.step_events() if r["attempt"] > self.fault_attempt]
+        later = [r["time"] for r in self.events() if r["attempt"] > self.fault_attempt]
         return round(min(later) - self.fault_at, 2) if later else None
 
     def finish(self, names=None, code=0):
@@ -168,7 +168,7 @@ class Job:
         for epoch in range(self.steps // self.epoch):
             trained = sorted(s for step, ids in lineage.items() if (step - 1) // self.epoch == epoch for s in ids)
             assert trained == list(range(240)), f"epoch {epoch}"
-        got = {r["step"]: r["loss"] for r in self.step_events()}
+        got = {r["step"]: r["loss"] for r in self.events()}
         reference = reference(self.steps, *self.shape)
         worst = 0.0
         for step in range(self.epoch, self.steps + 1, self.epoch):
@@ -231,7 +231,7 @@ def test_a_shrunk_gang_regrows_when_a_replacement_returns(job_of, reference):
     regrown = job.wait_for_attempt("regrow", after=shrunk["attempt"])
     assert (regrown["world_size"], regrown["accumulation"]) == (3, 2), regrown
     assert regrown["step"] > shrunk["step"]  # from the checkpoint the shrunk gang stopped at
-    first_step = min(r["time"] for r in job.step_events() if r["attempt"] == regrown["attempt"])
+    first_step = min(r["time"] for r in job.events() if r["attempt"] == regrown["attempt"])
     job.finish()
     report("worker SIGKILL, no replacement within replacement_timeout_s (2 s), one started later",
            "DONE; the gang shrinks to 2, then regrows to 3 at a checkpoint", "lineage exactly once; loss",
@@ -260,7 +260,7 @@ def test_a_second_failure_and_a_returning_worker_during_the_stop_for_regrow(job_
     recovered = job.wait_for_attempt("failure", after=shrunk["attempt"])
     job.procs["w0"].send_signal(signal.SIGCONT)
     assert (recovered["world_size"], recovered["accumulation"]) == (3, 2), recovered
-    assert not any(a["reason"] == "regrow" for a in job.step_events("attempt"))
+    assert not any(a["reason"] == "regrow" for a in job.events("attempt"))
     job.finish()
     report("during the stop for regrow: a worker returns, and a rank is frozen past its heartbeat timeout",
            "DONE; the next gang is the live three (reason failure), from the last checkpoint",
@@ -418,7 +418,7 @@ def test_disk_full_under_the_journal_stops_the_job_and_a_restart_resumes(model, 
         for name in ("w2", "w3"):
             job.start(name)
         job.finish()
-        first = min(r["time"] for r in job.step_events() if r["time"] > restarted)
+        first = min(r["time"] for r in job.events() if r["time"] > restarted)
         report("disk full under the coordinator's journal (a 1 MiB tmpfs filled)",
                "FAILED at the last durable record, coordinator and workers exit 1; a restart with space resumes",
                "exit codes, message; after restart: lineage exactly once; loss", stop_s=stopped,
@@ -547,7 +547,7 @@ def test_a_worker_with_another_config_is_refused_and_trains_nothing(job_of, refe
     assert "rank" not in text, text
     del job.procs["stray"]
     job.finish()
-    assert max(r["attempt"] for r in job.step_events()) == 1
+    assert max(r["attempt"] for r in job.events()) == 1
     report("a worker started with another config (lora.r 16 against 8)",
            "refused at registration (exit 1, the differing keys named); the job goes on untouched",
            "message; no rank given to it; one attempt; lineage exactly once; loss", recover_s=0,
@@ -587,7 +587,7 @@ def test_mixed_faults_in_one_two_epoch_run_of_four_workers(job_of, reference):
             assert time.time() - job.fault_at < 180, job.all_logs()
             time.sleep(0.05)
         recoveries.append(job.recovered_after())
-        step = max(r["step"] for r in job.step_events()) + 3
+        step = max(r["step"] for r in job.events()) + 3
     job.finish()
     report("mixed, 4 workers, 2 epochs: " + ", ".join(f.__name__.replace("_", " ") for f in faults),
            "DONE", "lineage exactly once per epoch; loss at both epochs' ends", recover_s=recoveries,

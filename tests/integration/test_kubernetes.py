@@ -464,8 +464,11 @@ patches:
             time.sleep(0.01)
         workers[1].send_signal(signal.SIGKILL)
         workers[1].wait()
-        while reasons[1] == "shrink" and not any(a["reason"] == "shrink" and a["attempt"] == r["attempt"]
-                                                 for a in events(run, "attempt") for r in events(run)):
+        def shrunk_gang_trains():
+            trained = {r["attempt"] for r in events(run)}
+            return any(a["reason"] == "shrink" and a["attempt"] in trained for a in events(run, "attempt"))
+
+        while reasons[1] == "shrink" and not shrunk_gang_trains():
             assert time.time() < deadline and workers[0].poll() is None, workers[0].communicate()[0]
             time.sleep(0.05)
         workers[1] = pods.start(pod_of(worker_job["spec"]), "worker", {"JOB_COMPLETION_INDEX": "1"})

@@ -137,8 +137,9 @@ WorkerMetrics::WorkerMetrics(int port, std::optional<double> peak_flops)
     : registry_(std::make_shared<prometheus::Registry>()),
       series_(std::make_unique<Series>(*registry_)),
       peak_flops_(peak_flops) {
+  const int last = port == 0 ? 0 : std::min(port + kPortsTried - 1, 65535);  // 0: the kernel picks one
   std::string first_error;
-  for (int p = port; p < (port == 0 ? 1 : std::min(port + kPortsTried, 65536)) && !exposer_; ++p) {
+  for (int p = port; p <= last && !exposer_; ++p) {
     try {
       exposer_ = std::make_unique<prometheus::Exposer>(fmt::format("0.0.0.0:{}", p));
     } catch (const std::exception& e) {
@@ -149,7 +150,7 @@ WorkerMetrics::WorkerMetrics(int port, std::optional<double> peak_flops)
     std::cout << fmt::format(
                      "worker: cannot serve metrics on ports {}..{} (metrics.worker_port plus the local rank, "
                      "and the {} after it: {}); this worker trains on without its /metrics endpoint",
-                     port, std::min(port + kPortsTried, 65536) - 1, kPortsTried - 1, first_error)
+                     port, last, kPortsTried - 1, first_error)
               << std::endl;
     return;
   }
